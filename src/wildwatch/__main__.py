@@ -1,0 +1,3 @@
+from wildwatch.cli import app
+
+app()

@@ -1,0 +1,57 @@
+"""Typed run configurations. Unknown keys are errors; every run writes its resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TrainConfig(BaseModel):
+    """Settings of ``wildwatch train``. ``None`` means: the model's own recipe default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    model: str = "seed_m4_gap"
+    out: Path = Path("runs/latest")
+    epochs: Optional[int] = Field(None, ge=1)
+    image_size: Optional[int] = Field(None, ge=16)
+    batch_size: Optional[int] = Field(None, ge=1)
+    lr: Optional[float] = Field(None, gt=0)
+    step_size: Optional[int] = Field(None, ge=1)
+    gamma: Optional[float] = Field(None, gt=0, le=1)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    ratios: Optional[tuple[float, float, float]] = None
+    pool: Literal["max", "avg", "fuzzy", "fuzzy1"] = "max"
+    seed: int = 0
+    workers: int = Field(2, ge=0)
+    device: str = "auto"
+    max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v):
+        if v is not None and (abs(sum(v) - 1.0) > 1e-6 or min(v) < 0):
+            raise ValueError(f"train/val/test ratios must be non-negative and sum to 1, got {v}")
+        return v
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every recipe default filled in from the model registry."""
+        from wildwatch.models import get_entry
+
+        r = get_entry(self.model).recipe
+        fill = {
+            "epochs": r.epochs, "image_size": r.image_size, "batch_size": r.batch_size, "lr": r.lr,
+            "step_size": r.step_size, "gamma": r.gamma, "weight_decay": r.weight_decay, "ratios": r.ratios,
+        }
+        return self.model_copy(update={k: v for k, v in fill.items() if getattr(self, k) is None})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,82 @@
+"""Open any image safely as 8-bit RGB, or fail with a message that names the file."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 64 megapixels: larger than any camera-trap or phone photo; a decompression bomb is far above.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageLoadError(Exception):
+    """An image could not be read. ``str()`` names the file and the problem."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparency is composited on white."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_image(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Load ``path`` as an RGB image with EXIF orientation applied.
+
+    ``draft_size`` lets JPEG decoding skip detail that a later resize would throw away
+    (Pillow's draft mode decodes at 1/2, 1/4 or 1/8 scale, never below this size).
+    Raises ImageLoadError for missing, empty, truncated, non-image or oversized files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "file not found")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(
+                        path, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}"
+                    )
+                if draft_size is not None and img.format == "JPEG":
+                    img.draft("RGB", draft_size)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file Pillow can read (wrong content for its extension?)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(path, f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(path, f"cannot decode image ({exc})") from None

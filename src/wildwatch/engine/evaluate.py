@@ -1,0 +1,164 @@
+"""Evaluate a trained model on a split: metrics, confusion matrix, calibration, error gallery."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from wildwatch.data.discover import discover_images, fingerprint
+from wildwatch.data.loading import load_image
+from wildwatch.data.splits import Split, assign_groups, split_by_group
+from wildwatch.inference.predictor import Predictor
+from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
+
+
+def center_crop_area(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    """A centred crop keeping ``fraction`` of the area (a partial view of the animal)."""
+
+    def f(img: Image.Image) -> Image.Image:
+        w, h = img.size
+        s = math.sqrt(fraction)
+        cw, ch = max(1, round(w * s)), max(1, round(h * s))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return img.crop((left, top, left + cw, top + ch))
+
+    return f
+
+
+def random_crop_area(fraction: float, seed: int = 0) -> Callable[[Image.Image], Image.Image]:
+    """A crop of ``fraction`` of the area at a random place, repeatable per image size and order."""
+    rng = random.Random(seed)
+
+    def f(img: Image.Image) -> Image.Image:
+        w, h = img.size
+        s = math.sqrt(fraction)
+        cw, ch = max(1, round(w * s)), max(1, round(h * s))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        return img.crop((left, top, left + cw, top + ch))
+
+    return f
+
+
+def squash(size: int = 256) -> Callable[[Image.Image], Image.Image]:
+    """Every image resized to size x size first, so the source size cannot be a shortcut."""
+    return lambda img: img.resize((size, size), Image.BICUBIC)
+
+
+VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
+    "center_40pct": lambda: center_crop_area(0.4),
+    "center_20pct": lambda: center_crop_area(0.2),
+    "random_40pct": lambda: random_crop_area(0.4),
+    "squash_256": lambda: squash(256),
+}
+
+
+def split_for_model(model_path: Path, meta: dict, data: Path) -> tuple[Split, bool]:
+    """The split a model was trained with: its run's split.json, or rebuilt from the metadata.
+
+    Returns (split, fingerprint_matches)."""
+    samples, classes = discover_images(data)
+    same = meta.get("data_fingerprint") == fingerprint(data, samples)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    if (folder / "split.json").exists():
+        return Split.load(folder / "split.json"), same
+    s = meta.get("split") or {}
+    groups, how = assign_groups(data, samples, progress=False)
+    split = split_by_group(samples, groups, classes, tuple(s.get("ratios", (0.7, 0.1, 0.2))), int(s.get("seed", 0)), how)
+    return split, same
+
+
+def collect(predictor: Predictor, data: Path, samples, view: Callable | None = None, batch_size: int = 64,
+            desc: str = "evaluating") -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and features) for samples, optionally through a view applied before the transform."""
+    t = predictor.transform()
+    draft = None if view is not None else (predictor.preprocess.resize_size,) * 2
+    logits, feats = [], []
+    for i in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch", leave=False):
+        imgs = [load_image(data / s.relpath, draft_size=draft) for s in samples[i:i + batch_size]]
+        if view is not None:
+            imgs = [view(im) for im in imgs]
+        lg, ft = predictor.forward(torch.stack([t(im) for im in imgs]))
+        logits.append(lg)
+        if ft is not None:
+            feats.append(ft)
+    return np.concatenate(logits), (np.concatenate(feats) if feats else None)
+
+
+def size_bucket(w: int, h: int) -> str:
+    if (w, h) == (256, 256):
+        return "exactly 256x256"
+    m = max(w, h)
+    return "longest side < 256" if m < 256 else "longest side >= 256"
+
+
+def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, split_name: str = "test",
+                   views: bool = True, batch_size: int = 64) -> dict:
+    """Write metrics.json, confusion_matrix.png/.csv, reliability.png and misclassified.html to ``out``."""
+    from wildwatch.reports.html import image_cards_page
+    from wildwatch.reports.plots import plot_confusion, plot_reliability
+
+    model_path, data, out = Path(model_path), Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor.from_file(model_path)
+    split, same_data = split_for_model(model_path, predictor.meta, data)
+    samples = split.part(split_name)
+    if not samples:
+        raise ValueError(f"split {split_name!r} of {data} is empty")
+    classes = predictor.classes
+    idx = {c: i for i, c in enumerate(classes)}
+    targets = np.array([idx[s.label] for s in samples])
+    logits, _ = collect(predictor, data, samples, desc=f"{split_name} split")
+    res = Results(classes, softmax(logits, predictor.temperature), targets)
+    summary = {"model": str(model_path), "data": str(data), "split": split_name,
+               "data_fingerprint_matches": same_data, **res.summary()}
+
+    # Where the source size predicts the class, accuracy per size bucket shows whether the model leans on it.
+    buckets: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        with Image.open(data / s.relpath) as im:
+            buckets.setdefault(size_bucket(*im.size), []).append(i)
+    summary["by_source_size"] = {b: {"n": len(ix), "accuracy": round(float((res.preds[ix] == targets[ix]).mean()), 5)}
+                                 for b, ix in sorted(buckets.items())}
+    if views:
+        summary["views"] = {"full": round(res.accuracy, 5)}
+        for name, make in VIEWS.items():
+            lg, _ = collect(predictor, data, samples, view=make(), desc=name)
+            summary["views"][name] = round(float((lg.argmax(1) == targets).mean()), 5)
+
+    cm = res.confusion()
+    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *classes])
+        for c, row in zip(classes, cm):
+            w.writerow([c, *row.tolist()])
+    plot_confusion(cm, classes, out / "confusion_matrix.png", f"{split_name} split, accuracy {res.accuracy:.4f}")
+    ece, table = expected_calibration_error(res.probs, targets)
+    plot_reliability(table, out / "reliability.png", ece)
+    summary["reliability"] = table
+
+    wrong = np.nonzero(res.preds != targets)[0]
+    cards = []
+    for i in wrong:
+        top = np.argsort(-res.probs[i])[:3]
+        cards.append({"path": data / samples[i].relpath,
+                      "lines": [samples[i].relpath, f"given: {samples[i].label}",
+                                *[f"{classes[j]}: {res.probs[i, j]:.3f}" for j in top]]})
+    image_cards_page(f"Misclassified: {len(wrong)} of {len(samples)} ({split_name} split)",
+                     f"Model {model_path}. Each card shows the given label and the model's top 3.", cards,
+                     out / "misclassified.html")
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "predicted", "confidence"])
+        for i, s in enumerate(samples):
+            w.writerow([s.relpath, s.label, classes[res.preds[i]], round(float(res.probs[i].max()), 5)])
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,189 @@
+"""The training loop: train_one_epoch, evaluate, fit. Explicit and short, resumable."""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from wildwatch.config import TrainConfig
+from wildwatch.data.datasets import ImageDataset, make_loader
+from wildwatch.data.discover import discover_images, fingerprint
+from wildwatch.data.splits import Split, assign_groups, split_by_group
+from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
+from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
+from wildwatch.engine.device import resolve_device
+from wildwatch.models import create_model, get_entry
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc", "seconds")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_one_epoch(model, loader, optimizer, device, max_batches=None, desc="train") -> tuple[float, float]:
+    """One pass over the loader; returns (mean loss, accuracy) on the training batches."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total, correct, loss_sum = 0, 0, 0.0
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    bar = tqdm(loader, total=n_batches, desc=desc, leave=False, unit="batch")
+    for i, (x, y) in enumerate(bar):
+        if i >= n_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+@torch.no_grad()
+def predict_logits(model, loader, device, desc="eval") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets for every sample of the loader, in order."""
+    model.eval()
+    logits, targets = [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        logits.append(model(x.to(device)).float().cpu())
+        targets.append(y)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(logits).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(model, loader, device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a loader."""
+    logits, targets = predict_logits(model, loader, device)
+    if len(targets) == 0:
+        return float("nan"), float("nan")
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)).item()
+    return loss, float((logits.argmax(1) == targets).mean())
+
+
+@dataclass
+class FitResult:
+    out: Path
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+
+
+def prepare_split(cfg: TrainConfig, out: Path, progress: bool = True) -> tuple[Split, str]:
+    """Load the run's saved split (resume, re-evaluation) or make and save a new one."""
+    samples, classes = discover_images(cfg.data)
+    fp = fingerprint(cfg.data, samples)
+    split_path = out / "split.json"
+    if split_path.exists():
+        return Split.load(split_path), fp
+    groups, how = assign_groups(cfg.data, samples, progress=progress)
+    split = split_by_group(samples, groups, classes, ratios=cfg.ratios, seed=cfg.seed, grouping=how)
+    split.save(split_path)
+    return split, fp
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+
+
+def model_preprocess(name: str, image_size: int) -> Preprocess:
+    base = get_entry(name).preprocess
+    return Preprocess(image_size=image_size, **base)
+
+
+def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train ``cfg.model`` on ``cfg.data``, keeping the best model on validation accuracy.
+
+    The run folder gets config.yaml, split.json, history.csv, curves.png, model.safetensors
+    (+ model.json) and state.pt. With ``resume`` an interrupted run continues from state.pt and
+    ends with the same weights as an uninterrupted one (every epoch is seeded on its own).
+    """
+    from wildwatch.reports.plots import plot_curves
+
+    cfg = cfg.resolved()
+    out = Path(cfg.out)
+    state_path = out / "state.pt"
+    if out.exists() and (out / "config.yaml").exists() and not resume:
+        raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
+    if resume and not state_path.exists():
+        raise FileNotFoundError(f"{out}: nothing to resume (no state.pt); start without --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        saved = TrainConfig.load(out / "config.yaml")
+        cfg = saved.model_copy(update={"epochs": cfg.epochs, "workers": cfg.workers, "device": cfg.device})
+    cfg.save(out / "config.yaml")
+
+    device = resolve_device(cfg.device)
+    split, data_fp = prepare_split(cfg, out, progress)
+    pre = model_preprocess(cfg.model, cfg.image_size)
+    train_ds = ImageDataset(cfg.data, split.train, split.classes, train_transform(pre))
+    val_ds = ImageDataset(cfg.data, split.val, split.classes, eval_transform(pre))
+    val_loader = make_loader(val_ds, cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, len(split.classes), image_size=cfg.image_size, pool=cfg.pool).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    start, best_acc, best_epoch, history = 0, -1.0, -1, []
+    if resume:
+        st = load_state(state_path)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        start, best_acc, best_epoch, history = st["epoch"] + 1, st["best_val_acc"], st["best_epoch"], st["history"]
+
+    meta = {
+        "architecture": cfg.model,
+        "model_kwargs": {"image_size": cfg.image_size, "pool": cfg.pool},
+        "classes": split.classes,
+        "preprocess": pre.to_json(),
+        "temperature": 1.0,
+        "data_fingerprint": data_fp,
+        "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
+                  "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
+    }
+    epochs = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}", unit="epoch", disable=not progress,
+                  initial=start, total=cfg.epochs)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        seed_everything(cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=gen,
+                                   drop_last=len(train_ds) > cfg.batch_size)
+        lr = optimizer.param_groups[0]["lr"]
+        tr_loss, tr_acc = train_one_epoch(model, train_loader, optimizer, device, cfg.max_train_batches,
+                                          desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        scheduler.step()
+        val_loss, val_acc = evaluate(model, val_loader, device)
+        row = {"epoch": epoch + 1, "train_loss": round(tr_loss, 5), "train_acc": round(tr_acc, 5), "lr": lr,
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            save_model(out / MODEL_FILENAME, model, {**meta, "epoch": epoch + 1, "val_acc": val_acc})
+        save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_acc": best_acc,
+                                "best_epoch": best_epoch, "history": history})
+        write_history(out / "history.csv", history)
+        plot_curves(history, out / "curves.png")
+        epochs.set_postfix(val_acc=f"{val_acc:.3f}", best=f"{best_acc:.3f}")
+    return FitResult(out, best_acc, best_epoch, len(history))

@@ -1,0 +1,187 @@
+"""The Predictor: images in, Predictions out. One object for the CLI, the web service and the monitor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wildwatch.data.discover import expand_paths
+from wildwatch.data.loading import ImageLoadError, load_image
+from wildwatch.data.transforms import Preprocess, eval_transform
+from wildwatch.engine.checkpoint import load_extras, load_model
+from wildwatch.inference import unknown as ood
+from wildwatch.reports.metrics import softmax
+from wildwatch.species import species_info
+
+BUNDLED_MODEL = "resources/bundled_model.safetensors"
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("wildwatch").joinpath(BUNDLED_MODEL)))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one image. ``error`` is set (and species empty) when it failed."""
+
+    source: str
+    species: str = ""
+    confidence: float = 0.0
+    top_k: tuple[dict, ...] = ()
+    common_name: str = ""
+    iucn_status: str = ""
+    threatened: bool = False
+    unknown: bool = False
+    unknown_score: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["top_k"] = [dict(t) for t in self.top_k]
+        return d
+
+    def to_row(self) -> dict:
+        """Flat values for CSV (top_k as JSON text)."""
+        d = self.to_json()
+        d["top_k"] = json.dumps(d["top_k"])
+        return d
+
+
+ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
+
+
+@dataclass
+class Predictor:
+    """A loaded model with its preprocessing, temperature and unknown detector."""
+
+    model: torch.nn.Module
+    meta: dict
+    extras: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    top_k: int = 3
+
+    @classmethod
+    def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3) -> "Predictor":
+        """Load a model file or run folder; ``None`` loads the bundled model."""
+        path = bundled_model_path() if path is None else path
+        model, meta = load_model(path, device)
+        return cls(model, meta, load_extras(path), torch.device(device), top_k)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_json(self.meta["preprocess"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0))
+
+    def transform(self):
+        return eval_transform(self.preprocess)
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, pooled features or None) for a normalised batch."""
+        batch = batch.to(self.device)
+        if hasattr(self.model, "embed"):
+            feats = self.model.embed(batch)
+            return self.model._fc(feats).float().cpu().numpy(), feats.float().cpu().numpy()
+        return self.model(batch).float().cpu().numpy(), None
+
+    def unknown_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
+        spec = self.meta.get("unknown") or {}
+        method = spec.get("method")
+        if method == "mahalanobis" and feats is not None and "ood_means" in self.extras:
+            return ood.mahalanobis_score(feats, self.extras["ood_means"].numpy(), self.extras["ood_precision"].numpy())
+        if method == "energy":
+            return ood.energy_score(logits, self.temperature)
+        if method == "msp":
+            return ood.msp_score(logits, self.temperature)
+        return None
+
+    def _predictions(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None) -> list[Prediction]:
+        probs = softmax(logits, self.temperature)
+        scores = self.unknown_scores(logits, feats)
+        threshold = (self.meta.get("unknown") or {}).get("threshold")
+        classes = self.classes
+        out = []
+        for i, src in enumerate(sources):
+            order = np.argsort(-probs[i])[: self.top_k]
+            top = tuple({"species": classes[j], "probability": round(float(probs[i, j]), 5)} for j in order)
+            score = None if scores is None else float(scores[i])
+            is_unknown = bool(score is not None and threshold is not None and score > threshold)
+            key = "unknown" if is_unknown else classes[order[0]]
+            info = species_info(key)
+            out.append(Prediction(src, key, round(float(probs[i, order[0]]), 5), top, info.common_name,
+                                  info.iucn_status, info.threatened, is_unknown,
+                                  None if score is None else round(score, 5)))
+        return out
+
+    def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
+        """Classify decoded RGB images."""
+        if not images:
+            return []
+        sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
+        t = self.transform()
+        batch = torch.stack([t(im.convert("RGB")) for im in images])
+        return self._predictions(sources, *self.forward(batch))
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 2) -> Iterator[Prediction]:
+        """Classify files and folders (recursively), in input order, one Prediction per file.
+
+        A file that cannot be read gets a Prediction with ``error`` set; the batch goes on.
+        Decoding runs on ``workers`` threads while the model works on the previous batch, and at
+        most two batches are held in memory whatever the number of files.
+        """
+        files = expand_paths(paths)
+        t = self.transform()
+        draft = (self.preprocess.resize_size, self.preprocess.resize_size)
+
+        def decode(p: Path):
+            try:
+                return t(load_image(p, draft_size=draft)), None
+            except ImageLoadError as exc:
+                return None, str(exc)
+
+        def chunks() -> Iterator[list[Path]]:
+            buf: list[Path] = []
+            for f in files:
+                buf.append(f)
+                if len(buf) == batch_size:
+                    yield buf
+                    buf = []
+            if buf:
+                yield buf
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            pending = None
+            for chunk in chunks():
+                future = (chunk, [pool.submit(decode, p) for p in chunk])
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = future
+            if pending is not None:
+                yield from self._finish(*pending)
+
+    def _finish(self, chunk: list[Path], futures) -> list[Prediction]:
+        decoded = [f.result() for f in futures]
+        ok = [i for i, (x, _) in enumerate(decoded) if x is not None]
+        preds: dict[int, Prediction] = {}
+        if ok:
+            batch = torch.stack([decoded[i][0] for i in ok])
+            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *self.forward(batch))):
+                preds[i] = p
+        return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

@@ -1,0 +1,58 @@
+"""Out-of-distribution scores: how unlike the known species an input is (higher = more unknown)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wildwatch.reports.metrics import softmax
+
+
+def msp_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """1 - maximum softmax probability."""
+    return 1.0 - softmax(logits, temperature).max(1)
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy flipped so that higher = more unknown: -T·logsumexp(logits/T)."""
+    z = logits / temperature
+    m = z.max(1, keepdims=True)
+    return -(temperature * (m[:, 0] + np.log(np.exp(z - m).sum(1))))
+
+
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int, shrinkage: float = 0.05) -> dict:
+    """Class means and one shared, shrunk precision matrix of L2-normalised features."""
+    f = _normalise(features)
+    means = np.stack([f[labels == c].mean(0) for c in range(n_classes)])
+    centred = f - means[labels]
+    cov = centred.T @ centred / len(f)
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    return {"ood_means": torch.from_numpy(means.astype(np.float32)),
+            "ood_precision": torch.from_numpy(np.linalg.inv(cov).astype(np.float32))}
+
+
+def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Distance to the nearest class mean in the shared-covariance metric."""
+    f = _normalise(features)
+    d = f[:, None, :] - means[None, :, :]
+    dist = np.einsum("nkd,de,nke->nk", d, precision, d)
+    return dist.min(1)
+
+
+def _normalise(f: np.ndarray) -> np.ndarray:
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """Probability that an unknown input scores higher than a known one (ties count half)."""
+    s = np.concatenate([scores_in, scores_out])
+    order = s.argsort(kind="mergesort")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    # average ranks over ties
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inv, ranks)
+    ranks = (sums / counts)[inv]
+    n_in, n_out = len(scores_in), len(scores_out)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))

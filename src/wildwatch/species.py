@@ -1,0 +1,60 @@
+"""The species table: display name, scientific names and IUCN Red List status of each class."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+THREATENED_CATEGORIES = ("VU", "EN", "CR")
+# Badge colours used by the Red List itself.
+CATEGORY_COLOURS = {"LC": "#60C659", "NT": "#CCE226", "VU": "#F9E814", "EN": "#FC7F3F", "CR": "#D81E05",
+                    "EW": "#542344", "EX": "#000000", "DD": "#D1D1C6"}
+
+
+@dataclass(frozen=True)
+class SpeciesInfo:
+    key: str
+    common_name: str
+    scientific_names: tuple[str, ...]
+    iucn_status: str
+    threatened: bool
+    note: str
+    source: str
+    assessments: tuple[dict, ...] = ()
+
+    @property
+    def worst_category(self) -> str:
+        order = ["LC", "NT", "VU", "EN", "CR"]
+        cats = [a["category"] for a in self.assessments] or [self.iucn_status]
+        return max(cats, key=lambda c: order.index(c) if c in order else -1)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "common_name": self.common_name, "scientific_names": list(self.scientific_names),
+                "iucn_status": self.iucn_status, "threatened": self.threatened, "note": self.note,
+                "source": self.source, "assessments": list(self.assessments)}
+
+
+UNKNOWN = SpeciesInfo("unknown", "Unknown (none of the known species)", (), "", False,
+                      "The photo does not look like any species the model knows.", "")
+
+
+@lru_cache(maxsize=1)
+def species_table() -> dict[str, SpeciesInfo]:
+    raw = json.loads(resources.files("wildwatch").joinpath("resources/species.json").read_text())
+    return {
+        k: SpeciesInfo(k, v["common_name"], tuple(v["scientific_names"]), v["iucn_status"], bool(v["threatened"]),
+                       v.get("note", ""), v.get("source", ""), tuple(v.get("assessments", ())))
+        for k, v in raw.items() if not k.startswith("_")
+    }
+
+
+def species_info(key: str) -> SpeciesInfo:
+    """Status of a class name; classes missing from the table get a plain entry with no status."""
+    if key == "unknown":
+        return UNKNOWN
+    table = species_table()
+    if key in table:
+        return table[key]
+    return SpeciesInfo(key, key.replace("_", " ").capitalize(), (), "", False, "not in the species table", "")

@@ -1,0 +1,80 @@
+"""Fixtures that make their own images: no downloads, no real photos unless a test asks for them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_DATA = Path(os.environ.get("WILDWATCH_DATA", SHARED_DATA / "endangered11"))
+OOD_DATA = Path(os.environ.get("WILDWATCH_OOD", SHARED_DATA / "ood_dev"))
+
+COLOURS = {"red_circles": (220, 40, 40), "green_squares": (40, 200, 60), "blue_triangles": (40, 70, 220)}
+
+
+def draw_shape(label: str, rng: random.Random, size: int = 48) -> Image.Image:
+    """A noisy background with one coloured shape whose kind and colour give the class."""
+    bg = np.clip(np.random.default_rng(rng.randrange(2**31)).normal(128, 30, (size, size, 3)), 0, 255)
+    img = Image.fromarray(bg.astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    r = rng.randint(size // 5, size // 3)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    colour = tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in COLOURS[label])
+    if label == "red_circles":
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif label == "green_squares":
+        d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    return img
+
+
+def make_shapes_folder(root: Path, per_class: int = 30, seed: int = 0, size: int = 48, duplicates: int = 0) -> Path:
+    """An ImageFolder tree of synthetic shapes; ``duplicates`` near-copies (mirrored, re-saved) per class."""
+    rng = random.Random(seed)
+    for label in COLOURS:
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_shape(label, rng, size).save(folder / f"img{i:03d}.jpg", quality=92)
+        for i in range(duplicates):
+            src = Image.open(folder / f"img{i:03d}.jpg")
+            src.transpose(Image.FLIP_LEFT_RIGHT).save(folder / f"img{i:03d}_mirror.jpg", quality=80)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    return make_shapes_folder(tmp_path_factory.mktemp("shapes"), per_class=40, duplicates=5)
+
+
+@pytest.fixture()
+def broken_dir(tmp_path) -> Path:
+    """One good photo and every kind of broken or odd file a camera card or a scrape can hold."""
+    d = tmp_path / "broken"
+    d.mkdir()
+    rng = random.Random(1)
+    draw_shape("red_circles", rng, 64).save(d / "good.jpg")
+    (d / "empty.jpg").write_bytes(b"")
+    good = (d / "good.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "text.jpg").write_text("this is not an image")
+    draw_shape("green_squares", rng, 64).convert("CMYK").save(d / "cmyk.jpg")
+    arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(arr).save(d / "sixteen_bit.png")
+    return d
+
+
+def write_near_duplicates_csv(root: Path, groups: list[list[str]]) -> None:
+    with open(root / "near_duplicates.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group_id", "path", "class"])
+        for gid, members in enumerate(groups):
+            for m in members:
+                w.writerow([gid, f"prefix/{m}", m.split("/")[0]])

@@ -1,0 +1,94 @@
+"""The command line end to end, through the installed console script."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
+
+
+def run(*args, check=True):
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_run(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    run("train", "--data", shapes_dir, "--model", "seed_m4_gap", "--epochs", 3, "--image-size", 32,
+        "--batch-size", 16, "--lr", 0.003, "--workers", 0, "--out", out, "--ratios", "0.6,0.2,0.2")
+    return out
+
+
+def test_train_then_evaluate(cli_run, shapes_dir, tmp_path):
+    assert (cli_run / "model.safetensors").exists()
+    proc = run("evaluate", "--model", cli_run, "--data", shapes_dir, "--out", tmp_path / "ev", "--no-views")
+    assert "test split" in proc.stdout and "accuracy" in proc.stdout
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["split"] == "test"
+
+
+def test_classify_folder_with_broken_files_goes_on(cli_run, broken_dir, tmp_path):
+    out = tmp_path / "rows.csv"
+    proc = run("classify", broken_dir, "--model", cli_run, "--output", out, "--top-k", 2)
+    rows = list(csv.DictReader(open(out)))
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert set(by_name) == {"good.jpg", "empty.jpg", "truncated.jpg", "text.jpg", "cmyk.jpg", "sixteen_bit.png"}
+    for bad in ("empty.jpg", "truncated.jpg", "text.jpg"):
+        assert bad in by_name[bad]["error"] and by_name[bad]["species"] == ""
+    for good in ("good.jpg", "cmyk.jpg", "sixteen_bit.png"):
+        r = by_name[good]
+        assert r["error"] == "" and r["species"] in {"blue_triangles", "green_squares", "red_circles"}
+        top = json.loads(r["top_k"])
+        assert len(top) == 2 and top[0]["species"] == r["species"]
+        assert abs(top[0]["probability"] - float(r["confidence"])) < 1e-6
+    assert "6 files, 3 classified, 3 errors" in proc.stderr
+    assert "ERROR" in proc.stdout and "truncated.jpg" in proc.stdout
+
+
+def test_classify_jsonl_and_single_file(cli_run, shapes_dir, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    img = next((shapes_dir / "red_circles").glob("*.jpg"))
+    run("classify", img, tmp_path / "missing.jpg", "--model", cli_run, "--output", out, "-q")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["source"] == str(img) and rows[0]["error"] is None
+    assert {"path", "species", "confidence", "top_k", "error"} <= set(rows[0]) | {"path"}
+    assert "file not found" in rows[1]["error"]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    proc = run("classify", tmp_path, "--model", tmp_path / "nothing.safetensors", check=False)
+    assert proc.returncode == 2 and "no model here" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("train", "--data", tmp_path / "nope", "--model", "seed_m0", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("train", "--data", tmp_path, "--model", "nope", check=False)
+    assert proc.returncode == 2 and "unknown model" in proc.stderr
+
+
+def test_models_and_audit(shapes_dir, broken_dir, tmp_path):
+    assert "seed_m4_gap" in run("models").stdout
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir, data)
+    shutil.copy(broken_dir / "truncated.jpg", data / "red_circles" / "broken.jpg")
+    shutil.copy(data / "red_circles" / "img000.jpg", data / "green_squares" / "copy.jpg")
+    proc = run("data", "audit", data, "--out", tmp_path / "audit.json")
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["counts"]["red_circles"] == 46 and report["total"] == 137
+    assert [u["path"] for u in report["unreadable"]] == ["red_circles/broken.jpg"]
+    assert len(report["exact_duplicates_across_classes"]) == 1
+    assert report["near_duplicate_groups"] >= 15
+    # every class is 48x48: size tells nothing, so no warning
+    assert "WARNING" not in proc.stdout
+    # one class all 64x64 (as five classes of endangered11 are all 256x256): the audit warns
+    from PIL import Image
+
+    for f in (data / "blue_triangles").glob("*.jpg"):
+        Image.open(f).resize((64, 64)).save(f)
+    proc = run("data", "audit", data)
+    assert "WARNING: image size predicts the class" in proc.stdout and "blue_triangles" in proc.stdout
