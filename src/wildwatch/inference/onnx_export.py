@@ -1,0 +1,66 @@
+"""Export models (or their frozen trunk) to ONNX and run them with ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class Trunk(nn.Module):
+    """The frozen part of an EfficientNet-Lite: stem and blocks [0, stop)."""
+
+    def __init__(self, model: nn.Module, stop: int):
+        super().__init__()
+        self.model, self.stop = model, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = torch.nn.functional.relu6(m._bn0(m._conv_stem(x)))
+        for block in m._blocks[: self.stop]:
+            x = block(x)
+        return x
+
+
+def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True) -> Path:
+    """Export with a dynamic batch dimension into one file. The module is put in eval mode
+    (and left there: the exporter would otherwise switch BatchNorm back to training)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    x = torch.randn(2, 3, image_size, image_size)
+    quiet = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)
+        else:
+            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    module.eval()
+    return path
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session using all cores unless told otherwise."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads would starve the threads that decode the next batch.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, batch: np.ndarray) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

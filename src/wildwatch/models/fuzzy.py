@@ -1,0 +1,119 @@
+"""Fuzzy pooling layers: drop-in replacements for ``nn.MaxPool2d`` (no padding, floor mode).
+
+Both are vectorised with ``unfold``: every k x k patch of every channel becomes a row, and the
+pooling rule is computed on all rows at once. Both are differentiable almost everywhere (the
+choice of which values to keep is piecewise constant, as in max pooling).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIGMA_EPS = 1e-4
+
+
+def _patches(x: torch.Tensor, kernel: int, stride: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """[N, C, H, W] → [N*C*L, k*k] rows of patch values, and the output shape (N, C, Ho, Wo)."""
+    n, c, h, w = x.shape
+    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input {h}x{w} is smaller than the pooling kernel {kernel}")
+    cols = F.unfold(x.reshape(n * c, 1, h, w), kernel, stride=stride)  # [N*C, k*k, L]
+    return cols.transpose(1, 2).reshape(-1, kernel * kernel), (n, c, ho, wo)
+
+
+def fuzzy_type2_rows(v: torch.Tensor) -> torch.Tensor:
+    """Type-2 fuzzy pooling of each row of ``v`` ([R, n] → [R]); see ``FuzzyPool2d``."""
+    n = v.shape[1]
+    h = math.ceil(n / 2)
+    s, _ = torch.sort(v, dim=1)
+    cs = torch.cat([torch.zeros_like(s[:, :1]), s.cumsum(1)], 1)  # cs[:, j] = sum of the j smallest
+    k = torch.arange(1, h + 1, device=v.device)
+    kept = (n - 2 * (k - 1)).to(v.dtype)
+    kmm = (cs[:, n - k + 1] - cs[:, k - 1]) / kept  # [R, h]: k-th middle means
+    sigma = (v - v.mean(1, keepdim=True)).abs().mean(1, keepdim=True) + SIGMA_EPS
+    pi = torch.exp(-0.5 * ((v[:, :, None] - kmm[:, None, :]) / sigma[:, :, None]) ** 2)  # [R, n, h]
+    tau = pi.amax(2).amin(1, keepdim=True)  # lower bound of the footprint of uncertainty
+    pi_bar = pi.mean(2)  # [R, n]
+    w = pi_bar * (pi_bar >= tau).to(v.dtype)
+    empty = w.sum(1, keepdim=True) <= 0
+    w = torch.where(empty, pi_bar, w)
+    return (w * v).sum(1) / w.sum(1)
+
+
+def fuzzy_type1_rows(v: torch.Tensor) -> torch.Tensor:
+    """Type-1 fuzzy pooling of each row of ``v`` ([R, n] → [R]); see ``FuzzyPool2dType1``."""
+    lo = v.amin(1, keepdim=True)
+    hi = v.amax(1, keepdim=True)
+    r = hi - lo
+    flat = r <= 0
+    r = torch.where(flat, torch.ones_like(r), r)
+    t = (v - lo) / r  # position in the patch's range, 0..1
+    c = 1.0 / 3.0
+    d = 0.5
+    small = torch.clamp((d - t) / c, 0, 1)  # 1 up to d-c, falls to 0 at d (trapezoid)
+    medium = torch.clamp(1 - (t - d).abs() / c, 0, 1)  # triangle peaking at d, zero beyond d±c
+    large = torch.clamp((t - d) / c, 0, 1)  # 0 up to d, 1 from d+c (trapezoid)
+    mu = torch.stack([small, medium, large], 1)  # [R, 3, n]
+    best = mu.sum(2).argmax(1)  # the fuzzy set with the largest total membership
+    m = mu[torch.arange(len(v), device=v.device), best]  # [R, n]
+    out = (m * v).sum(1) / m.sum(1).clamp_min(1e-12)
+    return torch.where(flat[:, 0], v[:, 0], out)
+
+
+class _FuzzyPool(nn.Module):
+    rows_fn = staticmethod(fuzzy_type2_rows)
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None):
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+        self.stride = int(stride) if stride is not None else self.kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, (n, c, ho, wo) = _patches(x, self.kernel_size, self.stride)
+        return self.rows_fn(rows).reshape(n, c, ho, wo)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class FuzzyPool2d(_FuzzyPool):
+    """Type-2 fuzzy pooling (T. Sharma, V. Singh, S. Sudhakaran, N. K. Verma, "Fuzzy based Pooling
+    in Convolutional Neural Network for Image Classification", FUZZ-IEEE 2019).
+
+    For each channel and each p x p patch with values x (n = p² of them):
+
+    - sort the patch; for k = 1..h, h = ⌈n/2⌉, the k-th middle mean kmm_k is the mean of the values
+      left after trimming k-1 from each end (kmm_1 is the mean, kmm_h the median);
+    - v_avg = mean(x); σ = mean|x - v_avg| + 1e-4;
+    - memberships π_k(x) = exp(-½((x - kmm_k)/σ)²): h embedded type-1 sets whose union is the
+      footprint of uncertainty of an interval type-2 set;
+    - threshold τ = min over x of max over k of π_k(x) (the lower bound of that footprint);
+    - π̄(x) = mean over k of π_k(x);
+    - output Σ π̄(x)·x over the x with π̄(x) ≥ τ, divided by Σ π̄(x) over the same x (all x when
+      none passes).
+
+    A uniform patch returns its value.
+    """
+
+    rows_fn = staticmethod(fuzzy_type2_rows)
+
+
+class FuzzyPool2dType1(_FuzzyPool):
+    """Type-1 fuzzy pooling (D. E. Diamantis, D. K. Iakovidis, "Fuzzy Pooling", IEEE Transactions on
+    Fuzzy Systems 29(11), 2021).
+
+    Each patch's values are mapped onto its own range t = (x - min)/(max - min) and given three
+    memberships: "small" (trapezoid: 1 up to t = 1/6, 0 from t = 1/2), "medium" (triangle: 0 at
+    t = 1/6, 1 at t = 1/2, 0 at t = 5/6) and "large" (trapezoid: 0 up to t = 1/2, 1 from 5/6).
+    The fuzzy set with the largest total membership Σπ over the patch is kept, and the output is
+    its centroid Σπ(x)·x / Σπ(x). A uniform patch returns its value. (The paper spreads the
+    membership functions over the activation range [0, r_max]; using each patch's own range keeps
+    the layer free of a hand-set r_max.)
+    """
+
+    rows_fn = staticmethod(fuzzy_type1_rows)

@@ -1,0 +1,97 @@
+"""Fuzzy pooling layers against slow, obviously-correct references."""
+
+import math
+
+import pytest
+import torch
+
+from wildwatch.models import create_model
+from wildwatch.models.fuzzy import FuzzyPool2d, FuzzyPool2dType1
+
+
+def ref_type2(patch: list[float]) -> float:
+    n = len(patch)
+    s = sorted(patch)
+    h = math.ceil(n / 2)
+    kmm = [sum(s[k - 1:n - k + 1]) / (n - 2 * (k - 1)) for k in range(1, h + 1)]
+    avg = sum(patch) / n
+    sigma = sum(abs(x - avg) for x in patch) / n + 1e-4
+    pi = [[math.exp(-0.5 * ((x - m) / sigma) ** 2) for m in kmm] for x in patch]
+    tau = min(max(row) for row in pi)
+    pbar = [sum(row) / len(row) for row in pi]
+    keep = [(p, x) for p, x in zip(pbar, patch) if p >= tau] or list(zip(pbar, patch))
+    return sum(p * x for p, x in keep) / sum(p for p, _ in keep)
+
+
+def ref_type1(patch: list[float]) -> float:
+    lo, hi = min(patch), max(patch)
+    if hi == lo:
+        return patch[0]
+
+    def memberships(x):
+        t = (x - lo) / (hi - lo)
+        small = 1.0 if t <= 1 / 6 else (0.5 - t) * 3 if t < 0.5 else 0.0
+        medium = 0.0 if abs(t - 0.5) >= 1 / 3 else 1 - abs(t - 0.5) * 3
+        large = 0.0 if t <= 0.5 else (t - 0.5) * 3 if t < 5 / 6 else 1.0
+        return small, medium, large
+
+    mus = [memberships(x) for x in patch]
+    totals = [sum(m[i] for m in mus) for i in range(3)]
+    best = max(range(3), key=lambda i: (totals[i], -i))
+    w = [m[best] for m in mus]
+    return sum(wi * x for wi, x in zip(w, patch)) / sum(w)
+
+
+def ref_pool(x: torch.Tensor, k: int, s: int, fn) -> torch.Tensor:
+    n, c, h, w = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    out = torch.zeros(n, c, ho, wo, dtype=x.dtype)
+    for a in range(n):
+        for b in range(c):
+            for i in range(ho):
+                for j in range(wo):
+                    patch = x[a, b, i * s:i * s + k, j * s:j * s + k].reshape(-1).tolist()
+                    out[a, b, i, j] = fn(patch)
+    return out
+
+
+CASES = [((2, 3, 6, 6), 2, 2), ((1, 2, 7, 5), 3, 2), ((1, 1, 9, 9), 3, 3), ((2, 2, 5, 8), 2, 1), ((1, 3, 8, 7), 4, 3)]
+
+
+@pytest.mark.parametrize("shape,k,s", CASES)
+@pytest.mark.parametrize("layer,ref", [(FuzzyPool2d, ref_type2), (FuzzyPool2dType1, ref_type1)])
+def test_matches_reference_and_maxpool_shape(shape, k, s, layer, ref):
+    torch.manual_seed(sum(shape) + k * 10 + s)
+    x = torch.randn(*shape, dtype=torch.float64)
+    got = layer(k, s)(x)
+    assert got.shape == torch.nn.MaxPool2d(k, s)(x).shape
+    torch.testing.assert_close(got, ref_pool(x, k, s, ref), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
+def test_uniform_patch_returns_its_value(layer):
+    x = torch.full((1, 2, 4, 4), 0.7)
+    torch.testing.assert_close(layer(2)(x), torch.full((1, 2, 2, 2), 0.7))
+
+
+@pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
+def test_output_lies_within_the_patch_range(layer):
+    x = torch.randn(2, 4, 8, 8)
+    y = layer(2)(x)
+    assert (y <= torch.nn.MaxPool2d(2)(x) + 1e-6).all() and (y >= -torch.nn.MaxPool2d(2)(-x) - 1e-6).all()
+
+
+@pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
+def test_gradcheck_float64(layer):
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer(2, 1), (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "fuzzy", "fuzzy1"])
+def test_seed_models_take_every_pooling(pool):
+    model = create_model("seed_m4_gap", 4, image_size=32, pool=pool)
+    y = model(torch.randn(2, 3, 32, 32))
+    y.sum().backward()
+    assert y.shape == (2, 4)
+    assert all(p.grad is not None for p in model.parameters())
