@@ -92,3 +92,17 @@ def test_models_and_audit(shapes_dir, broken_dir, tmp_path):
         Image.open(f).resize((64, 64)).save(f)
     proc = run("data", "audit", data)
     assert "WARNING: image size predicts the class" in proc.stdout and "blue_triangles" in proc.stdout
+
+
+def test_classify_resume_skips_done_files_and_keeps_order(cli_run, shapes_dir, tmp_path):
+    out = tmp_path / "rows.csv"
+    folder = shapes_dir / "green_squares"
+    run("classify", folder, "--model", cli_run, "--output", out, "-q")
+    full = list(csv.DictReader(open(out)))
+    # simulate an interruption: keep 10 rows and half of the 11th
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:11]) + lines[11][:15])
+    proc = run("classify", folder, "--model", cli_run, "--output", out, "--resume", "-q")
+    again = list(csv.DictReader(open(out)))
+    assert [r["source"] for r in again] == [r["source"] for r in full]
+    assert "10 already done" in proc.stderr

@@ -53,6 +53,8 @@ def train(
     ratios: Optional[str] = typer.Option(None, help="train,val,test ratios, e.g. 0.7,0.1,0.2"),
     pool: str = typer.Option("max", help="Pooling of the seed CNNs: max, avg, fuzzy, fuzzy1."),
     seed: int = typer.Option(0),
+    views: int = typer.Option(2, help="Pretrained backbones: augmented views cached per training photo."),
+    ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
@@ -66,7 +68,7 @@ def train(
     values = yaml.safe_load(config.read_text()) if config else {}
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
-             "seed": seed, "workers": workers, "device": device,
+             "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
@@ -92,15 +94,20 @@ def evaluate(
     split: str = typer.Option("test", help="train, val or test."),
     out: Path = typer.Option(Path("runs/eval"), help="Folder for metrics.json, plots and pages."),
     views: bool = typer.Option(True, help="Also score partial views and the size-shortcut check."),
+    exclude: Optional[Path] = typer.Option(None, help="label_issues.csv from `data audit --model`: also report "
+                                           "accuracy without the photos it flags."),
 ):
     """Score a model on a split of its data: metrics, confusion matrix, calibration, errors."""
     from wildwatch.engine.evaluate import evaluate_model
 
-    s = evaluate_model(model, data, out, split, views=views)
+    s = evaluate_model(model, data, out, split, views=views, exclude=exclude)
     typer.echo(f"{split} split: {s['n']} images, accuracy {s['accuracy']:.4f}, top-3 {s['top3_accuracy']:.4f}, "
                f"macro F1 {s['macro_f1']:.4f}, ECE {s['ece']:.4f}")
     if not s["data_fingerprint_matches"]:
         typer.secho("warning: the data differ from what the model was trained on", fg=typer.colors.YELLOW, err=True)
+    if "without_flagged" in s:
+        w = s["without_flagged"]
+        typer.echo(f"  without {w['excluded']} photos flagged by the label audit: accuracy {w['accuracy']:.4f} on {w['n']}")
     for name, acc in s.get("views", {}).items():
         typer.echo(f"  view {name:<14}{acc:.4f}")
     typer.echo(f"reports in {out}")
@@ -114,20 +121,27 @@ def classify(
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
     output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl."),
     batch_size: int = typer.Option(32, min=1),
+    backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
+    resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
     from tqdm import tqdm
 
     from wildwatch.inference.predictor import Predictor
-    from wildwatch.inference.writers import open_writer
+    from wildwatch.data.discover import expand_paths
+    from wildwatch.inference.writers import done_sources, open_writer
 
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl", ".json"):
         raise ValueError(f"{output}: output must end in .csv or .jsonl")
-    predictor = Predictor.from_file(model, top_k=top_k)
+    if resume and output is None:
+        raise ValueError("--resume needs --output: it skips the files already written there")
+    predictor = Predictor.from_file(model, top_k=top_k, backend=backend)
+    done = done_sources(output) if resume else set()
+    todo = (p for p in expand_paths(paths) if str(p) not in done)
     n = n_err = 0
-    with open_writer(output) as write:
-        bar = tqdm(predictor.predict_paths(paths, batch_size=batch_size), unit="img", desc="classifying",
+    with open_writer(output, append=resume) as write:
+        bar = tqdm(predictor.predict_paths(todo, batch_size=batch_size), unit="img", desc="classifying",
                    disable=quiet or not sys.stderr.isatty())
         for p in bar:
             write(p)
@@ -140,8 +154,9 @@ def classify(
                     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
                     label = f"unknown (closest: {p.top_k[0]['species']})" if p.unknown else p.species
                     typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}")
-    typer.echo(f"{n} files, {n - n_err} classified, {n_err} errors" + (f"; rows in {output}" if output else ""),
-               err=True)
+    skipped = f", {len(done)} already done" if done else ""
+    typer.echo(f"{n} files, {n - n_err} classified, {n_err} errors{skipped} ({predictor.backend} backend)"
+               + (f"; rows in {output}" if output else ""), err=True)
 
 
 @app.command()
@@ -157,12 +172,43 @@ def models(pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. 's
 @friendly_errors
 def data_audit(
     root: Path = typer.Argument(..., help="ImageFolder tree."),
-    out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
+    out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here (a folder with --model)."),
+    model: Optional[Path] = typer.Option(None, help="Also list probable label errors, using this model's "
+                                         "features (a run, a model file, or 'bundled')."),
+    folds: int = typer.Option(5, min=2, help="Folds for the out-of-fold predictions of the label audit."),
 ):
-    """Counts per class, unreadable files, exact and near duplicates, and size shortcuts."""
+    """Counts per class, unreadable files, exact and near duplicates, size shortcuts; with --model,
+    probable label errors (out-of-fold predictions and confident learning) as an HTML page."""
     from wildwatch.data.audit import audit_folder, format_audit
 
     report = audit_folder(root)
     typer.echo(format_audit(report))
-    if out:
+    if model is not None:
+        from wildwatch.data.label_audit import label_audit
+
+        folder = out or Path("label_audit")
+        la = label_audit(root, None if str(model) == "bundled" else model, folder, folds)
+        typer.echo(f"label audit: {la['flagged']} probable label errors of {la['photos']} photos "
+                   f"(out-of-fold accuracy {la['out_of_fold_accuracy']:.4f}); see {folder / 'label_issues.html'}")
+        report["label_audit"] = la
+        (folder / "audit.json").write_text(json.dumps(report, indent=2))
+    elif out:
         out.write_text(json.dumps(report, indent=2))
+
+
+@app.command()
+@friendly_errors
+def export(
+    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    format: str = typer.Option("onnx", help="Only onnx for now."),
+    int8: bool = typer.Option(False, "--int8", help="Also make a static int8 model, calibrated on --data."),
+    data: Optional[Path] = typer.Option(None, help="The training folder: calibration and parity photos."),
+    out: Optional[Path] = typer.Option(None, help="Output file. Default: the cache that `classify` looks in."),
+):
+    """Export to ONNX Runtime (one file, dynamic batch) with a parity check against PyTorch."""
+    if format != "onnx":
+        raise ValueError(f"unknown format {format!r}; only 'onnx' is supported")
+    from wildwatch.inference.export import export as do_export
+
+    report = do_export(model, out, int8, data)
+    typer.echo(json.dumps(report, indent=2))

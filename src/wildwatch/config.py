@@ -29,6 +29,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     workers: int = Field(2, ge=0)
     device: str = "auto"
+    views: int = Field(2, ge=0, description="augmented views of each training photo (pretrained backbones)")
+    ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
 
     @field_validator("ratios")

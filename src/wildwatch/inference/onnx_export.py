@@ -15,18 +15,14 @@ import torch.nn as nn
 
 
 class Trunk(nn.Module):
-    """The frozen part of an EfficientNet-Lite: stem and blocks [0, stop)."""
+    """The frozen part of an EfficientNet-Lite: stem and all blocks."""
 
-    def __init__(self, model: nn.Module, stop: int):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.stop = model, stop
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = torch.nn.functional.relu6(m._bn0(m._conv_stem(x)))
-        for block in m._blocks[: self.stop]:
-            x = block(x)
-        return x
+        return self.model.trunk(x)
 
 
 def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True) -> Path:

@@ -69,13 +69,25 @@ class Predictor:
     extras: dict = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
     top_k: int = 3
+    runner: object = None
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3) -> "Predictor":
-        """Load a model file or run folder; ``None`` loads the bundled model."""
-        path = bundled_model_path() if path is None else path
+    def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
+                  backend: str = "auto") -> "Predictor":
+        """Load a model file or run folder (``None``: the bundled model) and pick a backend:
+        ``torch``, ``onnx`` (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available)."""
+        from wildwatch.engine.checkpoint import resolve_model_path
+        from wildwatch.inference.backends import make_runner
+
+        path = resolve_model_path(bundled_model_path() if path is None else path)
         model, meta = load_model(path, device)
-        return cls(model, meta, load_extras(path), torch.device(device), top_k)
+        dev = torch.device(device)
+        size = int(meta["preprocess"]["image_size"])
+        return cls(model, meta, load_extras(path), dev, top_k, make_runner(backend, model, path, size, dev))
+
+    @property
+    def backend(self) -> str:
+        return getattr(self.runner, "name", "torch")
 
     @property
     def classes(self) -> list[str]:
@@ -92,14 +104,13 @@ class Predictor:
     def transform(self):
         return eval_transform(self.preprocess)
 
-    @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, pooled features or None) for a normalised batch."""
-        batch = batch.to(self.device)
-        if hasattr(self.model, "embed"):
-            feats = self.model.embed(batch)
-            return self.model._fc(feats).float().cpu().numpy(), feats.float().cpu().numpy()
-        return self.model(batch).float().cpu().numpy(), None
+        """(logits, unknown-detector features or None) for a normalised batch."""
+        if self.runner is None:
+            from wildwatch.inference.backends import TorchRunner
+
+            self.runner = TorchRunner(self.model, self.device)
+        return self.runner(batch.numpy())
 
     def unknown_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
         spec = self.meta.get("unknown") or {}

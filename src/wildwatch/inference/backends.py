@@ -1,0 +1,121 @@
+"""Inference backends: PyTorch eager, or ONNX Runtime on an exported copy of the model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+class _Outputs(nn.Module):
+    """Logits, plus the unknown-detector features when the model has them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        if hasattr(self.model, "predict_outputs"):
+            return self.model.predict_outputs(x)
+        return self.model(x)
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files are kept: $WILDWATCH_CACHE or ~/.cache/wildwatch."""
+    return Path(os.environ.get("WILDWATCH_CACHE", Path.home() / ".cache" / "wildwatch"))
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def export_model_onnx(model: nn.Module, out: Path, image_size: int) -> Path:
+    """Export the model (logits and unknown features) with a dynamic batch, in one file."""
+    from wildwatch.inference.onnx_export import export_onnx
+
+    return export_onnx(_Outputs(model), out, image_size)
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = _Outputs(self.model)(torch.from_numpy(batch).to(self.device))
+        if isinstance(out, tuple):
+            return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
+        return out.float().cpu().numpy(), None
+
+
+class OnnxRunner:
+    def __init__(self, onnx_path: Path, name: str = "onnx"):
+        from wildwatch.inference.onnx_export import ort_session
+
+        self.name = name
+        self.path = onnx_path
+        self.session = ort_session(onnx_path)
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outs = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return outs[0], (outs[1] if len(outs) > 1 else None)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: int, device: torch.device):
+    """Build the runner for ``backend``. ONNX files are exported once per model file and cached;
+    an int8 file must have been made with ``wildwatch export --int8`` (it needs calibration photos)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        int8 = int8_path(model_file)
+        if onnx_available() and int8.exists():
+            return OnnxRunner(int8, "onnx-int8")
+        backend = "onnx" if onnx_available() and device.type == "cpu" else "torch"
+    if backend == "torch":
+        return TorchRunner(model, device)
+    if not onnx_available():
+        raise RuntimeError("the onnx backends need onnxruntime: pip install onnxruntime")
+    if backend == "onnx-int8":
+        path = int8_path(model_file)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no int8 model yet; make it with: wildwatch export --model {model_file} --int8 --data DIR")
+        return OnnxRunner(path, "onnx-int8")
+    path = fp32_path(model_file)
+    if not path.exists():
+        export_model_onnx(model, path, image_size)
+    return OnnxRunner(path, "onnx")
+
+
+def fp32_path(model_file: Path) -> Path:
+    shipped = Path(model_file).with_suffix(".onnx")
+    if shipped.exists():
+        return shipped
+    return cache_dir() / f"{file_digest(Path(model_file))}_fp32.onnx"
+
+
+def int8_path(model_file: Path) -> Path:
+    shipped = Path(model_file).with_suffix(".int8.onnx")
+    if shipped.exists():
+        return shipped
+    return cache_dir() / f"{file_digest(Path(model_file))}_int8.onnx"

@@ -1,0 +1,106 @@
+"""The bundled model, species status, calibration and the unknown answer."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REAL_DATA, draw_shape
+from wildwatch.engine.transfer import fit_temperature
+from wildwatch.inference import Predictor, bundled_model_path
+from wildwatch.models import create_model
+from wildwatch.models.effnet import load_lite0_imagenet_state
+from wildwatch.reports.metrics import nll, softmax
+from wildwatch.species import THREATENED_CATEGORIES, species_info, species_table
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Predictor.from_file(None, backend="torch")
+
+
+def test_backbone_forward_with_real_weights():
+    model = create_model("effnet_lite0", num_classes=11, pretrained=True).eval()
+    state = load_lite0_imagenet_state()
+    torch.testing.assert_close(model._conv_stem.weight, state["_conv_stem.weight"])
+    torch.testing.assert_close(model._ood_conv_head.weight, state["_conv_head.weight"])
+    img = torch.from_numpy(np.asarray(draw_shape("red_circles", random.Random(0), 224))).permute(2, 0, 1)
+    x = (img.float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        logits, feats = model.predict_outputs(x[None])
+    assert logits.shape == (1, 11) and feats.shape == (1, 1280) and torch.isfinite(feats).all()
+
+
+def test_bundled_model_is_small_and_self_describing(bundled):
+    assert bundled_model_path().stat().st_size < 12_000_000
+    meta = bundled.meta
+    assert meta["architecture"] == "effnet_lite0" and len(meta["classes"]) == 11
+    assert meta["stored_keys"] == "partial" and meta["temperature"] > 0
+    assert meta["unknown"]["method"] == "mahalanobis" and meta["unknown"]["threshold"] > 0
+    assert len(meta["data_fingerprint"]) == 16 and meta["split"]["grouping"] == "near_duplicates.csv"
+    assert meta["metrics"]["test_accuracy"] > 0.9
+
+
+def test_bundled_model_classifies_with_status(bundled, tmp_path):
+    img = draw_shape("green_squares", random.Random(3), 300)
+    img.save(tmp_path / "x.jpg")
+    [p] = list(bundled.predict_paths([tmp_path / "x.jpg"]))
+    assert p.error is None and p.species and len(p.top_k) == 3
+    assert p.top_k[0]["probability"] >= p.top_k[1]["probability"]
+    d = p.to_json()
+    for key in ("source", "species", "confidence", "top_k", "common_name", "iucn_status", "threatened", "unknown", "error"):
+        assert key in d
+
+
+def test_flat_grey_image_is_unknown(bundled):
+    [p] = bundled.predict_images([Image.new("RGB", (320, 240), (128, 128, 128))], ["grey"])
+    assert p.unknown and p.species == "unknown"
+    assert p.top_k and p.top_k[0]["species"] in bundled.classes  # the closest species are still listed
+    assert p.iucn_status == "" and not p.threatened
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/data (CI always has it)")
+def test_bundled_model_names_real_photos(bundled):
+    paths, truth = [], []
+    for cls in bundled.classes:
+        files = sorted((REAL_DATA / cls).glob("*.jpg"))[-4:]
+        paths += files
+        truth += [cls] * len(files)
+    preds = list(bundled.predict_paths(paths))
+    correct = sum(p.species == t or (p.unknown and p.top_k[0]["species"] == t) for p, t in zip(preds, truth))
+    assert correct / len(paths) >= 0.85
+    lion = next(p for p, t in zip(preds, truth) if t == "lion" and p.species == "lion")
+    assert lion.iucn_status == "VU" and lion.threatened and lion.common_name == "Lion"
+
+
+def test_species_table_is_honest():
+    table = species_table()
+    assert len(table) == 11
+    order = ["LC", "NT", "VU", "EN", "CR"]
+    for key, info in table.items():
+        cats = [a["category"] for a in info.assessments]
+        assert cats and info.source.startswith("IUCN Red List")
+        # threatened when any species the class may show is VU/EN/CR
+        assert info.threatened == any(c in THREATENED_CATEGORIES for c in cats)
+        lo, hi = min(cats, key=order.index), max(cats, key=order.index)
+        assert info.iucn_status == (lo if lo == hi else f"{lo}–{hi}"), key
+    # classes that mix species never claim a single Critically Endangered status
+    assert species_info("rhino").iucn_status == "NT–CR"
+    assert species_info("amur_leopard").iucn_status == "VU–CR"
+    assert species_info("panthers").iucn_status == "NT–VU"
+    assert species_info("orangutan").iucn_status == "CR"
+    assert not species_info("arctic_fox").threatened and not species_info("jaguars").threatened
+
+
+def test_temperature_scaling_lowers_nll_on_held_out_data():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), y] += 1.5
+    logits *= 4  # an overconfident model
+    t = fit_temperature(logits[:2000], y[:2000])
+    assert t > 1.5
+    assert nll(softmax(logits[2000:], t), y[2000:]) < nll(softmax(logits[2000:]), y[2000:]) - 0.1

@@ -1,0 +1,54 @@
+"""ONNX export with its parity check, backends that agree, and the label audit's logic."""
+
+import numpy as np
+import pytest
+import torch
+
+from wildwatch.data.label_audit import confident_learning, out_of_fold_probs
+from wildwatch.data.transforms import Preprocess
+from wildwatch.engine.checkpoint import save_model
+from wildwatch.inference import Predictor
+from wildwatch.inference.export import export
+from wildwatch.models import create_model
+
+
+@pytest.fixture()
+def small_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("WILDWATCH_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = create_model("seed_m4_gap", 3, image_size=32).eval()
+    meta = {"architecture": "seed_m4_gap", "model_kwargs": {"image_size": 32}, "classes": ["a", "b", "c"],
+            "preprocess": Preprocess(image_size=32).to_json(), "temperature": 1.0}
+    return save_model(tmp_path / "m.safetensors", model, meta)
+
+
+def test_export_checks_parity_and_backends_agree(small_model, shapes_dir):
+    report = export(small_model)
+    assert report["fp32_max_abs_logit_diff"] <= 1e-4 and report["fp32_same_top1"]
+    files = sorted(shapes_dir.rglob("*.jpg"))[:20]
+    a = list(Predictor.from_file(small_model, backend="torch").predict_paths(files))
+    b = list(Predictor.from_file(small_model, backend="onnx").predict_paths(files))
+    assert [p.species for p in a] == [p.species for p in b]
+    assert np.allclose([p.confidence for p in a], [p.confidence for p in b], atol=1e-4)
+
+
+def test_int8_without_data_is_a_clear_error(small_model):
+    with pytest.raises(ValueError, match="--data"):
+        export(small_model, int8=True)
+    with pytest.raises(FileNotFoundError, match="wildwatch export"):
+        Predictor.from_file(small_model, backend="onnx-int8")
+
+
+def test_confident_learning_flags_swapped_labels():
+    rng = np.random.default_rng(0)
+    n, k = 600, 3
+    labels = rng.integers(0, k, n)
+    feats = rng.normal(0, 1, (n, 16)) + np.eye(k, 16)[labels] * 4
+    noisy = labels.copy()
+    swapped = rng.choice(n, 20, replace=False)
+    noisy[swapped] = (labels[swapped] + 1) % k
+    probs = out_of_fold_probs(feats.astype(np.float32), noisy, list(range(n)), k, folds=4)
+    flagged, suggested = confident_learning(probs, noisy)
+    hits = set(np.nonzero(flagged)[0]) & set(swapped)
+    assert len(hits) >= 15 and flagged.sum() <= 30
+    assert all(suggested[i] == labels[i] for i in hits)
