@@ -123,6 +123,7 @@ def classify(
     batch_size: int = typer.Option(32, min=1),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
+    explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
@@ -145,6 +146,12 @@ def classify(
                    disable=quiet or not sys.stderr.isatty())
         for p in bar:
             write(p)
+            if explain is not None and p.error is None:
+                from wildwatch.data.loading import load_image
+                from wildwatch.inference.explain import explain_image
+
+                explain.mkdir(parents=True, exist_ok=True)
+                explain_image(predictor, load_image(p.source)).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
             n += 1
             n_err += p.error is not None
             if not quiet:
@@ -157,6 +164,30 @@ def classify(
     skipped = f", {len(done)} already done" if done else ""
     typer.echo(f"{n} files, {n - n_err} classified, {n_err} errors{skipped} ({predictor.backend} backend)"
                + (f"; rows in {output}" if output else ""), err=True)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to serve a local network)."),
+    port: int = typer.Option(8000),
+    api_key: Optional[str] = typer.Option(None, envvar="WILDWATCH_API_KEY",
+                                          help="Require this key (X-API-Key header) on every /v1 call."),
+    backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
+    cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
+):
+    """Serve the web page and the REST API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.service.app import create_app
+
+    predictor = Predictor.from_file(model, backend=backend)
+    typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
+               f"{', API key required' if api_key else ''})", err=True)
+    uvicorn.run(create_app(predictor, api_key=api_key, cors_origins=cors_origin or None), host=host, port=port,
+                log_level="warning")
 
 
 @app.command()

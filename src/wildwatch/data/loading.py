@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -58,14 +59,27 @@ def load_image(
         raise ImageLoadError(path, "is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
+    return _decode(path, path, max_pixels, draft_size)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Like ``load_image`` for bytes (an upload); ``name`` is used in error messages. The content
+    decides, never the name or a declared content type."""
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels, draft_size)
+
+
+def _decode(source, label, max_pixels: int, draft_size) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(
-                        path, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}"
+                        label, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}"
                     )
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", draft_size)
@@ -75,8 +89,8 @@ def load_image(
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file Pillow can read (wrong content for its extension?)") from None
+        raise ImageLoadError(label, "not an image file Pillow can read (wrong content for its extension?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(path, f"refused as a decompression bomb ({exc})") from None
+        raise ImageLoadError(label, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(path, f"cannot decode image ({exc})") from None
+        raise ImageLoadError(label, f"cannot decode image ({exc})") from None

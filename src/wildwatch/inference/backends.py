@@ -89,7 +89,7 @@ def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: in
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         int8 = int8_path(model_file)
-        if onnx_available() and int8.exists():
+        if onnx_available() and int8.exists() and int8_is_accurate(int8):
             return OnnxRunner(int8, "onnx-int8")
         backend = "onnx" if onnx_available() and device.type == "cpu" else "torch"
     if backend == "torch":
@@ -105,6 +105,20 @@ def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: in
     if not path.exists():
         export_model_onnx(model, path, image_size)
     return OnnxRunner(path, "onnx")
+
+
+MAX_INT8_LOSS_POINTS = 0.3
+
+
+def int8_is_accurate(path: Path) -> bool:
+    """True when the int8 file's export report shows at most 0.3 points of validation accuracy lost."""
+    import json
+
+    report = path.with_suffix(".json")
+    if not report.exists():
+        return False
+    change = json.loads(report.read_text()).get("int8_accuracy_change_points")
+    return change is not None and change >= -MAX_INT8_LOSS_POINTS
 
 
 def fp32_path(model_file: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import torch
 
 from wildwatch.data.loading import load_image
 from wildwatch.engine.checkpoint import resolve_model_path
-from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_path, int8_path
+from wildwatch.inference.backends import (
+    MAX_INT8_LOSS_POINTS,
+    OnnxRunner,
+    TorchRunner,
+    export_model_onnx,
+    fp32_path,
+    int8_path,
+)
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
@@ -73,6 +81,8 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         report["val_accuracy_fp32"] = round(float((r32 == y).mean()), 5)
         report["val_accuracy_int8"] = round(float((r8 == y).mean()), 5)
         report["int8_accuracy_change_points"] = round(100 * (report["val_accuracy_int8"] - report["val_accuracy_fp32"]), 3)
+        report["used_by_auto_backend"] = report["int8_accuracy_change_points"] >= -MAX_INT8_LOSS_POINTS
+        target.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
 
 

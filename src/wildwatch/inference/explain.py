@@ -1,0 +1,76 @@
+"""Grad-CAM: where in the photo the model looked (Selvaraju et al., ICCV 2017).
+
+The target is the backbone's last convolutional stage (EfficientNet-Lite: the 1280-channel head
+convolution; the seed CNNs: their last conv block). Channel weights are the spatial mean of the
+gradient of the chosen class's logit; the map is ReLU(Σ_c w_c A_c), upsampled and overlaid.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _last_conv_map(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activation map of the last conv stage, logits), keeping the graph between them."""
+    if hasattr(model, "trunk"):
+        fmap = F.relu6(model._bn1(model._conv_head(model.trunk(x))))
+        return fmap, model._fc(fmap.mean((2, 3)))
+    fmap = model.features(x)
+    return fmap, model.head(model.global_pool(fmap).flatten(1))
+
+
+def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> tuple[np.ndarray, int]:
+    """A [H, W] map in [0, 1] at the input's resolution, and the class it explains."""
+    model.eval()
+    x = x.detach().requires_grad_(False)
+    with torch.enable_grad():
+        fmap, logits = _last_conv_map(model, x[None] if x.dim() == 3 else x)
+        fmap.retain_grad()
+        idx = int(logits[0].argmax()) if class_index is None else class_index
+        logits[0, idx].backward()
+    weights = fmap.grad.mean((2, 3), keepdim=True)
+    cam = F.relu((weights * fmap).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach()
+    cam = cam - cam.min()
+    peak = float(cam.max())
+    return (cam / peak).numpy() if peak > 0 else cam.numpy(), idx
+
+
+def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The heatmap (jet colours) blended over the image, at the image's size."""
+    heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.BILINEAR)
+    colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return Image.fromarray(np.uint8(np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255))
+
+
+def explain_image(predictor, image: Image.Image, class_index: int | None = None) -> Image.Image:
+    """Grad-CAM overlay for one image with a Predictor's model and preprocessing (always PyTorch:
+    the gradient is needed). The overlay is drawn on the centre crop the model saw."""
+    pre = predictor.preprocess
+    x = predictor.transform()(image.convert("RGB"))
+    cam, _ = gradcam(predictor.model, x, class_index)
+    shown = image.convert("RGB")
+    w, h = shown.size
+    scale = pre.resize_size / min(w, h)
+    shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    w, h = shown.size
+    left, top = (w - pre.image_size) // 2, (h - pre.image_size) // 2
+    shown = shown.crop((left, top, left + pre.image_size, top + pre.image_size))
+    return overlay(shown, cam)
+
+
+def png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()

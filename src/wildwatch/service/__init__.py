@@ -1,0 +1,1 @@
+"""The web service: a JSON API and a web page over one Predictor."""

@@ -1,0 +1,127 @@
+"""FastAPI app: ``/v1/classify``, ``/v1/species``, ``/health`` and the web page at ``/``.
+
+No endpoint fetches a URL given by a client; uploads are checked by decoding them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from wildwatch import __version__
+from wildwatch.data.loading import ImageLoadError, load_image_bytes
+from wildwatch.service.batching import MicroBatcher
+from wildwatch.species import CATEGORY_COLOURS, species_table
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_files: int = 16
+
+
+def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
+               max_wait_ms: float = 5.0) -> FastAPI:
+    """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call."""
+    api_key = api_key or os.environ.get("WILDWATCH_API_KEY") or None
+    batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms)
+    explain_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="wildwatch", version=__version__, lifespan=lifespan,
+                  description="Which endangered species is in a photo, how sure the model is, and how threatened it is.")
+    app.state.batcher = batcher
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:]
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
+                "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None}
+
+    @app.get("/v1/species", dependencies=[Depends(check_key)])
+    def species():
+        return {"species": [info.to_json() | {"colour": CATEGORY_COLOURS.get(info.worst_category, "#999")}
+                            for key, info in species_table().items() if key in predictor.classes]}
+
+    @app.post("/v1/classify", dependencies=[Depends(check_key)])
+    async def classify(files: list[UploadFile] = File(..., description="one or more photos"),
+                       explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)")):
+        if len(files) > limits.max_files:
+            raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
+        images, names, results = [], [], [None] * len(files)
+        slots = []
+        for i, f in enumerate(files):
+            name = f.filename or f"upload{i}"
+            data = await f.read(limits.max_file_bytes + 1)
+            if len(data) > limits.max_file_bytes:
+                raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
+            try:
+                img = load_image_bytes(data, name, max_pixels=limits.max_pixels)
+            except ImageLoadError as exc:
+                if "over the limit" in exc.reason:
+                    raise HTTPException(413, str(exc)) from None
+                results[i] = {"source": name, "error": str(exc)}
+                continue
+            images.append(img)
+            names.append(name)
+            slots.append(i)
+        preds = await batcher.classify(images, names) if images else []
+        for i, img, p in zip(slots, images, preds):
+            row = p.to_json()
+            if explain:
+                from wildwatch.inference.explain import explain_image, png_base64
+
+                async with explain_lock:  # gradients on a shared model: one at a time
+                    cam = await asyncio.get_running_loop().run_in_executor(None, explain_image, predictor, img, None)
+                row["heatmap_png_base64"] = png_base64(cam)
+            results[i] = row
+        for r in results:
+            if r.get("error") is None and r.get("species"):
+                colour_key = species_table().get(r["species"])
+                r["status_colour"] = CATEGORY_COLOURS.get(colour_key.worst_category, "#999") if colour_key else "#999"
+        return {"predictions": results}
+
+    @app.get("/v1/events", dependencies=[Depends(check_key)])
+    def events():
+        raise HTTPException(404, "no monitor database configured (wildwatch monitor is not part of this server yet)")
+
+    static = Path(str(resources.files("wildwatch").joinpath("service/static")))
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(static / "index.html")
+
+    @app.exception_handler(ImageLoadError)
+    async def bad_image(request: Request, exc: ImageLoadError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app

@@ -1,0 +1,79 @@
+"""Micro-batching: requests that arrive together share one model call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass
+class _Job:
+    images: list[Image.Image]
+    names: list[str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Collects images from concurrent requests for up to ``max_wait_ms`` (or ``max_batch`` images)
+    and classifies them in one call on a worker thread."""
+
+    def __init__(self, predictor, max_batch: int = 32, max_wait_ms: float = 5.0):
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.task: asyncio.Task | None = None
+        self.calls = 0
+        self.images = 0
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+
+    async def classify(self, images: list[Image.Image], names: list[str]):
+        if self.queue is None:
+            await self.start()
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(images, names, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            n = len(jobs[0].images)
+            deadline = loop.time() + self.max_wait
+            while n < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                n += len(job.images)
+            images = [im for j in jobs for im in j.images]
+            names = [nm for j in jobs for nm in j.names]
+            try:
+                preds = await loop.run_in_executor(None, self.predictor.predict_images, images, names)
+            except Exception as exc:  # the model failed: every waiting request gets the error
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            self.calls += 1
+            self.images += len(images)
+            i = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(preds[i:i + len(j.images)])
+                i += len(j.images)

@@ -1,0 +1,117 @@
+// wildwatch web page: upload photos, show one card per photo.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+let keyRequired = false;
+
+function headers() {
+  const key = $("#apikey").value || localStorage.getItem("wildwatch-key") || "";
+  if (key) localStorage.setItem("wildwatch-key", key);
+  return key ? { "X-API-Key": key } : {};
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c) node.append(c);
+  return node;
+}
+
+function bars(topK) {
+  const box = el("div", { class: "bars", "aria-label": "top species" });
+  for (const t of topK) {
+    const pct = Math.round(t.probability * 1000) / 10;
+    const fill = el("div", { class: "fill" });
+    fill.style.width = pct + "%";
+    box.append(el("div", { class: "bar" },
+      el("span", { text: t.species.replace(/_/g, " ") }),
+      el("div", { class: "track" }, fill),
+      el("span", { text: pct + "%" })));
+  }
+  return box;
+}
+
+function card(pred, file) {
+  const url = URL.createObjectURL(file);
+  if (pred.error) {
+    return el("article", { class: "card error" },
+      el("div", { class: "body" }, el("h2", { text: "Could not read this file" }),
+        el("p", { class: "file", text: pred.error })));
+  }
+  const img = el("img", { src: url, alt: pred.common_name || pred.species });
+  const body = el("div", { class: "body" });
+  const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") }, el("div", { class: "photo" }, img), body);
+  if (pred.unknown) {
+    body.append(el("h2", { text: "Unknown animal" }),
+      el("p", { class: "note", text: "This does not look like any species the model knows. Closest: " +
+        pred.top_k[0].species.replace(/_/g, " ") + "." }));
+  } else {
+    const badge = el("span", { class: "badge", text: "IUCN " + pred.iucn_status + (pred.threatened ? " · threatened" : "") });
+    badge.style.background = pred.status_colour || "#ccc";
+    if ((pred.iucn_status || "").endsWith("CR")) badge.classList.add("cr");
+    body.append(el("h2", { text: pred.common_name }),
+      el("div", { text: "Confidence " + Math.round(pred.confidence * 100) + "%" }), badge);
+  }
+  body.append(bars(pred.top_k), el("div", { class: "file", text: pred.source }));
+  if (pred.heatmap_png_base64) {
+    const heat = "data:image/png;base64," + pred.heatmap_png_base64;
+    const button = el("button", { class: "toggle", type: "button", text: "Show heatmap" });
+    button.addEventListener("click", () => {
+      const on = img.src !== heat;
+      img.src = on ? heat : url;
+      button.textContent = on ? "Show photo" : "Show heatmap";
+      article.dataset.heatmap = on ? "on" : "off";
+    });
+    body.append(button);
+  }
+  return article;
+}
+
+async function upload(files) {
+  if (!files.length) return;
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  $("#message").textContent = "Classifying " + files.length + " photo" + (files.length > 1 ? "s" : "") + "…";
+  const explain = $("#explain").checked ? "?explain=true" : "";
+  try {
+    const res = await fetch("/v1/classify" + explain, { method: "POST", body: form, headers: headers() });
+    const data = await res.json();
+    if (!res.ok) { $("#message").textContent = "Error " + res.status + ": " + data.detail; return; }
+    data.predictions.forEach((p, i) => $("#cards").prepend(card(p, files[i])));
+    $("#message").textContent = "";
+  } catch (err) {
+    $("#message").textContent = "Could not reach the server: " + err;
+  }
+}
+
+async function loadEvents() {
+  const res = await fetch("/v1/events", { headers: headers() });
+  const data = await res.json().catch(() => ({}));
+  $("#events-message").textContent = res.ok ? "" : (data.detail || "No events.");
+}
+
+function setup() {
+  const drop = $("#drop");
+  $("#files").addEventListener("change", (e) => upload([...e.target.files]));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); upload([...e.dataTransfer.files]); });
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => {
+      document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === tab));
+      document.querySelectorAll(".panel").forEach((p) => { p.hidden = p.id !== tab.dataset.tab; });
+      if (tab.dataset.tab === "events") loadEvents();
+    });
+  }
+  fetch("/health").then((r) => r.json()).then((h) => {
+    keyRequired = h.api_key_required;
+    $("#keybox").hidden = !keyRequired;
+    $("#apikey").value = localStorage.getItem("wildwatch-key") || "";
+  });
+}
+
+setup();

@@ -1,0 +1,162 @@
+"""The web API (TestClient) and the web page in a real headless Chromium (Playwright)."""
+
+import io
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import REAL_DATA, draw_shape
+from wildwatch.inference import Predictor
+from wildwatch.service.app import Limits, create_app
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_file(None, backend="torch")
+
+
+def jpeg_bytes(seed=0, size=260) -> bytes:
+    buf = io.BytesIO()
+    draw_shape("red_circles", random.Random(seed), size).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_classify_good_and_broken_files_with_heatmap(predictor):
+    with TestClient(create_app(predictor)) as client:
+        files = [("files", ("a.jpg", jpeg_bytes(1), "image/jpeg")),
+                 ("files", ("text.jpg", b"not an image at all", "image/jpeg")),
+                 ("files", ("png-named.jpg", _png(), "image/jpeg"))]
+        r = client.post("/v1/classify?explain=true", files=files)
+        assert r.status_code == 200
+        a, bad, png = r.json()["predictions"]
+        assert a["source"] == "a.jpg" and a["error"] is None and len(a["top_k"]) == 3
+        assert "iucn_status" in a and "unknown" in a and a["heatmap_png_base64"]
+        assert "text.jpg" in bad["error"] and "not an image" in bad["error"]
+        assert png["error"] is None  # the content decides, not the name
+        assert client.get("/health").json()["status"] == "ok"
+        species = client.get("/v1/species").json()["species"]
+        assert {s["key"] for s in species} == set(predictor.classes)
+        assert client.get("/openapi.json").status_code == 200
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (90, 60), (10, 120, 30, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_limits_answer_413(predictor):
+    app = create_app(predictor, limits=Limits(max_file_bytes=50_000, max_pixels=100_000, max_files=2))
+    with TestClient(app) as client:
+        big = io.BytesIO()
+        Image.effect_noise((400, 400), 60).convert("RGB").save(big, format="BMP")
+        r = client.post("/v1/classify", files=[("files", ("big.bmp", big.getvalue(), "image/bmp"))])
+        assert r.status_code == 413 and "larger than" in r.json()["detail"]
+        many = [("files", (f"{i}.jpg", jpeg_bytes(i, 64), "image/jpeg")) for i in range(3)]
+        r = client.post("/v1/classify", files=many)
+        assert r.status_code == 413 and "too many files" in r.json()["detail"]
+        huge = io.BytesIO()
+        Image.new("L", (1000, 1000)).save(huge, format="PNG")  # small file, too many pixels
+        r = client.post("/v1/classify", files=[("files", ("huge.png", huge.getvalue(), "image/png"))])
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+def test_api_key_is_required_when_set(predictor):
+    with TestClient(create_app(predictor, api_key="s3cret")) as client:
+        files = [("files", ("a.jpg", jpeg_bytes(), "image/jpeg"))]
+        assert client.post("/v1/classify", files=files).status_code == 401
+        assert client.post("/v1/classify", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/v1/species").status_code == 401
+        assert client.post("/v1/classify", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/health").status_code == 200  # health stays open for monitoring
+
+
+def test_cors_is_closed_by_default(predictor):
+    with TestClient(create_app(predictor)) as client:
+        r = client.options("/v1/classify", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_concurrent_requests_share_model_calls(predictor):
+    import concurrent.futures
+
+    app = create_app(predictor, max_wait_ms=50)
+    with TestClient(app) as client:
+        def one(i):
+            return client.post("/v1/classify", files=[("files", (f"{i}.jpg", jpeg_bytes(i, 96), "image/jpeg"))])
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        assert all(r.status_code == 200 for r in results)
+        batcher = app.state.batcher
+        assert batcher.images == 8 and batcher.calls < 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(predictor):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is installed by .ci/run")
+def test_page_in_a_real_browser(live_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    photo = tmp_path / "upload.jpg"
+    photo.write_bytes(jpeg_bytes(5, 300))
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (300, 200), (128, 128, 128)).save(grey)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
+        page.goto(live_server)
+        uploads = [str(photo), str(grey)]
+        lion = sorted((REAL_DATA / "lion").glob("*.jpg"))[-1:] if REAL_DATA.exists() else []
+        uploads += [str(p) for p in lion]
+        page.set_input_files("#files", uploads)
+        page.wait_for_function(f"document.querySelectorAll('.card').length === {len(uploads)}", timeout=60_000)
+        assert len(page.query_selector_all(".card .bar")) == 3 * len(uploads)  # top-3 bars on each card
+        grey_card = page.query_selector(f".card:has(.file:text-is('{grey.name}'))")
+        assert "unknown" in grey_card.get_attribute("class") and "Unknown animal" in grey_card.inner_text()
+        card = page.query_selector(f".card:has(.file:text-is('{photo.name}'))")
+        img = card.query_selector("img")
+        before = img.get_attribute("src")
+        card.query_selector(".toggle").click()
+        after = img.get_attribute("src")
+        assert before.startswith("blob:") and after.startswith("data:image/png;base64,")
+        if lion:
+            lion_card = page.query_selector(f".card:has(.file:text-is('{lion[0].name}'))")
+            assert "Lion" in lion_card.inner_text() and "IUCN VU" in lion_card.query_selector(".badge").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+        page.click("#tab-events")
+        page.wait_for_function("document.querySelector('#events-message').textContent.includes('monitor')")
+        browser.close()
