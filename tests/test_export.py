@@ -52,3 +52,17 @@ def test_confident_learning_flags_swapped_labels():
     hits = set(np.nonzero(flagged)[0]) & set(swapped)
     assert len(hits) >= 15 and flagged.sum() <= 30
     assert all(suggested[i] == labels[i] for i in hits)
+
+
+def test_mahalanobis_score_matches_the_definition():
+    from wildwatch.inference import unknown as ood
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(0, 1, (300, 12)).astype(np.float32)
+    labels = rng.integers(0, 3, 300)
+    stats = ood.fit_mahalanobis(feats, labels, 3)
+    means, prec = stats["ood_means"].numpy(), stats["ood_precision"].numpy()
+    q = rng.normal(0, 1, (5, 12))
+    f = q / np.linalg.norm(q, axis=1, keepdims=True)
+    slow = [min(float((x - m) @ prec @ (x - m)) for m in means) for x in f]
+    assert np.allclose(ood.mahalanobis_score(q, means, prec), slow, rtol=1e-4)

@@ -176,6 +176,7 @@ def serve(
                                           help="Require this key (X-API-Key header) on every /v1 call."),
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
+    batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     import uvicorn
@@ -186,8 +187,8 @@ def serve(
     predictor = Predictor.from_file(model, backend=backend)
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
-    uvicorn.run(create_app(predictor, api_key=api_key, cors_origins=cors_origin or None), host=host, port=port,
-                log_level="warning")
+    app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -33,9 +33,12 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int, sh
 
 def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Distance to the nearest class mean in the shared-covariance metric."""
-    f = _normalise(features)
-    d = f[:, None, :] - means[None, :, :]
-    dist = np.einsum("nkd,de,nke->nk", d, precision, d)
+    f = _normalise(features).astype(np.float64)
+    p = precision.astype(np.float64)
+    m = means.astype(np.float64)
+    # (f-μ)ᵀP(f-μ) = fᵀPf - 2 fᵀPμ + μᵀPμ: one matrix product per batch instead of one per class
+    pm = p @ m.T
+    dist = np.einsum("nd,nd->n", f @ p, f)[:, None] - 2 * f @ pm + np.einsum("kd,dk->k", m, pm)[None, :]
     return dist.min(1)
 
 
