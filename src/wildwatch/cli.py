@@ -119,7 +119,12 @@ def classify(
     paths: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
     model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
-    output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl."),
+    output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
+    format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, megadetector (batch-output JSON "
+                                         "for Timelapse) or camtrapdp (a Camtrap DP folder). Default: from --output."),
+    country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
+                                          "each photo's EXIF GPS, when it has one."),
+    no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
     batch_size: int = typer.Option(32, min=1),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
@@ -133,19 +138,30 @@ def classify(
     from wildwatch.data.discover import expand_paths
     from wildwatch.inference.writers import done_sources, open_writer
 
-    if output is not None and output.suffix.lower() not in (".csv", ".jsonl", ".json"):
-        raise ValueError(f"{output}: output must end in .csv or .jsonl")
-    if resume and output is None:
-        raise ValueError("--resume needs --output: it skips the files already written there")
+    fmt = format or (output.suffix.lower().lstrip(".") if output is not None else None)
+    fmt = "jsonl" if fmt == "json" else fmt
+    if fmt not in (None, "csv", "jsonl", "megadetector", "camtrapdp"):
+        raise ValueError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
+    if fmt in ("megadetector", "camtrapdp") and output is None:
+        raise ValueError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
+    if resume and (output is None or fmt not in ("csv", "jsonl")):
+        raise ValueError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
+    if country is not None and (len(country) != 2 or not country.isalpha()):
+        raise ValueError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
     predictor = Predictor.from_file(model, top_k=top_k, backend=backend)
+    predictor.country = country.upper() if country else None
+    predictor.use_exif = not no_exif
+    collected = [] if fmt in ("megadetector", "camtrapdp") else None
     done = done_sources(output) if resume else set()
     todo = (p for p in expand_paths(paths) if str(p) not in done)
     n = n_err = 0
-    with open_writer(output, append=resume) as write:
+    with open_writer(output if collected is None else None, append=resume) as write:
         bar = tqdm(predictor.predict_paths(todo, batch_size=batch_size), unit="img", desc="classifying",
                    disable=quiet or not sys.stderr.isatty())
         for p in bar:
             write(p)
+            if collected is not None:
+                collected.append(p)
             if explain is not None and p.error is None:
                 from wildwatch.data.loading import load_image
                 from wildwatch.inference.explain import explain_image
@@ -160,7 +176,17 @@ def classify(
                 else:
                     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
                     label = f"unknown (closest: {p.top_k[0]['species']})" if p.unknown else p.species
-                    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}")
+                    where = f"\t{p.country}" + (" (out of range: re-ranked)" if p.out_of_range else "") if p.country else ""
+                    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
+    if fmt == "megadetector":
+        from wildwatch.inference.formats import megadetector_json
+
+        output.write_text(json.dumps(megadetector_json(collected, predictor.classes, predictor.meta["architecture"]),
+                                     indent=1))
+    elif fmt == "camtrapdp":
+        from wildwatch.inference.formats import write_camtrap_dp
+
+        write_camtrap_dp(collected, output, predictor.meta["architecture"])
     skipped = f", {len(done)} already done" if done else ""
     typer.echo(f"{n} files, {n - n_err} classified, {n_err} errors{skipped} ({predictor.backend} backend)"
                + (f"; rows in {output}" if output else ""), err=True)

@@ -23,6 +23,8 @@ class SpeciesInfo:
     note: str
     source: str
     assessments: tuple[dict, ...] = ()
+    taxon: str = ""  # the narrowest name that covers every species the class may show
+    taxon_rank: str = ""
 
     @property
     def worst_category(self) -> str:
@@ -33,7 +35,8 @@ class SpeciesInfo:
     def to_json(self) -> dict:
         return {"key": self.key, "common_name": self.common_name, "scientific_names": list(self.scientific_names),
                 "iucn_status": self.iucn_status, "threatened": self.threatened, "note": self.note,
-                "source": self.source, "assessments": list(self.assessments)}
+                "source": self.source, "assessments": list(self.assessments), "taxon": self.taxon,
+                "taxon_rank": self.taxon_rank}
 
 
 UNKNOWN = SpeciesInfo("unknown", "Unknown (none of the known species)", (), "", False,
@@ -45,7 +48,8 @@ def species_table() -> dict[str, SpeciesInfo]:
     raw = json.loads(resources.files("wildwatch").joinpath("resources/species.json").read_text())
     return {
         k: SpeciesInfo(k, v["common_name"], tuple(v["scientific_names"]), v["iucn_status"], bool(v["threatened"]),
-                       v.get("note", ""), v.get("source", ""), tuple(v.get("assessments", ())))
+                       v.get("note", ""), v.get("source", ""), tuple(v.get("assessments", ())),
+                       v.get("taxon", ""), v.get("taxon_rank", ""))
         for k, v in raw.items() if not k.startswith("_")
     }
 

@@ -18,6 +18,7 @@ from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import ImageLoadError, load_image
 from wildwatch.data.transforms import Preprocess, eval_transform
 from wildwatch.engine.checkpoint import load_extras, load_model
+from wildwatch.field import read_place
 from wildwatch.inference import unknown as ood
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
@@ -44,16 +45,25 @@ class Prediction:
     unknown: bool = False
     unknown_score: float | None = None
     error: str | None = None
+    country: str | None = None
+    out_of_range: bool = False
+    top_k_original: tuple[dict, ...] = ()
+    population: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    taken_at: str | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["top_k"] = [dict(t) for t in self.top_k]
+        d["top_k_original"] = [dict(t) for t in self.top_k_original]
         return d
 
     def to_row(self) -> dict:
-        """Flat values for CSV (top_k as JSON text)."""
+        """Flat values for CSV (lists as JSON text)."""
         d = self.to_json()
         d["top_k"] = json.dumps(d["top_k"])
+        d["top_k_original"] = json.dumps(d["top_k_original"]) if d["top_k_original"] else ""
         return d
 
 
@@ -70,6 +80,8 @@ class Predictor:
     device: torch.device = torch.device("cpu")
     top_k: int = 3
     runner: object = None
+    country: str | None = None  # a fixed ISO country code for every photo, else EXIF GPS decides
+    use_exif: bool = True
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
@@ -123,22 +135,45 @@ class Predictor:
             return ood.msp_score(logits, self.temperature)
         return None
 
-    def _predictions(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None) -> list[Prediction]:
+    def _top(self, p: np.ndarray) -> tuple[dict, ...]:
+        order = np.argsort(-p)[: self.top_k]
+        return tuple({"species": self.classes[j], "probability": round(float(p[j]), 5)} for j in order)
+
+    def _predictions(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None,
+                     places: Sequence | None = None) -> list[Prediction]:
+        from wildwatch.field import Place, local_status, possible_in
+
         probs = softmax(logits, self.temperature)
         scores = self.unknown_scores(logits, feats)
         threshold = (self.meta.get("unknown") or {}).get("threshold")
         classes = self.classes
         out = []
         for i, src in enumerate(sources):
-            order = np.argsort(-probs[i])[: self.top_k]
-            top = tuple({"species": classes[j], "probability": round(float(probs[i, j]), 5)} for j in order)
+            place = places[i] if places is not None and places[i] is not None else Place()
+            if self.country:
+                place = dataclasses.replace(place, country=self.country.upper(), country_source="given")
+            p = probs[i]
+            top, original, out_of_range = self._top(p), (), False
+            if place.country:
+                possible = np.array([possible_in(c, place.country) is not False for c in classes])
+                if not possible[int(p.argmax())]:
+                    out_of_range = True
+                    if possible.any():
+                        # re-rank among the species that live there; keep what the photo alone said
+                        original = top
+                        p = p * possible / max(float((p * possible).sum()), 1e-12)
+                        top = self._top(p)
+            best = classes[int(p.argmax())]
             score = None if scores is None else float(scores[i])
             is_unknown = bool(score is not None and threshold is not None and score > threshold)
-            key = "unknown" if is_unknown else classes[order[0]]
+            key = "unknown" if is_unknown else best
             info = species_info(key)
-            out.append(Prediction(src, key, round(float(probs[i, order[0]]), 5), top, info.common_name,
-                                  info.iucn_status, info.threatened, is_unknown,
-                                  None if score is None else round(score, 5)))
+            local = local_status(key, place.country) if not is_unknown else None
+            out.append(Prediction(
+                src, key, round(float(p.max()), 5), top, info.common_name,
+                local["status"] if local else info.iucn_status, info.threatened, is_unknown,
+                None if score is None else round(score, 5), None, place.country, out_of_range, original,
+                local["population"] if local else "", place.latitude, place.longitude, place.taken_at))
         return out
 
     def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
@@ -163,9 +198,10 @@ class Predictor:
 
         def decode(p: Path):
             try:
-                return t(load_image(p, draft_size=draft)), None
+                x = t(load_image(p, draft_size=draft))
             except ImageLoadError as exc:
-                return None, str(exc)
+                return None, str(exc), None
+            return x, None, read_place(p) if self.use_exif else None
 
         def chunks() -> Iterator[list[Path]]:
             buf: list[Path] = []
@@ -189,10 +225,11 @@ class Predictor:
 
     def _finish(self, chunk: list[Path], futures) -> list[Prediction]:
         decoded = [f.result() for f in futures]
-        ok = [i for i, (x, _) in enumerate(decoded) if x is not None]
+        ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
             batch = torch.stack([decoded[i][0] for i in ok])
-            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *self.forward(batch))):
+            places = [decoded[i][2] for i in ok]
+            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *self.forward(batch), places)):
                 preds[i] = p
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

@@ -1,0 +1,163 @@
+"""Output formats that camera-trap tools read: MegaDetector batch output and Camtrap DP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from wildwatch import __version__
+from wildwatch.inference.predictor import Prediction
+from wildwatch.species import species_info
+
+MEGADETECTOR_FORMAT_VERSION = "1.4"
+CAMTRAP_DP_PROFILE = "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _common_root(preds: list[Prediction]) -> Path:
+    paths = [str(Path(p.source).resolve().parent) for p in preds]
+    return Path(os.path.commonpath(paths)) if paths else Path(".")
+
+
+def megadetector_json(preds: Iterable[Prediction], classes: list[str], model_name: str) -> dict:
+    """MegaDetector batch output (format 1.4) with whole-image classifications.
+
+    Each classified image has one detection of category "1" (animal) covering the whole image
+    (bbox [0, 0, 1, 1]) whose ``classifications`` are the top-k species in descending order; an
+    image judged unknown gets the "unknown" category first, with the top species' probability (so
+    the order stays descending and no new number is invented). Unreadable images carry ``failure``.
+    """
+    preds = list(preds)
+    root = _common_root(preds)
+    categories = {str(i): c for i, c in enumerate(classes)}
+    unknown_id = str(len(classes))
+    categories[unknown_id] = "unknown"
+    index = {c: k for k, c in categories.items()}
+    images = []
+    for p in preds:
+        rel = os.path.relpath(Path(p.source).resolve(), root)
+        if p.error:
+            images.append({"file": rel, "failure": p.error})
+            continue
+        cls = [[index[t["species"]], round(float(t["probability"]), 4)] for t in p.top_k]
+        if p.unknown:
+            cls = [[unknown_id, cls[0][1]]] + cls
+        images.append({"file": rel, "detections": [
+            {"category": "1", "conf": round(float(p.confidence), 4), "bbox": [0.0, 0.0, 1.0, 1.0], "classifications": cls}]})
+    return {
+        "info": {"format_version": MEGADETECTOR_FORMAT_VERSION, "classifier": f"wildwatch {__version__} ({model_name})",
+                 "classification_completion_time": _now(),
+                 "classifier_metadata": {"whole_image": True, "image_root": str(root)}},
+        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+        "classification_categories": categories,
+        "classification_category_descriptions": {k: (species_info(c).taxon or c) for k, c in categories.items()},
+        "images": images,
+    }
+
+
+MEDIA_FIELDS = [
+    ("mediaID", "string"), ("deploymentID", "string"), ("captureMethod", "string"), ("timestamp", "datetime"),
+    ("filePath", "string"), ("filePublic", "boolean"), ("fileName", "string"), ("fileMediatype", "string"),
+    ("exifData", "string"), ("favorite", "boolean"), ("mediaComments", "string"),
+]
+OBSERVATION_FIELDS = [
+    ("observationID", "string"), ("deploymentID", "string"), ("mediaID", "string"), ("eventID", "string"),
+    ("eventStart", "datetime"), ("eventEnd", "datetime"), ("observationLevel", "string"),
+    ("observationType", "string"), ("cameraSetupType", "string"), ("scientificName", "string"),
+    ("count", "integer"), ("lifeStage", "string"), ("sex", "string"), ("behavior", "string"),
+    ("individualID", "string"), ("bboxX", "number"), ("bboxY", "number"), ("bboxWidth", "number"),
+    ("bboxHeight", "number"), ("classificationMethod", "string"), ("classifiedBy", "string"),
+    ("classificationTimestamp", "datetime"), ("classificationProbability", "number"),
+    ("observationTags", "string"), ("observationComments", "string"),
+]
+DEPLOYMENT_FIELDS = [
+    ("deploymentID", "string"), ("locationID", "string"), ("latitude", "number"), ("longitude", "number"),
+    ("deploymentStart", "datetime"), ("deploymentEnd", "datetime"), ("deploymentComments", "string"),
+]
+
+
+def _timestamp(p: Prediction) -> str:
+    if p.taken_at:
+        return datetime.fromisoformat(p.taken_at).replace(tzinfo=timezone.utc).isoformat()
+    mtime = Path(p.source).stat().st_mtime if Path(p.source).exists() else 0
+    return datetime.fromtimestamp(mtime, timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str, deployment: str | None = None) -> Path:
+    """Write a Camtrap DP package: deployments.csv, media.csv, observations.csv, datapackage.json.
+
+    One media-level observation per readable image. Capture times come from EXIF (else the file's
+    modification time, said so in mediaComments); unreadable images are left out (they have no
+    media record to describe) and listed in the package description.
+    """
+    preds = list(preds)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    deployment = deployment or f"wildwatch-{uuid.uuid4().hex[:8]}"
+    now = _now()
+    media, obs, failed = [], [], []
+    for p in preds:
+        if p.error:
+            failed.append(f"{p.source}: {p.error}")
+            continue
+        mid = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(p.source).resolve())).hex[:16]
+        ts = _timestamp(p)
+        media.append({"mediaID": mid, "deploymentID": deployment, "captureMethod": "activityDetection",
+                      "timestamp": ts, "filePath": str(p.source), "filePublic": "false", "fileName": Path(p.source).name,
+                      "fileMediatype": "image/jpeg" if Path(p.source).suffix.lower() in (".jpg", ".jpeg") else "image/png",
+                      "exifData": json.dumps({k: v for k, v in {"latitude": p.latitude, "longitude": p.longitude,
+                                                                  "country": p.country}.items() if v is not None}),
+                      "favorite": "false", "mediaComments": "" if p.taken_at else "timestamp from file modification time"})
+        info = species_info(p.species)
+        obs.append({"observationID": f"{mid}-1", "deploymentID": deployment, "mediaID": mid, "eventID": "",
+                    "eventStart": ts, "eventEnd": ts, "observationLevel": "media",
+                    "observationType": "unknown" if p.unknown else "animal", "cameraSetupType": "",
+                    "scientificName": "" if p.unknown else info.taxon, "count": "", "lifeStage": "", "sex": "",
+                    "behavior": "", "individualID": "", "bboxX": "", "bboxY": "", "bboxWidth": "", "bboxHeight": "",
+                    "classificationMethod": "machine", "classifiedBy": f"wildwatch {__version__} ({model_name})",
+                    "classificationTimestamp": now, "classificationProbability": round(float(p.confidence), 4),
+                    "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
+                                       + ("|out_of_range" if p.out_of_range else ""),
+                    "observationComments": ""})
+    times = sorted(m["timestamp"] for m in media) or [now]
+    located = [p for p in preds if p.latitude is not None]
+    deployments = [{"deploymentID": deployment, "locationID": "", "latitude": located[0].latitude if located else 0,
+                    "longitude": located[0].longitude if located else 0, "deploymentStart": times[0],
+                    "deploymentEnd": times[-1],
+                    "deploymentComments": "" if located else "location unknown: no GPS in the photos (0, 0 written)"}]
+    tables = {"deployments": (DEPLOYMENT_FIELDS, deployments), "media": (MEDIA_FIELDS, media),
+              "observations": (OBSERVATION_FIELDS, obs)}
+    for name, (fields, rows) in tables.items():
+        with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=[n for n, _ in fields])
+            w.writeheader()
+            w.writerows(rows)
+    package = {
+        "profile": CAMTRAP_DP_PROFILE,
+        "name": "wildwatch-classifications",
+        "created": now,
+        "description": f"Whole-image species classifications by wildwatch ({model_name}). "
+                       + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""),
+        "contributors": [{"title": "wildwatch", "role": "contributor"}],
+        "project": {"title": "wildwatch classifications", "samplingDesign": "opportunistic",
+                    "captureMethod": ["activityDetection"], "individualAnimals": False, "observationLevel": ["media"]},
+        "licenses": [{"name": "CC-BY-4.0", "scope": "data"}],
+        "spatial": {"type": "Point", "coordinates": [deployments[0]["longitude"], deployments[0]["latitude"]]},
+        "temporal": {"start": times[0][:10], "end": times[-1][:10]},
+        "taxonomic": [{"scientificName": species_info(c).taxon, "taxonRank": species_info(c).taxon_rank}
+                      for c in sorted({p.species for p in preds if not p.error and not p.unknown})],
+        "resources": [{"name": name, "path": f"{name}.csv", "profile": "tabular-data-resource", "format": "csv",
+                       "mediatype": "text/csv", "encoding": "utf-8",
+                       "schema": {"fields": [{"name": n, "type": t} for n, t in fields]}}
+                      for name, (fields, _) in tables.items()],
+    }
+    (folder / "datapackage.json").write_text(json.dumps(package, indent=2))
+    return folder

@@ -1,0 +1,167 @@
+"""Where a photo was taken, what that changes, and the camera-trap formats."""
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import draw_shape
+from wildwatch.field import Place, local_status, possible_in, range_table, read_place
+from wildwatch.inference import Predictor
+from wildwatch.inference.formats import megadetector_json, write_camtrap_dp
+
+WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
+
+
+def _dms(value: float):
+    value = abs(value)
+    d = int(value)
+    m = int((value - d) * 60)
+    s = round(((value - d) * 60 - m) * 60, 2)
+    return (Fraction(d), Fraction(m), Fraction(s).limit_denominator(100))
+
+
+def photo_with_gps(path: Path, lat: float, lon: float, when: str = "2024:03:05 06:41:09", seed: int = 0) -> Path:
+    img = draw_shape("red_circles", random.Random(seed), 240)
+    exif = Image.Exif()
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = ("N" if lat >= 0 else "S"), _dms(lat)
+    gps[3], gps[4] = ("E" if lon >= 0 else "W"), _dms(lon)
+    exif.get_ifd(0x8769)[0x9003] = when
+    img.save(path, exif=exif)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Predictor.from_file(None, backend="torch")
+
+
+def test_exif_gps_gives_country_and_time(tmp_path):
+    kenya = read_place(photo_with_gps(tmp_path / "ke.jpg", -1.2921, 36.8219))
+    assert kenya.country == "KE" and kenya.country_source == "exif_gps"
+    assert abs(kenya.latitude + 1.2921) < 1e-3 and abs(kenya.longitude - 36.8219) < 1e-3
+    assert kenya.taken_at == "2024-03-05T06:41:09"
+    assert read_place(photo_with_gps(tmp_path / "br.jpg", -3.119, -60.0217)).country == "BR"
+    assert read_place(photo_with_gps(tmp_path / "in.jpg", 21.1702, 70.7969)).country == "IN"
+    plain = tmp_path / "plain.jpg"
+    draw_shape("red_circles", random.Random(1), 64).save(plain)
+    assert read_place(plain) == Place()
+
+
+def test_range_table_covers_every_class_with_sources():
+    table = range_table()
+    assert len(table) == 11
+    assert all(v["source"].startswith("IUCN Red List") and v["countries"] for v in table.values())
+    assert possible_in("jaguars", "BR") and not possible_in("jaguars", "IN")
+    assert possible_in("amur_leopard", "KE")  # the class holds ordinary leopards
+    assert local_status("amur_leopard", "KE")["status"] == "VU"
+    assert local_status("amur_leopard", "RU")["status"] == "CR"
+    assert local_status("rhino", "IN")["status"] == "VU" and local_status("rhino", "ZA")["status"] == "NT–CR"
+    assert local_status("panthers", "BR")["status"] == "NT" and local_status("panthers", "IN")["status"] == "VU"
+
+
+def _logits(classes, ranking):
+    logits = np.full((1, len(classes)), -5.0)
+    for score, name in zip((6.0, 4.0, 2.0), ranking):
+        logits[0, classes.index(name)] = score
+    return logits
+
+
+def test_impossible_answer_is_reranked_and_the_original_kept(bundled):
+    classes = bundled.classes
+    logits = _logits(classes, ["jaguars", "amur_leopard", "cheetahs"])
+    [p] = bundled._predictions(["x.jpg"], logits, None, [Place(country="IN", country_source="given")])
+    assert p.out_of_range and p.country == "IN"
+    assert p.species == "amur_leopard" and p.top_k_original[0]["species"] == "jaguars"
+    assert p.iucn_status == "VU" and "leopard" in p.population
+    assert abs(sum(t["probability"] for t in p.top_k) - 1) < 0.05
+    [same] = bundled._predictions(["y.jpg"], logits, None, [Place(country="BR")])
+    assert not same.out_of_range and same.species == "jaguars" and same.top_k_original == ()
+    [nowhere] = bundled._predictions(["z.jpg"], logits, None, [None])
+    assert nowhere.country is None and nowhere.iucn_status == "NT"
+
+
+def megadetector_errors(doc: dict) -> list[str]:
+    """Checks of the MegaDetector batch output format, as its specification states them."""
+    errors = []
+    if "format_version" not in doc.get("info", {}):
+        errors.append("info.format_version missing")
+    for key in ("detection_categories", "classification_categories"):
+        cats = doc.get(key, {})
+        if key == "detection_categories" and not cats:
+            errors.append("detection_categories missing")
+        if not all(k.isdigit() for k in cats):
+            errors.append(f"{key} keys must be string-formatted non-negative ints")
+    if not isinstance(doc.get("images"), list):
+        return errors + ["images must be a list"]
+    for im in doc["images"]:
+        if "file" not in im:
+            errors.append("image without file")
+        if isinstance(im.get("failure"), str):
+            if im.get("detections"):
+                errors.append(f"{im['file']}: failed image with detections")
+            continue
+        if not isinstance(im.get("detections"), list):
+            errors.append(f"{im.get('file')}: processed image needs a detections list")
+            continue
+        for d in im["detections"]:
+            if d["category"] not in doc["detection_categories"]:
+                errors.append("unknown detection category")
+            if not 0 <= d["conf"] <= 1 or len(d["bbox"]) != 4 or not all(0 <= v <= 1 for v in d["bbox"]):
+                errors.append("bad conf or bbox")
+            confs = [c for _, c in d.get("classifications", [])]
+            if confs != sorted(confs, reverse=True):
+                errors.append("classifications must be in descending order")
+            if any(k not in doc["classification_categories"] for k, _ in d.get("classifications", [])):
+                errors.append("unknown classification category")
+    return errors
+
+
+def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
+    folder = tmp_path / "card"
+    folder.mkdir()
+    photo_with_gps(folder / "a.jpg", -1.2921, 36.8219)
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(folder / "grey.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    md = tmp_path / "md.json"
+    proc = subprocess.run([WILDWATCH, "classify", str(folder), "--format", "megadetector", "--output", str(md),
+                           "--backend", "torch", "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(md.read_text())
+    assert megadetector_errors(doc) == []
+    by_file = {im["file"]: im for im in doc["images"]}
+    assert set(by_file) == {"a.jpg", "grey.jpg", "broken.jpg"}
+    assert "broken.jpg" in by_file["broken.jpg"]["failure"]
+    cats = doc["classification_categories"]
+    grey = by_file["grey.jpg"]["detections"][0]["classifications"]
+    assert cats[grey[0][0]] == "unknown"
+
+    dp = tmp_path / "dp"
+    proc = subprocess.run([WILDWATCH, "classify", str(folder), "--format", "camtrapdp", "--output", str(dp),
+                           "--backend", "torch", "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    media = list(csv.DictReader(open(dp / "media.csv")))
+    obs = list(csv.DictReader(open(dp / "observations.csv")))
+    assert len(media) == 2 and len(obs) == 2  # the broken file has no media record
+    a = next(m for m in media if m["fileName"] == "a.jpg")
+    assert a["timestamp"].startswith("2024-03-05T06:41:09") and json.loads(a["exifData"])["country"] == "KE"
+    grey_obs = next(o for o in obs if o["mediaID"] != a["mediaID"])
+    assert grey_obs["observationType"] == "unknown" and grey_obs["scientificName"] == ""
+    pkg = json.loads((dp / "datapackage.json").read_text())
+    assert "broken.jpg" in pkg["description"]
+    from frictionless import Package
+
+    assert pkg["profile"].endswith("camtrap-dp-profile.json")
+    offline = {k: v for k, v in pkg.items() if k != "profile"}  # the profile is a URL: never fetched in tests
+    package = Package(offline, basepath=str(dp))
+    for resource in package.resources:  # each table against its declared schema
+        report = resource.validate()
+        assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
