@@ -31,8 +31,10 @@ WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 
 
 def naive_loop(files: list[Path], model_path: Path) -> float:
+    from wildwatch.data.transforms import eval_transform
+
     pred = Predictor.from_file(model_path, backend="torch")
-    t = pred.transform()
+    t = eval_transform(pred.preprocess)  # torchvision, as a plain script would do
     start = time.perf_counter()
     with torch.no_grad():
         for f in files:

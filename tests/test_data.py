@@ -142,3 +142,15 @@ def test_bad_ratios_are_refused(shapes_dir):
     samples, classes = discover_images(shapes_dir)
     with pytest.raises(ValueError, match="summing to 1"):
         split_by_group(samples, list(range(len(samples))), classes, (0.5, 0.1, 0.1))
+
+
+@pytest.mark.parametrize("size", [(256, 256), (384, 217), (180, 333), (120, 90), (1000, 999)])
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+def test_fast_eval_transform_equals_torchvision(size, interp):
+    from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform
+
+    p = Preprocess(image_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation=interp)
+    img = draw_shape("blue_triangles", random.Random(sum(size)), 64).resize(size)
+    fast, ref = FastEvalTransform(p)(img), eval_transform(p)(img)
+    assert fast.shape == ref.shape == (3, 224, 224)
+    assert float((fast - ref).abs().max()) < 1e-5

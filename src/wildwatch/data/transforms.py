@@ -62,6 +62,42 @@ def eval_transform(p: Preprocess) -> T.Compose:
     )
 
 
+class FastEvalTransform:
+    """The eval transform (resize short side, centre crop, normalise) with Pillow and numpy only.
+
+    Same geometry as torchvision's Resize + CenterCrop, about twice as fast per image, which
+    matters when decoding shares two cores with the model."""
+
+    def __init__(self, p: Preprocess):
+        import numpy as np
+
+        self.p = p
+        self.resample = {"bilinear": 2, "bicubic": 3}[p.interpolation]
+        self.scale = (1.0 / (255.0 * np.asarray(p.std, np.float32))).reshape(1, 1, 3)
+        self.shift = (np.asarray(p.mean, np.float32) / np.asarray(p.std, np.float32)).reshape(1, 1, 3)
+
+    def array(self, img):
+        import numpy as np
+
+        size, short = self.p.image_size, self.p.resize_size
+        w, h = img.size
+        if w <= h:
+            nw, nh = short, int(short * h / w)
+        else:
+            nw, nh = int(short * w / h), short
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), self.resample)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        img = img.crop((left, top, left + size, top + size))
+        a = np.asarray(img, dtype=np.float32) * self.scale - self.shift
+        return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    def __call__(self, img):
+        import torch
+
+        return torch.from_numpy(self.array(img))
+
+
 def train_transform(p: Preprocess) -> T.Compose:
     """Random resized crop, horizontal flip and colour jitter, then normalise."""
     return T.Compose(

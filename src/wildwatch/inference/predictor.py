@@ -16,7 +16,7 @@ from PIL import Image
 
 from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import ImageLoadError, load_image
-from wildwatch.data.transforms import Preprocess, eval_transform
+from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.engine.checkpoint import load_extras, load_model
 from wildwatch.field import read_place
 from wildwatch.inference import unknown as ood
@@ -114,7 +114,7 @@ class Predictor:
         return float(self.meta.get("temperature", 1.0))
 
     def transform(self):
-        return eval_transform(self.preprocess)
+        return FastEvalTransform(self.preprocess)
 
     def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits, unknown-detector features or None) for a normalised batch."""
