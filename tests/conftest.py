@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+# Exported ONNX files go to a fresh folder for the test session (subprocesses inherit it).
+os.environ["WILDWATCH_CACHE"] = tempfile.mkdtemp(prefix="wildwatch-test-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_DATA = Path(os.environ.get("WILDWATCH_DATA", SHARED_DATA / "endangered11"))

@@ -106,3 +106,12 @@ def test_classify_resume_skips_done_files_and_keeps_order(cli_run, shapes_dir, t
     again = list(csv.DictReader(open(out)))
     assert [r["source"] for r in again] == [r["source"] for r in full]
     assert "10 already done" in proc.stderr
+
+
+def test_classify_explain_writes_overlays(cli_run, shapes_dir, tmp_path):
+    from PIL import Image
+
+    run("classify", shapes_dir / "red_circles", "--model", cli_run, "--explain", tmp_path / "cams", "-q")
+    pngs = sorted((tmp_path / "cams").glob("*.png"))
+    assert len(pngs) == 45
+    assert Image.open(pngs[0]).size == (32, 32)

@@ -31,7 +31,7 @@ def test_training_learns_the_shapes(trained_run):
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 6 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert [float(r["lr"]) for r in rows][3:5] == [3e-3, 1.5e-3]  # StepLR halves after 4 epochs
-    for f in ("config.yaml", "split.json", "curves.png", "model.safetensors", "model.json", "state.pt"):
+    for f in ("config.yaml", "split.json", "curves.png", "curves.html", "model.safetensors", "model.json", "state.pt"):
         assert (out / f).exists(), f
 
 
@@ -89,7 +89,7 @@ def test_evaluate_writes_reports_on_the_saved_test_split(trained_run, shapes_dir
     assert s["accuracy"] > 0.7
     assert set(s["per_class"]) == {"blue_triangles", "green_squares", "red_circles"}
     for f in ("metrics.json", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.html",
-              "reliability.png", "predictions.csv"):
+              "reliability.png", "predictions.csv", "report.html"):
         assert (tmp_path / "eval" / f).exists(), f
     cm = list(csv.reader(open(tmp_path / "eval" / "confusion_matrix.csv")))
     assert sum(int(x) for row in cm[1:] for x in row[1:]) == s["n"]

@@ -59,8 +59,12 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+    distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
+                                     "batch size is per process)."),
 ):
-    """Train a model; keep the best on validation accuracy. The test split is never touched."""
+    """Train a model; keep the best on validation accuracy. The test split is never touched.
+
+    Several processes or machines: torchrun --nproc_per_node=N -m wildwatch train ... (see README)."""
     import yaml
 
     from wildwatch.config import TrainConfig
@@ -74,7 +78,13 @@ def train(
     cfg = TrainConfig.model_validate(values)
     from wildwatch.models import get_entry
 
+    from wildwatch.engine.distributed import launched_by_torchrun
+
+    if distributed and not launched_by_torchrun():
+        raise RuntimeError("--distributed needs a torchrun launch: torchrun --nproc_per_node=N -m wildwatch train ...")
     if get_entry(cfg.model).preprocess:  # pretrained backbones train on cached features
+        if launched_by_torchrun():
+            raise RuntimeError(f"{cfg.model} trains on cached features in one process; run it without torchrun")
         from wildwatch.engine.transfer import fit_transfer
 
         result = fit_transfer(cfg, resume=resume)
@@ -129,6 +139,8 @@ def classify(
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
+    engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
@@ -140,7 +152,7 @@ def classify(
 
     fmt = format or (output.suffix.lower().lstrip(".") if output is not None else None)
     fmt = "jsonl" if fmt == "json" else fmt
-    if fmt not in (None, "csv", "jsonl", "megadetector", "camtrapdp"):
+    if fmt not in (None, "csv", "jsonl", "megadetector", "camtrapdp", "parquet"):
         raise ValueError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
     if fmt in ("megadetector", "camtrapdp") and output is None:
         raise ValueError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
@@ -148,6 +160,21 @@ def classify(
         raise ValueError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
     if country is not None and (len(country) != 2 or not country.isalpha()):
         raise ValueError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+    if engine == "ray":
+        if fmt not in ("csv", "jsonl", "parquet") and not (output and output.suffix.lower() == ".parquet"):
+            raise ValueError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
+        from wildwatch.inference.ray_engine import classify_with_ray, write_rows
+
+        rows = classify_with_ray(paths, model, backend, top_k, country.upper() if country else None, address,
+                                 batch_size)
+        write_rows(rows, output)
+        n_err = sum(1 for r in rows if r["error"])
+        typer.echo(f"{len(rows)} files, {len(rows) - n_err} classified, {n_err} errors (ray); rows in {output}", err=True)
+        return
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r}: use local or ray")
+    if fmt == "parquet":
+        raise ValueError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
     predictor = Predictor.from_file(model, top_k=top_k, backend=backend)
     predictor.country = country.upper() if country else None
     predictor.use_exif = not no_exif

@@ -60,8 +60,9 @@ def _to_degrees(dms, ref) -> float:
     return -value if ref in ("S", "W") else value
 
 
-def read_place(path: str | Path) -> Place:
-    """GPS position and capture time from a photo's EXIF (header only; missing tags give None)."""
+def read_place(path) -> Place:
+    """GPS position and capture time from a photo's EXIF (header only; missing tags give None).
+    ``path`` may also be an open binary file."""
     try:
         with Image.open(path) as img:
             exif = img.getexif()

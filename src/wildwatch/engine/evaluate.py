@@ -168,4 +168,14 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
         for i, s in enumerate(samples):
             w.writerow([s.relpath, s.label, classes[res.preds[i]], round(float(res.probs[i].max()), 5)])
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    from wildwatch.reports.html import figures_page
+
+    overall = [{k: summary[k] for k in ("n", "accuracy", "top3_accuracy", "macro_f1", "nll", "ece")}]
+    per_class = [{"class": c, **v} for c, v in summary["per_class"].items()]
+    extra = [{"view": k, "accuracy": v} for k, v in summary.get("views", {}).items()]
+    sizes = [{"source size": k, **v} for k, v in summary["by_source_size"].items()]
+    figures_page(f"Evaluation: {split_name} split", out / "report.html",
+                 [("confusion matrix (rows: true class)", out / "confusion_matrix.png"),
+                  ("reliability diagram", out / "reliability.png")],
+                 [("overall", overall), ("per class", per_class), ("partial views", extra), ("by source size", sizes)])
     return summary

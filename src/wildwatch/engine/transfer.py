@@ -116,6 +116,7 @@ def ood_images(folder: Path | None) -> list[Path]:
 
 def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
     """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
+    from wildwatch.reports.html import figures_page
     from wildwatch.reports.plots import plot_curves
 
     t_start = time.perf_counter()
@@ -196,6 +197,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                                 "best_epoch": best_epoch, "history": history, "best_model": best_state})
         write_history(out / "history.csv", history)
         plot_curves(history, out / "curves.png")
+        figures_page(f"Training {cfg.model}", out / "curves.html", [("loss and accuracy per epoch", out / "curves.png")],
+                     [("history", history)])
         bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{best_acc:.4f}")
 
     model.load_state_dict(best_state, strict=False)

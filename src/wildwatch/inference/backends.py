@@ -61,13 +61,21 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    def __init__(self, onnx_path: Path, name: str = "onnx"):
+    def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
         from wildwatch.inference.onnx_export import ort_session
 
         self.name = name
         self.path = onnx_path
-        self.session = ort_session(onnx_path)
+        self.session = ort_session(onnx_path, threads)
         self.input = self.session.get_inputs()[0].name
+        self._single = None
+
+    def single_threaded(self) -> "OnnxRunner":
+        """A second session on one core, for running several batches at once (one per core):
+        no parallel-for barrier is left waiting while other threads decode photos."""
+        if self._single is None:
+            self._single = OnnxRunner(self.path, self.name, threads=1)
+        return self._single
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         outs = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})

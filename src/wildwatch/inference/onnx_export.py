@@ -28,8 +28,10 @@ class Trunk(nn.Module):
 def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True) -> Path:
     """Export with a dynamic batch dimension into one file. The module is put in eval mode
     (and left there: the exporter would otherwise switch BatchNorm back to training)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # written beside, then renamed: processes that export the same model at once never read half a file
+    path = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     module = module.eval()
     x = torch.randn(2, 3, image_size, image_size)
     quiet = io.StringIO()
@@ -43,7 +45,8 @@ def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bo
             torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
     module.eval()
-    return path
+    os.replace(path, final)
+    return final
 
 
 def ort_session(path: str | Path, threads: int | None = None):

@@ -185,13 +185,19 @@ class Predictor:
         batch = torch.stack([t(im.convert("RGB")) for im in images])
         return self._predictions(sources, *self.forward(batch))
 
-    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 2) -> Iterator[Prediction]:
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
         """Classify files and folders (recursively), in input order, one Prediction per file.
 
         A file that cannot be read gets a Prediction with ``error`` set; the batch goes on.
-        Decoding runs on ``workers`` threads while the model works on the previous batch, and at
-        most two batches are held in memory whatever the number of files.
+        With ONNX Runtime, each of ``workers`` threads (default: one per core) decodes a batch and
+        runs it on a single-threaded session, so decoding and inference overlap without starving
+        each other; with PyTorch, decoding threads feed the next batch while the model runs. At
+        most a few batches are held in memory, whatever the number of files.
         """
+        import os
+        from collections import deque
+
+        workers = workers or os.cpu_count() or 1
         files = expand_paths(paths)
         t = self.transform()
         draft = (self.preprocess.resize_size, self.preprocess.resize_size)
@@ -213,23 +219,38 @@ class Predictor:
             if buf:
                 yield buf
 
+        single = self.runner.single_threaded() if hasattr(self.runner, "single_threaded") else None
+        if single is not None:
+            def work(chunk: list[Path]) -> list[Prediction]:
+                return self._finish(chunk, [decode(p) for p in chunk], single)
+
+            with ThreadPoolExecutor(workers) as pool:
+                window: deque = deque()
+                for chunk in chunks():
+                    window.append(pool.submit(work, chunk))
+                    if len(window) > workers:
+                        yield from window.popleft().result()
+                while window:
+                    yield from window.popleft().result()
+            return
+
         with ThreadPoolExecutor(max(1, workers)) as pool:
             pending = None
             for chunk in chunks():
                 future = (chunk, [pool.submit(decode, p) for p in chunk])
                 if pending is not None:
-                    yield from self._finish(*pending)
+                    yield from self._finish(pending[0], [f.result() for f in pending[1]])
                 pending = future
             if pending is not None:
-                yield from self._finish(*pending)
+                yield from self._finish(pending[0], [f.result() for f in pending[1]])
 
-    def _finish(self, chunk: list[Path], futures) -> list[Prediction]:
-        decoded = [f.result() for f in futures]
+    def _finish(self, chunk: list[Path], decoded: list, runner=None) -> list[Prediction]:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
             batch = torch.stack([decoded[i][0] for i in ok])
             places = [decoded[i][2] for i in ok]
-            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *self.forward(batch), places)):
+            outputs = runner(batch.numpy()) if runner is not None else self.forward(batch)
+            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *outputs, places)):
                 preds[i] = p
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

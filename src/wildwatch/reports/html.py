@@ -53,3 +53,19 @@ def table_html(rows: list[dict]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def png_data_uri(path: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def figures_page(title: str, path: str | Path, figures: list[tuple[str, str | Path]], tables: list[tuple[str, list[dict]]]) -> None:
+    """One self-contained page: captioned PNG figures (inlined) and tables of numbers."""
+    parts = []
+    for caption, png in figures:
+        if Path(png).exists():
+            parts.append(f"<figure><img src='{png_data_uri(png)}' alt='{html.escape(caption)}' style='max-width:100%'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    for caption, rows in tables:
+        parts.append(f"<h2>{html.escape(caption)}</h2>{table_html(rows)}")
+    Path(path).write_text(page(title, "".join(parts)))

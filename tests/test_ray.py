@@ -1,0 +1,54 @@
+"""Batch classification on Ray Data equals the local path."""
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from wildwatch.data.transforms import Preprocess
+from wildwatch.engine.checkpoint import save_model
+from wildwatch.models import create_model
+
+WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("seed_m4_gap", 3, image_size=32).eval()
+    meta = {"architecture": "seed_m4_gap", "model_kwargs": {"image_size": 32},
+            "classes": ["blue_triangles", "green_squares", "red_circles"],
+            "preprocess": Preprocess(image_size=32).to_json(), "temperature": 1.0}
+    return save_model(tmp_path_factory.mktemp("m") / "m.safetensors", model, meta)
+
+
+def _run(*args):
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_ray_rows_equal_local_rows(model_file, shapes_dir, broken_dir, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(shapes_dir / "green_squares", folder)
+    for f in broken_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    local, remote, parquet = tmp_path / "local.csv", tmp_path / "ray.csv", tmp_path / "ray.parquet"
+    _run("classify", folder, "--model", model_file, "--backend", "torch", "--output", local, "-q")
+    proc = _run("classify", folder, "--model", model_file, "--backend", "torch", "--engine", "ray", "--output", remote)
+    assert "(ray)" in proc.stderr
+    a, b = list(csv.DictReader(open(local))), list(csv.DictReader(open(remote)))
+    assert len(a) == len(b) == 45 + 6
+    assert [r["source"] for r in a] == [r["source"] for r in b]
+    for x, y in zip(a, b):
+        assert x["species"] == y["species"] and x["top_k"] == y["top_k"] and bool(x["error"]) == bool(y["error"])
+        assert x["confidence"] == y["confidence"]
+    _run("classify", folder, "--model", model_file, "--backend", "torch", "--engine", "ray", "--output", parquet)
+    table = pq.read_table(parquet).to_pylist()
+    assert [r["source"] for r in table] == [r["source"] for r in a]
+    assert list(table[0]) == list(a[0])  # the same columns as the local path
