@@ -108,11 +108,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server(predictor):
+def live_server(predictor, tmp_path_factory):
     import uvicorn
 
+    from test_events import make_events_db
+
+    db = make_events_db(tmp_path_factory.mktemp("events") / "events.db")
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor, events_db=db), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(100):
@@ -158,5 +162,9 @@ def test_page_in_a_real_browser(live_server, tmp_path):
             assert "Lion" in lion_card.inner_text() and "IUCN VU" in lion_card.query_selector(".badge").inner_text()
         page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
         page.click("#tab-events")
-        page.wait_for_function("document.querySelector('#events-message').textContent.includes('monitor')")
+        page.wait_for_function("document.querySelectorAll('#event-list .card img[src^=\"blob:\"]').length === 2",
+                               timeout=30_000)
+        first = page.query_selector("#event-list .card")
+        assert "Lion" in first.inner_text() and "IUCN VU" in first.inner_text()  # newest first
+        page.screenshot(path=str(ARTIFACTS / "serve_events.png"), full_page=True)
         browser.close()

@@ -230,6 +230,7 @@ def serve(
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
+    events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     import uvicorn
@@ -240,8 +241,50 @@ def serve(
     predictor = Predictor.from_file(model, backend=backend)
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
-    app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms)
+    app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
+                      events_db=events_db)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@friendly_errors
+def events(
+    db: Path = typer.Option(Path("events.db"), help="The events database."),
+    since: Optional[str] = typer.Option(None, help="Only sightings from this ISO date or time (UTC) on."),
+    species: Optional[str] = typer.Option(None, help="Only this class, e.g. rhino."),
+    format: str = typer.Option("csv", "--format", help="csv, json or camtrapdp."),
+    output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
+):
+    """List recorded sightings."""
+    from wildwatch.monitor.events import EventStore, Sighting
+
+    store = EventStore.open_existing(db)
+    rows = store.list(since=since, species=species)
+    if format == "camtrapdp":
+        if output is None:
+            raise ValueError("--format camtrapdp needs --output FOLDER")
+        from wildwatch.inference.formats import write_camtrap_dp_events
+
+        write_camtrap_dp_events(rows, store, output)
+        typer.echo(f"{len(rows)} sightings written as Camtrap DP to {output}", err=True)
+        return
+    if format == "json":
+        text = json.dumps([r.to_json() for r in rows], indent=1)
+    elif format == "csv":
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
+        w.writeheader()
+        w.writerows(r.to_json() for r in rows)
+        text = buf.getvalue()
+    else:
+        raise ValueError(f"unknown format {format!r}: use csv, json or camtrapdp")
+    if output is None:
+        typer.echo(text.rstrip("\n"))
+    else:
+        output.write_text(text)
+        typer.echo(f"{len(rows)} sightings written to {output}", err=True)
 
 
 @app.command()

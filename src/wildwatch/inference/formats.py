@@ -127,12 +127,22 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
                     "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
                                        + ("|out_of_range" if p.out_of_range else ""),
                     "observationComments": ""})
-    times = sorted(m["timestamp"] for m in media) or [now]
     located = [p for p in preds if p.latitude is not None]
-    deployments = [{"deploymentID": deployment, "locationID": "", "latitude": located[0].latitude if located else 0,
-                    "longitude": located[0].longitude if located else 0, "deploymentStart": times[0],
+    where = (located[0].latitude, located[0].longitude) if located else None
+    taxa = sorted({p.species for p in preds if not p.error and not p.unknown})
+    description = (f"Whole-image species classifications by wildwatch ({model_name}). "
+                   + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""))
+    return _write_package(folder, deployment, media, obs, where, taxa, description, "media")
+
+
+def _write_package(folder: Path, deployment: str, media: list[dict], obs: list[dict], where, taxa: list[str],
+                   description: str, level: str) -> Path:
+    now = _now()
+    times = sorted(m["timestamp"] for m in media) or [now]
+    deployments = [{"deploymentID": deployment, "locationID": "", "latitude": where[0] if where else 0,
+                    "longitude": where[1] if where else 0, "deploymentStart": times[0],
                     "deploymentEnd": times[-1],
-                    "deploymentComments": "" if located else "location unknown: no GPS in the photos (0, 0 written)"}]
+                    "deploymentComments": "" if where else "location unknown: no GPS in the photos (0, 0 written)"}]
     tables = {"deployments": (DEPLOYMENT_FIELDS, deployments), "media": (MEDIA_FIELDS, media),
               "observations": (OBSERVATION_FIELDS, obs)}
     for name, (fields, rows) in tables.items():
@@ -144,16 +154,14 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
         "profile": CAMTRAP_DP_PROFILE,
         "name": "wildwatch-classifications",
         "created": now,
-        "description": f"Whole-image species classifications by wildwatch ({model_name}). "
-                       + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""),
+        "description": description,
         "contributors": [{"title": "wildwatch", "role": "contributor"}],
         "project": {"title": "wildwatch classifications", "samplingDesign": "opportunistic",
-                    "captureMethod": ["activityDetection"], "individualAnimals": False, "observationLevel": ["media"]},
+                    "captureMethod": ["activityDetection"], "individualAnimals": False, "observationLevel": [level]},
         "licenses": [{"name": "CC-BY-4.0", "scope": "data"}],
         "spatial": {"type": "Point", "coordinates": [deployments[0]["longitude"], deployments[0]["latitude"]]},
         "temporal": {"start": times[0][:10], "end": times[-1][:10]},
-        "taxonomic": [{"scientificName": species_info(c).taxon, "taxonRank": species_info(c).taxon_rank}
-                      for c in sorted({p.species for p in preds if not p.error and not p.unknown})],
+        "taxonomic": [{"scientificName": species_info(c).taxon, "taxonRank": species_info(c).taxon_rank} for c in taxa],
         "resources": [{"name": name, "path": f"{name}.csv", "profile": "tabular-data-resource", "format": "csv",
                        "mediatype": "text/csv", "encoding": "utf-8",
                        "schema": {"fields": [{"name": n, "type": t} for n, t in fields]}}
@@ -161,3 +169,39 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
     }
     (folder / "datapackage.json").write_text(json.dumps(package, indent=2))
     return folder
+
+
+def write_camtrap_dp_events(sightings, store, folder: Path, deployment: str | None = None) -> Path:
+    """Camtrap DP from monitor sightings: one event-level observation per sighting, whose media
+    record is the sighting's snapshot (written into the package as snapshots/ID.jpg)."""
+    folder = Path(folder)
+    (folder / "snapshots").mkdir(parents=True, exist_ok=True)
+    deployment = deployment or f"wildwatch-monitor-{uuid.uuid4().hex[:8]}"
+    media, obs = [], []
+    for s in sightings:
+        mid = f"sighting-{s.id}"
+        jpeg = store.snapshot(s.id)
+        path = ""
+        if jpeg:
+            path = f"snapshots/{int(s.id)}.jpg"
+            (folder / path).write_bytes(jpeg)
+        media.append({"mediaID": mid, "deploymentID": deployment, "captureMethod": "activityDetection",
+                      "timestamp": s.wall_start, "filePath": path or s.source, "filePublic": "false",
+                      "fileName": Path(path).name if path else "", "fileMediatype": "image/jpeg",
+                      "exifData": json.dumps({"source": s.source, "frame_index": s.frame_index}), "favorite": "false",
+                      "mediaComments": "best frame of the sighting"})
+        info = species_info(s.species)
+        obs.append({"observationID": f"{mid}-1", "deploymentID": deployment, "mediaID": "", "eventID": mid,
+                    "eventStart": s.wall_start, "eventEnd": s.wall_end, "observationLevel": "event",
+                    "observationType": "animal", "cameraSetupType": "", "scientificName": info.taxon, "count": "",
+                    "lifeStage": "", "sex": "", "behavior": "", "individualID": "", "bboxX": "", "bboxY": "",
+                    "bboxWidth": "", "bboxHeight": "", "classificationMethod": "machine",
+                    "classifiedBy": f"wildwatch {__version__} monitor", "classificationTimestamp": _now(),
+                    "classificationProbability": round(float(s.peak_confidence), 4),
+                    "observationTags": f"wildwatch:species:{s.species}|iucn:{s.iucn_status}|source:{s.source}",
+                    "observationComments": ""})
+    located = [s for s in sightings if s.latitude is not None]
+    where = (located[0].latitude, located[0].longitude) if located else None
+    taxa = sorted({s.species for s in sightings})
+    return _write_package(folder, deployment, media, obs, where, taxa,
+                          f"Sightings recorded by wildwatch monitor ({len(obs)} events).", "event")

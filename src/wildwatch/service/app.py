@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from wildwatch import __version__
@@ -31,8 +31,12 @@ class Limits:
 
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
-               max_wait_ms: float = 5.0) -> FastAPI:
-    """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call."""
+               max_wait_ms: float = 5.0, events_db: str | Path | None = None) -> FastAPI:
+    """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call;
+    ``events_db`` (a monitor database) enables /v1/events and the page's events tab."""
+    from wildwatch.monitor.events import EventStore
+
+    store = EventStore.open_existing(events_db) if events_db else None
     api_key = api_key or os.environ.get("WILDWATCH_API_KEY") or None
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms)
     explain_lock = asyncio.Lock()
@@ -64,7 +68,8 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     @app.get("/health")
     def health():
         return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
-                "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None}
+                "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None,
+                "events": store is not None}
 
     @app.get("/v1/species", dependencies=[Depends(check_key)])
     def species():
@@ -109,9 +114,27 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                 r["status_colour"] = CATEGORY_COLOURS.get(colour_key.worst_category, "#999") if colour_key else "#999"
         return {"predictions": results}
 
+    def require_store():
+        if store is None:
+            raise HTTPException(404, "no monitor database configured: start the server with --events-db events.db")
+        return store
+
     @app.get("/v1/events", dependencies=[Depends(check_key)])
-    def events():
-        raise HTTPException(404, "no monitor database configured (wildwatch monitor is not part of this server yet)")
+    def events(since: str | None = Query(None, description="ISO date or time (UTC)"),
+               species: str | None = None, limit: int = Query(200, ge=1, le=10_000)):
+        rows = require_store().list(since=since, species=species)
+        table = species_table()
+        return {"events": [s.to_json() | {"snapshot_url": f"/v1/events/{s.id}/snapshot",
+                                          "status_colour": CATEGORY_COLOURS.get(table[s.species].worst_category, "#999")
+                                          if s.species in table else "#999"} for s in rows[-limit:]]}
+
+    @app.get("/v1/events/{event_id}/snapshot", dependencies=[Depends(check_key)])
+    def snapshot(event_id: int):
+        # an integer id, looked up in the database: no file path ever comes from the client
+        jpeg = require_store().snapshot(event_id)
+        if not jpeg:
+            raise HTTPException(404, f"no snapshot for event {event_id}")
+        return Response(content=jpeg, media_type="image/jpeg")
 
     static = Path(str(resources.files("wildwatch").joinpath("service/static")))
     app.mount("/static", StaticFiles(directory=static), name="static")

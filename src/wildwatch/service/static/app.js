@@ -91,7 +91,22 @@ async function upload(files) {
 async function loadEvents() {
   const res = await fetch("/v1/events", { headers: headers() });
   const data = await res.json().catch(() => ({}));
-  $("#events-message").textContent = res.ok ? "" : (data.detail || "No events.");
+  const list = $("#event-list");
+  list.replaceChildren();
+  if (!res.ok) { $("#events-message").textContent = data.detail || "No events."; return; }
+  $("#events-message").textContent = data.events.length ? data.events.length + " sightings, newest first" : "No sightings yet.";
+  for (const ev of data.events.reverse()) {
+    const img = el("img", { alt: ev.common_name || ev.species });
+    // fetched with the API key header, which an <img src> could not send
+    fetch(ev.snapshot_url, { headers: headers() }).then((r) => r.ok ? r.blob() : null)
+      .then((b) => { if (b) img.src = URL.createObjectURL(b); });
+    const badge = el("span", { class: "badge", text: "IUCN " + ev.iucn_status + (ev.threatened ? " · threatened" : "") });
+    badge.style.background = ev.status_colour || "#ccc";
+    list.append(el("article", { class: "card event" }, el("div", { class: "photo" }, img),
+      el("div", { class: "body" }, el("h2", { text: ev.common_name || ev.species }), badge,
+        el("div", { text: "Peak confidence " + Math.round(ev.peak_confidence * 100) + "%" }),
+        el("div", { class: "file", text: ev.source + " · " + ev.wall_start + " → " + ev.wall_end }))));
+  }
 }
 
 function setup() {

@@ -1,0 +1,1 @@
+"""Monitoring: sightings and the events store they are kept in."""
