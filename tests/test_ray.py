@@ -1,6 +1,7 @@
 """Batch classification on Ray Data equals the local path."""
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,12 @@ def model_file(tmp_path_factory):
     return save_model(tmp_path_factory.mktemp("m") / "m.safetensors", model, meta)
 
 
+# Keep every Ray address on loopback (Ray otherwise swaps 127.0.0.1 for the machine's own address).
+LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def _run(*args):
-    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600, env=LOOPBACK_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -52,3 +57,4 @@ def test_ray_rows_equal_local_rows(model_file, shapes_dir, broken_dir, tmp_path)
     table = pq.read_table(parquet).to_pylist()
     assert [r["source"] for r in table] == [r["source"] for r in a]
     assert list(table[0]) == list(a[0])  # the same columns as the local path
+

@@ -168,3 +168,19 @@ def test_page_in_a_real_browser(live_server, tmp_path):
         assert "Lion" in first.inner_text() and "IUCN VU" in first.inner_text()  # newest first
         page.screenshot(path=str(ARTIFACTS / "serve_events.png"), full_page=True)
         browser.close()
+
+
+def test_country_from_upload_exif_and_from_the_request(predictor):
+    from test_field import photo_with_gps
+
+    with TestClient(create_app(predictor)) as client:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            path = photo_with_gps(Path(d) / "ke.jpg", -1.2921, 36.8219)
+            data = path.read_bytes()
+        r = client.post("/v1/classify", files=[("files", ("ke.jpg", data, "image/jpeg"))]).json()["predictions"][0]
+        assert r["country"] == "KE" and r["taken_at"] == "2024-03-05T06:41:09"
+        r = client.post("/v1/classify?country=br", files=[("files", ("ke.jpg", data, "image/jpeg"))]).json()
+        assert r["predictions"][0]["country"] == "BR"
+        assert client.post("/v1/classify?country=Kenya", files=[("files", ("a.jpg", data, "image/jpeg"))]).status_code == 422

@@ -231,6 +231,8 @@ def serve(
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
     events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
+    country: Optional[str] = typer.Option(None, help="ISO country code of every upload (default: EXIF GPS; a "
+                                          "request can also pass ?country=CC)."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     import uvicorn
@@ -242,7 +244,7 @@ def serve(
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
-                      events_db=events_db)
+                      events_db=events_db, default_country=country)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 

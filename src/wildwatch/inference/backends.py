@@ -99,7 +99,15 @@ def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: in
         int8 = int8_path(model_file)
         if onnx_available() and int8.exists() and int8_is_accurate(int8):
             return OnnxRunner(int8, "onnx-int8")
-        backend = "onnx" if onnx_available() and device.type == "cpu" else "torch"
+        if not (onnx_available() and device.type == "cpu"):
+            return TorchRunner(model, device)
+        try:
+            return make_runner("onnx", model, model_file, image_size, device)
+        except Exception as exc:  # an export that fails must not stop the batch: PyTorch gives the same answers
+            import warnings
+
+            warnings.warn(f"ONNX Runtime backend unavailable ({exc}); using PyTorch")
+            return TorchRunner(model, device)
     if backend == "torch":
         return TorchRunner(model, device)
     if not onnx_available():

@@ -176,14 +176,15 @@ class Predictor:
                 local["population"] if local else "", place.latitude, place.longitude, place.taken_at))
         return out
 
-    def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None) -> list[Prediction]:
-        """Classify decoded RGB images."""
+    def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,
+                       places: Sequence | None = None) -> list[Prediction]:
+        """Classify decoded RGB images; ``places`` (field.Place per image) adds where and when."""
         if not images:
             return []
         sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
         t = self.transform()
         batch = torch.stack([t(im.convert("RGB")) for im in images])
-        return self._predictions(sources, *self.forward(batch))
+        return self._predictions(sources, *self.forward(batch), places)
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
         """Classify files and folders (recursively), in input order, one Prediction per file.

@@ -67,7 +67,8 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
     present = [f for f in files if Path(f).is_file()]
     started = False
     if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"include_dashboard": False}
+        # a Ray started here listens on loopback only; a cluster address is used as given
+        kwargs = {"address": address} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         ray.init(logging_level="ERROR", log_to_driver=False, **kwargs)
         started = True
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ class Limits:
 
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
-               max_wait_ms: float = 5.0, events_db: str | Path | None = None) -> FastAPI:
+               max_wait_ms: float = 5.0, events_db: str | Path | None = None,
+               default_country: str | None = None) -> FastAPI:
     """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call;
     ``events_db`` (a monitor database) enables /v1/events and the page's events tab."""
     from wildwatch.monitor.events import EventStore
@@ -78,10 +80,14 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
 
     @app.post("/v1/classify", dependencies=[Depends(check_key)])
     async def classify(files: list[UploadFile] = File(..., description="one or more photos"),
-                       explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)")):
+                       explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)"),
+                       country: str | None = Query(None, min_length=2, max_length=2, pattern="^[A-Za-z]{2}$",
+                                                   description="ISO country code of the photos (default: EXIF GPS)")):
         if len(files) > limits.max_files:
             raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
-        images, names, results = [], [], [None] * len(files)
+        from wildwatch.field import Place, read_place
+
+        images, names, places, results = [], [], [], [None] * len(files)
         slots = []
         for i, f in enumerate(files):
             name = f.filename or f"upload{i}"
@@ -95,10 +101,15 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                     raise HTTPException(413, str(exc)) from None
                 results[i] = {"source": name, "error": str(exc)}
                 continue
+            place = read_place(io.BytesIO(data))
+            where = country or default_country
+            if where:
+                place = Place(where.upper(), place.latitude, place.longitude, place.taken_at, "given")
             images.append(img)
             names.append(name)
+            places.append(place)
             slots.append(i)
-        preds = await batcher.classify(images, names) if images else []
+        preds = await batcher.classify(images, names, places) if images else []
         for i, img, p in zip(slots, images, preds):
             row = p.to_json()
             if explain:

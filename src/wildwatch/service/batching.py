@@ -13,6 +13,7 @@ from PIL import Image
 class _Job:
     images: list[Image.Image]
     names: list[str]
+    places: list
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -38,11 +39,11 @@ class MicroBatcher:
         if self.task:
             self.task.cancel()
 
-    async def classify(self, images: list[Image.Image], names: list[str]):
+    async def classify(self, images: list[Image.Image], names: list[str], places: list | None = None):
         if self.queue is None:
             await self.start()
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(images, names, fut))
+        await self.queue.put(_Job(images, names, places or [None] * len(images), fut))
         return await fut
 
     async def _loop(self) -> None:
@@ -63,8 +64,9 @@ class MicroBatcher:
                 n += len(job.images)
             images = [im for j in jobs for im in j.images]
             names = [nm for j in jobs for nm in j.names]
+            places = [pl for j in jobs for pl in j.places]
             try:
-                preds = await loop.run_in_executor(None, self.predictor.predict_images, images, names)
+                preds = await loop.run_in_executor(None, self.predictor.predict_images, images, names, places)
             except Exception as exc:  # the model failed: every waiting request gets the error
                 for j in jobs:
                     if not j.future.done():
