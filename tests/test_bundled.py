@@ -61,8 +61,8 @@ def test_flat_grey_image_is_unknown(bundled):
     assert p.iucn_status == "" and not p.threatened
 
 
-@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs ../shared/data (CI always has it)")
 def test_bundled_model_names_real_photos(bundled):
+    assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
     paths, truth = [], []
     for cls in bundled.classes:
         files = sorted((REAL_DATA / cls).glob("*.jpg"))[-4:]

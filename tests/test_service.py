@@ -128,10 +128,10 @@ def live_server(predictor, tmp_path_factory):
     thread.join(10)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is installed by .ci/run")
 def test_page_in_a_real_browser(live_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    assert CHROMIUM.exists(), "the browser test needs Debian's Chromium: apt-get install chromium (.ci/run does)"
     photo = tmp_path / "upload.jpg"
     photo.write_bytes(jpeg_bytes(5, 300))
     grey = tmp_path / "grey.png"
