@@ -58,3 +58,31 @@ def test_ray_rows_equal_local_rows(model_file, shapes_dir, broken_dir, tmp_path)
     assert [r["source"] for r in table] == [r["source"] for r in a]
     assert list(table[0]) == list(a[0])  # the same columns as the local path
 
+
+
+def test_ray_on_an_existing_cluster_address(model_file, shapes_dir, tmp_path):
+    import secrets
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the cluster's own authentication token, given to the head and to wildwatch alike
+    env = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                            f"--temp-dir={tempfile.mkdtemp(prefix='rw', dir='/tmp')}"],  # Ray's socket paths stay short
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        out = tmp_path / "rows.csv"
+        proc = subprocess.run([WILDWATCH, "classify", str(shapes_dir / "red_circles"), "--model", str(model_file),
+                               "--backend", "torch", "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                               "--output", str(out)], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = list(csv.DictReader(open(out)))
+        assert len(rows) == 45 and all(r["species"] for r in rows) and "(ray)" in proc.stderr
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
