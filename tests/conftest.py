@@ -22,6 +22,15 @@ OOD_DATA = Path(os.environ.get("WILDWATCH_OOD", SHARED_DATA / "ood_dev"))
 COLOURS = {"red_circles": (220, 40, 40), "green_squares": (40, 200, 60), "blue_triangles": (40, 70, 220)}
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def draw_shape(label: str, rng: random.Random, size: int = 48) -> Image.Image:
     """A noisy background with one coloured shape whose kind and colour give the class."""
     bg = np.clip(np.random.default_rng(rng.randrange(2**31)).normal(128, 30, (size, size, 3)), 0, 255)

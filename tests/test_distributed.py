@@ -1,7 +1,6 @@
 """Distributed data parallel training on CPU with gloo: two real processes."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +8,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from wildwatch.config import TrainConfig
 from wildwatch.engine.train import fit
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(data, out, batch):
@@ -34,7 +29,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str, result_dir: s
 
 
 def test_two_processes_end_with_identical_weights(shapes_dir, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(shapes_dir), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(shapes_dir), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k, v in r0["state"].items():
@@ -49,7 +44,7 @@ def test_two_processes_end_with_identical_weights(shapes_dir, tmp_path):
 
 def test_torchrun_launch_through_the_cli(shapes_dir, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
            "-m", "wildwatch", "train", "--data", str(shapes_dir), "--model", "seed_m4_gap", "--epochs", "2",
            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--distributed",
            "--out", str(out), "--ratios", "0.6,0.2,0.2"]

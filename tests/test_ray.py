@@ -62,12 +62,11 @@ def test_ray_rows_equal_local_rows(model_file, shapes_dir, broken_dir, tmp_path)
 
 def test_ray_on_an_existing_cluster_address(model_file, shapes_dir, tmp_path):
     import secrets
-    import socket
     import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from conftest import free_port
+
+    port = free_port()
     # the cluster's own authentication token, given to the head and to wildwatch alike
     env = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     ray_cli = str(Path(sys.executable).parent / "ray")

@@ -2,7 +2,6 @@
 
 import io
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import REAL_DATA, draw_shape
+from conftest import REAL_DATA, draw_shape, free_port
 from wildwatch.inference import Predictor
 from wildwatch.service.app import Limits, create_app
 
@@ -101,11 +100,6 @@ def test_concurrent_requests_share_model_calls(predictor):
         assert batcher.images == 8 and batcher.calls < 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def live_server(predictor, tmp_path_factory):
@@ -114,7 +108,7 @@ def live_server(predictor, tmp_path_factory):
     from test_events import make_events_db
 
     db = make_events_db(tmp_path_factory.mktemp("events") / "events.db")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(predictor, events_db=db), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -42,12 +42,15 @@ def make_loader(
     workers: int = 2,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    sampler=None,
 ) -> DataLoader:
-    """A DataLoader with worker processes; shuffling draws from ``generator`` so runs repeat."""
+    """A DataLoader with worker processes; shuffling draws from ``generator`` so runs repeat.
+    A ``sampler`` (e.g. DistributedSampler) replaces ``shuffle``."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         persistent_workers=False,
         generator=generator,

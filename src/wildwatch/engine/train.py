@@ -202,11 +202,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitRes
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7919 * dist_info.rank)
         if sampler is not None:
             sampler.set_epoch(epoch)
-            train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                                                       num_workers=cfg.workers, generator=gen, drop_last=True)
-        else:
-            train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=gen,
-                                       drop_last=len(train_ds) > cfg.batch_size)
+        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=gen,
+                                   drop_last=sampler is not None or len(train_ds) > cfg.batch_size, sampler=sampler)
         lr = optimizer.param_groups[0]["lr"]
         sums = train_one_epoch(net, train_loader, optimizer, device, cfg.max_train_batches,
                                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress, sums=True)

@@ -33,25 +33,24 @@ from wildwatch.reports.metrics import nll, softmax
 TRAINABLE_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 
 
-def trunk_session(model: nn.Module, cache_dir: Path, image_size: int):
-    """An ONNX Runtime session for the frozen trunk (exported once into the cache folder)."""
-    from wildwatch.inference.onnx_export import Trunk, export_onnx, ort_session
+def trunk_runner(model: nn.Module, cache_dir: Path, image_size: int):
+    """ONNX Runtime on the frozen trunk (exported once into the cache folder)."""
+    from wildwatch.inference.backends import OnnxRunner
+    from wildwatch.inference.onnx_export import Trunk, export_onnx
 
     path = cache_dir / f"trunk_{image_size}.onnx"
     if not path.exists():
         export_onnx(Trunk(model), path, image_size)
-    return ort_session(path)
+    return OnnxRunner(path, "onnx")
 
 
-def cache_view(session, root: Path, samples: Sequence[Sample], transform, path: Path, seed: int,
+def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: Path, seed: int,
                batch_size: int = 32, desc: str = "") -> np.ndarray:
     """Trunk activations (fp16) of one view of every sample, saved to ``path`` (skipped if there).
 
     Decoding runs on threads; random transforms run in order in this thread, seeded, so a view
     is the same every time it is computed.
     """
-    from wildwatch.inference.onnx_export import run_session
-
     if path.exists():
         return np.load(path, allow_pickle=False)
     torch.manual_seed(seed)
@@ -64,7 +63,7 @@ def cache_view(session, root: Path, samples: Sequence[Sample], transform, path: 
         for img in decoded:
             batch.append(transform(img))
             if len(batch) == batch_size or i + len(batch) == len(samples):
-                acts = run_session(session, torch.stack(batch).numpy()).astype(np.float16)
+                acts = runner(torch.stack(batch).numpy())[0].astype(np.float16)
                 if out is None:
                     out = np.zeros((len(samples), *acts.shape[1:]), np.float16)
                 out[i:i + len(acts)] = acts
@@ -133,14 +132,14 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     pre: Preprocess = model_preprocess(cfg.model, cfg.image_size)
     seed_everything(cfg.seed)
     model = create_model(cfg.model, len(split.classes), pretrained=True).eval()
-    session = trunk_session(model, cache, pre.image_size)
+    runner = trunk_runner(model, cache, pre.image_size)
     root = Path(cfg.data)
     classes = split.classes
     y = {n: np.array([classes.index(s.label) for s in split.part(n)]) for n in ("train", "val", "test")}
 
-    acts = {n: cache_view(session, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
+    acts = {n: cache_view(runner, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
                           desc=f"{n} features") for n in ("train", "val", "test")}
-    aug = [cache_view(session, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
+    aug = [cache_view(runner, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
                       cfg.seed * 1000 + v, desc=f"train view {v + 1}/{views}") for v in range(views)]
     train_x = np.concatenate([acts["train"], *aug])
     train_y = np.concatenate([y["train"]] * (1 + views))
@@ -221,10 +220,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     }
     ood_files = ood_images(ood_dir)
     if ood_files:
-        from wildwatch.data.discover import Sample as S
-
-        ood_samples = [S(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
-        ood_acts = cache_view(session, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
+        ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
+        ood_acts = cache_view(runner, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
                               desc="unknown examples")
         _, ood_feats = head_outputs(model, ood_acts)
         s_out = ood.mahalanobis_score(ood_feats, stats["ood_means"].numpy(), stats["ood_precision"].numpy())

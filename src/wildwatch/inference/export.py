@@ -26,13 +26,6 @@ def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
     return torch.stack([t(load_image(root / s.relpath)) for s in samples[:n]]).numpy()
 
 
-def _split_of(model_file: Path, meta: dict, data: Path):
-    from wildwatch.engine.evaluate import split_for_model
-
-    split, _ = split_for_model(model_file, meta, data)
-    return split
-
-
 def export(model: str | Path | None, out: Path | None = None, int8: bool = False, data: Path | None = None,
            calibration_size: int = 200) -> dict:
     """Export a model to ONNX (fp32, dynamic batch, one file) and check it against PyTorch.
@@ -51,7 +44,9 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         export_model_onnx(pred.model, fp32, size)
     report: dict = {"model": str(model_file), "onnx": str(fp32), "export_seconds": round(time.perf_counter() - t0, 1)}
 
-    split = _split_of(model_file, pred.meta, data) if data is not None else None
+    from wildwatch.engine.evaluate import split_for_model
+
+    split = split_for_model(model_file, pred.meta, data)[0] if data is not None else None
     if split is not None:
         check = _batch(pred, data, split.test, 32)
     else:

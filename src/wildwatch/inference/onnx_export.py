@@ -60,6 +60,3 @@ def ort_session(path: str | Path, threads: int | None = None):
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-
-def run_session(session, batch: np.ndarray) -> np.ndarray:
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
