@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tell which endangered species is in a photo, how threatened it is, and alert people.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect image folders.")
 app.add_typer(data_app, name="data")
+benchmark_app = typer.Typer(no_args_is_help=True, help="Measure a model under hard conditions.")
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def friendly_errors(fn):
@@ -54,6 +56,8 @@ def train(
     pool: str = typer.Option("max", help="Pooling of the seed CNNs: max, avg, fuzzy, fuzzy1."),
     seed: int = typer.Option(0),
     views: int = typer.Option(2, help="Pretrained backbones: augmented views cached per training photo."),
+    degrade_views: Optional[int] = typer.Option(None, help="Pretrained backbones: views per training photo with "
+                                                "random CCTV-style degradation (robustness)."),
     ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
@@ -73,6 +77,7 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
+             "degrade_views": degrade_views,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
@@ -290,6 +295,47 @@ def events(
 
 
 @app.command()
+@friendly_errors
+def monitor(
+    sources: Optional[List[str]] = typer.Argument(None, help="Video files, stream URLs (rtsp://, http://...), "
+                                                  "watch-folders, feeds (feed:URL, or a URL or file ending in "
+                                                  ".xml/.rss/.atom/.json)."),
+    config: Optional[Path] = typer.Option(None, help="monitor.yaml: sources, sampling, smoothing, alert policy, "
+                                          "sinks (see the README)."),
+    db: Optional[Path] = typer.Option(None, help="Events database (default events.db); a restarted monitor goes "
+                                      "on from it."),
+    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    country: Optional[str] = typer.Option(None, help="ISO country code of the cameras: ranks species by range."),
+    sample_every: Optional[float] = typer.Option(None, help="Seconds of video between classified frames."),
+    webhook: Optional[str] = typer.Option(None, help="Also send alerts as JSON POSTs to this URL."),
+    once: bool = typer.Option(False, "--once", help="Folders and feeds: process what is there now, then stop."),
+    backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
+    status: bool = typer.Option(True, help="Show the live status line."),
+):
+    """Watch videos, streams, folders and feeds; record sightings; send alerts."""
+    import logging
+
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.monitor.alerts import WebhookSinkConfig
+    from wildwatch.monitor.run import Monitor, MonitorConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None)
+    if webhook:
+        cfg.sinks.append(WebhookSinkConfig(url=webhook))
+    predictor = Predictor.from_file(model, backend=backend)
+    if cfg.country:
+        if len(cfg.country) != 2 or not cfg.country.isalpha():
+            raise ValueError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+        predictor.country = cfg.country.upper()
+    mon = Monitor(cfg, predictor.predict_images, status=status)
+    stats = mon.run(sources or None)
+    typer.echo(json.dumps(stats))
+    if stats["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def models(pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. 'seed_*'.")):
     """List the registered models."""
     from wildwatch.models import get_entry, list_models
@@ -342,3 +388,37 @@ def export(
 
     report = do_export(model, out, int8, data)
     typer.echo(json.dumps(report, indent=2))
+
+
+@benchmark_app.command("robustness")
+@friendly_errors
+def benchmark_robustness(
+    data: Path = typer.Option(..., help="The ImageFolder tree the model was trained on."),
+    model: Optional[str] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    split: str = typer.Option("test", help="train, val or test."),
+    out: Path = typer.Option(Path("runs/robustness"), help="Folder for results, heatmap and report.html; "
+                             "a stopped run resumes there."),
+    pastes: Optional[Path] = typer.Option(None, help="Folder with person/, landscape/ and other sub-folders "
+                                          "(e.g. ood_dev): adds occlusion and small-animal conditions."),
+    conditions: Optional[str] = typer.Option(None, help="Comma-separated subset of conditions. Default: all."),
+    limit_per_class: Optional[int] = typer.Option(None, help="Score at most this many photos per class."),
+    seed: int = typer.Option(0, help="Seed of the corruptions and of the subset."),
+    workers: int = typer.Option(2, help="Processes that make the corrupted images."),
+    backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
+):
+    """Accuracy under the 15 ImageNet-C corruptions (severities 1-5), CCTV conditions and, with
+    --pastes, occlusion by people and objects and animals small in the frame."""
+    from wildwatch.robustness.benchmark import run_robustness
+
+    names = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None
+    s = run_robustness(model, data, out, split, limit_per_class, names, pastes, seed, workers, backend=backend)
+    typer.echo(f"clean accuracy {s['clean_accuracy']:.4f} on {s['n']} photos")
+    for fam, d in s["families"].items():
+        typer.echo(f"{fam}: mean {d['mean_accuracy']:.4f}, severities 1-3 {d['mean_severity_1_3']:.4f}, "
+                   f"4-5 {d['mean_severity_4_5'] if d['mean_severity_4_5'] is not None else float('nan'):.4f}, "
+                   f"relative drop {d['relative_drop']:.4f}")
+    if "low_resolution_48px" in s:
+        typer.echo(f"low resolution 48 px: {s['low_resolution_48px']:.4f}")
+    if "animal_at_1_16_of_frame" in s:
+        typer.echo(f"animal at 1/16 of the frame: {s['animal_at_1_16_of_frame']:.4f}")
+    typer.echo(f"report: {out / 'report.html'}")

@@ -30,6 +30,8 @@ class TrainConfig(BaseModel):
     workers: int = Field(2, ge=0)
     device: str = "auto"
     views: int = Field(2, ge=0, description="augmented views of each training photo (pretrained backbones)")
+    degrade_views: int = Field(0, ge=0, description="views of each training photo with random CCTV-style "
+                               "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
 

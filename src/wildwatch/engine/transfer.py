@@ -141,8 +141,14 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                           desc=f"{n} features") for n in ("train", "val", "test")}
     aug = [cache_view(runner, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
                       cfg.seed * 1000 + v, desc=f"train view {v + 1}/{views}") for v in range(views)]
+    if cfg.degrade_views:
+        from wildwatch.robustness.augment import degraded_train_transform
+
+        aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
+                           cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
+                           desc=f"degraded view {v + 1}/{cfg.degrade_views}") for v in range(cfg.degrade_views)]
     train_x = np.concatenate([acts["train"], *aug])
-    train_y = np.concatenate([y["train"]] * (1 + views))
+    train_y = np.concatenate([y["train"]] * (1 + len(aug)))
     t_cached = time.perf_counter()
 
     params = [p for n, p in model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
@@ -244,7 +250,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                   "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
         "epoch": best_epoch,
         "metrics": metrics,
-        "recipe": {"views": views, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "recipe": {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                    "trainable": list(TRAINABLE_PREFIXES)},
     }
     save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,

@@ -1,12 +1,20 @@
-"""The events store: sightings in SQLite (WAL), snapshots kept inside the database.
+"""The events store: sightings in SQLite (WAL), snapshots kept inside the database, and the
+monitor's own state (source progress, finished files and posts, the alert outbox).
 
 Snapshots are stored as JPEG bytes in the database and addressed only by the sighting's integer
-id, so serving them never touches a path given by a client.
+id, so serving them never touches a path given by a client. Everything one batch of frames
+changes (sightings, queued alerts, how far each source got) is written in one transaction, so a
+monitor killed at any moment restarts from a consistent state: nothing is lost and nothing is
+recorded twice.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +36,39 @@ CREATE TABLE IF NOT EXISTS sightings (
     country TEXT,
     latitude REAL,
     longitude REAL,
-    snapshot BLOB
+    snapshot BLOB,
+    open INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    keywords TEXT NOT NULL DEFAULT '',
+    link TEXT NOT NULL DEFAULT '',
+    frame_wall_time REAL
 );
 CREATE INDEX IF NOT EXISTS sightings_wall_start ON sightings (wall_start);
 CREATE INDEX IF NOT EXISTS sightings_species ON sightings (species);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_progress (source TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS done_items (key TEXT PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sighting_id INTEGER NOT NULL,
+    sink TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    delivered_at REAL,
+    failed_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered_at, failed_at, next_attempt_at);
 """
+
+# columns added after the first release: older databases get them on open
+_LATER_COLUMNS = {"open": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT NULL DEFAULT 0",
+                  "keywords": "TEXT NOT NULL DEFAULT ''", "link": "TEXT NOT NULL DEFAULT ''",
+                  "frame_wall_time": "REAL"}
 
 
 @dataclass
@@ -53,6 +89,10 @@ class Sighting:
     country: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+    priority: int = 0
+    keywords: str = ""
+    link: str = ""
+    frame_wall_time: float | None = None
     id: int | None = None
 
     def to_json(self) -> dict:
@@ -72,7 +112,16 @@ class EventStore:
         self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.lock = threading.RLock()
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(sightings)")}
+        if cols:
+            for name, decl in _LATER_COLUMNS.items():
+                if name not in cols:
+                    self.db.execute(f"ALTER TABLE sightings ADD COLUMN {name} {decl}")
         self.db.executescript(SCHEMA)
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)", (uuid.uuid4().hex,))
+        self.instance = self.db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
 
     @classmethod
     def open_existing(cls, path: str | Path) -> "EventStore":
@@ -80,14 +129,75 @@ class EventStore:
             raise FileNotFoundError(f"{path}: no events database here (wildwatch monitor writes one with --db)")
         return cls(path)
 
-    def add(self, s: Sighting, snapshot_jpeg: bytes | None = None) -> int:
+    def add(self, s: Sighting, snapshot_jpeg: bytes | None = None, open_: bool = False) -> int:
+        with self.lock, self.db:
+            return self.insert(s, snapshot_jpeg, open_)
+
+    def insert(self, s: Sighting, snapshot_jpeg: bytes | None = None, open_: bool = False) -> int:
+        """Insert inside a transaction the caller holds (``with store.transaction():``)."""
         cols = [k for k in Sighting.__dataclass_fields__ if k != "id"]
         values = [getattr(s, k) for k in cols]
-        with self.db:
-            cur = self.db.execute(
-                f"INSERT INTO sightings ({', '.join(cols)}, snapshot) VALUES ({', '.join('?' * len(cols))}, ?)",
-                [*values, snapshot_jpeg])
+        cur = self.db.execute(
+            f"INSERT INTO sightings ({', '.join(cols)}, snapshot, open) VALUES ({', '.join('?' * len(cols))}, ?, ?)",
+            [*values, snapshot_jpeg, int(open_)])
         return int(cur.lastrowid)
+
+    @contextmanager
+    def transaction(self):
+        """One atomic write: everything inside commits together or not at all."""
+        with self.lock:
+            with self.db:
+                yield self.db
+
+    def update_sighting(self, sighting_id: int, **values) -> None:
+        """Inside a transaction: set columns of a sighting (``snapshot`` and ``open`` included)."""
+        allowed = set(Sighting.__dataclass_fields__) | {"snapshot", "open"}
+        bad = set(values) - allowed
+        if bad:
+            raise KeyError(f"not sighting columns: {', '.join(sorted(bad))}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self.db.execute(f"UPDATE sightings SET {sets} WHERE id = ?", [*values.values(), int(sighting_id)])
+
+    def open_sightings(self, source: str | None = None) -> list[tuple[Sighting, bytes | None]]:
+        query, args = "SELECT * FROM sightings WHERE open = 1", []
+        if source is not None:
+            query += " AND source = ?"
+            args.append(source)
+        with self.lock:
+            cur = self.db.execute(query + " ORDER BY id", args)
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        out = []
+        for d in rows:
+            snap = d.pop("snapshot", None)
+            d.pop("open", None)
+            d["threatened"] = bool(d["threatened"])
+            out.append((Sighting(**d), snap))
+        return out
+
+    # -- monitor state
+
+    def get(self, source: str) -> dict | None:
+        with self.lock:
+            row = self.db.execute("SELECT state FROM source_progress WHERE source = ?", (source,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_progress(self, source: str, state: dict) -> None:
+        """Inside a transaction."""
+        self.db.execute("INSERT INTO source_progress (source, state) VALUES (?, ?) "
+                        "ON CONFLICT(source) DO UPDATE SET state = excluded.state", (source, json.dumps(state)))
+
+    def is_done(self, key: str) -> bool:
+        with self.lock:
+            return self.db.execute("SELECT 1 FROM done_items WHERE key = ?", (key,)).fetchone() is not None
+
+    def mark_done(self, key: str) -> None:
+        """Inside a transaction."""
+        self.db.execute("INSERT OR IGNORE INTO done_items (key, at) VALUES (?, ?)", (key, utc_now()))
+
+    def count(self) -> int:
+        with self.lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0])
 
     def list(self, since: str | None = None, species: str | None = None, limit: int | None = None) -> list[Sighting]:
         """Sightings, oldest first; ``since`` is an ISO date or time (UTC)."""
@@ -102,18 +212,23 @@ class EventStore:
         if limit:
             query += " LIMIT ?"
             args.append(int(limit))
-        cur = self.db.execute(query, args)
-        names = [d[0] for d in cur.description]
+        with self.lock:
+            cur = self.db.execute(query, args)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
         out = []
-        for row in cur.fetchall():
+        for row in rows:
             d = dict(zip(names, row))
             d.pop("snapshot", None)
+            d.pop("open", None)
             d["threatened"] = bool(d["threatened"])
             out.append(Sighting(**d))
         return out
 
     def snapshot(self, sighting_id: int) -> bytes | None:
-        row = self.db.execute("SELECT snapshot FROM sightings WHERE id = ?", (int(sighting_id),)).fetchone()
+        with self.lock:
+            row = self.db.execute(
+                "SELECT snapshot FROM sightings WHERE id = ?", (int(sighting_id),)).fetchone()
         return row[0] if row else None
 
     def close(self) -> None:

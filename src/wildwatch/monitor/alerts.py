@@ -1,0 +1,330 @@
+"""Alerts: which sightings are sent (policy), where (sinks), and how they survive failures (outbox).
+
+Every alert is a row of the ``outbox`` table, written in the same transaction as its sighting,
+one row per sink, with an idempotency key that never changes. A delivery thread sends due rows
+and marks them delivered; a failure is retried with exponential backoff; rows survive restarts.
+A process killed between sending and marking sends the row again after the restart with the
+same key, so the receiver de-duplicates (the webhook's ``Idempotency-Key`` header, the email's
+``Message-ID``): each alert reaches each sink once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import smtplib
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as dtime
+from email.message import EmailMessage
+from typing import Callable, Literal, Optional, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wildwatch.monitor.events import EventStore
+
+log = logging.getLogger("wildwatch.monitor")
+
+SIGNATURE_HEADER = "X-Wildwatch-Signature"
+
+
+class AlertPolicy(BaseModel):
+    """Which sightings alert. A sighting alerts if its IUCN status is in ``statuses`` or its class
+    is in ``species``, its confidence is at least ``min_confidence`` and (for posts) its keyword
+    priority at least ``min_priority``. During ``quiet_hours`` (local time, "22:00-06:00") alerts
+    wait until the quiet hours end, except for ``urgent_statuses`` and prioritised posts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statuses: list[str] = Field(default_factory=lambda: ["CR", "EN", "VU"])
+    species: list[str] = Field(default_factory=list)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    min_priority: int = Field(0, ge=0)
+    quiet_hours: Optional[str] = None
+    urgent_statuses: list[str] = Field(default_factory=lambda: ["CR"])
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours(cls, v):
+        if v is not None:
+            parse_quiet_hours(v)
+        return v
+
+    def wants(self, species: str, status: str, confidence: float, priority: int = 0) -> bool:
+        if confidence < self.min_confidence or priority < self.min_priority:
+            return False
+        return bool(status_categories(status) & set(self.statuses)) or species in self.species
+
+    def not_before(self, now: float, status: str, priority: int = 0) -> float:
+        """When an alert made at ``now`` may be sent."""
+        if not self.quiet_hours or status_categories(status) & set(self.urgent_statuses) or priority > 0:
+            return now
+        start, end = parse_quiet_hours(self.quiet_hours)
+        local = datetime.fromtimestamp(now)
+        t = local.time()
+        inside = (start <= t < end) if start < end else (t >= start or t < end)
+        if not inside:
+            return now
+        until = datetime.combine(local.date(), end)  # the next time the quiet hours end
+        if until <= local:
+            until += timedelta(days=1)
+        return until.timestamp()
+
+
+RED_LIST_ORDER = ("LC", "NT", "VU", "EN", "CR", "EW", "EX")
+
+
+def status_categories(status: str) -> set[str]:
+    """The IUCN categories a status covers: "VU" is {"VU"}; a range such as "NT–CR" (a class that
+    mixes species or populations) is every category from NT to CR."""
+    parts = [p.strip() for p in status.replace("\u2013", "-").split("-") if p.strip()]
+    if len(parts) == 2 and all(p in RED_LIST_ORDER for p in parts):
+        a, b = sorted(RED_LIST_ORDER.index(p) for p in parts)
+        return set(RED_LIST_ORDER[a:b + 1])
+    return set(parts)
+
+
+def parse_quiet_hours(text: str) -> tuple[dtime, dtime]:
+    try:
+        a, b = (datetime.strptime(x.strip(), "%H:%M").time() for x in text.split("-"))
+    except ValueError as exc:
+        raise ValueError(f"quiet_hours must look like '22:00-06:00', got {text!r}") from exc
+    if a == b:
+        raise ValueError(f"quiet_hours {text!r} is empty")
+    return a, b
+
+
+# ---------------------------------------------------------------- sinks
+
+
+class DeliveryError(Exception):
+    """``retry``: worth trying again later (network, 5xx, 429); otherwise permanent (4xx)."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
+
+
+class ConsoleSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["console"] = "console"
+    name: Optional[str] = None
+
+
+class WebhookSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"] = "webhook"
+    name: Optional[str] = None
+    url: str
+    secret: Optional[str] = None
+    secret_env: Optional[str] = Field(None, description="environment variable holding the HMAC secret")
+    timeout_s: float = 10.0
+
+
+class EmailSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["email"] = "email"
+    name: Optional[str] = None
+    host: str
+    port: int = 587
+    starttls: bool = True
+    ssl: bool = False
+    username_env: Optional[str] = None
+    password_env: Optional[str] = None
+    sender: str
+    to: list[str]
+    timeout_s: float = 20.0
+
+
+SinkConfig = Union[ConsoleSinkConfig, WebhookSinkConfig, EmailSinkConfig]
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header value: ``sha256=`` and the hex HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    return hmac.compare_digest(sign(secret, body), header or "")
+
+
+class ConsoleSink:
+    def __init__(self, cfg: ConsoleSinkConfig, echo: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.echo = echo or (lambda line: log.warning("%s", line))
+
+    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
+        self.echo(f"ALERT {payload['species']} ({payload['iucn_status']}) at {payload['source']} "
+                  f"confidence {payload['confidence']:.2f} sighting {payload['sighting_id']} [{key}]")
+
+
+class WebhookSink:
+    """JSON POST with ``Idempotency-Key`` and an HMAC-SHA256 signature of the body."""
+
+    def __init__(self, cfg: WebhookSinkConfig):
+        self.cfg = cfg
+        self.secret = cfg.secret or (os.environ.get(cfg.secret_env) if cfg.secret_env else None)
+        if cfg.secret_env and not self.secret:
+            raise ValueError(f"webhook {cfg.url}: environment variable {cfg.secret_env} (the HMAC secret) is not set")
+
+    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
+        body = json.dumps(payload, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "wildwatch-monitor",
+                   "X-Wildwatch-Timestamp": str(int(time.time()))}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        req = urllib.request.Request(self.cfg.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:  # noqa: S310 - configured URL
+                r.read()
+        except urllib.error.HTTPError as exc:
+            retry = exc.code >= 500 or exc.code in (408, 425, 429)
+            raise DeliveryError(f"{self.cfg.url}: HTTP {exc.code}", retry=retry) from exc
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise DeliveryError(f"{self.cfg.url}: {getattr(exc, 'reason', exc)}") from exc
+
+
+class EmailSink:
+    """An email per alert, the snapshot attached; ``Message-ID`` is derived from the idempotency key."""
+
+    def __init__(self, cfg: EmailSinkConfig):
+        self.cfg = cfg
+        self.user = os.environ.get(cfg.username_env) if cfg.username_env else None
+        self.password = os.environ.get(cfg.password_env) if cfg.password_env else None
+
+    def message(self, payload: dict, key: str, snapshot: bytes | None) -> EmailMessage:
+        m = EmailMessage()
+        m["Subject"] = (f"[wildwatch] {payload['common_name'] or payload['species']} ({payload['iucn_status']}) "
+                        f"at {payload['source']}")
+        m["From"] = self.cfg.sender
+        m["To"] = ", ".join(self.cfg.to)
+        m["Message-ID"] = f"<{key}@wildwatch>"
+        lines = [f"{k}: {v}" for k, v in payload.items() if v not in (None, "")]
+        m.set_content("A sighting that the alert policy asks to report.\n\n" + "\n".join(lines) + "\n")
+        if snapshot:
+            m.add_attachment(snapshot, maintype="image", subtype="jpeg", filename=f"sighting-{payload['sighting_id']}.jpg")
+        return m
+
+    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
+        msg = self.message(payload, key, snapshot)
+        try:
+            if self.cfg.ssl:
+                smtp = smtplib.SMTP_SSL(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s,
+                                        context=ssl.create_default_context())
+            else:
+                smtp = smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s)
+            with smtp:
+                if self.cfg.starttls and not self.cfg.ssl:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.user:
+                    smtp.login(self.user, self.password or "")
+                smtp.send_message(msg)
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"{self.cfg.host}: SMTP {exc.smtp_code} {exc.smtp_error!r}",
+                                retry=exc.smtp_code >= 400 and exc.smtp_code < 500) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(f"{self.cfg.host}:{self.cfg.port}: {exc}") from exc
+
+
+def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, object]:
+    sinks: dict[str, object] = {}
+    for i, c in enumerate(configs):
+        name = c.name or f"{c.type}{i}"
+        if name in sinks:
+            raise ValueError(f"two sinks are named {name!r}; give them different names")
+        sinks[name] = {"console": lambda c: ConsoleSink(c, echo), "webhook": WebhookSink, "email": EmailSink}[c.type](c)
+    return sinks
+
+
+# ---------------------------------------------------------------- outbox
+
+
+@dataclass
+class Outbox:
+    """Queued alerts in the events database, and their delivery with retries and backoff."""
+
+    store: EventStore
+    sinks: dict[str, object]
+    base_backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    stats: dict = field(default_factory=lambda: {"sent": 0, "failed": 0, "retries": 0})
+
+    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float) -> None:
+        """Inside the store's transaction that wrote the sighting."""
+        now = time.time()
+        for name in self.sinks:
+            key = f"ww-{self.store.instance[:12]}-{sighting_id}-{name}"
+            self.store.db.execute(
+                "INSERT OR IGNORE INTO outbox (sighting_id, sink, idempotency_key, payload, priority, next_attempt_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sighting_id, name, key, json.dumps({**payload, "idempotency_key": key}), priority, not_before, now))
+
+    def counts(self) -> dict:
+        with self.store.lock:
+            row = self.store.db.execute(
+                "SELECT SUM(delivered_at IS NULL AND failed_at IS NULL), SUM(delivered_at IS NOT NULL), "
+                "SUM(failed_at IS NOT NULL) FROM outbox").fetchone()
+        return {"pending": int(row[0] or 0), "delivered": int(row[1] or 0), "failed": int(row[2] or 0)}
+
+    def deliver_due(self, now: float | None = None, limit: int = 50) -> int:
+        """Send what is due now; returns how many were delivered."""
+        now = time.time() if now is None else now
+        with self.store.lock:
+            rows = self.store.db.execute(
+                "SELECT id, sighting_id, sink, idempotency_key, payload, attempts FROM outbox WHERE delivered_at IS NULL "
+                "AND failed_at IS NULL AND next_attempt_at <= ? ORDER BY priority DESC, id LIMIT ?",
+                (now, limit)).fetchall()
+        sent = 0
+        for row_id, sighting_id, sink_name, key, payload, attempts in rows:
+            sink = self.sinks.get(sink_name)
+            if sink is None:  # a sink removed from the configuration: keep the row for when it returns
+                continue
+            snapshot = self.store.snapshot(sighting_id) if isinstance(sink, EmailSink) else None
+            try:
+                sink.send(json.loads(payload), key, snapshot)
+            except DeliveryError as exc:
+                attempts += 1
+                with self.store.transaction() as db:
+                    if exc.retry:
+                        wait = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+                        db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                                   (attempts, time.time() + wait, str(exc), row_id))
+                        self.stats["retries"] += 1
+                        log.warning("alert %s to %s failed (%s); retry in %.1f s", key, sink_name, exc, wait)
+                    else:
+                        db.execute("UPDATE outbox SET attempts = ?, failed_at = ?, last_error = ? WHERE id = ?",
+                                   (attempts, time.time(), str(exc), row_id))
+                        self.stats["failed"] += 1
+                        log.error("alert %s to %s refused (%s); kept in the outbox as failed", key, sink_name, exc)
+                continue
+            with self.store.transaction() as db:
+                db.execute("UPDATE outbox SET attempts = ?, delivered_at = ?, last_error = NULL WHERE id = ?",
+                           (attempts + 1, time.time(), row_id))
+            self.stats["sent"] += 1
+            sent += 1
+        return sent
+
+    def next_due_in(self) -> float | None:
+        with self.store.lock:
+            row = self.store.db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL "
+                                        "AND failed_at IS NULL").fetchone()
+        return None if row[0] is None else max(0.0, row[0] - time.time())
+
+    def run(self, stop: threading.Event, wake: threading.Event, poll_s: float = 1.0) -> None:
+        """The delivery loop (a thread): send what is due, then sleep until more is due or ``wake``."""
+        while not stop.is_set():
+            try:
+                self.deliver_due()
+            except Exception:  # noqa: BLE001 - the loop must survive anything a sink does
+                log.exception("alert delivery loop error")
+            due = self.next_due_in()
+            wake.wait(poll_s if due is None else min(poll_s, max(due, 0.01)))
+            wake.clear()

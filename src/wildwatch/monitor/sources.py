@@ -1,0 +1,389 @@
+"""Where frames come from: video files and live streams (PyAV, i.e. ffmpeg), watch-folders of
+photos and videos, and media feeds (RSS, Atom, JSON Feed).
+
+Every source is an iterator of ``Frame``. Sources remember what they have done through a
+``Progress`` store (SQLite), so a restarted monitor goes on where it stopped: a video resumes
+after the last frame that was classified, a folder skips files it finished, a feed skips posts
+it has seen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("wildwatch.monitor")
+
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+DEFAULT_KEYWORDS = ("hunt", "trophy", "for sale", "ivory", "horn", "skin", "bushmeat", "poach")
+
+
+@dataclass
+class Frame:
+    """One image to classify, and where and when it came from."""
+
+    source: str
+    image: Image.Image
+    stream_time_s: float | None  # position in the video; None for photos and posts
+    frame_index: int | None
+    wall_time: float = field(default_factory=time.time)  # when the frame was read
+    single: bool = False  # a photo or a post: a sighting on its own, no k-of-n over time
+    priority: int = 0  # feeds: keyword hits in the post
+    text: str = ""
+    link: str = ""
+    keywords: tuple[str, ...] = ()
+    done_key: str | None = None  # marks a folder file or feed post finished once classified
+    skip: bool = False  # nothing to classify: only marks ``done_key`` finished
+    ends_source: bool = False  # the video ``source`` has ended: its open sightings close
+    live: bool = False  # a live stream: time is wall-clock time
+
+
+class Progress(Protocol):
+    def get(self, source: str) -> dict | None: ...
+
+    def is_done(self, key: str) -> bool: ...
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def is_stream(uri: str) -> bool:
+    return uri.lower().startswith(STREAM_SCHEMES)
+
+
+class VideoSource:
+    """Frames of a video file or live stream, sampled every ``every_s`` seconds of stream time.
+
+    With ``motion`` > 0, a sampled frame is only passed on if its 32x32 grey thumbnail differs
+    from the last one passed by more than ``motion`` (mean absolute difference, 0-255), or if
+    ``max_gap_s`` has passed: still scenes cost nothing. A live stream that drops or ends is
+    reopened with exponential backoff (``retry_s`` up to ``max_retry_s``) and the gap is logged;
+    a file ends at its end.
+    """
+
+    def __init__(self, uri: str, every_s: float = 0.5, motion: float = 0.0, max_gap_s: float = 10.0,
+                 live: bool | None = None, retry_s: float = 0.5, max_retry_s: float = 30.0,
+                 max_retries: int | None = None, progress: Progress | None = None,
+                 stop: threading.Event | None = None, open_timeout_s: float = 10.0):
+        self.uri = uri
+        self.every_s, self.motion, self.max_gap_s = every_s, motion, max_gap_s
+        self.live = is_stream(uri) if live is None else live
+        self.retry_s, self.max_retry_s, self.max_retries = retry_s, max_retry_s, max_retries
+        self.stop = stop or threading.Event()
+        self.open_timeout_s = open_timeout_s
+        state = progress.get(uri) if progress is not None else None
+        self.resume_after = state.get("stream_time_s") if state and not self.live else None
+        self.frames_decoded = 0
+        self.reconnects = 0
+        self.gaps: list[tuple[float, float]] = []
+
+    def _open(self):
+        import av
+
+        opts = {}
+        if self.live:
+            opts = {"rw_timeout": str(int(self.open_timeout_s * 1e6))}
+            if self.uri.lower().startswith("rtsp"):
+                opts["rtsp_transport"] = "tcp"
+        if not self.live and not Path(self.uri).is_file():
+            raise FileNotFoundError(f"{self.uri}: video file not found")
+        return av.open(self.uri, options=opts, timeout=self.open_timeout_s)
+
+    def __iter__(self) -> Iterator[Frame]:
+        failures = 0
+        next_t: float | None = None
+        index = 0
+        last_thumb: np.ndarray | None = None
+        last_pass = -1e18
+        offset = 0.0  # stream time carried over reconnects (live streams restart their clock)
+        while not self.stop.is_set():
+            lost_at = time.time()
+            try:
+                container = self._open()
+            except Exception as exc:  # noqa: BLE001 - any open failure of a live source is retried
+                if not self.live:
+                    raise RuntimeError(f"{self.uri}: cannot open video: {exc}") from exc
+                failures += 1
+                if self.max_retries is not None and failures > self.max_retries:
+                    log.error("%s: giving up after %d failed reconnects", self.uri, failures - 1)
+                    return
+                wait = min(self.max_retry_s, self.retry_s * 2 ** (failures - 1))
+                log.warning("%s: cannot open (%s); retry in %.1f s", self.uri, exc, wait)
+                self.stop.wait(wait)
+                continue
+            if failures:
+                self.gaps.append((lost_at, time.time()))
+                self.reconnects += 1
+                log.warning("%s: reconnected after %d tries", self.uri, failures)
+            failures = 0
+            start_t = None
+            try:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    if self.stop.is_set():
+                        break
+                    self.frames_decoded += 1
+                    t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
+                    if self.live:
+                        start_t = t if start_t is None else start_t
+                        t = offset + (t - start_t)
+                    if next_t is None:
+                        next_t = t
+                    if t + 1e-6 < next_t:
+                        continue
+                    next_t = max(next_t + self.every_s, t)
+                    index += 1
+                    if self.resume_after is not None and t <= self.resume_after + 1e-6:
+                        continue
+                    img = frame.to_image()
+                    if self.motion > 0:
+                        thumb = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), np.float32)
+                        moved = last_thumb is None or np.abs(thumb - last_thumb).mean() > self.motion
+                        if not moved and t - last_pass < self.max_gap_s:
+                            continue
+                        last_thumb = thumb
+                    last_pass = t
+                    yield Frame(self.uri, img, t, self.frames_decoded - 1, live=self.live)
+            except Exception as exc:  # noqa: BLE001 - a broken stream is reopened; a broken file is reported
+                if not self.live:
+                    raise RuntimeError(f"{self.uri}: video stopped decoding: {exc}") from exc
+                log.warning("%s: stream error (%s)", self.uri, exc)
+            finally:
+                container.close()
+            if not self.live:
+                return
+            offset = (next_t or 0.0)
+            failures = 1
+            log.warning("%s: stream ended or dropped; reopening", self.uri)
+            self.stop.wait(self.retry_s)
+
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class FolderSource:
+    """A watch-folder: photos and videos that appear in it (for instance camera-trap cards being
+    copied). A file is taken once its size has stopped changing for ``settle_s``; each file is
+    done once, across restarts. ``once``: process what is there and stop."""
+
+    def __init__(self, folder: str | Path, poll_s: float = 2.0, settle_s: float = 1.0, once: bool = False,
+                 progress: Progress | None = None, stop: threading.Event | None = None,
+                 video: Callable[[str], VideoSource] | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{folder}: watch-folder not found")
+        self.poll_s, self.settle_s, self.once = poll_s, settle_s, once
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.video = video or (lambda p: VideoSource(p, progress=progress, stop=self.stop))
+        self.errors: list[str] = []
+
+    def _candidates(self) -> list[Path]:
+        return sorted(p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                      and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+
+    def __iter__(self) -> Iterator[Frame]:
+        from wildwatch.data.loading import ImageLoadError, load_image
+
+        sizes: dict[Path, tuple[int, float]] = {}
+        while not self.stop.is_set():
+            now = time.time()
+            for p in self._candidates():
+                key = f"file:{p.resolve()}"
+                if self.progress is not None and self.progress.is_done(key):
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                seen = sizes.get(p)
+                if not self.once and (seen is None or seen[0] != st.st_size):
+                    sizes[p] = (st.st_size, now)
+                    continue
+                if not self.once and now - seen[1] < self.settle_s:
+                    continue
+                if p.suffix.lower() in VIDEO_EXTENSIONS:
+                    try:
+                        yield from self.video(str(p))
+                    except RuntimeError as exc:
+                        log.error("%s", exc)
+                        self.errors.append(str(exc))
+                    if self.stop.is_set():
+                        return
+                    yield from self._mark_done(key, str(p), video=True)
+                    continue
+                try:
+                    img = load_image(p)
+                except ImageLoadError as exc:
+                    log.error("%s", exc)
+                    self.errors.append(str(exc))
+                    yield from self._mark_done(key)
+                    continue
+                yield Frame(str(p), img, None, None, single=True, done_key=key)
+            if self.once:
+                return
+            self.stop.wait(self.poll_s)
+
+    def _mark_done(self, key: str, source: str | None = None, video: bool = False) -> Iterator[Frame]:
+        """A file is finished (an empty frame tells the monitor so; for a video, its sightings close)."""
+        yield Frame(source or key, Image.new("RGB", (1, 1)), None, None, single=not video, done_key=key, skip=True,
+                    ends_source=video)
+
+
+# ---------------------------------------------------------------- feeds
+
+_IMG_SRC = re.compile(r"<img[^>]+src=[\"']([^\"']+)[\"']", re.I)
+
+
+@dataclass
+class Post:
+    id: str
+    title: str
+    text: str
+    link: str
+    images: list[str]
+
+
+def parse_feed(content: bytes, base: str = "") -> list[Post]:
+    """Posts of an RSS, Atom or JSON Feed document, with the image URLs each one carries."""
+    from urllib.parse import urljoin
+
+    stripped = content.lstrip()
+    posts: list[Post] = []
+    if stripped.startswith(b"{"):
+        doc = json.loads(content)
+        if "items" not in doc:
+            raise ValueError(f"{base or 'feed'}: JSON without 'items' is not a JSON Feed")
+        for it in doc["items"]:
+            html_text = it.get("content_html") or ""
+            text = " ".join(x for x in (it.get("title"), it.get("summary"), it.get("content_text"),
+                                        re.sub(r"<[^>]+>", " ", html_text)) if x)
+            imgs = [it[k] for k in ("image", "banner_image") if it.get(k)]
+            imgs += [a["url"] for a in it.get("attachments", []) if str(a.get("mime_type", "")).startswith("image/")]
+            imgs += _IMG_SRC.findall(html_text)
+            posts.append(Post(str(it.get("id") or it.get("url")), it.get("title") or "", text, it.get("url") or "",
+                              [urljoin(base, u) for u in dict.fromkeys(imgs)]))
+        return posts
+    import feedparser
+
+    doc = feedparser.parse(content)
+    if not doc.entries and (doc.bozo or not doc.get("version")):
+        raise ValueError(f"{base or 'feed'}: not an RSS or Atom feed ({doc.get('bozo_exception')})")
+    for e in doc.entries:
+        body = " ".join(c.get("value", "") for c in e.get("content", [])) + " " + e.get("summary", "")
+        imgs = [m.get("url") for m in e.get("media_content", []) if m.get("url")]
+        imgs += [m.get("url") for m in e.get("media_thumbnail", []) if m.get("url")]
+        imgs += [ln.get("href") for ln in e.get("links", [])
+                 if ln.get("rel") == "enclosure" and str(ln.get("type", "")).startswith("image/")]
+        imgs += _IMG_SRC.findall(body)
+        text = " ".join([e.get("title", ""), re.sub(r"<[^>]+>", " ", body)])
+        posts.append(Post(str(e.get("id") or e.get("link") or e.get("title")), e.get("title", ""), text,
+                          e.get("link", ""), [urljoin(base, u) for u in dict.fromkeys(i for i in imgs if i)]))
+    return posts
+
+
+def keyword_hits(text: str, keywords: tuple[str, ...]) -> tuple[str, ...]:
+    """Keywords found in ``text`` (whole words or their inflections: 'poach' finds 'poachers')."""
+    low = text.lower()
+    return tuple(k for k in keywords if re.search(r"\b" + re.escape(k.lower()), low))
+
+
+def fetch(url: str, timeout: float = 20.0, max_bytes: int = 50 << 20) -> bytes:
+    if "://" not in url:
+        return Path(url).read_bytes()
+    req = urllib.request.Request(url, headers={"User-Agent": "wildwatch-monitor"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - feeds are configured by the user
+        data = r.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{url}: larger than {max_bytes} bytes")
+    return data
+
+
+class FeedSource:
+    """Posts of a feed (URL or file), polled every ``poll_s``; each image of a new post is a frame
+    whose priority is the number of keywords in the post."""
+
+    def __init__(self, url: str, poll_s: float = 300.0, keywords: tuple[str, ...] = DEFAULT_KEYWORDS,
+                 once: bool = False, progress: Progress | None = None, stop: threading.Event | None = None):
+        self.url, self.poll_s, self.keywords, self.once = url, poll_s, tuple(keywords), once
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.errors: list[str] = []
+
+    def __iter__(self) -> Iterator[Frame]:
+        from wildwatch.data.loading import ImageLoadError, load_image_bytes
+
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                posts = parse_feed(fetch(self.url), self.url)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a feed that is down is polled again later
+                failures += 1
+                log.warning("%s: cannot read feed (%s)", self.url, exc)
+                self.errors.append(f"{self.url}: {exc}")
+                posts = []
+            for post in posts:
+                key = f"post:{self.url}#{post.id}"
+                if self.progress is not None and self.progress.is_done(key):
+                    continue
+                hits = keyword_hits(post.text, self.keywords)
+                frames = []
+                for u in post.images:
+                    try:
+                        frames.append(load_image_bytes(fetch(u), u))
+                    except (OSError, ValueError, ImageLoadError) as exc:
+                        log.warning("%s: image %s skipped (%s)", self.url, u, exc)
+                        self.errors.append(f"{u}: {exc}")
+                if not frames:
+                    yield Frame(key, Image.new("RGB", (1, 1)), None, None, single=True, done_key=key, skip=True)
+                    continue
+                for i, (u, img) in enumerate(zip(post.images, frames)):
+                    yield Frame(f"{self.url}#{post.id}", img, None, i, single=True, priority=len(hits),
+                                text=post.title, link=post.link or u, keywords=hits,
+                                done_key=key if i == len(frames) - 1 else None)
+            if self.once:
+                return
+            self.stop.wait(min(self.poll_s * 2 ** min(failures, 4), 3600) if failures else self.poll_s)
+
+
+def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
+    """A source from a command-line string: a folder, a video file, a feed (``feed:URL`` or a URL
+    or file ending in .xml/.rss/.atom/.json), or a stream URL."""
+    progress, stop = kw.get("progress"), kw.get("stop")
+    if spec.startswith("feed:"):
+        return FeedSource(spec[5:], poll_s=kw.get("feed_poll_s", 300.0), keywords=kw.get("keywords", DEFAULT_KEYWORDS),
+                          once=kw.get("once", False), progress=progress, stop=stop)
+    low = spec.lower().split("?")[0]
+    if low.endswith((".xml", ".rss", ".atom", ".json")):
+        return open_source("feed:" + spec, **kw)
+    video = lambda p: VideoSource(p, every_s=kw.get("every_s", 0.5), motion=kw.get("motion", 0.0),  # noqa: E731
+                                  progress=progress, stop=stop)
+    if is_stream(spec):
+        return VideoSource(spec, every_s=kw.get("every_s", 0.5), motion=kw.get("motion", 0.0), live=True,
+                           max_retries=kw.get("max_retries"), progress=progress, stop=stop)
+    p = Path(spec)
+    if p.is_dir():
+        return FolderSource(p, poll_s=kw.get("poll_s", 2.0), once=kw.get("once", False), progress=progress, stop=stop,
+                            video=video)
+    if p.suffix.lower() in VIDEO_EXTENSIONS:
+        if not p.is_file():
+            raise FileNotFoundError(f"{spec}: video file not found")
+        return video(spec)
+    raise ValueError(f"{spec}: not a folder, a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
+                     "a stream URL or a feed")

@@ -1,0 +1,114 @@
+"""From per-frame predictions to sightings: k of n smoothing and a cooldown per species and source.
+
+A sighting opens when one species is the confident answer (probability at least ``threshold``,
+not unknown) in at least ``k`` of the last ``n`` samples of a source. It stays open while that
+species keeps being seen, and closes once it has not been seen for ``cooldown_s`` (stream time
+for files, wall time for live streams). Until then the same species at the same source is the
+same sighting. Photos and feed posts are single samples: one confident answer is a sighting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    """One classified frame, reduced to what the tracker needs."""
+
+    source: str
+    clock: float  # seconds: stream time (files) or wall time (live)
+    stream_time_s: float | None
+    wall_time: float
+    frame_index: int | None
+    species: str  # "" when nothing confident (unknown, low confidence or failed)
+    confidence: float
+    image: Image.Image | None = None
+    single: bool = False
+
+
+@dataclass
+class Track:
+    """An open sighting."""
+
+    source: str
+    species: str
+    first: Sample
+    last_seen: Sample
+    best: Sample
+    sighting_id: int | None = None
+    hits: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def peak(self) -> float:
+        return self.best.confidence
+
+
+@dataclass
+class Change:
+    kind: str  # "open", "update" or "close"
+    track: Track
+
+
+class Tracker:
+    def __init__(self, k: int = 2, n: int = 3, threshold: float = 0.6, cooldown_s: float = 30.0):
+        if not 1 <= k <= n:
+            raise ValueError(f"need 1 <= k <= n for k-of-n smoothing, got k={k}, n={n}")
+        self.k, self.n, self.threshold, self.cooldown_s = k, n, threshold, cooldown_s
+        self.windows: dict[str, deque] = {}
+        self.open: dict[tuple[str, str], Track] = {}
+
+    def label(self, species: str, confidence: float, unknown: bool) -> str:
+        """The species this sample counts for, or "" (unknown, people, low confidence)."""
+        return species if species and not unknown and species != "unknown" and confidence >= self.threshold else ""
+
+    def window_state(self, source: str) -> list[str]:
+        return list(self.windows.get(source, ()))
+
+    def restore(self, source: str, window: list[str], tracks: list[Track]) -> None:
+        """State saved by an earlier run of the monitor (see ``Monitor``)."""
+        self.windows[source] = deque(window[-self.n:], maxlen=self.n)
+        for t in tracks:
+            self.open[(t.source, t.species)] = t
+
+    def update(self, s: Sample) -> list[Change]:
+        changes: list[Change] = []
+        if s.single:
+            if s.species:
+                t = Track(s.source, s.species, s, s, s, hits=1)
+                changes += [Change("open", t), Change("close", t)]
+            return changes
+        win = self.windows.setdefault(s.source, deque(maxlen=self.n))
+        win.append(s.species)
+        if s.species:
+            key = (s.source, s.species)
+            t = self.open.get(key)
+            if t is None and sum(1 for x in win if x == s.species) >= self.k:
+                t = Track(s.source, s.species, s, s, s, hits=1)
+                self.open[key] = t
+                changes.append(Change("open", t))
+            elif t is not None:
+                t.last_seen = s
+                t.hits += 1
+                if s.confidence > t.best.confidence:
+                    t.best = s
+                changes.append(Change("update", t))
+        for key, t in list(self.open.items()):
+            if key[0] == s.source and key[1] != s.species and s.clock - t.last_seen.clock >= self.cooldown_s:
+                del self.open[key]
+                changes.append(Change("close", t))
+        return changes
+
+    def close_source(self, source: str) -> list[Change]:
+        """The source ended (end of a file): every open sighting of it closes."""
+        out = []
+        for key, t in list(self.open.items()):
+            if key[0] == source:
+                del self.open[key]
+                out.append(Change("close", t))
+        self.windows.pop(source, None)
+        return out

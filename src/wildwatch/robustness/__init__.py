@@ -1,0 +1,1 @@
+"""Robustness: corruptions, CCTV conditions, occlusion, and the benchmark that scores them."""

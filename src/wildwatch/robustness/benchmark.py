@@ -1,0 +1,298 @@
+"""``wildwatch benchmark robustness``: accuracy of a model under corruptions, CCTV conditions,
+occlusion and small animals, on a split of its data.
+
+Corrupted images are made in worker processes (the corruption code uses numpy's global
+generator, so each process seeds it per image) while the model runs in this process. Each
+finished (condition, severity) cell is appended to ``cells.jsonl``; a run that is stopped starts
+again where it was with the same settings and gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from wildwatch.robustness import corruptions as C
+
+# ---------------------------------------------------------------- worker side
+
+_worker: dict = {}
+
+
+def _init_worker(resize_size: int, image_size: int, resample: int, pastes_root: str | None) -> None:
+    torch.set_num_threads(1)
+    _worker.update(resize=resize_size, size=image_size, resample=resample, crops={},
+                   pastes=C.Pastes.from_folder(Path(pastes_root)) if pastes_root else None)
+
+
+def eval_crop(path: Path, resize_size: int, image_size: int, resample: int) -> np.ndarray:
+    """The model's eval geometry (short side to ``resize_size``, centre crop) as ``uint8`` RGB."""
+    from wildwatch.data.loading import load_image
+
+    img = load_image(path, draft_size=(resize_size, resize_size))
+    w, h = img.size
+    nw, nh = (resize_size, int(resize_size * h / w)) if w <= h else (int(resize_size * w / h), resize_size)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), resample)
+    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
+    return np.asarray(img.crop((left, top, left + image_size, top + image_size)))
+
+
+def _make_chunk(condition: str, severity: int, seed: int, items: list[tuple[int, str]]) -> np.ndarray:
+    crops = _worker["crops"]
+    out = []
+    for index, path in items:
+        if path not in crops:
+            crops[path] = eval_crop(Path(path), _worker["resize"], _worker["size"], _worker["resample"])
+        x = crops[path]
+        out.append(C.apply(condition, x, severity, C.item_rng(seed, condition, severity, index), _worker["pastes"]))
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------- main side
+
+
+def stratified_subset(samples: Sequence, limit_per_class: int | None, seed: int) -> list:
+    """At most ``limit_per_class`` samples of each class, chosen at random (seeded), in input order."""
+    if not limit_per_class:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s.label, []).append(i)
+    keep = set()
+    for label in sorted(by_class):
+        ix = by_class[label]
+        keep.update(rng.permutation(ix)[:limit_per_class].tolist())
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
+def _settings_digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_done(path: Path) -> dict[tuple[str, int], dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption: that cell runs again
+                continue
+            done[(r["condition"], int(r["severity"]))] = r
+    return done
+
+
+def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, split_name: str = "test",
+                   limit_per_class: int | None = None, conditions: Sequence[str] | None = None,
+                   pastes: str | Path | None = None, seed: int = 0, workers: int = 2, batch_size: int = 32,
+                   backend: str = "auto", progress: bool = True) -> dict:
+    """Score every (condition, severity) cell and write the reports; returns the summary."""
+    from wildwatch.engine.checkpoint import resolve_model_path
+    from wildwatch.engine.evaluate import split_for_model
+    from wildwatch.inference.backends import file_digest
+    from wildwatch.inference.predictor import Predictor, bundled_model_path
+
+    data, out = Path(data), Path(out)
+    model_path = resolve_model_path(bundled_model_path() if model in (None, "bundled") else Path(model))
+    if pastes is not None and not Path(pastes).is_dir():
+        raise FileNotFoundError(f"{pastes}: paste folder not found")
+    names = list(conditions) if conditions else [*C.IMAGENET_C, *C.CCTV, *(C.CONTEXT if pastes else ())]
+    for n in names:
+        if n not in C.CONDITIONS:
+            raise ValueError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
+        if C.CONDITIONS[n].family == "context" and pastes is None:
+            raise ValueError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
+    predictor = Predictor.from_file(model_path, backend=backend)
+    split, same_data = split_for_model(model_path, predictor.meta, data)
+    samples = stratified_subset(split.part(split_name), limit_per_class, seed)
+    if not samples:
+        raise ValueError(f"split {split_name!r} of {data} is empty")
+    classes = predictor.classes
+    targets = np.array([classes.index(s.label) for s in samples])
+    pre = predictor.preprocess
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[pre.interpolation]
+    mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
+    std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
+    threshold = (predictor.meta.get("unknown") or {}).get("threshold")
+
+    settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
+                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "examples").mkdir(exist_ok=True)
+    run_file = out / "run.json"
+    digest = _settings_digest(settings)
+    if run_file.exists() and json.loads(run_file.read_text()).get("digest") != digest:
+        raise FileExistsError(f"{out}: holds a robustness run with other settings (model, data, split, seed or "
+                              "pastes); choose another --out")
+    run_file.write_text(json.dumps({"digest": digest, "model": str(model_path), "data": str(data),
+                                    "split": split_name, "n": len(samples), "seed": seed,
+                                    "limit_per_class": limit_per_class, "pastes": settings["pastes"]}, indent=2))
+    log = out / "cells.jsonl"
+    done = _read_done(log)
+    todo = [c for c in [("clean", 0), *C.cells(names)] if c not in done]
+
+    items = [(i, str(data / s.relpath)) for i, s in enumerate(samples)]
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    tasks = [(cell, k) for cell in todo for k in range(len(chunks))]
+    ctx = mp.get_context("spawn")
+    bar = tqdm(total=len(tasks) and len(todo) * len(samples), desc="robustness", unit="img", disable=not progress)
+    with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_init_worker,
+                             initargs=(pre.resize_size, pre.image_size, resample, str(pastes) if pastes else None)) as pool:
+        queue: deque = deque()
+        it = iter(tasks)
+
+        def refill():
+            while len(queue) < 2 * max(1, workers) + 1:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                (cond, sev), k = nxt
+                queue.append((cond, sev, k, pool.submit(_make_chunk, cond, sev, seed, chunks[k])))
+
+        refill()
+        preds: list[np.ndarray] = []
+        unknown: list[np.ndarray] = []
+        while queue:
+            cond, sev, k, fut = queue.popleft()
+            batch = fut.result()
+            refill()
+            if k == 0:
+                Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
+            x = ((batch.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+            logits, feats = predictor.forward(torch.from_numpy(np.ascontiguousarray(x)))
+            preds.append(logits.argmax(1))
+            scores = predictor.unknown_scores(logits, feats)
+            unknown.append(scores > threshold if scores is not None and threshold is not None
+                           else np.zeros(len(batch), bool))
+            bar.update(len(batch))
+            if k == len(chunks) - 1:
+                p, u = np.concatenate(preds), np.concatenate(unknown)
+                rec = {"condition": cond, "severity": sev, "n": int(len(p)),
+                       "correct": int((p == targets).sum()), "accuracy": round(float((p == targets).mean()), 5),
+                       "called_unknown": round(float(u.mean()), 5), "predictions": p.tolist()}
+                with open(log, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                done[(cond, sev)] = rec
+                preds, unknown = [], []
+                bar.set_postfix(cell=f"{cond}/{sev}", acc=f"{rec['accuracy']:.3f}")
+    bar.close()
+    summary = summarise(done, names)
+    summary.update({"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples),
+                    "limit_per_class": limit_per_class, "seed": seed, "data_fingerprint_matches": same_data})
+    write_reports(out, done, names, summary)
+    return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 5) if values else None
+
+
+def summarise(done: dict[tuple[str, int], dict], names: Sequence[str]) -> dict:
+    clean = done[("clean", 0)]["accuracy"]
+    acc = {(c, s): r["accuracy"] for (c, s), r in done.items()}
+    summary: dict = {"clean_accuracy": clean, "families": {}, "conditions": {}}
+    for fam in ("imagenet_c", "cctv", "context"):
+        members = [n for n in names if C.CONDITIONS[n].family == fam]
+        if not members:
+            continue
+        cells = [(n, s) for n in members for s in C.CONDITIONS[n].severities]
+        low = [acc[c] for c in cells if c[1] <= 3]
+        high = [acc[c] for c in cells if c[1] >= 4]
+        everything = [acc[c] for c in cells]
+        m = _mean(everything)
+        summary["families"][fam] = {
+            "conditions": members, "mean_accuracy": m, "mean_severity_1_3": _mean(low),
+            "mean_severity_4_5": _mean(high),
+            "relative_drop": round((clean - m) / clean, 5) if m is not None and clean else None,
+        }
+    for n in names:
+        cond = C.CONDITIONS[n]
+        summary["conditions"][n] = {str(s): {"accuracy": acc[(n, s)], "parameter": cond.parameter(s),
+                                             "called_unknown": done[(n, s)]["called_unknown"]}
+                                    for s in cond.severities}
+    if "low_resolution" in names:
+        summary["low_resolution_48px"] = acc[("low_resolution", C.LOW_RES_PX.index(48) + 1)]
+    if "small_in_frame" in names:
+        summary["animal_at_1_16_of_frame"] = acc[("small_in_frame", 2)]
+        summary["animal_at_1_4_of_frame"] = acc[("small_in_frame", 1)]
+    return summary
+
+
+def write_reports(out: Path, done: dict, names: Sequence[str], summary: dict) -> None:
+    from wildwatch.reports.html import page, png_data_uri, table_html
+
+    rows = [{"family": "clean", "condition": "clean", "severity": 0, "parameter": "", **_cell(done[("clean", 0)])}]
+    for n in names:
+        cond = C.CONDITIONS[n]
+        rows += [{"family": cond.family, "condition": n, "severity": s, "parameter": cond.parameter(s),
+                  **_cell(done[(n, s)])} for s in cond.severities]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_heatmap(done, names, summary["clean_accuracy"], out / "heatmap.png")
+
+    fam_rows = [{"family": f, **{k: v for k, v in d.items() if k != "conditions"}} for f, d in summary["families"].items()]
+    examples = ["<table><tr><th>condition</th>" + "".join(f"<th>severity {s}</th>" for s in range(1, 6)) + "</tr>"]
+    for n in names:
+        cells = []
+        for s in range(1, 6):
+            img = out / "examples" / f"{n}_{s}.jpg"
+            if (n, s) in done and img.exists():
+                cells.append(f"<td><img src='examples/{img.name}' width='112' height='112' alt=''><br>"
+                             f"{html.escape(C.CONDITIONS[n].parameter(s))}<br>acc {done[(n, s)]['accuracy']:.3f}</td>")
+            else:
+                cells.append("<td></td>")
+        examples.append(f"<tr><td>{html.escape(n)}</td>{''.join(cells)}</tr>")
+    examples.append("</table>")
+    body = (f"<p>Model {html.escape(summary['model'])}; {summary['n']} photos of the {html.escape(summary['split'])} "
+            f"split; clean accuracy {summary['clean_accuracy']:.4f}.</p>"
+            f"<h2>Per family</h2>{table_html(fam_rows)}"
+            f"<h2>Accuracy per condition and severity</h2><img src='{png_data_uri(out / 'heatmap.png')}' alt='heatmap'>"
+            f"<h2>Examples (the first photo under each condition)</h2>{''.join(examples)}"
+            f"<h2>All cells</h2>{table_html(rows)}")
+    (out / "report.html").write_text(page("Robustness benchmark", body))
+
+
+def _cell(r: dict) -> dict:
+    return {"n": r["n"], "accuracy": r["accuracy"], "called_unknown": r["called_unknown"]}
+
+
+def plot_heatmap(done: dict, names: Sequence[str], clean: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.full((len(names), 5), np.nan)
+    for i, n in enumerate(names):
+        for s in C.CONDITIONS[n].severities:
+            grid[i, s - 1] = done[(n, s)]["accuracy"] * 100
+    fig, ax = plt.subplots(figsize=(7, 0.38 * len(names) + 1.6))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(names)):
+        for j in range(5):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(5), [f"sev {s}" for s in range(1, 6)])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title(f"Top-1 accuracy (%) under each condition; clean {clean * 100:.2f}%")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
