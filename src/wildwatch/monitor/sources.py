@@ -66,7 +66,8 @@ def is_stream(uri: str) -> bool:
 
 
 class VideoSource:
-    """Frames of a video file or live stream, sampled every ``every_s`` seconds of stream time.
+    """Frames of a video file or live stream, sampled every ``every_s`` seconds (of stream time for
+    a file, of wall-clock time for a live stream, whose timestamps may be missing or restart).
 
     With ``motion`` > 0, a sampled frame is only passed on if its 32x32 grey thumbnail differs
     from the last one passed by more than ``motion`` (mean absolute difference, 0-255), or if
@@ -106,7 +107,6 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         failures = 0
         next_t: float | None = None
-        index = 0
         last_thumb: np.ndarray | None = None
         last_pass = -1e18
         offset = 0.0  # stream time carried over reconnects (live streams restart their clock)
@@ -138,16 +138,17 @@ class VideoSource:
                     if self.stop.is_set():
                         break
                     self.frames_decoded += 1
-                    t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
-                    if self.live:
-                        start_t = t if start_t is None else start_t
-                        t = offset + (t - start_t)
+                    if self.live:  # live: seconds of wall-clock time since the first connection
+                        start_t = time.time() if start_t is None else start_t
+                        t = offset + (time.time() - start_t)
+                    else:
+                        t = float(frame.time) if frame.time is not None else self.frames_decoded / float(
+                            stream.average_rate or 25)
                     if next_t is None:
                         next_t = t
                     if t + 1e-6 < next_t:
                         continue
                     next_t = max(next_t + self.every_s, t)
-                    index += 1
                     if self.resume_after is not None and t <= self.resume_after + 1e-6:
                         continue
                     img = frame.to_image()
@@ -167,7 +168,7 @@ class VideoSource:
                 container.close()
             if not self.live:
                 return
-            offset = (next_t or 0.0)
+            offset = next_t or 0.0
             failures = 1
             log.warning("%s: stream ended or dropped; reopening", self.uri)
             self.stop.wait(self.retry_s)
