@@ -205,6 +205,7 @@ def kills(video: Path, out: Path, n: int, seed: int = 0) -> dict:
             Path(str(f) + suffix).unlink(missing_ok=True)
     run(ref_db, None)
     ref = [(s.species, s.stream_start_s) for s in EventStore(ref_db).list()]
+    ref_alerts = {(b[0][1]["species"], b[0][1]["stream_time_s"]) for b in rx.arrivals.values()}
     ref_keys = set(rx.arrivals)
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -213,12 +214,14 @@ def kills(video: Path, out: Path, n: int, seed: int = 0) -> dict:
     store = EventStore(db)
     got = [(s.species, s.stream_start_s) for s in store.list()]
     keys = set(rx.arrivals) - ref_keys
+    alerts = [(rx.arrivals[k][0][1]["species"], rx.arrivals[k][0][1]["stream_time_s"]) for k in keys]
     resent = sum(len(rx.arrivals[k]) - 1 for k in keys)
     delivered = store.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL").fetchone()[0]
     return {"kill_cycles": n, "sightings_reference": len(ref), "sightings_after_kills": len(got),
-            "same_sightings": got == ref, "alerts_received_unique": len(keys),
-            "alerts_lost": max(0, len(ref) - len(keys)), "alerts_duplicated": max(0, len(keys) - len(ref)),
-            "resent_same_key_deduplicated_by_receiver": resent, "outbox_delivered": int(delivered)}
+            "same_sightings": got == ref, "alerts_reference": len(ref_alerts), "alerts_received_unique": len(keys),
+            "alerts_lost": len(ref_alerts - set(alerts)), "alerts_duplicated": len(alerts) - len(set(alerts)),
+            "alerts_not_in_reference": len(set(alerts) - ref_alerts),
+            "resent_same_key_deduplicated_by_receiver": resent, "outbox_rows_delivered_all_sinks": int(delivered)}
 
 
 def main() -> None:
