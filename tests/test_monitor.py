@@ -5,14 +5,13 @@ end-to-end tests, which run the bundled model on a video built from real photos.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from wildwatch.monitor.alerts import (AlertPolicy, EmailSink, EmailSinkConfig, W
                                       status_categories, verify)
 from wildwatch.monitor.events import EventStore
 from wildwatch.monitor.run import Monitor, MonitorConfig
-from wildwatch.monitor.sources import FeedSource, VideoSource, keyword_hits, parse_feed
+from wildwatch.monitor.sources import VideoSource, keyword_hits, parse_feed
 from wildwatch.monitor.tracker import Sample, Tracker
 from wildwatch.species import species_info
 
@@ -47,6 +46,13 @@ def make_video(path: Path, segments, fps: int = 10, size=(160, 120), codec: str 
         for pkt in st.encode():
             out.mux(pkt)
     return path
+
+
+def serve(handler) -> tuple[ThreadingHTTPServer, str]:
+    """``handler`` served on a free loopback port in a thread; returns the server and its base URL."""
+    srv = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
 def colour_classifier(images):
@@ -100,11 +106,8 @@ class Receiver:
             def log_message(self, *a):
                 pass
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.server, base = serve(H)
+        self.url = f"{base}/hook"
 
     def close(self):
         self.server.shutdown()
@@ -283,10 +286,7 @@ def feed_server(tmp_path, files: dict[str, bytes]):
         def log_message(self, *a):
             pass
 
-    port = free_port()
-    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{port}"
+    return serve(H)
 
 
 def jpeg(colour) -> bytes:
@@ -356,11 +356,9 @@ def test_a_live_stream_that_drops_is_reopened(tmp_path):
         def log_message(self, *a):
             pass
 
-    port = free_port()
-    srv = HTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, base = serve(H)
     try:
-        src = VideoSource(f"http://127.0.0.1:{port}/live.mp4", every_s=0.5, retry_s=0.05, max_retries=1)
+        src = VideoSource(f"{base}/live.mp4", every_s=0.5, retry_s=0.05, max_retries=1)
         frames = list(src)  # each play ends after 2 s, as a dropped stream does; the source reopens it
         assert src.reconnects == 2 and len(src.gaps) == 2
         assert len(frames) == 2  # a live source samples by wall-clock time: each fast play gives one sample
@@ -542,10 +540,8 @@ def mjpeg_server(jpegs: list[bytes], fps: float, seconds: float):
         def log_message(self, *a):
             pass
 
-    port = free_port()
-    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{port}/cam.mjpg"
+    srv, base = serve(H)
+    return srv, f"{base}/cam.mjpg"
 
 
 def test_http_mjpeg_camera_is_sampled_in_real_time(tmp_path):
@@ -574,3 +570,26 @@ def test_the_readme_config_example_is_valid():
     defaults = MonitorConfig()
     for name in ("sample_every_s", "k", "n", "threshold", "cooldown_s", "batch_size", "keywords", "drain_s"):
         assert getattr(cfg, name) == getattr(defaults, name), f"README says another default for {name}"
+
+
+def test_a_feed_file_with_local_images_and_a_remote_feed_cannot_read_local_files(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "red.jpg").write_bytes(jpeg(RED))
+    feed = tmp_path / "posts.json"
+    feed.write_text(json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": "a", "title": "bushmeat market", "image": str(tmp_path / "img" / "red.jpg")}]}))
+    store = EventStore(tmp_path / "events.db")
+    Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False).run([str(feed)])
+    rows = store.list()
+    assert [(r.species, r.keywords) for r in rows] == [("rhino", "bushmeat")]
+
+    rss = ("<?xml version='1.0'?><rss version='2.0'><channel><title>t</title><item><guid>x</guid><title>x</title>"
+           f"<enclosure url='file://{tmp_path / 'img' / 'red.jpg'}' type='image/jpeg' length='1'/></item>"
+           "</channel></rss>").encode()
+    srv, base = feed_server(tmp_path, {"/feed.xml": rss})
+    try:
+        stats = Monitor(config(tmp_path, once=True, db=tmp_path / "remote.db"), colour_classifier,
+                        status=False).run([f"{base}/feed.xml"])
+        assert stats["frames"] == 0 and any("only http and https" in e for e in stats["errors"])
+    finally:
+        srv.shutdown()

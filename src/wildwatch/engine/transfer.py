@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wildwatch.config import TrainConfig
-from wildwatch.data.discover import Sample, discover_images
+from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
 from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state

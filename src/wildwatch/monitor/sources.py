@@ -9,7 +9,6 @@ it has seen.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -304,9 +303,16 @@ def keyword_hits(text: str, keywords: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k for k in keywords if re.search(r"\b" + re.escape(k.lower()), low))
 
 
-def fetch(url: str, timeout: float = 20.0, max_bytes: int = 50 << 20) -> bytes:
+def fetch(url: str, timeout: float = 20.0, max_bytes: int = 50 << 20, allow_local: bool = False) -> bytes:
+    """The bytes at an http(s) URL, or at a local path when ``allow_local`` (a feed the user named,
+    or an image of a local feed). Other schemes (file://, ftp://) are refused, so a remote feed
+    cannot make the monitor read local files."""
     if "://" not in url:
+        if not allow_local:
+            raise ValueError(f"{url}: not an http(s) URL")
         return Path(url).read_bytes()
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{url}: only http and https URLs are fetched")
     req = urllib.request.Request(url, headers={"User-Agent": "wildwatch-monitor"})
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - feeds are configured by the user
         data = r.read(max_bytes + 1)
@@ -330,9 +336,10 @@ class FeedSource:
         from wildwatch.data.loading import ImageLoadError, load_image_bytes
 
         failures = 0
+        local = "://" not in self.url
         while not self.stop.is_set():
             try:
-                posts = parse_feed(fetch(self.url), self.url)
+                posts = parse_feed(fetch(self.url, allow_local=True), self.url)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a feed that is down is polled again later
                 failures += 1
@@ -347,7 +354,7 @@ class FeedSource:
                 frames = []
                 for u in post.images:
                     try:
-                        frames.append(load_image_bytes(fetch(u), u))
+                        frames.append(load_image_bytes(fetch(u, allow_local=local), u))
                     except (OSError, ValueError, ImageLoadError) as exc:
                         log.warning("%s: image %s skipped (%s)", self.url, u, exc)
                         self.errors.append(f"{u}: {exc}")
