@@ -156,3 +156,20 @@ def test_degraded_views_are_cached_and_used_in_training(tmp_path):
     assert deg.shape == aug.shape and not np.array_equal(deg, aug)
     _, meta = load_model(tmp_path / "run" / "model.safetensors")
     assert meta["recipe"]["degrade_views"] == 1
+
+
+def test_tiles_find_a_small_animal_and_keep_confident_answers():
+    from wildwatch.inference.predictor import Predictor
+
+    p = Predictor.from_file(None)
+    photo = sorted((REAL_DATA / "lion").iterdir())[0]
+    img = Image.open(photo).convert("RGB").resize((120, 120))
+    frame = Image.new("RGB", (480, 480), (90, 110, 80))
+    frame.paste(img, (300, 60))  # the lion covers 1/16 of the frame
+    whole = p.predict_images([frame, img])
+    assert whole[0].species != "lion" and whole[1].species == "lion"
+    found = p.refine_with_tiles([frame, img], whole, grid=3)
+    assert found[0].species == "lion" and found[0].confidence >= 0.6 and not found[0].unknown
+    assert found[1] is whole[1]  # a confident whole-image answer is not looked at again
+    grey = Image.new("RGB", (400, 300), (128, 128, 128))
+    assert p.refine_with_tiles([grey], p.predict_images([grey]), grid=3)[0].species == "unknown"

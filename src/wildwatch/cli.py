@@ -309,6 +309,8 @@ def monitor(
     country: Optional[str] = typer.Option(None, help="ISO country code of the cameras: ranks species by range."),
     sample_every: Optional[float] = typer.Option(None, help="Seconds of video between classified frames."),
     webhook: Optional[str] = typer.Option(None, help="Also send alerts as JSON POSTs to this URL."),
+    tiles: Optional[int] = typer.Option(None, help=">= 2: frames without a confident answer get a second look "
+                                        "at N x N overlapping tiles (small or distant animals)."),
     once: bool = typer.Option(False, "--once", help="Folders and feeds: process what is there now, then stop."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
     status: bool = typer.Option(True, help="Show the live status line."),
@@ -321,7 +323,8 @@ def monitor(
     from wildwatch.monitor.run import Monitor, MonitorConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None)
+    cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
+                             tiles=tiles)
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
     predictor = Predictor.from_file(model, backend=backend)
@@ -329,7 +332,11 @@ def monitor(
         if len(cfg.country) != 2 or not cfg.country.isalpha():
             raise ValueError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
         predictor.country = cfg.country.upper()
-    mon = Monitor(cfg, predictor.predict_images, status=status)
+    classify = predictor.predict_images
+    if cfg.tiles >= 2:
+        def classify(images):
+            return predictor.refine_with_tiles(images, predictor.predict_images(images), cfg.tiles, cfg.threshold)
+    mon = Monitor(cfg, classify, status=status)
     stats = mon.run(sources or None)
     typer.echo(json.dumps(stats))
     if stats["errors"]:
@@ -406,13 +413,16 @@ def benchmark_robustness(
     seed: int = typer.Option(0, help="Seed of the corruptions and of the subset."),
     workers: int = typer.Option(2, help="Processes that make the corrupted images."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
+    tiles: int = typer.Option(0, help=">= 2: a second look at N x N tiles where the whole image gave no "
+                              "confident answer (as monitor --tiles)."),
 ):
     """Accuracy under the 15 ImageNet-C corruptions (severities 1-5), CCTV conditions and, with
     --pastes, occlusion by people and objects and animals small in the frame."""
     from wildwatch.robustness.benchmark import run_robustness
 
     names = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None
-    s = run_robustness(model, data, out, split, limit_per_class, names, pastes, seed, workers, backend=backend)
+    s = run_robustness(model, data, out, split, limit_per_class, names, pastes, seed, workers, backend=backend,
+                       tiles=tiles)
     typer.echo(f"clean accuracy {s['clean_accuracy']:.4f} on {s['n']} photos")
     for fam, d in s["families"].items():
         typer.echo(f"{fam}: mean {d['mean_accuracy']:.4f}, severities 1-3 {d['mean_severity_1_3']:.4f}, "

@@ -186,6 +186,41 @@ class Predictor:
         batch = torch.stack([t(im.convert("RGB")) for im in images])
         return self._predictions(sources, *self.forward(batch), places)
 
+    def refine_with_tiles(self, images: Sequence[Image.Image], preds: list[Prediction], grid: int = 3,
+                          min_confidence: float = 0.6) -> list[Prediction]:
+        """A second look for small animals (a CCTV frame, a wide camera-trap shot): where the whole
+        image gave no confident answer (unknown, or below ``min_confidence``), classify
+        ``grid`` x ``grid`` overlapping tiles, each half the width and height of the image, and take
+        the most confident tile that is not unknown, if it reaches ``min_confidence``. Confident
+        answers on the whole image are kept as they are."""
+        if grid < 2:
+            return list(preds)
+        out = list(preds)
+        todo = [i for i, p in enumerate(preds) if not p.error and (p.unknown or p.confidence < min_confidence)]
+        if not todo:
+            return out
+        tiles, owner = [], []
+        for i in todo:
+            img = images[i].convert("RGB")
+            w, h = img.size
+            tw, th = w / 2, h / 2
+            for r in range(grid):
+                for c in range(grid):
+                    left, top = c * (w - tw) / (grid - 1), r * (h - th) / (grid - 1)
+                    tiles.append(img.crop((round(left), round(top), round(left + tw), round(top + th))))
+                    owner.append(i)
+        tile_preds: list[Prediction] = []
+        for k in range(0, len(tiles), 32):
+            tile_preds += self.predict_images(tiles[k:k + 32], [preds[owner[j]].source for j in range(k, min(k + 32, len(tiles)))])
+        best: dict[int, Prediction] = {}
+        for i, tp in zip(owner, tile_preds):
+            if not tp.unknown and tp.confidence >= min_confidence and (i not in best or tp.confidence > best[i].confidence):
+                best[i] = tp
+        for i, tp in best.items():
+            out[i] = dataclasses.replace(tp, country=preds[i].country, latitude=preds[i].latitude,
+                                         longitude=preds[i].longitude, taken_at=preds[i].taken_at)
+        return out
+
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
         """Classify files and folders (recursively), in input order, one Prediction per file.
 

@@ -44,6 +44,8 @@ class MonitorConfig(BaseModel):
     threshold: float = Field(0.6, ge=0, le=1, description="minimum probability for a sample to count")
     cooldown_s: float = Field(30.0, ge=0, description="absence that ends a sighting")
     batch_size: int = Field(16, ge=1)
+    tiles: int = Field(0, ge=0, description=">= 2: frames without a confident answer get a second look at "
+                       "tiles x tiles overlapping tiles (small or distant animals)")
     country: Optional[str] = None
     keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS))
     folder_poll_s: float = Field(2.0, gt=0)

@@ -98,8 +98,11 @@ def _read_done(path: Path) -> dict[tuple[str, int], dict]:
 def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, split_name: str = "test",
                    limit_per_class: int | None = None, conditions: Sequence[str] | None = None,
                    pastes: str | Path | None = None, seed: int = 0, workers: int = 2, batch_size: int = 32,
-                   backend: str = "auto", progress: bool = True) -> dict:
-    """Score every (condition, severity) cell and write the reports; returns the summary."""
+                   backend: str = "auto", progress: bool = True, tiles: int = 0) -> dict:
+    """Score every (condition, severity) cell and write the reports; returns the summary.
+
+    ``tiles`` >= 2: images without a confident answer get a second look at ``tiles`` x ``tiles``
+    overlapping tiles (``Predictor.refine_with_tiles``)."""
     from wildwatch.engine.checkpoint import resolve_model_path
     from wildwatch.engine.evaluate import split_for_model
     from wildwatch.inference.backends import file_digest
@@ -129,7 +132,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     threshold = (predictor.meta.get("unknown") or {}).get("threshold")
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
-                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None}
+                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles}
     out.mkdir(parents=True, exist_ok=True)
     (out / "examples").mkdir(exist_ok=True)
     run_file = out / "run.json"
@@ -139,7 +142,8 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
                               "pastes); choose another --out")
     run_file.write_text(json.dumps({"digest": digest, "model": str(model_path), "data": str(data),
                                     "split": split_name, "n": len(samples), "seed": seed,
-                                    "limit_per_class": limit_per_class, "pastes": settings["pastes"]}, indent=2))
+                                    "limit_per_class": limit_per_class, "pastes": settings["pastes"],
+                                    "tiles": tiles}, indent=2))
     log = out / "cells.jsonl"
     done = _read_done(log)
     todo = [c for c in [("clean", 0), *C.cells(names)] if c not in done]
@@ -173,10 +177,16 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
                 Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
             x = ((batch.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
             logits, feats = predictor.forward(torch.from_numpy(np.ascontiguousarray(x)))
-            preds.append(logits.argmax(1))
-            scores = predictor.unknown_scores(logits, feats)
-            unknown.append(scores > threshold if scores is not None and threshold is not None
-                           else np.zeros(len(batch), bool))
+            if tiles >= 2:
+                found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch],
+                                                    predictor._predictions([""] * len(batch), logits, feats), tiles)
+                preds.append(np.array([classes.index(f.top_k[0]["species"]) for f in found]))
+                unknown.append(np.array([f.unknown for f in found]))
+            else:
+                preds.append(logits.argmax(1))
+                scores = predictor.unknown_scores(logits, feats)
+                unknown.append(scores > threshold if scores is not None and threshold is not None
+                               else np.zeros(len(batch), bool))
             bar.update(len(batch))
             if k == len(chunks) - 1:
                 p, u = np.concatenate(preds), np.concatenate(unknown)
@@ -190,7 +200,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
                 bar.set_postfix(cell=f"{cond}/{sev}", acc=f"{rec['accuracy']:.3f}")
     bar.close()
     summary = summarise(done, names)
-    summary.update({"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples),
+    summary.update({"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples), "tiles": tiles,
                     "limit_per_class": limit_per_class, "seed": seed, "data_fingerprint_matches": same_data})
     write_reports(out, done, names, summary)
     return summary
