@@ -168,6 +168,7 @@ class Monitor:
                   "peak_confidence": round(t.peak, 5), "frame_index": t.best.frame_index}
         if change.kind == "close":
             values["open"] = 0
+            self.meta.pop((t.source, t.species), None)
             if t.best.image is not None and t.extra.get("snapshot_of") != id(t.best):
                 values["snapshot"] = jpeg_bytes(t.best.image)
         self.store.update_sighting(t.sighting_id, **values)
@@ -181,7 +182,8 @@ class Monitor:
         touched: dict[str, Frame | None] = {}
         with self.store.transaction():
             for f in frames:
-                self._restore(f.source)
+                if not f.single:
+                    self._restore(f.source)
                 changes: list[Change] = []
                 if not f.skip:
                     p = by_id[id(f)]
