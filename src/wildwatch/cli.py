@@ -325,6 +325,8 @@ def monitor(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
                              tiles=tiles)
+    if not (sources or cfg.sources):
+        raise ValueError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
     predictor = Predictor.from_file(model, backend=backend)
