@@ -593,3 +593,10 @@ def test_a_feed_file_with_local_images_and_a_remote_feed_cannot_read_local_files
         assert stats["frames"] == 0 and any("only http and https" in e for e in stats["errors"])
     finally:
         srv.shutdown()
+
+
+def test_monitor_without_sources_says_so_and_writes_nothing(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "wildwatch", "monitor"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "no sources" in p.stderr
+    assert list(tmp_path.iterdir()) == []
