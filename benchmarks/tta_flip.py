@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from wildwatch.engine.checkpoint import resolve_model_path  # noqa: E402
@@ -39,8 +38,7 @@ def main() -> None:
     samples = stratified_subset(split.part("test"), args.limit_per_class, 0)
     y = np.array([p.classes.index(s.label) for s in samples])
     pre = p.preprocess
-    resample = Image.BICUBIC if pre.interpolation == "bicubic" else Image.BILINEAR
-    crops = [eval_crop(args.data / s.relpath, pre.resize_size, pre.image_size, resample) for s in samples]
+    crops = [eval_crop(args.data / s.relpath, pre) for s in samples]
     mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
     std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
 

@@ -76,9 +76,8 @@ class FastEvalTransform:
         self.scale = (1.0 / (255.0 * np.asarray(p.std, np.float32))).reshape(1, 1, 3)
         self.shift = (np.asarray(p.mean, np.float32) / np.asarray(p.std, np.float32)).reshape(1, 1, 3)
 
-    def array(self, img):
-        import numpy as np
-
+    def crop(self, img):
+        """The resized, centre-cropped image (PIL), before normalising."""
         size, short = self.p.image_size, self.p.resize_size
         w, h = img.size
         if w <= h:
@@ -88,8 +87,12 @@ class FastEvalTransform:
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), self.resample)
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-        img = img.crop((left, top, left + size, top + size))
-        a = np.asarray(img, dtype=np.float32) * self.scale - self.shift
+        return img.crop((left, top, left + size, top + size))
+
+    def array(self, img):
+        import numpy as np
+
+        a = np.asarray(self.crop(img), dtype=np.float32) * self.scale - self.shift
         return np.ascontiguousarray(a.transpose(2, 0, 1))
 
     def __call__(self, img):

@@ -14,7 +14,6 @@ same each time they are computed.
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -33,9 +32,9 @@ def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(rng.integers(5, 41)))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    from wildwatch.robustness.corruptions import jpeg
+
+    return Image.fromarray(jpeg(np.asarray(img), int(rng.integers(5, 41))))
 
 
 def _low_res(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.robustness import corruptions as C
 
 # ---------------------------------------------------------------- worker side
@@ -31,23 +32,18 @@ from wildwatch.robustness import corruptions as C
 _worker: dict = {}
 
 
-def _init_worker(resize_size: int, image_size: int, resample: int, pastes_root: str | None) -> None:
+def _init_worker(preprocess: dict, pastes_root: str | None) -> None:
     torch.set_num_threads(1)
-    _worker.update(resize=resize_size, size=image_size, resample=resample, crops={},
+    _worker.update(preprocess=Preprocess.from_json(preprocess), crops={},
                    pastes=C.Pastes.from_folder(Path(pastes_root)) if pastes_root else None)
 
 
-def eval_crop(path: Path, resize_size: int, image_size: int, resample: int) -> np.ndarray:
-    """The model's eval geometry (short side to ``resize_size``, centre crop) as ``uint8`` RGB."""
+def eval_crop(path: Path, pre: Preprocess) -> np.ndarray:
+    """The model's eval geometry (short side to the resize size, centre crop) as ``uint8`` RGB."""
     from wildwatch.data.loading import load_image
 
-    img = load_image(path, draft_size=(resize_size, resize_size))
-    w, h = img.size
-    nw, nh = (resize_size, int(resize_size * h / w)) if w <= h else (int(resize_size * w / h), resize_size)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), resample)
-    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
-    return np.asarray(img.crop((left, top, left + image_size, top + image_size)))
+    img = load_image(path, draft_size=(pre.resize_size, pre.resize_size))
+    return np.asarray(FastEvalTransform(pre).crop(img))
 
 
 def _make_chunk(condition: str, severity: int, seed: int, items: list[tuple[int, str]]) -> np.ndarray:
@@ -55,7 +51,7 @@ def _make_chunk(condition: str, severity: int, seed: int, items: list[tuple[int,
     out = []
     for index, path in items:
         if path not in crops:
-            crops[path] = eval_crop(Path(path), _worker["resize"], _worker["size"], _worker["resample"])
+            crops[path] = eval_crop(Path(path), _worker["preprocess"])
         x = crops[path]
         out.append(C.apply(condition, x, severity, C.item_rng(seed, condition, severity, index), _worker["pastes"]))
     return np.stack(out)
@@ -126,7 +122,6 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     classes = predictor.classes
     targets = np.array([classes.index(s.label) for s in samples])
     pre = predictor.preprocess
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[pre.interpolation]
     mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
     std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
     threshold = (predictor.meta.get("unknown") or {}).get("threshold")
@@ -154,7 +149,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     ctx = mp.get_context("spawn")
     bar = tqdm(total=len(tasks) and len(todo) * len(samples), desc="robustness", unit="img", disable=not progress)
     with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_init_worker,
-                             initargs=(pre.resize_size, pre.image_size, resample, str(pastes) if pastes else None)) as pool:
+                             initargs=(pre.to_json(), str(pastes) if pastes else None)) as pool:
         queue: deque = deque()
         it = iter(tasks)
 
