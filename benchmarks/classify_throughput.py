@@ -3,8 +3,11 @@
     python benchmarks/classify_throughput.py ../shared/data/endangered11 --files 2000
 
 (a) naive: per image PIL open, torchvision transform, PyTorch forward (on --naive-files photos);
-(b) model-only: forward of pre-decoded batches of 32 on each backend (best of 3);
-(c) end to end: the `wildwatch classify` command on the same files, per backend;
+(b) model-only: forward of pre-decoded batches on each backend, the best of several ways to run
+    it (one session on all cores with batches of 32 or 4; one single-threaded session per core
+    running at once, as classify does), best of 3 each: the limit;
+(c) end to end: the `wildwatch classify` command on the same files, per backend, start-up included
+    (start-up alone is timed on one photo);
 then the ratios c/a and c/b, and classify's peak memory at two folder sizes (--memory-files).
 """
 
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import threading
 
 import numpy as np
 import torch
@@ -45,18 +49,44 @@ def naive_loop(files: list[Path], model_path: Path) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def model_only(files: list[Path], model_path: Path, backend: str) -> float:
+def model_only(files: list[Path], model_path: Path, backend: str) -> tuple[float, str]:
+    """(images/s, how) of the fastest way found to run the model alone on pre-decoded batches."""
     pred = Predictor.from_file(model_path, backend=backend)
     t = pred.transform()
-    batches = [torch.stack([t(load_image(f)) for f in files[i:i + 32]]) for i in range(0, min(len(files), 256), 32)]
-    pred.forward(batches[0])
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for b in batches:
-            pred.forward(b)
-        best = max(best, sum(len(b) for b in batches) / (time.perf_counter() - start))
-    return best
+    arrays = [t.array(load_image(f)) for f in files[:256]]
+    results = {}
+    for bs in (32, 4):
+        batches = [np.stack(arrays[i:i + bs]) for i in range(0, len(arrays), bs)]
+        pred.forward(batches[0])
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            for b in batches:
+                pred.forward(b)
+            best = max(best, len(arrays) / (time.perf_counter() - start))
+        results[f"one session, all cores, batches of {bs}"] = best
+    if hasattr(pred.runner, "single_threaded"):
+        single = pred.runner.single_threaded()
+        cores = os.cpu_count() or 1
+        for bs in (32, 4):
+            batches = [np.stack(arrays[i:i + bs]) for i in range(0, len(arrays), bs)]
+            single(batches[0])
+            best = 0.0
+            for _ in range(3):
+                def run(k: int) -> None:
+                    for b in batches[k::cores]:
+                        single(b)
+
+                threads = [threading.Thread(target=run, args=(k,)) for k in range(cores)]
+                start = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                best = max(best, len(arrays) / (time.perf_counter() - start))
+            results[f"{cores} single-threaded runs at once, batches of {bs}"] = best
+    how = max(results, key=results.get)
+    return results[how], how
 
 
 def end_to_end(paths: list[Path], model_path: Path, backend: str) -> tuple[float, float]:
@@ -93,10 +123,21 @@ def main() -> None:
     a = naive_loop(files[: args.naive_files], args.model)
     print(f"(a) naive loop (PIL + torchvision + PyTorch, one image at a time): {a:.1f} img/s")
     for backend in backends:
-        b = model_only(files, args.model, backend)
+        b, how = model_only(files, args.model, backend)
         c, peak = end_to_end(files, args.model, backend)
-        print(f"[{backend}] (b) model only {b:.1f} img/s | (c) classify end to end {c:.1f} img/s | "
-              f"c/a {c / a:.2f}x | c/b {c / b:.0%} | peak RSS {peak:.0f} MB")
+        one, _ = end_to_end(files[:1], args.model, backend)
+        print(f"[{backend}] (b) model only {b:.1f} img/s ({how}) | (c) classify end to end {c:.1f} img/s "
+              f"(start-up {1 / one:.1f} s) | c/a {c / a:.2f}x | c/b {c / b:.0%} | peak RSS {peak:.0f} MB", flush=True)
+    report = int8_path(args.model).with_suffix(".json")
+    if report.exists():
+        import json
+
+        r = json.loads(report.read_text())
+        print(f"int8 vs fp32 (from `wildwatch export --int8`): validation {r['val_accuracy_fp32']:.4f} -> "
+              f"{r['val_accuracy_int8']:.4f} ({r['int8_val_accuracy_change_points']:+.2f} points), test "
+              f"{r['test_accuracy_fp32']:.4f} -> {r['test_accuracy_int8']:.4f} "
+              f"({r['int8_test_accuracy_change_points']:+.2f} points), top-1 agreement on test "
+              f"{r['int8_top1_agreement_test']:.2%}")
     fast = backends[-1]
     for n in args.memory_files:
         paths = [all_files[i % len(all_files)] for i in range(n)]

@@ -1,5 +1,6 @@
 """The bundled model, species status, calibration and the unknown answer."""
 
+import json
 import random
 
 import numpy as np
@@ -41,6 +42,8 @@ def test_bundled_model_is_small_and_self_describing(bundled):
     assert meta["unknown"]["method"] == "mahalanobis" and meta["unknown"]["threshold"] > 0
     assert len(meta["data_fingerprint"]) == 16 and meta["split"]["grouping"] == "near_duplicates.csv"
     assert meta["metrics"]["test_accuracy"] > 0.9
+    # the readable copy beside it says what the model file itself says
+    assert json.loads(bundled_model_path().with_suffix(".json").read_text()) == meta
 
 
 def test_bundled_model_classifies_with_status(bundled, tmp_path):

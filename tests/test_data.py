@@ -1,6 +1,4 @@
-import io
 import random
-import shutil
 from collections import Counter
 
 import numpy as np
@@ -153,4 +151,6 @@ def test_fast_eval_transform_equals_torchvision(size, interp):
     img = draw_shape("blue_triangles", random.Random(sum(size)), 64).resize(size)
     fast, ref = FastEvalTransform(p)(img), eval_transform(p)(img)
     assert fast.shape == ref.shape == (3, 224, 224)
-    assert float((fast - ref).abs().max()) < 1e-5
+    # the same resampling, computed on the crop's box only: at most Pillow's rounding apart
+    grey_levels = (fast - ref).abs() * 255 * 0.5
+    assert float(grey_levels.max()) <= 2.0 + 1e-4 and float(grey_levels.mean()) < 0.2

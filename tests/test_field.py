@@ -15,7 +15,6 @@ from PIL import Image
 from conftest import draw_shape
 from wildwatch.field import Place, local_status, possible_in, range_table, read_place
 from wildwatch.inference import Predictor
-from wildwatch.inference.formats import megadetector_json, write_camtrap_dp
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 

@@ -390,13 +390,14 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Also make a static int8 model, calibrated on --data."),
     data: Optional[Path] = typer.Option(None, help="The training folder: calibration and parity photos."),
     out: Optional[Path] = typer.Option(None, help="Output file. Default: the cache that `classify` looks in."),
+    calibration_size: int = typer.Option(500, min=16, help="Training photos that calibrate the int8 ranges."),
 ):
     """Export to ONNX Runtime (one file, dynamic batch) with a parity check against PyTorch."""
     if format != "onnx":
         raise ValueError(f"unknown format {format!r}; only 'onnx' is supported")
     from wildwatch.inference.export import export as do_export
 
-    report = do_export(model, out, int8, data)
+    report = do_export(model, out, int8, data, calibration_size)
     typer.echo(json.dumps(report, indent=2))
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 from PIL import Image
 

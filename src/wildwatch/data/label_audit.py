@@ -82,7 +82,6 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     margin p_j - p_i, are flagged with j as the suggestion.
     """
     n, k = probs.shape
-    rows = np.arange(n)
     thresholds = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(k)])
     above = probs >= thresholds[None, :]
     confident = np.where(above.any(1), np.where(above, probs, -1.0).argmax(1), -1)

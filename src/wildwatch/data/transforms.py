@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torchvision import transforms as T
+if TYPE_CHECKING:  # torchvision is imported only where its transforms are built (it is slow to import)
+    from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INTERPOLATION = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-}
+
+def interpolation_mode(name: str):
+    """torchvision's InterpolationMode for ``bilinear`` or ``bicubic``."""
+    from torchvision import transforms as T
+
+    return {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[name]
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,11 @@ class Preprocess:
 def eval_transform(p: Preprocess) -> T.Compose:
     """Resize the short side, centre-crop to the input size, normalise. Every image the same way,
     so the source size (a shortcut in this data) is not visible to the model."""
+    from torchvision import transforms as T
+
     return T.Compose(
         [
-            T.Resize(p.resize_size, interpolation=_INTERPOLATION[p.interpolation], antialias=True),
+            T.Resize(p.resize_size, interpolation=interpolation_mode(p.interpolation), antialias=True),
             T.CenterCrop(p.image_size),
             T.ToTensor(),
             T.Normalize(p.mean, p.std),
@@ -65,7 +71,7 @@ def eval_transform(p: Preprocess) -> T.Compose:
 class FastEvalTransform:
     """The eval transform (resize short side, centre crop, normalise) with Pillow and numpy only.
 
-    Same geometry as torchvision's Resize + CenterCrop, about twice as fast per image, which
+    Same geometry as torchvision's Resize + CenterCrop, several times faster per image, which
     matters when decoding shares two cores with the model."""
 
     def __init__(self, p: Preprocess):
@@ -73,27 +79,38 @@ class FastEvalTransform:
 
         self.p = p
         self.resample = {"bilinear": 2, "bicubic": 3}[p.interpolation]
-        self.scale = (1.0 / (255.0 * np.asarray(p.std, np.float32))).reshape(1, 1, 3)
-        self.shift = (np.asarray(p.mean, np.float32) / np.asarray(p.std, np.float32)).reshape(1, 1, 3)
+        self.scale = (1.0 / (255.0 * np.asarray(p.std, np.float32))).reshape(3, 1, 1)
+        self.shift = (np.asarray(p.mean, np.float32) / np.asarray(p.std, np.float32)).reshape(3, 1, 1)
 
     def crop(self, img):
-        """The resized, centre-cropped image (PIL), before normalising."""
+        """The resized, centre-cropped image (PIL), before normalising.
+
+        Only the pixels inside the crop are computed: resizing the crop's box of the source
+        straight to the output size samples the same points with the same filter as resizing the
+        whole image and cropping afterwards (Pillow's filter still reads source pixels outside
+        the box), at about half the cost."""
         size, short = self.p.image_size, self.p.resize_size
         w, h = img.size
         if w <= h:
             nw, nh = short, int(short * h / w)
         else:
             nw, nh = int(short * w / h), short
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), self.resample)
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-        return img.crop((left, top, left + size, top + size))
+        if (nw, nh) == (w, h):
+            return img.crop((left, top, left + size, top + size))
+        sx, sy = w / nw, h / nh
+        return img.resize((size, size), self.resample,
+                          box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
 
     def array(self, img):
+        """The normalised crop as a float32 array, channels first."""
         import numpy as np
 
-        a = np.asarray(self.crop(img), dtype=np.float32) * self.scale - self.shift
-        return np.ascontiguousarray(a.transpose(2, 0, 1))
+        u = np.asarray(self.crop(img))
+        x = np.empty((3, *u.shape[:2]), np.float32)
+        np.multiply(u.transpose(2, 0, 1), self.scale, out=x)
+        x -= self.shift
+        return x
 
     def __call__(self, img):
         import torch
@@ -103,10 +120,12 @@ class FastEvalTransform:
 
 def train_transform(p: Preprocess) -> T.Compose:
     """Random resized crop, horizontal flip and colour jitter, then normalise."""
+    from torchvision import transforms as T
+
     return T.Compose(
         [
             T.RandomResizedCrop(
-                p.image_size, scale=(0.25, 1.0), interpolation=_INTERPOLATION[p.interpolation], antialias=True
+                p.image_size, scale=(0.25, 1.0), interpolation=interpolation_mode(p.interpolation), antialias=True
             ),
             T.RandomHorizontalFlip(),
             T.ColorJitter(0.3, 0.3, 0.3, 0.03),

@@ -9,14 +9,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from wildwatch.models.registry import create_model
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn as nn
 
 MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
@@ -65,6 +65,8 @@ def save_model(
     named tensors (e.g. statistics for the unknown detector), stored under ``extra.``. A
     readable ``.json`` copy of the metadata is written beside it.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if only is not None:
@@ -83,7 +85,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a model file, without building the model."""
     p = resolve_model_path(path)
     try:
-        with safe_open(str(p), framework="pt") as f:
+        with safe_open(str(p), framework="numpy") as f:
             raw = (f.metadata() or {}).get("wildwatch")
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{p}: not a readable safetensors file ({exc})") from None
@@ -95,11 +97,14 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_extras(path: str | Path) -> dict[str, torch.Tensor]:
-    """The extra tensors stored with a model (float32), by name."""
+def load_extras(path: str | Path) -> dict[str, np.ndarray]:
+    """The extra arrays stored with a model (float32), by name. Needs no PyTorch."""
+    import numpy as np
+
     p = resolve_model_path(path)
-    with safe_open(str(p), framework="pt") as f:
-        return {k[len(EXTRA_PREFIX):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(EXTRA_PREFIX)}
+    with safe_open(str(p), framework="numpy") as f:
+        return {k[len(EXTRA_PREFIX):]: np.asarray(f.get_tensor(k), dtype=np.float32)
+                for k in f.keys() if k.startswith(EXTRA_PREFIX)}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -108,6 +113,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     A partial file (head and fine-tuned layers only) starts from the architecture's pretrained
     weights, which come from an installed package, never from the network.
     """
+    from wildwatch.models.registry import create_model
+
     p = resolve_model_path(path)
     meta = read_model_meta(p)
     partial = meta.get("stored_keys") == "partial"
@@ -133,8 +140,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Training state for resume: tensors, numbers, strings, lists and dicts only."""
+    import torch
+
     _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -235,7 +235,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     stats = {k: v.half().float() for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
     val_scores = ood.mahalanobis_score(out_logits["val"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
     # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
-    threshold = float(np.quantile(val_scores, 0.98))
+    threshold = float(np.quantile(val_scores, ood.REJECT_QUANTILE))
     test_logits = out_logits["test"][0]
     metrics = {
         "val_accuracy": round(best_acc, 5),

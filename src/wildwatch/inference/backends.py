@@ -6,24 +6,31 @@ import hashlib
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
-import torch
-import torch.nn as nn
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
-class _Outputs(nn.Module):
-    """Logits, plus the unknown-detector features when the model has them."""
+def _outputs(model: "nn.Module") -> "nn.Module":
+    """A module giving the logits, plus the unknown-detector features when the model has them."""
+    import torch.nn as nn
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    class Outputs(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
 
-    def forward(self, x: torch.Tensor):
-        if hasattr(self.model, "predict_outputs"):
-            return self.model.predict_outputs(x)
-        return self.model(x)
+        def forward(self, x):
+            if hasattr(self.model, "predict_outputs"):
+                return self.model.predict_outputs(x)
+            return self.model(x)
+
+    return Outputs(model)
 
 
 def cache_dir() -> Path:
@@ -43,18 +50,33 @@ def export_model_onnx(model: nn.Module, out: Path, image_size: int) -> Path:
     """Export the model (logits and unknown features) with a dynamic batch, in one file."""
     from wildwatch.inference.onnx_export import export_onnx
 
-    return export_onnx(_Outputs(model), out, image_size)
+    return export_onnx(_outputs(model), out, image_size)
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session using all cores unless told otherwise."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads would starve the threads that decode the next batch.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 class TorchRunner:
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: "nn.Module", device):
         self.model, self.device = model, device
+        self.outputs = _outputs(model)
 
-    @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = _Outputs(self.model)(torch.from_numpy(batch).to(self.device))
+        import torch
+
+        with torch.no_grad():
+            out = self.outputs(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
         if isinstance(out, tuple):
             return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
         return out.float().cpu().numpy(), None
@@ -62,19 +84,20 @@ class TorchRunner:
 
 class OnnxRunner:
     def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
-        from wildwatch.inference.onnx_export import ort_session
-
         self.name = name
         self.path = onnx_path
         self.session = ort_session(onnx_path, threads)
         self.input = self.session.get_inputs()[0].name
         self._single = None
+        # an int8 file's own unknown threshold (its features move a little), from its export report
+        self.unknown_threshold = _report(onnx_path).get("unknown_threshold")
 
     def single_threaded(self) -> "OnnxRunner":
         """A second session on one core, for running several batches at once (one per core):
         no parallel-for barrier is left waiting while other threads decode photos."""
         if self._single is None:
             self._single = OnnxRunner(self.path, self.name, threads=1)
+            self._single.unknown_threshold = self.unknown_threshold
         return self._single
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -90,26 +113,29 @@ def onnx_available() -> bool:
     return True
 
 
-def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: int, device: torch.device):
-    """Build the runner for ``backend``. ONNX files are exported once per model file and cached;
-    an int8 file must have been made with ``wildwatch export --int8`` (it needs calibration photos)."""
+def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path, image_size: int, device: str = "cpu"):
+    """Build the runner for ``backend``; ``model`` gives the PyTorch model when one is needed (it
+    is not built when an ONNX file already exists). ONNX files are exported once per model file
+    and cached; an int8 file must have been made with ``wildwatch export --int8`` (it needs
+    calibration photos)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    on_cpu = str(device).split(":")[0] == "cpu"
     if backend == "auto":
         int8 = int8_path(model_file)
-        if onnx_available() and int8.exists() and int8_is_accurate(int8):
+        if onnx_available() and on_cpu and int8.exists() and int8_is_accurate(int8):
             return OnnxRunner(int8, "onnx-int8")
-        if not (onnx_available() and device.type == "cpu"):
-            return TorchRunner(model, device)
+        if not (onnx_available() and on_cpu):
+            return TorchRunner(model(), device)
         try:
             return make_runner("onnx", model, model_file, image_size, device)
         except Exception as exc:  # an export that fails must not stop the batch: PyTorch gives the same answers
             import warnings
 
             warnings.warn(f"ONNX Runtime backend unavailable ({exc}); using PyTorch")
-            return TorchRunner(model, device)
+            return TorchRunner(model(), device)
     if backend == "torch":
-        return TorchRunner(model, device)
+        return TorchRunner(model(), device)
     if not onnx_available():
         raise RuntimeError("the onnx backends need onnxruntime: pip install onnxruntime")
     if backend == "onnx-int8":
@@ -119,21 +145,24 @@ def make_runner(backend: str, model: nn.Module, model_file: Path, image_size: in
         return OnnxRunner(path, "onnx-int8")
     path = fp32_path(model_file)
     if not path.exists():
-        export_model_onnx(model, path, image_size)
+        export_model_onnx(model(), path, image_size)
     return OnnxRunner(path, "onnx")
 
 
 MAX_INT8_LOSS_POINTS = 0.3
 
 
-def int8_is_accurate(path: Path) -> bool:
-    """True when the int8 file's export report shows at most 0.3 points of validation accuracy lost."""
+def _report(onnx_path: Path) -> dict:
+    """The export report written beside an int8 file ({} when there is none)."""
     import json
 
-    report = path.with_suffix(".json")
-    if not report.exists():
-        return False
-    change = json.loads(report.read_text()).get("int8_accuracy_change_points")
+    report = Path(onnx_path).with_suffix(".json")
+    return json.loads(report.read_text()) if report.exists() else {}
+
+
+def int8_is_accurate(path: Path) -> bool:
+    """True when the int8 file's export report shows at most 0.3 points of validation accuracy lost."""
+    change = _report(path).get("int8_accuracy_change_points")
     return change is not None and change >= -MAX_INT8_LOSS_POINTS
 
 

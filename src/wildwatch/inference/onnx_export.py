@@ -9,7 +9,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -47,16 +46,3 @@ def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bo
     module.eval()
     os.replace(path, final)
     return final
-
-
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session using all cores unless told otherwise."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or os.cpu_count() or 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning worker threads would starve the threads that decode the next batch.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-

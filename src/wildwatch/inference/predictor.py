@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import ImageLoadError, load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
-from wildwatch.engine.checkpoint import load_extras, load_model
+from wildwatch.engine.checkpoint import load_extras, read_model_meta
 from wildwatch.field import read_place
 from wildwatch.inference import unknown as ood
 from wildwatch.reports.metrics import softmax
@@ -70,18 +69,32 @@ class Prediction:
 ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
 
 
+def one_blas_thread():
+    """numpy's BLAS on one thread while classifying: its idle threads spin, and on a small
+    machine they take the cores that decoding and the model need (a third of the throughput on
+    2 cores). The small matrix products of the unknown detector gain nothing from more."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 @dataclass
 class Predictor:
-    """A loaded model with its preprocessing, temperature and unknown detector."""
+    """A loaded model with its preprocessing, temperature and unknown detector.
 
-    model: torch.nn.Module
+    The PyTorch model is built only when something needs it (the torch backend, an export,
+    Grad-CAM): with an ONNX backend, classifying never imports PyTorch, which keeps start-up short."""
+
     meta: dict
+    model_path: Path | None = None
     extras: dict = field(default_factory=dict)
-    device: torch.device = torch.device("cpu")
+    device: str = "cpu"
     top_k: int = 3
     runner: object = None
     country: str | None = None  # a fixed ISO country code for every photo, else EXIF GPS decides
     use_exif: bool = True
+    _model: object = field(default=None, repr=False)
+    _mahalanobis: object = field(default=None, repr=False)
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
@@ -92,10 +105,18 @@ class Predictor:
         from wildwatch.inference.backends import make_runner
 
         path = resolve_model_path(bundled_model_path() if path is None else path)
-        model, meta = load_model(path, device)
-        dev = torch.device(device)
-        size = int(meta["preprocess"]["image_size"])
-        return cls(model, meta, load_extras(path), dev, top_k, make_runner(backend, model, path, size, dev))
+        pred = cls(read_model_meta(path), path, load_extras(path), str(device), top_k)
+        pred.runner = make_runner(backend, lambda: pred.model, path, pred.preprocess.image_size, pred.device)
+        return pred
+
+    @property
+    def model(self):
+        """The PyTorch model (built and loaded on first use)."""
+        if self._model is None:
+            from wildwatch.engine.checkpoint import load_model
+
+            self._model, _ = load_model(self.model_path, self.device)
+        return self._model
 
     @property
     def backend(self) -> str:
@@ -113,22 +134,30 @@ class Predictor:
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0))
 
+    @property
+    def unknown_threshold(self) -> float | None:
+        """Scores above this are "unknown": the model's, or the backend's own (an int8 file's)."""
+        own = getattr(self.runner, "unknown_threshold", None)
+        return own if own is not None else (self.meta.get("unknown") or {}).get("threshold")
+
     def transform(self):
         return FastEvalTransform(self.preprocess)
 
-    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, unknown-detector features or None) for a normalised batch."""
+    def forward(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, unknown-detector features or None) for a normalised NCHW batch (numpy or a CPU tensor)."""
         if self.runner is None:
             from wildwatch.inference.backends import TorchRunner
 
             self.runner = TorchRunner(self.model, self.device)
-        return self.runner(batch.numpy())
+        return self.runner(batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch))
 
     def unknown_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
         spec = self.meta.get("unknown") or {}
         method = spec.get("method")
         if method == "mahalanobis" and feats is not None and "ood_means" in self.extras:
-            return ood.mahalanobis_score(feats, self.extras["ood_means"].numpy(), self.extras["ood_precision"].numpy())
+            if self._mahalanobis is None:
+                self._mahalanobis = ood.Mahalanobis(self.extras["ood_means"], self.extras["ood_precision"])
+            return self._mahalanobis(feats)
         if method == "energy":
             return ood.energy_score(logits, self.temperature)
         if method == "msp":
@@ -145,7 +174,7 @@ class Predictor:
 
         probs = softmax(logits, self.temperature)
         scores = self.unknown_scores(logits, feats)
-        threshold = (self.meta.get("unknown") or {}).get("threshold")
+        threshold = self.unknown_threshold
         classes = self.classes
         out = []
         for i, src in enumerate(sources):
@@ -183,8 +212,9 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
         t = self.transform()
-        batch = torch.stack([t(im.convert("RGB")) for im in images])
-        return self._predictions(sources, *self.forward(batch), places)
+        batch = np.stack([t.array(im.convert("RGB")) for im in images])
+        with one_blas_thread():
+            return self._predictions(sources, *self.forward(batch), places)
 
     def refine_with_tiles(self, images: Sequence[Image.Image], preds: list[Prediction], grid: int = 3,
                           min_confidence: float = 0.6) -> list[Prediction]:
@@ -230,6 +260,10 @@ class Predictor:
         each other; with PyTorch, decoding threads feed the next batch while the model runs. At
         most a few batches are held in memory, whatever the number of files.
         """
+        with one_blas_thread():
+            yield from self._predict_paths(paths, batch_size, workers)
+
+    def _predict_paths(self, paths, batch_size: int, workers: int | None) -> Iterator[Prediction]:
         import os
         from collections import deque
 
@@ -240,7 +274,7 @@ class Predictor:
 
         def decode(p: Path):
             try:
-                x = t(load_image(p, draft_size=draft))
+                x = t.array(load_image(p, draft_size=draft))
             except ImageLoadError as exc:
                 return None, str(exc), None
             return x, None, read_place(p) if self.use_exif else None
@@ -284,9 +318,9 @@ class Predictor:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
-            batch = torch.stack([decoded[i][0] for i in ok])
+            batch = np.stack([decoded[i][0] for i in ok])
             places = [decoded[i][2] for i in ok]
-            outputs = runner(batch.numpy()) if runner is not None else self.forward(batch)
+            outputs = runner(batch) if runner is not None else self.forward(batch)
             for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *outputs, places)):
                 preds[i] = p
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

@@ -119,10 +119,10 @@ def degraded_train_transform(pre):
     """The training transform with ``Degrade`` after the crop and before normalising."""
     from torchvision import transforms as T
 
-    from wildwatch.data.transforms import _INTERPOLATION
+    from wildwatch.data.transforms import interpolation_mode
 
     return T.Compose([
-        T.RandomResizedCrop(pre.image_size, scale=(0.25, 1.0), interpolation=_INTERPOLATION[pre.interpolation],
+        T.RandomResizedCrop(pre.image_size, scale=(0.25, 1.0), interpolation=interpolation_mode(pre.interpolation),
                             antialias=True),
         T.RandomHorizontalFlip(),
         T.ColorJitter(0.3, 0.3, 0.3, 0.03),

@@ -124,7 +124,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     pre = predictor.preprocess
     mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
     std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
-    threshold = (predictor.meta.get("unknown") or {}).get("threshold")
+    threshold = predictor.unknown_threshold
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
                 "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles}
