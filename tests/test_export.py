@@ -66,3 +66,73 @@ def test_mahalanobis_score_matches_the_definition():
     f = q / np.linalg.norm(q, axis=1, keepdims=True)
     slow = [min(float((x - m) @ prec @ (x - m)) for m in means) for x in f]
     assert np.allclose(ood.mahalanobis_score(q, means, prec), slow, rtol=1e-4)
+
+
+def test_int8_rule_needs_accuracy_and_unknown_detection():
+    from wildwatch.inference.backends import int8_is_accurate
+
+    assert int8_is_accurate({"int8_accuracy_change_points": -0.16})
+    assert int8_is_accurate({"int8_accuracy_change_points": 0.1, "int8_unknown_auroc_change": -0.006})
+    assert not int8_is_accurate({"int8_accuracy_change_points": -1.6})
+    assert not int8_is_accurate({"int8_accuracy_change_points": 0.0, "int8_unknown_auroc_change": -0.03})
+    assert not int8_is_accurate({})
+
+
+def test_bundled_int8_ships_measured_and_auto_uses_it():
+    import json
+
+    from wildwatch.inference import bundled_model_path
+    from wildwatch.inference.backends import int8_path
+
+    model = bundled_model_path()
+    path = int8_path(model)
+    assert path.parent == model.parent and path.stat().st_size < 6_000_000
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["calibration_photos"] >= 200 and report["used_by_auto_backend"]
+    assert abs(report["int8_test_accuracy_change_points"]) <= 0.3
+    assert Predictor.from_file(None).backend == "onnx-int8"
+
+
+def test_int8_and_torch_name_real_photos_alike():
+    from conftest import REAL_DATA
+
+    assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
+    files = [sorted((REAL_DATA / c).glob("*.jpg"))[-3] for c in sorted(p.name for p in REAL_DATA.iterdir() if p.is_dir())]
+    a = list(Predictor.from_file(None, backend="torch").predict_paths(files))
+    b = list(Predictor.from_file(None, backend="onnx-int8").predict_paths(files))
+    same = sum(x.species == y.species for x, y in zip(a, b))
+    assert same >= len(files) - 1, [(x.species, y.species) for x, y in zip(a, b)]
+    assert max(abs(x.confidence - y.confidence) for x, y in zip(a, b) if x.species == y.species) < 0.15
+
+
+def test_classify_on_onnx_never_imports_torch(tmp_path, shapes_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from wildwatch.cli import app\n"
+            "try:\n"
+            f"    app(['classify', {str(shapes_dir)!r}, '--backend', 'onnx-int8', '--output', {str(tmp_path / 'o.csv')!r}, '-q'])\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print('torch' in sys.modules, 'torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "False"]
+    assert len((tmp_path / "o.csv").read_text().splitlines()) > 10
+
+
+def test_classifying_keeps_numpy_on_one_blas_thread(shapes_dir):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    pred = Predictor.from_file(None, backend="onnx-int8")
+    files = sorted(shapes_dir.rglob("*.jpg"))[:3]
+    it = pred.predict_paths(files)
+    next(it)
+    assert blas_threads() and all(n == 1 for n in blas_threads())
+    assert len(list(it)) == 2
+    assert blas_threads() == before  # given back afterwards

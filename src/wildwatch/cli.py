@@ -391,13 +391,15 @@ def export(
     data: Optional[Path] = typer.Option(None, help="The training folder: calibration and parity photos."),
     out: Optional[Path] = typer.Option(None, help="Output file. Default: the cache that `classify` looks in."),
     calibration_size: int = typer.Option(500, min=16, help="Training photos that calibrate the int8 ranges."),
+    ood: Optional[Path] = typer.Option(None, help="Photos of none of the species (e.g. ood_dev): also compare "
+                                       "the unknown detector's AUROC with int8 and with fp32."),
 ):
     """Export to ONNX Runtime (one file, dynamic batch) with a parity check against PyTorch."""
     if format != "onnx":
         raise ValueError(f"unknown format {format!r}; only 'onnx' is supported")
     from wildwatch.inference.export import export as do_export
 
-    report = do_export(model, out, int8, data, calibration_size)
+    report = do_export(model, out, int8, data, calibration_size, ood)
     typer.echo(json.dumps(report, indent=2))
 
 

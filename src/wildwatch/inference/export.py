@@ -13,11 +13,11 @@ from wildwatch.data.loading import load_image
 from wildwatch.inference import unknown as ood
 from wildwatch.engine.checkpoint import resolve_model_path
 from wildwatch.inference.backends import (
-    MAX_INT8_LOSS_POINTS,
     OnnxRunner,
     TorchRunner,
     export_model_onnx,
     fp32_path,
+    int8_is_accurate,
     int8_path,
 )
 
@@ -56,12 +56,14 @@ def _compare(fp32, int8, y: np.ndarray, name: str, thresholds: dict) -> dict:
 
 
 def export(model: str | Path | None, out: Path | None = None, int8: bool = False, data: Path | None = None,
-           calibration_size: int = 500) -> dict:
+           calibration_size: int = 500, ood_dir: Path | None = None) -> dict:
     """Export a model to ONNX (fp32, dynamic batch, one file) and check it against PyTorch.
 
     With ``int8``, also quantise it statically (QDQ, per-channel weights) on ``calibration_size``
     training photos of ``data`` and report its agreement, accuracy and unknown rejections on the
     validation split (which decides whether ``--backend auto`` may use it) and on the test split.
+    With ``ood_dir`` (photos of none of the species), also the unknown detector's AUROC with each;
+    then ``auto`` also needs int8 to stay within 0.01 of fp32's AUROC.
     """
     from wildwatch.inference.predictor import Predictor, bundled_model_path
 
@@ -108,9 +110,21 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
             y = np.array([classes.index(s.label) for s in split_samples])
             report.update(_compare(outs["fp32"], outs["int8"], y, name, thresholds))
-        # the file's own decision rule reads this key
+        if ood_dir is not None and test["fp32"][1] is not None:
+            from wildwatch.data.discover import Sample
+            from wildwatch.engine.transfer import ood_images
+
+            others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
+            for key, f in (("fp32", fp32), ("int8", target)):
+                scores = _outputs(pred, f, Path(ood_dir), others)[1]
+                report[f"unknown_auroc_{key}"] = round(ood.auroc(test[key][1], scores), 5)
+                report[f"unknown_caught_{key}"] = round(float((scores > thresholds[key]).mean()), 5)
+            report["unknown_photos"] = len(others)
+        # the file's own decision rule reads these keys
         report["int8_accuracy_change_points"] = report["int8_val_accuracy_change_points"]
-        report["used_by_auto_backend"] = report["int8_accuracy_change_points"] >= -MAX_INT8_LOSS_POINTS
+        if "unknown_auroc_int8" in report:
+            report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
+        report["used_by_auto_backend"] = int8_is_accurate(report)
         # beside the file, with file names only (the report travels with the model)
         names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name}
         target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
