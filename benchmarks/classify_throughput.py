@@ -39,13 +39,17 @@ def naive_loop(files: list[Path], model_path: Path) -> float:
 
     pred = Predictor.from_file(model_path, backend="torch")
     t = eval_transform(pred.preprocess)  # torchvision, as a plain script would do
+    model = pred.model  # built before the clock starts
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.zeros(1, 3, pred.preprocess.image_size, pred.preprocess.image_size))
     start = time.perf_counter()
     with torch.no_grad():
         for f in files:
             from PIL import Image
 
             img = Image.open(f).convert("RGB")
-            pred.model(t(img)[None])
+            model(t(img)[None])
     return len(files) / (time.perf_counter() - start)
 
 
@@ -108,9 +112,22 @@ def end_to_end(paths: list[Path], model_path: Path, backend: str) -> tuple[float
         return len(paths) / elapsed, peak_kb / 1024
 
 
+def in_fresh_process(what: str, data: Path, args) -> tuple[float, str]:
+    """Run one in-process measurement in a process of its own, so that no thread pool left over
+    from another measurement (PyTorch's, ONNX Runtime's, BLAS's) shares the cores with it."""
+    cmd = [sys.executable, __file__, str(data), "--files", str(args.files), "--naive-files", str(args.naive_files),
+           "--model", str(args.model), "--only", what]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    rate, how = proc.stdout.strip().splitlines()[-1].split("\t")
+    return float(rate), how
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # naive or model-only:BACKEND, in a fresh process
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--naive-files", type=int, default=200)
     ap.add_argument("--model", type=Path, default=bundled_model_path())
@@ -118,12 +135,18 @@ def main() -> None:
     args = ap.parse_args()
     all_files = list(expand_paths([args.data]))
     files = all_files[:: max(1, len(all_files) // args.files)][: args.files]
+    if args.only == "naive":
+        print(f"{naive_loop(files[: args.naive_files], args.model)}\tnaive")
+        return
+    if args.only:
+        print("%s\t%s" % model_only(files, args.model, args.only.split(":", 1)[1]))
+        return
     backends = ["torch", "onnx"] + (["onnx-int8"] if int8_path(args.model).exists() else [])
     print(f"{len(files)} photos from {args.data}; {os.cpu_count()} cores; backends: {', '.join(backends)}")
-    a = naive_loop(files[: args.naive_files], args.model)
+    a, _ = in_fresh_process("naive", args.data, args)
     print(f"(a) naive loop (PIL + torchvision + PyTorch, one image at a time): {a:.1f} img/s")
     for backend in backends:
-        b, how = model_only(files, args.model, backend)
+        b, how = in_fresh_process(f"model-only:{backend}", args.data, args)
         c, peak = end_to_end(files, args.model, backend)
         one, _ = end_to_end(files[:1], args.model, backend)
         print(f"[{backend}] (b) model only {b:.1f} img/s ({how}) | (c) classify end to end {c:.1f} img/s "

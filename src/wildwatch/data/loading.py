@@ -84,7 +84,8 @@ def _decode(source, label, max_pixels: int, draft_size) -> Image.Image:
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", draft_size)
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                # in place: no copy of the pixels when the photo needs no turning (most do not)
+                ImageOps.exif_transpose(img, in_place=True)
                 return _to_rgb(img)
     except ImageLoadError:
         raise

@@ -102,15 +102,25 @@ class FastEvalTransform:
         return img.resize((size, size), self.resample,
                           box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
 
-    def array(self, img):
-        """The normalised crop as a float32 array, channels first."""
+    def uint8(self, img):
+        """The crop as an HxWx3 uint8 array; ``normalise`` turns a stack of them into a batch."""
         import numpy as np
 
-        u = np.asarray(self.crop(img))
-        x = np.empty((3, *u.shape[:2]), np.float32)
-        np.multiply(u.transpose(2, 0, 1), self.scale, out=x)
+        return np.asarray(self.crop(img))
+
+    def normalise(self, u):
+        """uint8 crops (N, H, W, 3) → the normalised float32 batch (N, 3, H, W), in one pass."""
+        import numpy as np
+
+        c = np.ascontiguousarray(u.transpose(0, 3, 1, 2))
+        x = np.empty(c.shape, np.float32)
+        np.multiply(c, self.scale, out=x)
         x -= self.shift
         return x
+
+    def array(self, img):
+        """The normalised crop as a float32 array, channels first."""
+        return self.normalise(self.uint8(img)[None])[0]
 
     def __call__(self, img):
         import torch

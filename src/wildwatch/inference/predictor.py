@@ -212,7 +212,7 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
         t = self.transform()
-        batch = np.stack([t.array(im.convert("RGB")) for im in images])
+        batch = t.normalise(np.stack([t.uint8(im.convert("RGB")) for im in images]))
         with one_blas_thread():
             return self._predictions(sources, *self.forward(batch), places)
 
@@ -274,7 +274,7 @@ class Predictor:
 
         def decode(p: Path):
             try:
-                x = t.array(load_image(p, draft_size=draft))
+                x = t.uint8(load_image(p, draft_size=draft))
             except ImageLoadError as exc:
                 return None, str(exc), None
             return x, None, read_place(p) if self.use_exif else None
@@ -318,7 +318,7 @@ class Predictor:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
-            batch = np.stack([decoded[i][0] for i in ok])
+            batch = self.transform().normalise(np.stack([decoded[i][0] for i in ok]))
             places = [decoded[i][2] for i in ok]
             outputs = runner(batch) if runner is not None else self.forward(batch)
             for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *outputs, places)):
