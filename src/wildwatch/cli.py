@@ -141,7 +141,8 @@ def classify(
     country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
+                                             "fastest (4 for PyTorch on a CPU, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
@@ -172,7 +173,7 @@ def classify(
         from wildwatch.inference.ray_engine import classify_with_ray, write_rows
 
         rows = classify_with_ray(paths, model, backend, top_k, country.upper() if country else None, address,
-                                 batch_size)
+                                 batch_size or 32)
         write_rows(rows, output)
         n_err = sum(1 for r in rows if r["error"])
         typer.echo(f"{len(rows)} files, {len(rows) - n_err} classified, {n_err} errors (ray); rows in {output}", err=True)

@@ -251,7 +251,8 @@ class Predictor:
                                          longitude=preds[i].longitude, taken_at=preds[i].taken_at)
         return out
 
-    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int | None = None) -> Iterator[Prediction]:
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int | None = None,
+                      workers: int | None = None) -> Iterator[Prediction]:
         """Classify files and folders (recursively), in input order, one Prediction per file.
 
         A file that cannot be read gets a Prediction with ``error`` set; the batch goes on.
@@ -260,6 +261,8 @@ class Predictor:
         each other; with PyTorch, decoding threads feed the next batch while the model runs. At
         most a few batches are held in memory, whatever the number of files.
         """
+        if batch_size is None:
+            batch_size = getattr(self.runner, "batch_size", 32)
         with one_blas_thread():
             yield from self._predict_paths(paths, batch_size, workers)
 
