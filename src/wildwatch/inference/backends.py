@@ -86,10 +86,17 @@ class TorchRunner:
 
 class OnnxRunner:
     def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
+        import threading
+
         self.name = name
         self.path = onnx_path
-        self.session = ort_session(onnx_path, threads)
-        self.input = self.session.get_inputs()[0].name
+        self.threads = threads
+        if not Path(onnx_path).is_file():
+            raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+        # sessions are made on first use: a command that only needs the single-threaded one
+        # (classify) does not pay for building the other
+        self._session = None
+        self._lock = threading.Lock()
         self._single = None
         # an int8 file's own unknown threshold (its features move a little), from its export report
         self.unknown_threshold = _report(onnx_path).get("unknown_threshold")
@@ -97,13 +104,24 @@ class OnnxRunner:
     def single_threaded(self) -> "OnnxRunner":
         """A second session on one core, for running several batches at once (one per core):
         no parallel-for barrier is left waiting while other threads decode photos."""
-        if self._single is None:
-            self._single = OnnxRunner(self.path, self.name, threads=1)
-            self._single.unknown_threshold = self.unknown_threshold
+        with self._lock:
+            if self._single is None:
+                self._single = OnnxRunner(self.path, self.name, threads=1)
+                self._single.unknown_threshold = self.unknown_threshold
+                self._single.session  # built now, before the worker threads share it
         return self._single
 
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                self._session = ort_session(self.path, self.threads)
+                self.input = self._session.get_inputs()[0].name
+            return self._session
+
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        outs = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
+        session = self.session
+        outs = session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
         return outs[0], (outs[1] if len(outs) > 1 else None)
 
 
