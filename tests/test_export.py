@@ -136,3 +136,19 @@ def test_classifying_keeps_numpy_on_one_blas_thread(shapes_dir):
     assert blas_threads() and all(n == 1 for n in blas_threads())
     assert len(list(it)) == 2
     assert blas_threads() == before  # given back afterwards
+
+
+def test_unknown_statistics_stay_finite_when_fp16_cannot_hold_them():
+    from wildwatch.engine.transfer import _storable
+    from wildwatch.inference import unknown as ood
+
+    rng = np.random.default_rng(2)
+    # few photos in many dimensions: a near-singular covariance, a precision beyond fp16's range
+    stats = ood.fit_mahalanobis(rng.normal(0, 1, (40, 64)).astype(np.float32), rng.integers(0, 2, 40), 2,
+                                shrinkage=1e-7)
+    assert float(stats["ood_precision"].abs().max()) > 65504
+    kept = _storable(stats["ood_precision"])
+    assert kept.dtype == torch.float32 and torch.isfinite(kept).all()
+    scores = ood.mahalanobis_score(rng.normal(0, 1, (5, 64)), stats["ood_means"].numpy(), kept.numpy())
+    assert np.isfinite(scores).all()
+    assert _storable(stats["ood_means"]).dtype == torch.float16

@@ -134,6 +134,13 @@ def ood_images(folder: Path | None) -> list[Path]:
     return list(expand_paths([folder]))
 
 
+def _storable(t: torch.Tensor) -> torch.Tensor:
+    """fp16 when every value fits (half the file size), else float32: the precision matrix of a
+    model fitted on few photos can exceed fp16's range, and inf would make every score NaN."""
+    h = t.half()
+    return h if bool(torch.isfinite(h).all()) else t.float()
+
+
 def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
     """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
     from wildwatch.reports.html import figures_page
@@ -231,8 +238,9 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     model.eval()
     out_logits = {n: head_outputs(model, acts[n]) for n in ("train", "val", "test")}
     temperature = fit_temperature(out_logits["val"][0], y["val"])
-    # Stored in fp16 to keep the model file small; scores below use the rounded values too.
-    stats = {k: v.half().float() for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
+    # Stored in fp16 where it fits, to keep the model file small; scores below use the stored values too.
+    stored = {k: _storable(v) for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
+    stats = {k: v.float() for k, v in stored.items()}
     val_scores = ood.mahalanobis_score(out_logits["val"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
     # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
     threshold = float(np.quantile(val_scores, ood.REJECT_QUANTILE))
@@ -275,6 +283,6 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                    "trainable": list(TRAINABLE_PREFIXES)},
     }
     save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,
-               extras={k: v.half() for k, v in stats.items()})
+               extras=stored)
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     return FitResult(out, best_acc, best_epoch, len(history))
