@@ -1,4 +1,4 @@
-"""Export models (or their frozen trunk) to ONNX and run them with ONNX Runtime."""
+"""Export models (or their frozen trunk) to ONNX; ``backends`` runs them with ONNX Runtime."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,13 +70,18 @@ class Prediction:
 ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
 
 
+@functools.lru_cache(maxsize=1)
+def _thread_pools():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finds the loaded BLAS libraries once (numpy's is loaded by now)
+
+
 def one_blas_thread():
     """numpy's BLAS on one thread while classifying: its idle threads spin, and on a small
     machine they take the cores that decoding and the model need (a third of the throughput on
     2 cores). The small matrix products of the unknown detector gain nothing from more."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
+    return _thread_pools().limit(limits=1, user_api="blas")
 
 
 @dataclass
