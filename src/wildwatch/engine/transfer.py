@@ -241,7 +241,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     # Stored in fp16 where it fits, to keep the model file small; scores below use the stored values too.
     stored = {k: _storable(v) for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
     stats = {k: v.float() for k, v in stored.items()}
-    val_scores = ood.mahalanobis_score(out_logits["val"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+    mahalanobis = ood.Mahalanobis(stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+    val_scores = mahalanobis(out_logits["val"][1])
     # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
     threshold = float(np.quantile(val_scores, ood.REJECT_QUANTILE))
     test_logits = out_logits["test"][0]
@@ -259,8 +260,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         ood_acts = cache_view(runner, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
                               desc="unknown examples")
         _, ood_feats = head_outputs(model, ood_acts)
-        s_out = ood.mahalanobis_score(ood_feats, stats["ood_means"].numpy(), stats["ood_precision"].numpy())
-        s_in = ood.mahalanobis_score(out_logits["test"][1], stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+        s_out = mahalanobis(ood_feats)
+        s_in = mahalanobis(out_logits["test"][1])
         metrics["unknown_auroc"] = round(ood.auroc(s_in, s_out), 5)
         metrics["unknown_rejected_known_test"] = round(float((s_in > threshold).mean()), 5)
         metrics["unknown_caught"] = round(float((s_out > threshold).mean()), 5)

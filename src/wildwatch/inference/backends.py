@@ -64,6 +64,10 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def _on_cpu(device) -> bool:
+    return str(device).split(":")[0] == "cpu"
+
+
 class TorchRunner:
     name = "torch"
 
@@ -71,7 +75,7 @@ class TorchRunner:
         self.model, self.device = model, device
         self.outputs = _outputs(model)
         # PyTorch eager runs this kind of network faster in small batches on a CPU (cache-bound)
-        self.batch_size = 4 if str(device).split(":")[0] == "cpu" else 32
+        self.batch_size = 4 if _on_cpu(device) else 32
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
@@ -139,7 +143,7 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path
     calibration photos)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    on_cpu = str(device).split(":")[0] == "cpu"
+    on_cpu = _on_cpu(device)
     if backend == "auto":
         int8 = int8_path(model_file)
         if onnx_available() and on_cpu and int8.exists() and int8_is_accurate(int8):

@@ -27,16 +27,24 @@ def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
     return np.stack([t.array(load_image(root / s.relpath)) for s in samples[:n]])
 
 
-def _outputs(predictor, path: Path, root: Path, samples) -> tuple[np.ndarray, np.ndarray | None]:
-    """(predicted class, unknown score or None) per photo with one ONNX file."""
-    runner = OnnxRunner(path)
-    logits, feats = [], []
+def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str, tuple]:
+    """Per ONNX file (by key): (predicted class, unknown score or None) per photo. Each batch is
+    decoded once and run through every file."""
+    runners = {k: OnnxRunner(f) for k, f in paths.items()}
+    logits: dict[str, list] = {k: [] for k in paths}
+    feats: dict[str, list] = {k: [] for k in paths}
     for i in range(0, len(samples), 64):
-        lg, ft = runner(_batch(predictor, root, samples[i:i + 64], 64))
-        logits.append(lg)
-        feats.append(ft)
-    lg = np.concatenate(logits)
-    return lg.argmax(1), predictor.unknown_scores(lg, None if feats[0] is None else np.concatenate(feats))
+        batch = _batch(predictor, root, samples[i:i + 64], 64)
+        for k, runner in runners.items():
+            lg, ft = runner(batch)
+            logits[k].append(lg)
+            feats[k].append(ft)
+    out = {}
+    for k in paths:
+        lg = np.concatenate(logits[k])
+        ft = None if feats[k][0] is None else np.concatenate(feats[k])
+        out[k] = (lg.argmax(1), predictor.unknown_scores(lg, ft))
+    return out
 
 
 def _compare(fp32, int8, y: np.ndarray, name: str, thresholds: dict) -> dict:
@@ -100,8 +108,9 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         report["onnx_int8"] = str(target)
         report["calibration_photos"] = len(calib)
         classes = pred.classes
-        val = {k: _outputs(pred, f, data, split.val) for k, f in (("fp32", fp32), ("int8", target))}
-        test = {k: _outputs(pred, f, data, split.test) for k, f in (("fp32", fp32), ("int8", target))}
+        files = {"fp32": fp32, "int8": target}
+        val = _outputs(pred, files, data, split.val)
+        test = _outputs(pred, files, data, split.test)
         thresholds = {"fp32": (pred.meta.get("unknown") or {}).get("threshold")}
         if val["int8"][1] is not None and thresholds["fp32"] is not None:
             # int8 moves the detector's features a little: its own threshold, chosen the same way
@@ -115,8 +124,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
             from wildwatch.engine.transfer import ood_images
 
             others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
-            for key, f in (("fp32", fp32), ("int8", target)):
-                scores = _outputs(pred, f, Path(ood_dir), others)[1]
+            for key, (_, scores) in _outputs(pred, files, Path(ood_dir), others).items():
                 report[f"unknown_auroc_{key}"] = round(ood.auroc(test[key][1], scores), 5)
                 report[f"unknown_caught_{key}"] = round(float((scores > thresholds[key]).mean()), 5)
             report["unknown_photos"] = len(others)

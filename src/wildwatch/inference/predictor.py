@@ -301,7 +301,7 @@ class Predictor:
         single = self.runner.single_threaded() if hasattr(self.runner, "single_threaded") else None
         if single is not None:
             def work(chunk: list[Path]) -> list[Prediction]:
-                return self._finish(chunk, [decode(p) for p in chunk], single)
+                return self._finish(chunk, [decode(p) for p in chunk], t, single)
 
             with ThreadPoolExecutor(workers) as pool:
                 window: deque = deque()
@@ -318,16 +318,16 @@ class Predictor:
             for chunk in chunks():
                 future = (chunk, [pool.submit(decode, p) for p in chunk])
                 if pending is not None:
-                    yield from self._finish(pending[0], [f.result() for f in pending[1]])
+                    yield from self._finish(pending[0], [f.result() for f in pending[1]], t)
                 pending = future
             if pending is not None:
-                yield from self._finish(pending[0], [f.result() for f in pending[1]])
+                yield from self._finish(pending[0], [f.result() for f in pending[1]], t)
 
-    def _finish(self, chunk: list[Path], decoded: list, runner=None) -> list[Prediction]:
+    def _finish(self, chunk: list[Path], decoded: list, t: FastEvalTransform, runner=None) -> list[Prediction]:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
-            batch = self.transform().normalise(np.stack([decoded[i][0] for i in ok]))
+            batch = t.normalise(np.stack([decoded[i][0] for i in ok]))
             places = [decoded[i][2] for i in ok]
             outputs = runner(batch) if runner is not None else self.forward(batch)
             for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *outputs, places)):
