@@ -66,6 +66,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
                                      "batch size is per process)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train the whole network on "
+                                  "degraded photos (accuracy and robustness; meant for a GPU)."),
+    time_limit: Optional[float] = typer.Option(None, help="Fine-tuning: stop after this many minutes and finish "
+                                               "with the best epoch so far."),
 ):
     """Train a model; keep the best on validation accuracy. The test split is never touched.
 
@@ -78,7 +82,7 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
-             "degrade_views": degrade_views,
+             "degrade_views": degrade_views, "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
@@ -88,7 +92,15 @@ def train(
 
     if distributed and not launched_by_torchrun():
         raise RuntimeError("--distributed needs a torchrun launch: torchrun --nproc_per_node=N -m wildwatch train ...")
-    if get_entry(cfg.model).preprocess:  # pretrained backbones train on cached features
+    if cfg.finetune and not get_entry(cfg.model).preprocess:
+        raise RuntimeError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with its own recipe")
+    if cfg.finetune:
+        if launched_by_torchrun():
+            raise RuntimeError("--finetune runs in one process; run it without torchrun")
+        from wildwatch.engine.finetune import fit_finetune
+
+        result = fit_finetune(cfg, resume=resume)
+    elif get_entry(cfg.model).preprocess:  # pretrained backbones train on cached features
         if launched_by_torchrun():
             raise RuntimeError(f"{cfg.model} trains on cached features in one process; run it without torchrun")
         from wildwatch.engine.transfer import fit_transfer

@@ -34,6 +34,10 @@ class TrainConfig(BaseModel):
                                "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
+    finetune: bool = Field(False, description="pretrained backbones: train the whole network on batch-degraded "
+                           "images (wildwatch.engine.finetune; meant for a GPU) instead of the cached-feature recipe")
+    time_limit: Optional[float] = Field(None, gt=0, description="minutes of training after which the run stops "
+                                        "and finishes with the best epoch so far (fine-tuning)")
 
     @field_validator("ratios")
     @classmethod

@@ -141,6 +141,36 @@ def _storable(t: torch.Tensor) -> torch.Tensor:
     return h if bool(torch.isfinite(h).all()) else t.float()
 
 
+def calibrate(outputs: dict[str, tuple[np.ndarray, np.ndarray]], y: dict[str, np.ndarray], n_classes: int,
+              ood_feats: np.ndarray | None = None) -> tuple[float, dict, float, dict]:
+    """What a trained model needs besides its weights, from its (logits, unknown features) per split.
+
+    Returns the temperature (minimum validation NLL), the unknown detector's statistics (Mahalanobis
+    on the training features; fp16 where it fits, and the scores here use the stored values), its
+    threshold (rejects ``1 - REJECT_QUANTILE`` = 2% of validation photos) and test metrics, with
+    unknown AUROC and rates when photos of none of the classes (``ood_feats``) are given.
+    """
+    temperature = fit_temperature(outputs["val"][0], y["val"])
+    stored = {k: _storable(v) for k, v in ood.fit_mahalanobis(outputs["train"][1], y["train"], n_classes).items()}
+    stats = {k: v.float() for k, v in stored.items()}
+    mahalanobis = ood.Mahalanobis(stats["ood_means"].numpy(), stats["ood_precision"].numpy())
+    threshold = float(np.quantile(mahalanobis(outputs["val"][1]), ood.REJECT_QUANTILE))
+    test_logits, y_test = outputs["test"][0], y["test"]
+    has_test = len(y_test) > 0
+    metrics = {
+        "test_accuracy": round(float((test_logits.argmax(1) == y_test).mean()), 5) if has_test else None,
+        "test_nll_before_temperature": round(nll(softmax(test_logits), y_test), 5) if has_test else None,
+        "test_nll": round(nll(softmax(test_logits, temperature), y_test), 5) if has_test else None,
+    }
+    if ood_feats is not None and len(ood_feats) and has_test:
+        s_out = mahalanobis(ood_feats)
+        s_in = mahalanobis(outputs["test"][1])
+        metrics["unknown_auroc"] = round(ood.auroc(s_in, s_out), 5)
+        metrics["unknown_rejected_known_test"] = round(float((s_in > threshold).mean()), 5)
+        metrics["unknown_caught"] = round(float((s_out > threshold).mean()), 5)
+    return temperature, stored, threshold, metrics
+
+
 def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
     """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
     from wildwatch.reports.html import figures_page
@@ -237,34 +267,15 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     model.load_state_dict(best_state, strict=False)
     model.eval()
     out_logits = {n: head_outputs(model, acts[n]) for n in ("train", "val", "test")}
-    temperature = fit_temperature(out_logits["val"][0], y["val"])
-    # Stored in fp16 where it fits, to keep the model file small; scores below use the stored values too.
-    stored = {k: _storable(v) for k, v in ood.fit_mahalanobis(out_logits["train"][1], y["train"], len(classes)).items()}
-    stats = {k: v.float() for k, v in stored.items()}
-    mahalanobis = ood.Mahalanobis(stats["ood_means"].numpy(), stats["ood_precision"].numpy())
-    val_scores = mahalanobis(out_logits["val"][1])
-    # Reject at most about 2% of known species: the threshold is the 98th percentile on validation.
-    threshold = float(np.quantile(val_scores, ood.REJECT_QUANTILE))
-    test_logits = out_logits["test"][0]
-    metrics = {
-        "val_accuracy": round(best_acc, 5),
-        "test_accuracy": round(float((test_logits.argmax(1) == y["test"]).mean()), 5) if len(y["test"]) else None,
-        "test_nll_before_temperature": round(nll(softmax(test_logits), y["test"]), 5) if len(y["test"]) else None,
-        "test_nll": round(nll(softmax(test_logits, temperature), y["test"]), 5) if len(y["test"]) else None,
-        "seconds_caching": round(t_cached - t_start, 1),
-        "seconds_total": None,
-    }
+    ood_feats = None
     ood_files = ood_images(ood_dir)
     if ood_files:
         ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
         ood_acts = cache_view(runner, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
                               desc="unknown examples")
-        _, ood_feats = head_outputs(model, ood_acts)
-        s_out = mahalanobis(ood_feats)
-        s_in = mahalanobis(out_logits["test"][1])
-        metrics["unknown_auroc"] = round(ood.auroc(s_in, s_out), 5)
-        metrics["unknown_rejected_known_test"] = round(float((s_in > threshold).mean()), 5)
-        metrics["unknown_caught"] = round(float((s_out > threshold).mean()), 5)
+        ood_feats = head_outputs(model, ood_acts)[1]
+    temperature, stored, threshold, scores = calibrate(out_logits, y, len(classes), ood_feats)
+    metrics = {"val_accuracy": round(best_acc, 5), **scores, "seconds_caching": round(t_cached - t_start, 1)}
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
     meta = {
         "architecture": cfg.model,
