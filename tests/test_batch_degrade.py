@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import draw_shape
+from conftest import draw_shape
 from wildwatch.robustness.batch_degrade import (OPS, BatchDegrade, gaussian_kernels, jpeg, line_kernels,
                                                 per_image_conv)
 

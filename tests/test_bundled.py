@@ -107,3 +107,67 @@ def test_temperature_scaling_lowers_nll_on_held_out_data():
     t = fit_temperature(logits[:2000], y[:2000])
     assert t > 1.5
     assert nll(softmax(logits[2000:], t), y[2000:]) < nll(softmax(logits[2000:]), y[2000:]) - 0.1
+
+
+def test_all_bundled_model_files_stay_within_12_mb():
+    folder = bundled_model_path().parent
+    files = [p for p in folder.iterdir() if p.name.startswith(("bundled_model", "bundled_species"))]
+    assert any(p.suffix == ".onnx" for p in files)
+    assert sum(p.stat().st_size for p in files) <= 12_000_000
+
+
+def test_robust_mode_names_species_with_the_fine_tuned_network_and_keeps_the_unknown_detector():
+    from wildwatch.inference.backends import OnnxRunner
+    from wildwatch.inference.predictor import bundled_species_path
+
+    main = Predictor.from_file(None, backend="onnx-int8")
+    robust = Predictor.from_file(None, backend="onnx-int8", species_model="bundled")
+    report = json.loads(bundled_species_path().with_suffix(".json").read_text())
+    assert robust.backend == "onnx-int8+species" and robust.classes == report["classes"]
+    assert robust.temperature == pytest.approx(report["temperature"]) and robust.temperature != main.temperature
+    assert robust.unknown_threshold == main.unknown_threshold
+    rng = random.Random(5)
+    images = [draw_shape(c, rng, 256) for c in ("red_circles", "green_squares")]
+    t = robust.transform()
+    batch = t.normalise(np.stack([t.uint8(im) for im in images]))
+    logits, feats = robust.forward(batch)
+    np.testing.assert_allclose(logits, OnnxRunner(bundled_species_path())(batch)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats, main.forward(batch)[1], rtol=1e-5, atol=1e-5)
+    # a flat grey frame is still unknown: the main model decides that
+    [grey] = robust.predict_images([Image.new("RGB", (320, 240), (128, 128, 128))], ["grey"])
+    assert grey.unknown and grey.species == "unknown"
+
+
+def test_robust_mode_names_real_photos_and_holds_up_under_blur():
+    from PIL import ImageFilter
+
+    assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
+    robust = Predictor.from_file(None, species_model="bundled")
+    main = Predictor.from_file(None)
+    paths, truth = [], []
+    for cls in robust.classes:
+        files = sorted((REAL_DATA / cls).glob("*.jpg"))[-4:]
+        paths += files
+        truth += [cls] * len(files)
+    clean = [Image.open(p).convert("RGB") for p in paths]
+    blurred = [im.filter(ImageFilter.GaussianBlur(4)) for im in clean]
+    right = lambda preds: sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))  # noqa: E731
+    assert right(robust.predict_images(clean, [str(p) for p in paths])) / len(paths) >= 0.85
+    assert right(robust.predict_images(blurred)) > right(main.predict_images(blurred))
+
+
+def test_a_species_model_with_other_classes_is_refused(tmp_path):
+    import shutil
+
+    from wildwatch.engine.checkpoint import ModelFileError
+    from wildwatch.inference.predictor import bundled_species_path
+
+    src = bundled_species_path()
+    shutil.copy(src, tmp_path / "s.onnx")
+    report = json.loads(src.with_suffix(".json").read_text())
+    (tmp_path / "s.json").write_text(json.dumps({**report, "classes": list(reversed(report["classes"]))}))
+    with pytest.raises(ModelFileError, match="classes"):
+        Predictor.from_file(None, species_model=tmp_path / "s.onnx")
+    (tmp_path / "s.json").unlink()
+    with pytest.raises(ModelFileError, match="export report"):
+        Predictor.from_file(None, species_model=tmp_path / "s.onnx")

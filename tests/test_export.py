@@ -152,3 +152,23 @@ def test_unknown_statistics_stay_finite_when_fp16_cannot_hold_them():
     scores = ood.mahalanobis_score(rng.normal(0, 1, (5, 64)), stats["ood_means"].numpy(), kept.numpy())
     assert np.isfinite(scores).all()
     assert _storable(stats["ood_means"]).dtype == torch.float16
+
+
+def test_symmetric_extras_are_stored_as_one_triangle(tmp_path):
+    from safetensors import safe_open
+
+    from wildwatch.engine.checkpoint import load_extras
+
+    model = create_model("seed_m4_gap", 3, image_size=32)
+    a = torch.randn(6, 6)
+    sym = (a + a.T).half()
+    other = torch.randn(3, 6)
+    save_model(tmp_path / "m.safetensors", model, {"architecture": "seed_m4_gap", "classes": ["a", "b", "c"]},
+               extras={"ood_precision": sym, "ood_means": other})
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        assert f.get_tensor("extra.ood_precision.triu").shape == (21,)
+    assert "extra.ood_precision" not in keys
+    extras = load_extras(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(extras["ood_precision"], sym.float().numpy())
+    np.testing.assert_array_equal(extras["ood_means"], other.numpy())

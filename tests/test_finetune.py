@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import make_shapes_folder
+from conftest import make_shapes_folder
 from wildwatch.config import TrainConfig
 from wildwatch.engine import finetune
 from wildwatch.engine.checkpoint import read_model_meta

@@ -124,11 +124,14 @@ def evaluate(
     views: bool = typer.Option(True, help="Also score partial views and the size-shortcut check."),
     exclude: Optional[Path] = typer.Option(None, help="label_issues.csv from `data audit --model`: also report "
                                            "accuracy without the photos it flags."),
+    robust: bool = typer.Option(False, "--robust", help="Species from the bundled fine-tuned network (as "
+                                "classify --robust)."),
 ):
     """Score a model on a split of its data: metrics, confusion matrix, calibration, errors."""
     from wildwatch.engine.evaluate import evaluate_model
 
-    s = evaluate_model(model, data, out, split, views=views, exclude=exclude)
+    s = evaluate_model(model, data, out, split, views=views, exclude=exclude,
+                       species_model="bundled" if robust else None)
     typer.echo(f"{split} split: {s['n']} images, accuracy {s['accuracy']:.4f}, top-3 {s['top3_accuracy']:.4f}, "
                f"macro F1 {s['macro_f1']:.4f}, ECE {s['ece']:.4f}")
     if not s["data_fingerprint_matches"]:
@@ -156,6 +159,9 @@ def classify(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
                                              "fastest (4 for PyTorch on a CPU, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
+    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
+                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
+                                "Twice the compute."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
@@ -194,7 +200,7 @@ def classify(
         raise ValueError(f"unknown engine {engine!r}: use local or ray")
     if fmt == "parquet":
         raise ValueError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
-    predictor = Predictor.from_file(model, top_k=top_k, backend=backend)
+    predictor = Predictor.from_file(model, top_k=top_k, backend=backend, species_model="bundled" if robust else None)
     predictor.country = country.upper() if country else None
     predictor.use_exif = not no_exif
     collected = [] if fmt in ("megadetector", "camtrapdp") else None
@@ -247,6 +253,9 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="WILDWATCH_API_KEY",
                                           help="Require this key (X-API-Key header) on every /v1 call."),
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
+    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
+                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
+                                "Twice the compute."),
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
     events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
@@ -259,7 +268,7 @@ def serve(
     from wildwatch.inference.predictor import Predictor
     from wildwatch.service.app import create_app
 
-    predictor = Predictor.from_file(model, backend=backend)
+    predictor = Predictor.from_file(model, backend=backend, species_model="bundled" if robust else None)
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
@@ -326,6 +335,9 @@ def monitor(
                                         "at N x N overlapping tiles (small or distant animals)."),
     once: bool = typer.Option(False, "--once", help="Folders and feeds: process what is there now, then stop."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
+    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
+                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
+                                "Twice the compute."),
     status: bool = typer.Option(True, help="Show the live status line."),
 ):
     """Watch videos, streams, folders and feeds; record sightings; send alerts."""
@@ -342,7 +354,7 @@ def monitor(
         raise ValueError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
-    predictor = Predictor.from_file(model, backend=backend)
+    predictor = Predictor.from_file(model, backend=backend, species_model="bundled" if robust else None)
     if cfg.country:
         if len(cfg.country) != 2 or not cfg.country.isalpha():
             raise ValueError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
@@ -431,6 +443,9 @@ def benchmark_robustness(
     seed: int = typer.Option(0, help="Seed of the corruptions and of the subset."),
     workers: int = typer.Option(2, help="Processes that make the corrupted images."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
+    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
+                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
+                                "Twice the compute."),
     tiles: int = typer.Option(0, help=">= 2: a second look at N x N tiles where the whole image gave no "
                               "confident answer (as monitor --tiles)."),
 ):
@@ -440,6 +455,7 @@ def benchmark_robustness(
 
     names = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None
     s = run_robustness(model, data, out, split, limit_per_class, names, pastes, seed, workers, backend=backend,
+                       species_model="bundled" if robust else None,
                        tiles=tiles)
     typer.echo(f"clean accuracy {s['clean_accuracy']:.4f} on {s['n']} photos")
     for fam, d in s["families"].items():

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
 EXTRA_PREFIX = "extra."
+TRIU_SUFFIX = ".triu"  # a symmetric extra stored as its upper triangle
 
 
 class ModelFileError(Exception):
@@ -65,6 +66,7 @@ def save_model(
     named tensors (e.g. statistics for the unknown detector), stored under ``extra.``. A
     readable ``.json`` copy of the metadata is written beside it.
     """
+    import torch
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -74,7 +76,10 @@ def save_model(
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     for k, v in (extras or {}).items():
-        state[EXTRA_PREFIX + k] = v.detach().cpu().contiguous()
+        v = v.detach().cpu()
+        if _symmetric(v):  # e.g. a precision matrix: the upper triangle is enough (half the bytes)
+            k, v = k + TRIU_SUFFIX, v[tuple(torch.triu_indices(len(v), len(v)))]
+        state[EXTRA_PREFIX + k] = v.contiguous()
     meta = {"format": MODEL_FORMAT, **meta, "stored_keys": "partial" if only is not None else "all"}
     _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"wildwatch": json.dumps(meta)}))
     _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
@@ -97,14 +102,39 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _symmetric(t) -> bool:
+    return t.ndim == 2 and t.shape[0] == t.shape[1] and t.shape[0] > 1 and bool((t == t.T).all())
+
+
+def _from_triu(v: np.ndarray) -> np.ndarray:
+    """The symmetric matrix whose upper triangle (row by row, diagonal included) is ``v``."""
+    import numpy as np
+
+    n = int(round((np.sqrt(8 * len(v) + 1) - 1) / 2))
+    if n * (n + 1) // 2 != len(v):
+        raise ModelFileError(f"{len(v)} values are not the upper triangle of a square matrix")
+    m = np.zeros((n, n), dtype=v.dtype)
+    rows, cols = np.triu_indices(n)
+    m[rows, cols] = v
+    m[cols, rows] = v
+    return m
+
+
 def load_extras(path: str | Path) -> dict[str, np.ndarray]:
     """The extra arrays stored with a model (float32), by name. Needs no PyTorch."""
     import numpy as np
 
     p = resolve_model_path(path)
+    out = {}
     with safe_open(str(p), framework="numpy") as f:
-        return {k[len(EXTRA_PREFIX):]: np.asarray(f.get_tensor(k), dtype=np.float32)
-                for k in f.keys() if k.startswith(EXTRA_PREFIX)}
+        for k in f.keys():
+            if not k.startswith(EXTRA_PREFIX):
+                continue
+            name, v = k[len(EXTRA_PREFIX):], np.asarray(f.get_tensor(k), dtype=np.float32)
+            if name.endswith(TRIU_SUFFIX):
+                name, v = name[: -len(TRIU_SUFFIX)], _from_triu(v)
+            out[name] = v
+    return out
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -101,14 +101,15 @@ def size_bucket(w: int, h: int) -> str:
 
 
 def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, split_name: str = "test",
-                   views: bool = True, batch_size: int = 64, exclude: str | Path | None = None) -> dict:
+                   views: bool = True, batch_size: int = 64, exclude: str | Path | None = None,
+                   species_model: str | Path | None = None) -> dict:
     """Write metrics.json, confusion_matrix.png/.csv, reliability.png and misclassified.html to ``out``."""
     from wildwatch.reports.html import image_cards_page
     from wildwatch.reports.plots import plot_confusion, plot_reliability
 
     model_path, data, out = Path(model_path), Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, species_model=species_model)
     split, same_data = split_for_model(model_path, predictor.meta, data)
     samples = split.part(split_name)
     if not samples:

@@ -128,6 +128,34 @@ class OnnxRunner:
         return outs[0], (outs[1] if len(outs) > 1 else None)
 
 
+class DualRunner:
+    """Species from one network, the unknown detector's features from another, on the same batch.
+
+    A network fine-tuned end to end on degraded photos names species better (and holds up under
+    blur, noise, weather and night light) but pulls other animals towards the known species; the
+    frozen ImageNet trunk of the main model keeps them apart. ``temperature`` is the species
+    network's own calibration."""
+
+    def __init__(self, main, species, temperature: float):
+        self.main, self.species, self.temperature = main, species, float(temperature)
+        self.name = f"{getattr(main, 'name', 'torch')}+species"
+        self.unknown_threshold = getattr(main, "unknown_threshold", None)
+        self.batch_size = getattr(main, "batch_size", 32)
+        self._single = None
+
+    def single_threaded(self) -> "DualRunner | None":
+        if not (hasattr(self.main, "single_threaded") and hasattr(self.species, "single_threaded")):
+            return None
+        if self._single is None:
+            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature)
+        return self._single
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        _, feats = self.main(batch)
+        logits, _ = self.species(batch)
+        return logits, feats
+
+
 def onnx_available() -> bool:
     try:
         import onnxruntime  # noqa: F401

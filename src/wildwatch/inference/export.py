@@ -133,8 +133,11 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         if "unknown_auroc_int8" in report:
             report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
         report["used_by_auto_backend"] = int8_is_accurate(report)
-        # beside the file, with file names only (the report travels with the model)
-        names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name}
+        # beside the file, with file names only (the report travels with the model), and what a
+        # user of the int8 file alone needs: its classes, preprocessing and temperature
+        names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": classes,
+                 "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
+                 "model_metrics": pred.meta.get("metrics", {})}
         target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
     return report
 

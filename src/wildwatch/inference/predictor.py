@@ -23,7 +23,45 @@ from wildwatch.inference import unknown as ood
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
 
+BUNDLED_SPECIES = "resources/bundled_species.int8.onnx"
 BUNDLED_MODEL = "resources/bundled_model.safetensors"
+
+
+def bundled_species_path() -> Path:
+    """The bundled species network: EfficientNet-Lite0 fine-tuned end to end on degraded photos,
+    as an int8 ONNX file (its export report, with classes and temperature, beside it)."""
+    return Path(str(resources.files("wildwatch").joinpath(BUNDLED_SPECIES)))
+
+
+def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
+    """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
+    import json
+
+    from wildwatch.engine.checkpoint import ModelFileError, resolve_model_path
+    from wildwatch.inference.backends import DualRunner, OnnxRunner
+
+    src = bundled_species_path() if str(species_model) == "bundled" else Path(species_model)
+    from wildwatch.inference.backends import file_digest
+
+    if src.suffix == ".onnx":
+        report = src.with_suffix(".json")
+        if not report.exists():
+            raise ModelFileError(f"{src}: no export report ({report.name}) beside it with classes and temperature")
+        info = json.loads(report.read_text())
+        classes, temperature, runner = info.get("classes"), info.get("temperature"), OnnxRunner(src, "species-int8")
+        digest = file_digest(src)
+        if temperature is None:
+            raise ModelFileError(f"{report}: no temperature; export the species model again with wildwatch export --int8")
+    else:
+        file = resolve_model_path(src)
+        other = Predictor.from_file(file, device=pred.device, backend=backend)
+        classes, temperature, runner = other.classes, other.temperature, other.runner
+        digest = file_digest(file)
+    if classes != pred.classes:
+        raise ModelFileError(f"{src}: its classes {classes} are not the model's {pred.classes}")
+    dual = DualRunner(pred.runner, runner, temperature)
+    dual.species_digest = digest
+    return dual
 
 
 def bundled_model_path() -> Path:
@@ -104,15 +142,21 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
-                  backend: str = "auto") -> "Predictor":
+                  backend: str = "auto", species_model: str | Path | None = None) -> "Predictor":
         """Load a model file or run folder (``None``: the bundled model) and pick a backend:
-        ``torch``, ``onnx`` (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available)."""
+        ``torch``, ``onnx`` (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available).
+
+        ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a model file, run
+        folder or int8 ONNX file with its export report beside it) names the species, while this
+        model still decides "unknown": robust to degraded photos, at twice the compute."""
         from wildwatch.engine.checkpoint import resolve_model_path
         from wildwatch.inference.backends import make_runner
 
         path = resolve_model_path(bundled_model_path() if path is None else path)
         pred = cls(read_model_meta(path), path, load_extras(path), str(device), top_k)
         pred.runner = make_runner(backend, lambda: pred.model, path, pred.preprocess.image_size, pred.device)
+        if species_model is not None:
+            pred.runner = species_runner(pred, species_model, backend)
         return pred
 
     @property
@@ -138,7 +182,9 @@ class Predictor:
 
     @property
     def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0))
+        """The calibration of the network that gives the species (a species model's own, if set)."""
+        own = getattr(self.runner, "temperature", None)
+        return float(own) if own is not None else float(self.meta.get("temperature", 1.0))
 
     @property
     def unknown_threshold(self) -> float | None:

@@ -32,8 +32,10 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int, sh
     centred = f - means[labels]
     cov = centred.T @ centred / len(f)
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    precision = np.linalg.inv(cov)
+    precision = (precision + precision.T) / 2  # exactly symmetric, so it is stored as one triangle
     return {"ood_means": torch.from_numpy(means.astype(np.float32)),
-            "ood_precision": torch.from_numpy(np.linalg.inv(cov).astype(np.float32))}
+            "ood_precision": torch.from_numpy(precision.astype(np.float32))}
 
 
 class Mahalanobis:

@@ -94,11 +94,12 @@ def _read_done(path: Path) -> dict[tuple[str, int], dict]:
 def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, split_name: str = "test",
                    limit_per_class: int | None = None, conditions: Sequence[str] | None = None,
                    pastes: str | Path | None = None, seed: int = 0, workers: int = 2, batch_size: int = 32,
-                   backend: str = "auto", progress: bool = True, tiles: int = 0) -> dict:
+                   backend: str = "auto", progress: bool = True, tiles: int = 0,
+                   species_model: str | Path | None = None) -> dict:
     """Score every (condition, severity) cell and write the reports; returns the summary.
 
     ``tiles`` >= 2: images without a confident answer get a second look at ``tiles`` x ``tiles``
-    overlapping tiles (``Predictor.refine_with_tiles``)."""
+    overlapping tiles (``Predictor.refine_with_tiles``). ``species_model``: see ``Predictor.from_file``."""
     from wildwatch.engine.checkpoint import resolve_model_path
     from wildwatch.engine.evaluate import split_for_model
     from wildwatch.inference.backends import file_digest
@@ -114,7 +115,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             raise ValueError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
         if C.CONDITIONS[n].family == "context" and pastes is None:
             raise ValueError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
-    predictor = Predictor.from_file(model_path, backend=backend)
+    predictor = Predictor.from_file(model_path, backend=backend, species_model=species_model)
     split, same_data = split_for_model(model_path, predictor.meta, data)
     samples = stratified_subset(split.part(split_name), limit_per_class, seed)
     if not samples:
@@ -127,7 +128,8 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     threshold = predictor.unknown_threshold
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
-                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles}
+                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
+                "species_model": predictor.runner.species_digest if hasattr(predictor.runner, "species_digest") else None}
     out.mkdir(parents=True, exist_ok=True)
     (out / "examples").mkdir(exist_ok=True)
     run_file = out / "run.json"
