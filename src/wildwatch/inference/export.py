@@ -137,7 +137,8 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         # user of the int8 file alone needs: its classes, preprocessing and temperature
         names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": classes,
                  "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
-                 "model_metrics": pred.meta.get("metrics", {})}
+                 "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
+                 "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
         target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
     return report
 
