@@ -115,3 +115,19 @@ def test_classify_explain_writes_overlays(cli_run, shapes_dir, tmp_path):
     pngs = sorted((tmp_path / "cams").glob("*.png"))
     assert len(pngs) == 45
     assert Image.open(pngs[0]).size == (32, 32)
+
+
+def test_classify_robust_uses_the_species_network(cli_run, tmp_path):
+    from conftest import REAL_DATA
+
+    assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
+    photos = sorted((REAL_DATA / "lion").glob("*.jpg"))[-3:]
+    out = tmp_path / "rows.jsonl"
+    proc = run("classify", *photos, "--robust", "--output", out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == [str(p) for p in photos]
+    assert sum(r["species"] == "lion" for r in rows) >= 2
+    assert "onnx-int8+species" in proc.stderr
+    # a custom model cannot take the bundled species network when its classes differ
+    bad = run("classify", photos[0], "--model", cli_run, "--robust", check=False)
+    assert bad.returncode == 2 and "classes" in bad.stderr and "Traceback" not in bad.stderr

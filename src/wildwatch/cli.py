@@ -186,6 +186,8 @@ def classify(
     if country is not None and (len(country) != 2 or not country.isalpha()):
         raise ValueError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
     if engine == "ray":
+        if robust:
+            raise ValueError("--robust runs with the local engine only; leave out --engine ray")
         if fmt not in ("csv", "jsonl", "parquet") and not (output and output.suffix.lower() == ".parquet"):
             raise ValueError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
         from wildwatch.inference.ray_engine import classify_with_ray, write_rows
