@@ -221,7 +221,9 @@ def classify(
                 from wildwatch.inference.explain import explain_image
 
                 explain.mkdir(parents=True, exist_ok=True)
-                explain_image(predictor, load_image(p.source)).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
+                # the model's evidence for the species in the row (with --robust, named by the other network)
+                idx = predictor.classes.index(p.top_k[0]["species"]) if p.top_k else None
+                explain_image(predictor, load_image(p.source), idx).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
             n += 1
             n_err += p.error is not None
             if not quiet:

@@ -115,8 +115,11 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             if explain:
                 from wildwatch.inference.explain import explain_image, png_base64
 
+                # the evidence for the species shown (with --robust, named by the other network)
+                shown = p.top_k[0]["species"] if p.top_k else None
+                idx = predictor.classes.index(shown) if shown in predictor.classes else None
                 async with explain_lock:  # gradients on a shared model: one at a time
-                    cam = await asyncio.get_running_loop().run_in_executor(None, explain_image, predictor, img, None)
+                    cam = await asyncio.get_running_loop().run_in_executor(None, explain_image, predictor, img, idx)
                 row["heatmap_png_base64"] = png_base64(cam)
             results[i] = row
         for r in results:
