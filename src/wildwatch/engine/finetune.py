@@ -81,8 +81,13 @@ class CropDataset(Dataset):
         s = self.samples[i]
         img = load_image(self.root / s.relpath)
         if self.train:
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
-        a = np.asarray(self.crop(img), dtype=np.uint8)
+            # torchvision draws from torch's global generator: seed it for this photo and epoch, and
+            # leave the caller's random state as it was (with no workers this runs in the main process)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
+                a = np.asarray(self.crop(img), dtype=np.uint8)
+        else:
+            a = np.asarray(self.crop(img), dtype=np.uint8)
         return torch.from_numpy(a.copy()).permute(2, 0, 1), self.index.get(s.label, -1)
 
 
