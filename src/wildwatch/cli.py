@@ -18,6 +18,9 @@ app.add_typer(data_app, name="data")
 benchmark_app = typer.Typer(no_args_is_help=True, help="Measure a model under hard conditions.")
 app.add_typer(benchmark_app, name="benchmark")
 
+ROBUST_HELP = ("Name species with the bundled network fine-tuned on degraded photos (blur, noise, weather, "
+               "night); the model still decides unknown. Twice the compute.")
+
 
 def friendly_errors(fn):
     """Print expected errors as one line (no traceback) and exit with status 2."""
@@ -124,8 +127,7 @@ def evaluate(
     views: bool = typer.Option(True, help="Also score partial views and the size-shortcut check."),
     exclude: Optional[Path] = typer.Option(None, help="label_issues.csv from `data audit --model`: also report "
                                            "accuracy without the photos it flags."),
-    robust: bool = typer.Option(False, "--robust", help="Species from the bundled fine-tuned network (as "
-                                "classify --robust)."),
+    robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
 ):
     """Score a model on a split of its data: metrics, confusion matrix, calibration, errors."""
     from wildwatch.engine.evaluate import evaluate_model
@@ -159,9 +161,7 @@ def classify(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
                                              "fastest (4 for PyTorch on a CPU, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
-    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
-                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
-                                "Twice the compute."),
+    robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
@@ -257,9 +257,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="WILDWATCH_API_KEY",
                                           help="Require this key (X-API-Key header) on every /v1 call."),
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
-    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
-                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
-                                "Twice the compute."),
+    robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
     events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
@@ -339,9 +337,7 @@ def monitor(
                                         "at N x N overlapping tiles (small or distant animals)."),
     once: bool = typer.Option(False, "--once", help="Folders and feeds: process what is there now, then stop."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
-    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
-                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
-                                "Twice the compute."),
+    robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     status: bool = typer.Option(True, help="Show the live status line."),
 ):
     """Watch videos, streams, folders and feeds; record sightings; send alerts."""
@@ -447,9 +443,7 @@ def benchmark_robustness(
     seed: int = typer.Option(0, help="Seed of the corruptions and of the subset."),
     workers: int = typer.Option(2, help="Processes that make the corrupted images."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
-    robust: bool = typer.Option(False, "--robust", help="Name species with the bundled network fine-tuned on "
-                                "degraded photos (blur, noise, weather, night); the model still decides unknown. "
-                                "Twice the compute."),
+    robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     tiles: int = typer.Option(0, help=">= 2: a second look at N x N tiles where the whole image gave no "
                               "confident answer (as monitor --tiles)."),
 ):

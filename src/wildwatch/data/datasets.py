@@ -43,16 +43,18 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     sampler=None,
+    persistent: bool = False,
 ) -> DataLoader:
     """A DataLoader with worker processes; shuffling draws from ``generator`` so runs repeat.
-    A ``sampler`` (e.g. DistributedSampler) replaces ``shuffle``."""
+    A ``sampler`` (e.g. DistributedSampler) replaces ``shuffle``. ``persistent`` keeps the workers
+    between epochs (the sampler then gives each epoch its order)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         generator=generator,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),

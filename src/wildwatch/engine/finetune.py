@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from wildwatch.config import TrainConfig
+from wildwatch.data.datasets import make_loader
 from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
@@ -108,12 +109,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.length
-
-
-def _loader(dataset: Dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      persistent_workers=workers > 0 and sampler is not None, pin_memory=torch.cuda.is_available(),
-                      drop_last=False)
 
 
 class Normalise:
@@ -213,9 +208,15 @@ def fit_finetune(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
 
     train_ds = CropDataset(root, split.train, classes, pre, train=True, seed=cfg.seed)
     sampler = EpochSampler(len(train_ds), cfg.seed, cfg.batch_size)
-    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, sampler)
+    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=False, workers=cfg.workers, sampler=sampler,
+                               persistent=True)
+
+    def eval_crops(folder: Path, samples: Sequence[Sample]):
+        return make_loader(CropDataset(folder, samples, classes, pre, train=False), 256, shuffle=False,
+                           workers=cfg.workers)
+
     # The validation crops are decoded once and kept (618 photos of endangered11: 93 MB as uint8).
-    val_batches = list(_loader(CropDataset(root, split.val, classes, pre, train=False), 256, cfg.workers))
+    val_batches = list(eval_crops(root, split.val))
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     if cfg.max_train_batches:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
@@ -323,15 +324,15 @@ def fit_finetune(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     model.load_state_dict(best, strict=False)
     outputs, y = {}, {}
     for name in ("train", "val", "test"):
-        loader = _loader(CropDataset(root, split.part(name), classes, pre, train=False), 256, cfg.workers)
-        lg, ft, lab = model_outputs(model, loader, norm, device, desc=f"{name} outputs", progress=progress)
+        lg, ft, lab = model_outputs(model, eval_crops(root, split.part(name)), norm, device, desc=f"{name} outputs",
+                                    progress=progress)
         outputs[name], y[name] = (lg, ft), lab
     ood_feats = None
     ood_files = ood_images(cfg.ood_dir)
     if ood_files:
         ood_samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_files]
-        loader = _loader(CropDataset(cfg.ood_dir, ood_samples, classes, pre, train=False), 256, cfg.workers)
-        ood_feats = model_outputs(model, loader, norm, device, desc="unknown examples", progress=progress)[1]
+        ood_feats = model_outputs(model, eval_crops(cfg.ood_dir, ood_samples), norm, device, desc="unknown examples",
+                                  progress=progress)[1]
     temperature, stored, threshold, scores = calibrate(outputs, y, len(classes), ood_feats)
     metrics = {"val_accuracy": round(best_acc, 5), **scores,
                "seconds_training": round(t_trained - t_start, 1),

@@ -136,8 +136,9 @@ class DualRunner:
     frozen ImageNet trunk of the main model keeps them apart. ``temperature`` is the species
     network's own calibration."""
 
-    def __init__(self, main, species, temperature: float):
+    def __init__(self, main, species, temperature: float, species_digest: str | None = None):
         self.main, self.species, self.temperature = main, species, float(temperature)
+        self.species_digest = species_digest  # which species network: part of a benchmark's settings
         self.name = f"{getattr(main, 'name', 'torch')}+species"
         self.unknown_threshold = getattr(main, "unknown_threshold", None)
         self.batch_size = getattr(main, "batch_size", 32)
@@ -147,7 +148,8 @@ class DualRunner:
         if not (hasattr(self.main, "single_threaded") and hasattr(self.species, "single_threaded")):
             return None
         if self._single is None:
-            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature)
+            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
+                                      self.species_digest)
         return self._single
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

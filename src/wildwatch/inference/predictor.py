@@ -35,33 +35,25 @@ def bundled_species_path() -> Path:
 
 def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
     """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
-    import json
-
     from wildwatch.engine.checkpoint import ModelFileError, resolve_model_path
-    from wildwatch.inference.backends import DualRunner, OnnxRunner
+    from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
 
     src = bundled_species_path() if str(species_model) == "bundled" else Path(species_model)
-    from wildwatch.inference.backends import file_digest
-
     if src.suffix == ".onnx":
         report = src.with_suffix(".json")
         if not report.exists():
             raise ModelFileError(f"{src}: no export report ({report.name}) beside it with classes and temperature")
         info = json.loads(report.read_text())
-        classes, temperature, runner = info.get("classes"), info.get("temperature"), OnnxRunner(src, "species-int8")
-        digest = file_digest(src)
-        if temperature is None:
+        if info.get("temperature") is None:
             raise ModelFileError(f"{report}: no temperature; export the species model again with wildwatch export --int8")
+        classes, temperature, runner, file = info.get("classes"), info["temperature"], OnnxRunner(src, "species-int8"), src
     else:
         file = resolve_model_path(src)
         other = Predictor.from_file(file, device=pred.device, backend=backend)
         classes, temperature, runner = other.classes, other.temperature, other.runner
-        digest = file_digest(file)
     if classes != pred.classes:
         raise ModelFileError(f"{src}: its classes {classes} are not the model's {pred.classes}")
-    dual = DualRunner(pred.runner, runner, temperature)
-    dual.species_digest = digest
-    return dual
+    return DualRunner(pred.runner, runner, temperature, file_digest(file))
 
 
 def bundled_model_path() -> Path:

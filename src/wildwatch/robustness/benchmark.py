@@ -129,7 +129,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
                 "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
-                "species_model": predictor.runner.species_digest if hasattr(predictor.runner, "species_digest") else None}
+                "species_model": getattr(predictor.runner, "species_digest", None)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "examples").mkdir(exist_ok=True)
     run_file = out / "run.json"
