@@ -8,6 +8,8 @@
     running at once, as classify does), best of 3 each: the limit;
 (c) end to end: the `wildwatch classify` command on the same files, per backend, start-up included
     (start-up alone is timed on one photo);
+(b) and (c) are measured in turns, --rounds times per backend, and their medians reported with the
+median of each round's c/b (this machine's speed drifts by about 10% over minutes);
 then the ratios c/a and c/b, and classify's peak memory at two folder sizes (--memory-files).
 """
 
@@ -132,6 +134,7 @@ def main() -> None:
     ap.add_argument("--naive-files", type=int, default=200)
     ap.add_argument("--model", type=Path, default=bundled_model_path())
     ap.add_argument("--memory-files", type=int, nargs=2, default=(1000, 10000))
+    ap.add_argument("--rounds", type=int, default=3, help="(b) and (c) measured in turns this many times per backend")
     args = ap.parse_args()
     all_files = list(expand_paths([args.data]))
     files = all_files[:: max(1, len(all_files) // args.files)][: args.files]
@@ -146,11 +149,21 @@ def main() -> None:
     a, _ = in_fresh_process("naive", args.data, args)
     print(f"(a) naive loop (PIL + torchvision + PyTorch, one image at a time): {a:.1f} img/s")
     for backend in backends:
-        b, how = in_fresh_process(f"model-only:{backend}", args.data, args)
-        c, peak = end_to_end(files, args.model, backend)
+        # (b) and (c) in turns, so that a slow spell of the machine weighs on both alike; the
+        # medians over the rounds, and the median of each round's own c/b
+        bs, cs, ratios, hows, peaks = [], [], [], [], []
+        for r in range(args.rounds):
+            b, how = in_fresh_process(f"model-only:{backend}", args.data, args)
+            c, peak = end_to_end(files, args.model, backend)
+            bs.append(b), cs.append(c), ratios.append(c / b), hows.append(how), peaks.append(peak)
+            print(f"  [{backend}] round {r + 1}: (b) {b:.1f} img/s ({how}) | (c) {c:.1f} img/s | c/b {c / b:.0%}",
+                  flush=True)
         one, _ = end_to_end(files[:1], args.model, backend)
+        b, c = float(np.median(bs)), float(np.median(cs))
+        how = max(set(hows), key=hows.count)
         print(f"[{backend}] (b) model only {b:.1f} img/s ({how}) | (c) classify end to end {c:.1f} img/s "
-              f"(start-up {1 / one:.1f} s) | c/a {c / a:.2f}x | c/b {c / b:.0%} | peak RSS {peak:.0f} MB", flush=True)
+              f"(start-up {1 / one:.1f} s) | c/a {c / a:.2f}x | c/b {float(np.median(ratios)):.0%} "
+              f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}) | peak RSS {max(peaks):.0f} MB", flush=True)
     if args.model == bundled_model_path():
         # --robust: the species from the bundled fine-tuned network as well (two networks per photo)
         c, peak = end_to_end(files, args.model, backends[-1], ("--robust",))

@@ -27,9 +27,12 @@ def _dms(value: float):
     return (Fraction(d), Fraction(m), Fraction(s).limit_denominator(100))
 
 
-def photo_with_gps(path: Path, lat: float, lon: float, when: str = "2024:03:05 06:41:09", seed: int = 0) -> Path:
-    img = draw_shape("red_circles", random.Random(seed), 240)
+def photo_with_gps(path: Path, lat: float, lon: float, when: str = "2024:03:05 06:41:09", seed: int = 0,
+                   orientation: int | None = None, size: tuple[int, int] = (240, 240)) -> Path:
+    img = draw_shape("red_circles", random.Random(seed), 240).resize(size)
     exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
     gps = exif.get_ifd(0x8825)
     gps[1], gps[2] = ("N" if lat >= 0 else "S"), _dms(lat)
     gps[3], gps[4] = ("E" if lon >= 0 else "W"), _dms(lon)
@@ -53,6 +56,19 @@ def test_exif_gps_gives_country_and_time(tmp_path):
     plain = tmp_path / "plain.jpg"
     draw_shape("red_circles", random.Random(1), 64).save(plain)
     assert read_place(plain) == Place()
+
+
+def test_one_open_gives_the_turned_photo_and_the_same_place(tmp_path):
+    from wildwatch.data.loading import load_photo
+    from wildwatch.field import place_from_exif
+
+    path = photo_with_gps(tmp_path / "turned.jpg", -1.2921, 36.8219, orientation=6, size=(300, 200))
+    img, exif = load_photo(path, draft_size=(64, 64))
+    assert img.size == (100, 150) and img.mode == "RGB"  # decoded at half size, turned a quarter (orientation 6)
+    assert place_from_exif(exif) == read_place(path) and read_place(path).country == "KE"
+    plain = tmp_path / "plain.png"
+    draw_shape("red_circles", random.Random(1), 64).save(plain)
+    assert place_from_exif(load_photo(plain)[1]) == Place()
 
 
 def test_range_table_covers_every_class_with_sources():

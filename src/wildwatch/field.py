@@ -67,6 +67,11 @@ def read_place(path) -> Place:
             exif = img.getexif()
     except Exception:  # unreadable files are reported by the image loader, not here
         return Place()
+    return place_from_exif(exif)
+
+
+def place_from_exif(exif) -> Place:
+    """The Place in an already-read EXIF block (``Image.getexif()``; None or empty: no place)."""
     gps = exif.get_ifd(GPS_IFD) if exif else {}
     lat = lon = None
     try:

@@ -62,6 +62,22 @@ def load_image(
     return _decode(path, path, max_pixels, draft_size)
 
 
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Exif]:
+    """``load_image`` and the photo's EXIF block (GPS, capture time), read from the same open
+    file: one open and one parse of the header per photo instead of two."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "file not found")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+    exif: list = []
+    img = _decode(path, path, max_pixels, draft_size, exif)
+    return img, exif[0]
+
+
 def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                      draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Like ``load_image`` for bytes (an upload); ``name`` is used in error messages. The content
@@ -71,7 +87,7 @@ def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
     return _decode(io.BytesIO(data), name, max_pixels, draft_size)
 
 
-def _decode(source, label, max_pixels: int, draft_size) -> Image.Image:
+def _decode(source, label, max_pixels: int, draft_size, exif_out: list | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -86,6 +102,8 @@ def _decode(source, label, max_pixels: int, draft_size) -> Image.Image:
                 img.load()
                 # in place: no copy of the pixels when the photo needs no turning (most do not)
                 ImageOps.exif_transpose(img, in_place=True)
+                if exif_out is not None:
+                    exif_out.append(img.getexif())  # parsed once above, kept by the image
                 return _to_rgb(img)
     except ImageLoadError:
         raise

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.data.loading import ImageLoadError, load_image
+from wildwatch.data.loading import ImageLoadError, load_photo
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.engine.checkpoint import load_extras, read_model_meta
-from wildwatch.field import read_place
+from wildwatch.field import place_from_exif
 from wildwatch.inference import unknown as ood
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
@@ -33,8 +33,9 @@ def bundled_species_path() -> Path:
     return Path(str(resources.files("wildwatch").joinpath(BUNDLED_SPECIES)))
 
 
-def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
-    """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
+def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto", combine: bool = True):
+    """A DualRunner: unknown features from ``pred``'s runner; species from ``species_model``
+    together with ``pred`` (``combine``), or from ``species_model`` alone."""
     from wildwatch.engine.checkpoint import ModelFileError, resolve_model_path
     from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
 
@@ -53,7 +54,8 @@ def species_runner(pred: "Predictor", species_model: str | Path, backend: str = 
         classes, temperature, runner = other.classes, other.temperature, other.runner
     if classes != pred.classes:
         raise ModelFileError(f"{src}: its classes {classes} are not the model's {pred.classes}")
-    return DualRunner(pred.runner, runner, temperature, file_digest(file))
+    main_temperature = float(pred.meta.get("temperature", 1.0)) if combine else None
+    return DualRunner(pred.runner, runner, temperature, file_digest(file), main_temperature)
 
 
 def bundled_model_path() -> Path:
@@ -112,6 +114,12 @@ def one_blas_thread():
     machine they take the cores that decoding and the model need (a third of the throughput on
     2 cores). The small matrix products of the unknown detector gain nothing from more."""
     return _thread_pools().limit(limits=1, user_api="blas")
+
+
+def _runs_per_core(runner) -> bool:
+    """Whether the runner (each network of a DualRunner) has single-threaded ONNX sessions."""
+    parts = [runner.main, runner.species] if hasattr(runner, "species") else [runner]
+    return all(hasattr(p, "single_threaded") for p in parts)
 
 
 @dataclass
@@ -312,7 +320,6 @@ class Predictor:
 
     def _predict_paths(self, paths, batch_size: int, workers: int | None) -> Iterator[Prediction]:
         import os
-        from collections import deque
 
         workers = workers or os.cpu_count() or 1
         files = expand_paths(paths)
@@ -321,10 +328,11 @@ class Predictor:
 
         def decode(p: Path):
             try:
-                x = t.uint8(load_image(p, draft_size=draft))
+                img, exif = load_photo(p, draft_size=draft)
+                x = t.uint8(img)
             except ImageLoadError as exc:
                 return None, str(exc), None
-            return x, None, read_place(p) if self.use_exif else None
+            return x, None, place_from_exif(exif) if self.use_exif else None
 
         def chunks() -> Iterator[list[Path]]:
             buf: list[Path] = []
@@ -336,19 +344,16 @@ class Predictor:
             if buf:
                 yield buf
 
-        single = self.runner.single_threaded() if hasattr(self.runner, "single_threaded") else None
-        if single is not None:
-            def work(chunk: list[Path]) -> list[Prediction]:
-                return self._finish(chunk, [decode(p) for p in chunk], t, single)
+        if _runs_per_core(self.runner):
+            # the session (and ONNX Runtime's import) is built while the first batches decode
+            with ThreadPoolExecutor(1) as starter:
+                single = starter.submit(self.runner.single_threaded)
 
-            with ThreadPoolExecutor(workers) as pool:
-                window: deque = deque()
-                for chunk in chunks():
-                    window.append(pool.submit(work, chunk))
-                    if len(window) > workers:
-                        yield from window.popleft().result()
-                while window:
-                    yield from window.popleft().result()
+                def work(chunk: list[Path]) -> list[Prediction]:
+                    decoded = [decode(p) for p in chunk]
+                    return self._finish(chunk, decoded, t, single.result())
+
+                yield from self._run_windowed(chunks(), work, workers)
             return
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -360,6 +365,21 @@ class Predictor:
                 pending = future
             if pending is not None:
                 yield from self._finish(pending[0], [f.result() for f in pending[1]], t)
+
+    @staticmethod
+    def _run_windowed(chunks: Iterator[list[Path]], work, workers: int) -> Iterator[Prediction]:
+        """``work`` on each chunk, ``workers`` at a time, results in input order; at most
+        ``workers + 1`` chunks are in flight, whatever the number of files."""
+        from collections import deque
+
+        with ThreadPoolExecutor(workers) as pool:
+            window: deque = deque()
+            for chunk in chunks:
+                window.append(pool.submit(work, chunk))
+                if len(window) > workers:
+                    yield from window.popleft().result()
+            while window:
+                yield from window.popleft().result()
 
     def _finish(self, chunk: list[Path], decoded: list, t: FastEvalTransform, runner=None) -> list[Prediction]:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
