@@ -129,27 +129,16 @@ class OnnxRunner:
 
 
 class DualRunner:
-    """Both networks on the same batch: the unknown detector's features from the main one, the
-    species from the two together.
+    """Species from one network, the unknown detector's features from another, on the same batch.
 
     A network fine-tuned end to end on degraded photos names species better (and holds up under
     blur, noise, weather and night light) but pulls other animals towards the known species; the
-    frozen ImageNet trunk of the main model keeps them apart. The species probabilities are the
-    normalised geometric mean of the two calibrated networks (each divided by its own
-    temperature, averaged), which is right more often than either alone and needs no new
-    temperature (fitted on validation: 1.0). Without ``main_temperature`` the species network
-    alone names the species, with its own ``temperature``."""
+    frozen ImageNet trunk of the main model keeps them apart. ``temperature`` is the species
+    network's own calibration."""
 
-    def __init__(self, main, species, temperature: float, species_digest: str | None = None,
-                 main_temperature: float | None = None):
-        self.main, self.species = main, species
-        self.species_temperature = float(temperature)
-        self.main_temperature = None if main_temperature is None else float(main_temperature)
-        # the temperature the Predictor divides our logits by: 1 when they are already calibrated
-        self.temperature = self.species_temperature if self.main_temperature is None else 1.0
-        # which species network, and how it is used: part of a benchmark's settings
-        self.species_digest = species_digest if self.main_temperature is None else f"{species_digest}+main"
-        self._digest = species_digest
+    def __init__(self, main, species, temperature: float, species_digest: str | None = None):
+        self.main, self.species, self.temperature = main, species, float(temperature)
+        self.species_digest = species_digest  # which species network: part of a benchmark's settings
         self.name = f"{getattr(main, 'name', 'torch')}+species"
         self.unknown_threshold = getattr(main, "unknown_threshold", None)
         self.batch_size = getattr(main, "batch_size", 32)
@@ -159,17 +148,14 @@ class DualRunner:
         if not (hasattr(self.main, "single_threaded") and hasattr(self.species, "single_threaded")):
             return None
         if self._single is None:
-            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(),
-                                      self.species_temperature, self._digest, self.main_temperature)
+            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
+                                      self.species_digest)
         return self._single
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        main_logits, feats = self.main(batch)
+        _, feats = self.main(batch)
         logits, _ = self.species(batch)
-        if self.main_temperature is None:
-            return logits, feats
-        both = 0.5 * (main_logits / self.main_temperature + logits / self.species_temperature)
-        return both.astype(np.float32), feats
+        return logits, feats
 
 
 def onnx_available() -> bool:

@@ -33,9 +33,8 @@ def bundled_species_path() -> Path:
     return Path(str(resources.files("wildwatch").joinpath(BUNDLED_SPECIES)))
 
 
-def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto", combine: bool = True):
-    """A DualRunner: unknown features from ``pred``'s runner; species from ``species_model``
-    together with ``pred`` (``combine``), or from ``species_model`` alone."""
+def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
+    """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
     from wildwatch.engine.checkpoint import ModelFileError, resolve_model_path
     from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
 
@@ -54,8 +53,7 @@ def species_runner(pred: "Predictor", species_model: str | Path, backend: str = 
         classes, temperature, runner = other.classes, other.temperature, other.runner
     if classes != pred.classes:
         raise ModelFileError(f"{src}: its classes {classes} are not the model's {pred.classes}")
-    main_temperature = float(pred.meta.get("temperature", 1.0)) if combine else None
-    return DualRunner(pred.runner, runner, temperature, file_digest(file), main_temperature)
+    return DualRunner(pred.runner, runner, temperature, file_digest(file))
 
 
 def bundled_model_path() -> Path:
