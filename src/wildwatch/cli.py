@@ -159,7 +159,7 @@ def classify(
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
-                                             "fastest (4 for PyTorch on a CPU, else 32)."),
+                                             "fastest (4 for PyTorch on a CPU, 8 for ONNX Runtime, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),

@@ -94,6 +94,9 @@ class OnnxRunner:
         self.name = name
         self.path = onnx_path
         self.threads = threads
+        # classify runs one single-threaded session per core: batches of 8 keep a batch's
+        # activations in the core's own cache (int8: 5% more photos/s than 32; fp32: the same)
+        self.batch_size = 8
         if not Path(onnx_path).is_file():
             raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
         # sessions are made on first use: a command that only needs the single-threaded one
