@@ -52,14 +52,7 @@ def load_image(
     (Pillow's draft mode decodes at 1/2, 1/4 or 1/8 scale, never below this size).
     Raises ImageLoadError for missing, empty, truncated, non-image or oversized files.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(path, "file not found")
-    if path.is_dir():
-        raise ImageLoadError(path, "is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(path, "file is empty (0 bytes)")
-    return _decode(path, path, max_pixels, draft_size)
+    return load_photo(path, max_pixels, draft_size)[0]
 
 
 def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
