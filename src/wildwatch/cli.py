@@ -22,6 +22,11 @@ ROBUST_HELP = ("Name species with the bundled network fine-tuned on degraded pho
                "night); the model still decides unknown. Twice the compute.")
 
 
+def species_model(robust: bool) -> str | None:
+    """What --robust means to Predictor.from_file: the bundled species network."""
+    return "bundled" if robust else None
+
+
 def friendly_errors(fn):
     """Print expected errors as one line (no traceback) and exit with status 2."""
 
@@ -133,7 +138,7 @@ def evaluate(
     from wildwatch.engine.evaluate import evaluate_model
 
     s = evaluate_model(model, data, out, split, views=views, exclude=exclude,
-                       species_model="bundled" if robust else None)
+                       species_model=species_model(robust))
     typer.echo(f"{split} split: {s['n']} images, accuracy {s['accuracy']:.4f}, top-3 {s['top3_accuracy']:.4f}, "
                f"macro F1 {s['macro_f1']:.4f}, ECE {s['ece']:.4f}")
     if not s["data_fingerprint_matches"]:
@@ -202,7 +207,7 @@ def classify(
         raise ValueError(f"unknown engine {engine!r}: use local or ray")
     if fmt == "parquet":
         raise ValueError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
-    predictor = Predictor.from_file(model, top_k=top_k, backend=backend, species_model="bundled" if robust else None)
+    predictor = Predictor.from_file(model, top_k=top_k, backend=backend, species_model=species_model(robust))
     predictor.country = country.upper() if country else None
     predictor.use_exif = not no_exif
     collected = [] if fmt in ("megadetector", "camtrapdp") else None
@@ -218,12 +223,10 @@ def classify(
                 collected.append(p)
             if explain is not None and p.error is None:
                 from wildwatch.data.loading import load_image
-                from wildwatch.inference.explain import explain_image
+                from wildwatch.inference.explain import explain_image, explained_class
 
                 explain.mkdir(parents=True, exist_ok=True)
-                # the model's evidence for the species in the row (with --robust, named by the other network)
-                idx = predictor.classes.index(p.top_k[0]["species"]) if p.top_k else None
-                explain_image(predictor, load_image(p.source), idx).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
+                explain_image(predictor, load_image(p.source), explained_class(predictor, p)).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
             n += 1
             n_err += p.error is not None
             if not quiet:
@@ -270,7 +273,7 @@ def serve(
     from wildwatch.inference.predictor import Predictor
     from wildwatch.service.app import create_app
 
-    predictor = Predictor.from_file(model, backend=backend, species_model="bundled" if robust else None)
+    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
@@ -354,7 +357,7 @@ def monitor(
         raise ValueError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
-    predictor = Predictor.from_file(model, backend=backend, species_model="bundled" if robust else None)
+    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
     if cfg.country:
         if len(cfg.country) != 2 or not cfg.country.isalpha():
             raise ValueError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
@@ -453,7 +456,7 @@ def benchmark_robustness(
 
     names = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None
     s = run_robustness(model, data, out, split, limit_per_class, names, pastes, seed, workers, backend=backend,
-                       species_model="bundled" if robust else None,
+                       species_model=species_model(robust),
                        tiles=tiles)
     typer.echo(f"clean accuracy {s['clean_accuracy']:.4f} on {s['n']} photos")
     for fam, d in s["families"].items():

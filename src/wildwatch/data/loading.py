@@ -66,21 +66,25 @@ def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageLoadError(path, "is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
-    exif: list = []
-    img = _decode(path, path, max_pixels, draft_size, exif)
-    return img, exif[0]
+    return _decode(path, path, max_pixels, draft_size)
 
 
 def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                      draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Like ``load_image`` for bytes (an upload); ``name`` is used in error messages. The content
     decides, never the name or a declared content type."""
+    return load_photo_bytes(data, name, max_pixels, draft_size)[0]
+
+
+def load_photo_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Exif]:
+    """``load_image_bytes`` and the EXIF block, from one parse (as ``load_photo``)."""
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
     return _decode(io.BytesIO(data), name, max_pixels, draft_size)
 
 
-def _decode(source, label, max_pixels: int, draft_size, exif_out: list | None = None) -> Image.Image:
+def _decode(source, label, max_pixels: int, draft_size) -> tuple[Image.Image, Image.Exif]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -95,9 +99,7 @@ def _decode(source, label, max_pixels: int, draft_size, exif_out: list | None = 
                 img.load()
                 # in place: no copy of the pixels when the photo needs no turning (most do not)
                 ImageOps.exif_transpose(img, in_place=True)
-                if exif_out is not None:
-                    exif_out.append(img.getexif())  # parsed once above, kept by the image
-                return _to_rgb(img)
+                return _to_rgb(img), img.getexif()  # the EXIF block: parsed once above, kept by the image
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

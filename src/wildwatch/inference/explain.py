@@ -54,6 +54,13 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> Image.I
     return Image.fromarray(np.uint8(np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255))
 
 
+def explained_class(predictor, prediction) -> int | None:
+    """The class a prediction's heatmap shows: the species in its row (with ``--robust`` named by
+    the other network, so not always the model's own top class); None: the model's top class."""
+    shown = prediction.top_k[0]["species"] if prediction.top_k else None
+    return predictor.classes.index(shown) if shown in predictor.classes else None
+
+
 def explain_image(predictor, image: Image.Image, class_index: int | None = None) -> Image.Image:
     """Grad-CAM overlay for one image with a Predictor's model and preprocessing (always PyTorch:
     the gradient is needed). The overlay is drawn on the centre crop the model saw."""

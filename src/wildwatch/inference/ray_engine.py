@@ -6,7 +6,6 @@ each hold one Predictor (``map_batches``), and the rows come back in input order
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Iterable
 
@@ -26,18 +25,19 @@ class _Classifier:
         self.predictor.country = country
 
     def __call__(self, batch: dict) -> dict:
-        from wildwatch.data.loading import ImageLoadError, load_image_bytes
-        from wildwatch.field import read_place
+        from wildwatch.data.loading import ImageLoadError, load_photo_bytes
+        from wildwatch.field import place_from_exif
 
         rows = []
         images, places, names, slots = [], [], [], []
         for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
             try:
-                images.append(load_image_bytes(bytes(data), str(path)))
+                img, exif = load_photo_bytes(bytes(data), str(path))
             except ImageLoadError as exc:
                 rows.append(Prediction(str(path), error=str(exc)))
                 continue
-            places.append(read_place(io.BytesIO(bytes(data))))
+            images.append(img)
+            places.append(place_from_exif(exif))
             names.append(str(path))
             slots.append(i)
             rows.append(None)

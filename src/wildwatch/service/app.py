@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from wildwatch import __version__
-from wildwatch.data.loading import ImageLoadError, load_image_bytes
+from wildwatch.data.loading import ImageLoadError, load_photo_bytes
 from wildwatch.service.batching import MicroBatcher
 from wildwatch.species import CATEGORY_COLOURS, species_table
 
@@ -85,7 +84,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                                                    description="ISO country code of the photos (default: EXIF GPS)")):
         if len(files) > limits.max_files:
             raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
-        from wildwatch.field import Place, read_place
+        from wildwatch.field import Place, place_from_exif
 
         images, names, places, results = [], [], [], [None] * len(files)
         slots = []
@@ -95,13 +94,13 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             if len(data) > limits.max_file_bytes:
                 raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
             try:
-                img = load_image_bytes(data, name, max_pixels=limits.max_pixels)
+                img, exif = load_photo_bytes(data, name, max_pixels=limits.max_pixels)
             except ImageLoadError as exc:
                 if "over the limit" in exc.reason:
                     raise HTTPException(413, str(exc)) from None
                 results[i] = {"source": name, "error": str(exc)}
                 continue
-            place = read_place(io.BytesIO(data))
+            place = place_from_exif(exif)
             where = country or default_country
             if where:
                 place = Place(where.upper(), place.latitude, place.longitude, place.taken_at, "given")
@@ -113,11 +112,9 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         for i, img, p in zip(slots, images, preds):
             row = p.to_json()
             if explain:
-                from wildwatch.inference.explain import explain_image, png_base64
+                from wildwatch.inference.explain import explain_image, explained_class, png_base64
 
-                # the evidence for the species shown (with --robust, named by the other network)
-                shown = p.top_k[0]["species"] if p.top_k else None
-                idx = predictor.classes.index(shown) if shown in predictor.classes else None
+                idx = explained_class(predictor, p)
                 async with explain_lock:  # gradients on a shared model: one at a time
                     cam = await asyncio.get_running_loop().run_in_executor(None, explain_image, predictor, img, idx)
                 row["heatmap_png_base64"] = png_base64(cam)
