@@ -92,9 +92,9 @@ def _logits(classes, ranking):
 
 def test_impossible_answer_is_reranked_and_the_original_kept(bundled):
     classes = bundled.classes
-    logits = _logits(classes, ["jaguars", "amur_leopard", "cheetahs"])
+    logits = _logits(classes, ["jaguars", "amur_leopard", "cheetahs"]) / 4  # not sure from the photo alone
     [p] = bundled._predictions(["x.jpg"], logits, None, [Place(country="IN", country_source="given")])
-    assert p.out_of_range and p.country == "IN"
+    assert p.out_of_range and p.country == "IN" and "re-ranked" in p.note
     assert p.species == "amur_leopard" and p.top_k_original[0]["species"] == "jaguars"
     assert p.iucn_status == "VU" and "leopard" in p.population
     assert abs(sum(t["probability"] for t in p.top_k) - 1) < 0.05
@@ -102,6 +102,21 @@ def test_impossible_answer_is_reranked_and_the_original_kept(bundled):
     assert not same.out_of_range and same.species == "jaguars" and same.top_k_original == ()
     [nowhere] = bundled._predictions(["z.jpg"], logits, None, [None])
     assert nowhere.country is None and nowhere.iucn_status == "NT"
+
+
+def test_a_sure_photo_outside_the_range_keeps_its_species_and_is_flagged(bundled):
+    logits = _logits(bundled.classes, ["rhino", "african_elephant", "lion"]) * 2  # sure from the photo alone
+    [p] = bundled._predictions(["zoo.jpg"], logits, None, [Place(country="RU", country_source="exif_gps")])
+    assert p.species == "rhino" and p.confidence > 0.99 and p.top_k_original == ()
+    assert p.out_of_range and p.note == "outside its wild range: captive or traded?"
+
+
+def test_impossible_gps_is_ignored_with_a_warning(tmp_path):
+    far = read_place(photo_with_gps(tmp_path / "far.jpg", 999.0, 30.0))
+    assert far.country is None and far.latitude is None and "impossible GPS" in far.warning
+    null = read_place(photo_with_gps(tmp_path / "null.jpg", 0.0, 0.0))
+    assert null.country is None and "0,0" in null.warning
+    assert read_place(photo_with_gps(tmp_path / "ok.jpg", -1.2921, 36.8219)).warning is None
 
 
 def megadetector_errors(doc: dict) -> list[str]:

@@ -71,6 +71,8 @@ def train(
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
+    clean_labels: bool = typer.Option(True, help="Pretrained backbones: leave out the training photos whose "
+                                      "label the ImageNet classifier contradicts (listed in label_cleaning.csv)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
                                      "batch size is per process)."),
@@ -90,7 +92,7 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
-             "degrade_views": degrade_views, "finetune": finetune or None, "time_limit": time_limit,
+             "degrade_views": degrade_views, "clean_labels": clean_labels, "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
@@ -176,7 +178,7 @@ def classify(
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
     from tqdm import tqdm
 
-    from wildwatch.inference.predictor import Predictor
+    from wildwatch.inference.predictor import Predictor, describe_other
     from wildwatch.data.discover import expand_paths
     from wildwatch.inference.writers import done_sources, open_writer
 
@@ -234,8 +236,9 @@ def classify(
                     typer.echo(f"{p.source}\tERROR\t{p.error}")
                 else:
                     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
-                    label = f"unknown (closest: {p.top_k[0]['species']})" if p.unknown else p.species
-                    where = f"\t{p.country}" + (" (out of range: re-ranked)" if p.out_of_range else "") if p.country else ""
+                    label = "unknown" + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
+                    where = f"\t{p.country}" if p.country else ""
+                    where += f"\t{p.note}" if p.note else ""
                     typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
     if fmt == "megadetector":
         from wildwatch.inference.formats import megadetector_json

@@ -33,6 +33,8 @@ class TrainConfig(BaseModel):
     degrade_views: Optional[int] = Field(None, ge=0, description="views of each training photo with random CCTV-style "
                                "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
+    clean_labels: bool = Field(True, description="pretrained backbones (cached-feature recipe): leave out of "
+                               "training the photos whose folder label the ImageNet classifier contradicts")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
     finetune: bool = Field(False, description="pretrained backbones: train the whole network on batch-degraded "
                            "images (wildwatch.engine.finetune; meant for a GPU) instead of the cached-feature recipe")

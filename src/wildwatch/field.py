@@ -30,6 +30,7 @@ class Place:
     longitude: float | None = None
     taken_at: str | None = None
     country_source: str | None = None  # "given" or "exif_gps"
+    warning: str | None = None  # why the photo's GPS was not used (impossible position)
 
 
 @lru_cache(maxsize=1)
@@ -88,8 +89,22 @@ def place_from_exif(exif) -> Place:
             iso = datetime.strptime(str(taken).strip("\x00 "), "%Y:%m:%d %H:%M:%S").isoformat()
         except ValueError:
             iso = None
+    warning = gps_problem(lat, lon) if lat is not None else None
+    if warning:
+        return Place(None, None, None, iso, None, warning)
     country = country_of(lat, lon) if lat is not None else None
     return Place(country, lat, lon, iso, "exif_gps" if country else None)
+
+
+def gps_problem(lat: float, lon: float) -> str | None:
+    """Why a GPS position cannot be where the photo was taken, or None: a latitude beyond ±90°, a
+    longitude beyond ±180° (a broken or forged tag), or exactly 0,0 ("null island", what many
+    cameras write when they have no fix)."""
+    if not (-90 <= lat <= 90) or not (-180 <= lon <= 180):
+        return f"impossible GPS position ({lat:.4f}, {lon:.4f}) ignored"
+    if lat == 0 and lon == 0:
+        return "GPS position 0,0 (no fix) ignored"
+    return None
 
 
 def country_of(lat: float, lon: float) -> str | None:

@@ -30,6 +30,8 @@ from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, 
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
 from wildwatch.inference import unknown as ood
 from wildwatch.models import create_model
+from wildwatch.models import open_set
+from wildwatch.models.imagenet import ImageNetHead, dequantise_head, imagenet_classes, quantise_head
 from wildwatch.reports.metrics import nll, softmax
 
 TRAINABLE_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
@@ -124,6 +126,70 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         a, b = hi - g * (hi - lo), lo + g * (hi - lo)
         lo, hi = (lo, b) if f(a) < f(b) else (a, hi)
     return float(np.exp((lo + hi) / 2))
+
+
+class StoredImageNetHead(ImageNetHead):
+    """The ImageNet-1k classifier as the model file stores it (4-bit), so that what training fits on
+    its probabilities holds for what predicting computes."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        self.stored = quantise_head(weight, bias)
+        super().__init__(*dequantise_head(self.stored))
+
+
+def imagenet_head(model: nn.Module) -> StoredImageNetHead:
+    """The wheel's 1000-class classifier, which sits on the features of the frozen ImageNet head."""
+    from wildwatch.models.effnet import load_lite0_imagenet_state
+
+    if not hasattr(model, "ood_features"):
+        raise ValueError("the open-set decision needs a pretrained backbone with a frozen ImageNet head")
+    state = load_lite0_imagenet_state()
+    return StoredImageNetHead(state["_fc.weight"].numpy(), state["_fc.bias"].numpy())
+
+
+def clean_training_labels(q: np.ndarray, labels: np.ndarray, classes: list[str], samples: Sequence[Sample],
+                          out: Path, enabled: bool = True) -> np.ndarray:
+    """Which training photos to keep: all but those whose label the ImageNet classifier contradicts
+    (``open_set.contradicted``), listed with the evidence in ``label_cleaning.csv`` of the run."""
+    import csv
+
+    bad = open_set.contradicted(q, labels, classes) if enabled else np.zeros(len(labels), bool)
+    names = imagenet_classes()
+    with open(out / "label_cleaning.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "imagenet_class", "imagenet_probability"])
+        for i in np.where(bad)[0]:
+            j = int(q[i].argmax())
+            w.writerow([samples[i].relpath, classes[labels[i]], names[j][0], round(float(q[i, j]), 4)])
+    counts = {c: int(bad[labels == k].sum()) for k, c in enumerate(classes)}
+    (out / "label_cleaning.json").write_text(json.dumps({"left_out": int(bad.sum()), "per_class": counts,
+                                                         "kept": int((~bad).sum())}, indent=2))
+    return ~bad
+
+
+def open_set_metrics(outputs: dict, y: dict, ood_feats: np.ndarray | None, stored: dict, threshold: float,
+                     head: ImageNetHead, classes: list[str]) -> dict:
+    """Unknown rates of the whole open-set decision (Mahalanobis or ImageNet evidence) on the test split
+    and, when given, on the photos of none of the classes."""
+    rule = open_set.OpenSet(*(stored[k].float().numpy() for k in ("openset_foreign", "openset_support",
+                                                                  "openset_beta")))
+    mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
+
+    def combined(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        return np.maximum.reduce([mahalanobis(feats) / threshold, *rule.scores(head(feats), logits.argmax(1))])
+
+    test_logits, test_feats = outputs["test"]
+    if not len(y["test"]):
+        return {}
+    s_in = combined(test_logits, test_feats)
+    metrics = {"open_set_rejected_known_test": round(float((s_in > 1).mean()), 5)}
+    if ood_feats is not None and len(ood_feats):
+        # the 11-class head's choice on the unknown photos decides which thresholds apply
+        s_out = combined(outputs["ood"][0], ood_feats) if "ood" in outputs else None
+        if s_out is not None:
+            metrics["open_set_auroc"] = round(ood.auroc(s_in, s_out), 5)
+            metrics["open_set_caught"] = round(float((s_out > 1).mean()), 5)
+    return metrics
 
 
 def ood_images(folder: Path | None) -> list[Path]:
@@ -225,8 +291,11 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
                            cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
                            desc=f"degraded view {v + 1}/{cfg.degrade_views}") for v in range(cfg.degrade_views)]
-    train_x = np.concatenate([acts["train"], *aug])
-    train_y = np.concatenate([y["train"]] * (1 + len(aug)))
+    head = imagenet_head(model)
+    q_train = head(head_outputs(model, acts["train"])[1])
+    keep = clean_training_labels(q_train, y["train"], classes, split.part("train"), out, cfg.clean_labels)
+    train_x = np.concatenate([a[keep] for a in (acts["train"], *aug)])
+    train_y = np.concatenate([y["train"][keep]] * (1 + len(aug)))
     t_cached = time.perf_counter()
 
     params = [p for n, p in model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
@@ -293,15 +362,23 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
         ood_acts = cache_view(runner, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
                               desc="unknown examples")
-        ood_feats = head_outputs(model, ood_acts)[1]
-    temperature, stored, threshold, scores = calibrate(out_logits, y, len(classes), ood_feats)
+        out_logits["ood"] = head_outputs(model, ood_acts)
+        ood_feats = out_logits["ood"][1]
+    clean = {**out_logits, "train": tuple(a[keep] for a in out_logits["train"])}
+    temperature, stored, threshold, scores = calibrate(clean, {**y, "train": y["train"][keep]}, len(classes), ood_feats)
+    rule = open_set.fit_open_set(q_train[keep], y["train"][keep], classes)
+    stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**head.stored, **rule}.items()})
+    scores.update(open_set_metrics(out_logits, y, ood_feats, stored, threshold, head, classes))
+    scores["training_photos_left_out"] = int((~keep).sum())
     metrics = {"val_accuracy": round(best_acc, 5), **scores, "seconds_caching": round(t_cached - t_start, 1)}
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
     meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics,
                       {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
-                       "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES)},
-                      "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean; "
-                      "the threshold rejects 2% of validation photos")
+                       "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
+                       "clean_labels": cfg.clean_labels},
+                      "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean (the "
+                      "threshold rejects 1% of validation photos), or ImageNet-1k evidence against the class "
+                      "(wildwatch.models.open_set)")
     save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,
                extras=stored)
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))

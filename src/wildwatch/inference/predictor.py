@@ -20,11 +20,18 @@ from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.engine.checkpoint import load_extras, read_model_meta
 from wildwatch.field import place_from_exif
 from wildwatch.inference import unknown as ood
+from wildwatch.models.imagenet import ImageNetHead
+from wildwatch.models.open_set import OpenSet, looks_like
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
 
 BUNDLED_SPECIES = "resources/bundled_species.int8.onnx"
 BUNDLED_MODEL = "resources/bundled_model.safetensors"
+# Outside the range table's countries, a photo-only answer at least this sure stays (and is flagged
+# as out of range: a zoo, a market, a trafficked animal); a less sure one is re-ranked among the
+# species that live there.
+PHOTO_SURE = 0.9
+OUT_OF_RANGE_NOTE = "outside its wild range: captive or traded?"
 
 
 def bundled_species_path() -> Path:
@@ -82,6 +89,17 @@ class Prediction:
     latitude: float | None = None
     longitude: float | None = None
     taken_at: str | None = None
+    looks_like: str = ""  # when unknown: the ImageNet class the photo most looks like, if it is sure
+    looks_like_kind: str = ""  # when unknown: animal, person, vehicle, scene or object
+    note: str = ""  # a plain-words remark: out of range, an ignored GPS position
+
+    def describe(self) -> str:
+        """One line for people: the species, or what the photo shows instead."""
+        if self.error:
+            return f"error: {self.error}"
+        if not self.unknown:
+            return f"{self.common_name or self.species} ({self.confidence:.0%})"
+        return "Not one of the 11 species" + describe_other(self.looks_like, self.looks_like_kind)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -98,6 +116,21 @@ class Prediction:
 
 
 ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
+
+
+def describe_other(name: str, kind: str) -> str:
+    """" — looks like a tiger", " — a person?", " — no animal seen"... for a photo of none of the 11."""
+    if kind == "animal":
+        return f" — looks like {_article(name)}" if name else " — an animal it does not know"
+    if kind == "person":
+        return " — a person?"
+    if kind == "vehicle":
+        return f" — a vehicle ({name})" if name else " — a vehicle?"
+    return f" — no animal seen ({name})" if name else " — no animal seen"
+
+
+def _article(name: str) -> str:
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,6 +170,7 @@ class Predictor:
     use_exif: bool = True
     _model: object = field(default=None, repr=False)
     _mahalanobis: object = field(default=None, repr=False)
+    _open_set: object = field(default=None, repr=False)
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
@@ -214,6 +248,29 @@ class Predictor:
             return ood.msp_score(logits, self.temperature)
         return None
 
+    @property
+    def open_set(self) -> tuple[ImageNetHead, OpenSet] | None:
+        """The ImageNet classifier and the thresholds of its evidence, when the model file has them."""
+        if self._open_set is None:
+            head, rule = ImageNetHead.from_extras(self.extras), OpenSet.from_extras(self.extras)
+            self._open_set = (head, rule) if head is not None and rule is not None else ()
+        return self._open_set or None
+
+    def open_set_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(unknown score, ImageNet probabilities) per photo. With the open-set decision the score is
+        the largest of the Mahalanobis distance over its threshold and the two ImageNet-evidence parts
+        (``wildwatch.models.open_set``), so 1.0 is the threshold; without it, the raw detector score."""
+        scores = self.unknown_scores(logits, feats)
+        parts = self.open_set
+        if parts is None or scores is None or feats is None or self.unknown_threshold is None:
+            return scores, None
+        q = parts[0](feats)
+        foreign, lack = parts[1].scores(q, logits.argmax(1))
+        return np.maximum.reduce([scores / self.unknown_threshold, foreign, lack]), q
+
+    def _threshold(self) -> float | None:
+        return 1.0 if self.open_set is not None else self.unknown_threshold
+
     def _top(self, p: np.ndarray) -> tuple[dict, ...]:
         order = np.argsort(-p)[: self.top_k]
         return tuple({"species": self.classes[j], "probability": round(float(p[j]), 5)} for j in order)
@@ -223,8 +280,8 @@ class Predictor:
         from wildwatch.field import Place, local_status, possible_in
 
         probs = softmax(logits, self.temperature)
-        scores = self.unknown_scores(logits, feats)
-        threshold = self.unknown_threshold
+        scores, q = self.open_set_scores(logits, feats)
+        threshold = self._threshold()
         classes = self.classes
         out = []
         for i, src in enumerate(sources):
@@ -232,27 +289,34 @@ class Predictor:
             if self.country:
                 place = dataclasses.replace(place, country=self.country.upper(), country_source="given")
             p = probs[i]
-            top, original, out_of_range = self._top(p), (), False
-            if place.country:
+            top, original, out_of_range, note = self._top(p), (), False, place.warning or ""
+            score = None if scores is None else float(scores[i])
+            is_unknown = bool(score is not None and threshold is not None and score > threshold)
+            if place.country and not is_unknown:
                 possible = np.array([possible_in(c, place.country) is not False for c in classes])
                 if not possible[int(p.argmax())]:
                     out_of_range = True
-                    if possible.any():
-                        # re-rank among the species that live there; keep what the photo alone said
+                    note = OUT_OF_RANGE_NOTE
+                    if possible.any() and float(p.max()) < PHOTO_SURE:
+                        # not sure from the photo alone: re-rank among the species that live there,
+                        # keeping what the photo alone said
                         original = top
                         p = p * possible / max(float((p * possible).sum()), 1e-12)
                         top = self._top(p)
+                        note = f"re-ranked among the species of {place.country}: the photo alone said {original[0]['species']}"
             best = classes[int(p.argmax())]
-            score = None if scores is None else float(scores[i])
-            is_unknown = bool(score is not None and threshold is not None and score > threshold)
             key = "unknown" if is_unknown else best
+            seen, kind = ("", "")
+            if is_unknown and q is not None:
+                seen, kind, _ = looks_like(q[i:i + 1])[0]
             info = species_info(key)
             local = local_status(key, place.country) if not is_unknown else None
             out.append(Prediction(
                 src, key, round(float(p.max()), 5), top, info.common_name,
                 local["status"] if local else info.iucn_status, info.threatened, is_unknown,
                 None if score is None else round(score, 5), None, place.country, out_of_range, original,
-                local["population"] if local else "", place.latitude, place.longitude, place.taken_at))
+                local["population"] if local else "", place.latitude, place.longitude, place.taken_at,
+                seen, kind, note))
         return out
 
     def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,

@@ -35,6 +35,18 @@ function bars(topK) {
   return box;
 }
 
+// What a photo of none of the 11 species shows, from the ImageNet classifier's answer.
+function otherText(pred) {
+  const name = pred.looks_like || "";
+  const kind = pred.looks_like_kind || "";
+  const article = /^[aeiou]/i.test(name) ? "an " : "a ";
+  if (kind === "animal") return name ? "Looks like " + article + name + "." : "An animal the model does not know.";
+  if (kind === "person") return "A person?";
+  if (kind === "vehicle") return "A vehicle" + (name ? " (" + name + ")" : "") + ".";
+  if (kind) return "No animal seen" + (name ? " (" + name + ")" : "") + ".";
+  return "It does not look like any of the species the model knows.";
+}
+
 function card(pred, file) {
   const url = URL.createObjectURL(file);
   if (pred.error) {
@@ -46,15 +58,15 @@ function card(pred, file) {
   const body = el("div", { class: "body" });
   const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") }, el("div", { class: "photo" }, img), body);
   if (pred.unknown) {
-    body.append(el("h2", { text: "Unknown animal" }),
-      el("p", { class: "note", text: "This does not look like any species the model knows. Closest: " +
-        pred.top_k[0].species.replace(/_/g, " ") + "." }));
+    body.append(el("h2", { text: "Not one of the 11 species" }),
+      el("p", { class: "note", text: otherText(pred) }));
   } else {
     const badge = el("span", { class: "badge", text: "IUCN " + pred.iucn_status + (pred.threatened ? " · threatened" : "") });
     badge.style.background = pred.status_colour || "#ccc";
     if ((pred.iucn_status || "").endsWith("CR")) badge.classList.add("cr");
     body.append(el("h2", { text: pred.common_name }),
       el("div", { text: "Confidence " + Math.round(pred.confidence * 100) + "%" }), badge);
+    if (pred.note) body.append(el("p", { class: "note", text: pred.note }));
   }
   body.append(bars(pred.top_k), el("div", { class: "file", text: pred.source }));
   if (pred.heatmap_png_base64) {
