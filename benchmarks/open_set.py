@@ -76,12 +76,14 @@ def main() -> None:
     t = pred.transform()
     from wildwatch.data.loading import load_image
 
+    # a model without the open-set decision: the bundled model's ImageNet classifier reads the same frozen features
+    head = (pred.open_set or Predictor.from_file(None).open_set)[0]
     q_rows = []
     for i in range(0, len(test), 64):
         batch = t.normalise(np.stack([t.uint8(load_image(args.data / s.relpath, draft_size=(256, 256)))
                                       for s in test[i:i + 64]]))
         logits, feats = pred.forward(batch)
-        q_rows.append(pred.open_set[0](feats))
+        q_rows.append(head(feats))
     q = np.concatenate(q_rows)
     contra = contradicted(q, np.array([pred.classes.index(l) for l in labels]), pred.classes)
     audit = set()
