@@ -1,7 +1,10 @@
 """The open-set decision: ImageNet evidence against the chosen class, label cleaning, what a photo looks like."""
 
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from wildwatch.models.imagenet import (GROUP, ImageNetHead, dequantise_head, imagenet_classes, imagenet_index,
                                        quantise_head)
@@ -108,3 +111,49 @@ def test_descriptions_say_what_an_unknown_photo_looks_like():
     assert person.describe() == "Not one of the 11 species — a person?"
     assert scene.describe() == "Not one of the 11 species — no animal seen (valley)"
     assert "Unknown animal" not in person.describe() + scene.describe()
+
+
+def test_bundled_model_says_what_a_photo_called_lion_by_the_head_looks_like():
+    from wildwatch.inference.predictor import Predictor
+
+    pred = Predictor.from_file(None, backend="onnx-int8")
+    head, _ = pred.open_set
+    tiger = imagenet_index(["tiger"])[0]
+    feats = np.maximum(head.wt[:, tiger], 0)[None] * 40  # features the ImageNet classifier reads as a tiger
+    assert head(feats)[0].argmax() == tiger
+    logits = np.full((1, 11), -4.0)
+    logits[0, CLASSES.index("lion")] = 6.0  # the 11-class head is sure it is a lion
+    [p] = pred._predictions(["tiger.jpg"], logits, feats)
+    assert p.unknown and p.species == "unknown" and p.looks_like == "tiger" and p.looks_like_kind == "animal"
+    assert p.describe() == "Not one of the 11 species — looks like a tiger"
+    assert p.unknown_score > 1 and p.to_row()["looks_like"] == "tiger"
+
+
+def test_training_cleans_labels_adds_the_int8_view_and_stores_the_open_set_decision(tmp_path):
+    from conftest import make_shapes_folder
+
+    from wildwatch.config import TrainConfig
+    from wildwatch.engine.checkpoint import load_extras, read_model_meta
+    from wildwatch.engine.transfer import fit_transfer
+    from wildwatch.inference.predictor import Predictor
+
+    data = make_shapes_folder(tmp_path / "shapes", per_class=12)
+    out = tmp_path / "run"
+    fit_transfer(TrainConfig(data=data, model="effnet_lite0", out=out, epochs=1, views=1, degrade_views=0,
+                             batch_size=16), progress=False)
+    cache = out / "cache"
+    int8, fp32 = np.load(cache / "train_int8.npy"), np.load(cache / "train_eval.npy")
+    assert int8.shape == fp32.shape and not np.array_equal(int8, fp32)
+    assert np.corrcoef(int8.ravel().astype(np.float32), fp32.ravel().astype(np.float32))[0, 1] > 0.9
+    cleaning = json.loads((out / "label_cleaning.json").read_text())
+    assert cleaning["kept"] + cleaning["left_out"] == len(np.load(cache / "train_eval.npy"))
+    assert (out / "label_cleaning.csv").read_text().startswith("path,label,imagenet_class")
+    extras = load_extras(out / "model.safetensors")
+    assert extras["imagenet_weight_q4"].shape == (1000, 640) and extras["openset_foreign"].shape[1] == 1000
+    meta = read_model_meta(out / "model.safetensors")
+    assert meta["recipe"]["clean_labels"] and meta["recipe"]["int8_view"]
+    assert "open_set_rejected_known_test" in meta["metrics"]
+    pred = Predictor.from_file(out, backend="torch")
+    [p] = pred.predict_images([Image.new("RGB", (200, 200), (128, 128, 128))])
+    assert pred.open_set is not None and (not p.unknown or p.looks_like_kind in ("animal", "person", "vehicle",
+                                                                                  "scene", "object"))

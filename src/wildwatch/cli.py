@@ -73,6 +73,8 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
     clean_labels: bool = typer.Option(True, help="Pretrained backbones: leave out the training photos whose "
                                       "label the ImageNet classifier contradicts (listed in label_cleaning.csv)."),
+    int8_view: bool = typer.Option(True, help="Pretrained backbones: also train on the int8-quantised trunk's "
+                                   "activations, so the int8 copy keeps the model's answers."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
                                      "batch size is per process)."),
@@ -92,7 +94,7 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
-             "degrade_views": degrade_views, "clean_labels": clean_labels, "finetune": finetune or None, "time_limit": time_limit,
+             "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view, "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)

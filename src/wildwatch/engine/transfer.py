@@ -100,6 +100,23 @@ def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: P
     return out
 
 
+def int8_trunk_view(trunk: Path, root: Path, train: Sequence[Sample], pre: Preprocess, cache: Path) -> np.ndarray:
+    """Eval-view activations of every training photo through the trunk quantised to int8 with the
+    calibration that ``wildwatch export --int8`` uses: training on them too keeps the head's answers
+    when the int8 copy runs it (the head alone is not what loses accuracy in int8: the trunk's
+    rounding moves photos near a class boundary)."""
+    from wildwatch.inference.backends import OnnxRunner
+    from wildwatch.inference.export import calibration_samples, photo_batch, quantize_int8
+
+    target = cache / f"{trunk.stem}.int8.onnx"
+    if not target.exists():
+        from wildwatch.data.transforms import FastEvalTransform
+
+        quantize_int8(trunk, target, photo_batch(FastEvalTransform(pre), root, calibration_samples(list(train))))
+    return cache_view(OnnxRunner(target, "onnx-int8"), root, train, eval_transform(pre), cache / "train_int8.npy", 0,
+                      desc="int8 trunk view")
+
+
 def head_forward(model: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     """Logits from cached trunk activations."""
     return model._fc(model._dropout(model.head_features(acts)))
@@ -291,6 +308,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
                            cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
                            desc=f"degraded view {v + 1}/{cfg.degrade_views}") for v in range(cfg.degrade_views)]
+    if cfg.int8_view:
+        aug.append(int8_trunk_view(runner.path, root, split.part("train"), pre, cache))
     head = imagenet_head(model)
     q_train = head(head_outputs(model, acts["train"])[1])
     keep = clean_training_labels(q_train, y["train"], classes, split.part("train"), out, cfg.clean_labels)
@@ -375,7 +394,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics,
                       {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
                        "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
-                       "clean_labels": cfg.clean_labels},
+                       "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view},
                       "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean (the "
                       "threshold rejects 1% of validation photos), or ImageNet-1k evidence against the class "
                       "(wildwatch.models.open_set)")

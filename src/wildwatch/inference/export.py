@@ -23,8 +23,17 @@ from wildwatch.inference.backends import (
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
-    t = predictor.transform()
-    return np.stack([t.array(load_image(root / s.relpath)) for s in samples[:n]])
+    return photo_batch(predictor.transform(), root, samples[:n])
+
+
+def photo_batch(transform, root: Path, samples) -> np.ndarray:
+    """Normalised NCHW arrays of the samples' photos."""
+    return np.stack([transform.array(load_image(root / s.relpath)) for s in samples])
+
+
+def calibration_samples(train: list, size: int = 500) -> list:
+    """The training photos that calibrate the int8 ranges: every k-th, ``size`` of them."""
+    return train[:: max(1, len(train) // size)][:size]
 
 
 def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str, tuple]:
@@ -103,7 +112,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         if data is None:
             raise ValueError("--int8 needs --data: static quantisation is calibrated on training photos")
         target = Path(out) if out is not None else int8_path(model_file)
-        calib = _batch(pred, data, split.train[:: max(1, len(split.train) // calibration_size)], calibration_size)
+        calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
         quantize_int8(fp32, target, calib)
         report["onnx_int8"] = str(target)
         report["calibration_photos"] = len(calib)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch.nn as nn
+if TYPE_CHECKING:  # the registry itself needs no PyTorch: predicting with ONNX Runtime never imports it
+    import torch.nn as nn
 
 
 @dataclass(frozen=True)
