@@ -72,19 +72,14 @@ def main() -> None:
     test_preds = predict(pred, args.data, [s.relpath for s in test])
     labels = [s.label for s in test]
 
-    # photos whose label the ImageNet classifier contradicts, from the features the model computes
-    t = pred.transform()
-    from wildwatch.data.loading import load_image
+    # photos whose label the ImageNet classifier contradicts, judged on one reference (the bundled model's
+    # fp32 features) whatever the model and backend measured, so every run flags the same photos
+    from wildwatch.inference.export import photo_batch
 
-    # a model without the open-set decision: the bundled model's ImageNet classifier reads the same frozen features
-    head = (pred.open_set or Predictor.from_file(None).open_set)[0]
-    q_rows = []
-    for i in range(0, len(test), 64):
-        batch = t.normalise(np.stack([t.uint8(load_image(args.data / s.relpath, draft_size=(256, 256)))
-                                      for s in test[i:i + 64]]))
-        logits, feats = pred.forward(batch)
-        q_rows.append(head(feats))
-    q = np.concatenate(q_rows)
+    ref = Predictor.from_file(None, backend="onnx")
+    head = ref.open_set[0]
+    q = np.concatenate([head(ref.forward(photo_batch(ref.transform(), args.data, test[i:i + 64]))[1])
+                        for i in range(0, len(test), 64)])
     contra = contradicted(q, np.array([pred.classes.index(l) for l in labels]), pred.classes)
     audit = set()
     if args.exclude is not None:
@@ -92,19 +87,14 @@ def main() -> None:
             audit = {row["path"] for row in csv.DictReader(f)}
     flagged = np.array([bool(c) or s.relpath in audit for c, s in zip(contra, test)])
 
-    def rate(mask, cond):
-        mask = np.asarray(mask, bool)
-        return round(float(np.mean([cond(p) for p, m in zip(test_preds, mask) if m])), 4) if mask.any() else None
-
-    everyone = np.ones(len(test), bool)
     species = lambda p: p.top_k[0]["species"] if p.top_k else ""  # noqa: E731  the head's answer before unknown
     res = {"model": str(pred.model_path), "backend": pred.backend, "robust": args.robust, "test_photos": len(test),
            "test_flagged": int(flagged.sum()), "test_contradicted_by_imagenet": int(contra.sum())}
     res["test_top1_all"] = round(float(np.mean([species(p) == l for p, l in zip(test_preds, labels)])), 4)
     res["test_top1_unflagged"] = round(float(np.mean([species(p) == l for p, l, f in zip(test_preds, labels, flagged)
                                                       if not f])), 4)
-    res["test_rejected_all"] = rate(everyone, lambda p: p.unknown)
-    res["test_rejected_unflagged"] = rate(~flagged, lambda p: p.unknown)
+    res["test_rejected_all"] = round(float(np.mean([p.unknown for p in test_preds])), 4)
+    res["test_rejected_unflagged"] = round(float(np.mean([p.unknown for p, f in zip(test_preds, flagged) if not f])), 4)
     leo = [i for i, l in enumerate(labels) if l == "amur_leopard"]
     res["leopards_called_jaguars_test"] = sum(species(test_preds[i]) == "jaguars" for i in leo)
     res["leopards_called_jaguars_unflagged"] = sum(species(test_preds[i]) == "jaguars" for i in leo if not flagged[i])

@@ -102,7 +102,7 @@ def test_looks_like_names_the_class_or_the_kind():
 
 
 def test_descriptions_say_what_an_unknown_photo_looks_like():
-    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.predictor import Prediction, describe_other
 
     tiger = Prediction("t.jpg", "unknown", unknown=True, looks_like="tiger", looks_like_kind="animal")
     person = Prediction("p.jpg", "unknown", unknown=True, looks_like="", looks_like_kind="person")
@@ -111,6 +111,7 @@ def test_descriptions_say_what_an_unknown_photo_looks_like():
     assert person.describe() == "Not one of the 11 species — a person?"
     assert scene.describe() == "Not one of the 11 species — no animal seen (valley)"
     assert "Unknown animal" not in person.describe() + scene.describe()
+    assert describe_other("pickup", "vehicle") == "a vehicle (pickup)" and describe_other("", "animal")
 
 
 def test_bundled_model_says_what_a_photo_called_lion_by_the_head_looks_like():

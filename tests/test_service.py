@@ -41,6 +41,8 @@ def test_classify_good_and_broken_files_with_heatmap(predictor):
         assert "iucn_status" in a and "unknown" in a and a["heatmap_png_base64"]
         assert "text.jpg" in bad["error"] and "not an image" in bad["error"]
         assert png["error"] is None  # the content decides, not the name
+        for row in (a, png):  # an unknown photo says what it shows instead, in words and as fields
+            assert ("looks_like_text" in row) == row["unknown"] and "looks_like" in row and "note" in row
         assert client.get("/health").json()["status"] == "ok"
         species = client.get("/v1/species").json()["species"]
         assert {s["key"] for s in species} == set(predictor.classes)

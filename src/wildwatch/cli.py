@@ -238,7 +238,7 @@ def classify(
                     typer.echo(f"{p.source}\tERROR\t{p.error}")
                 else:
                     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
-                    label = "unknown" + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
+                    label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
                     where = f"\t{p.country}" if p.country else ""
                     where += f"\t{p.note}" if p.note else ""
                     typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")

@@ -184,10 +184,9 @@ def clean_training_labels(q: np.ndarray, labels: np.ndarray, classes: list[str],
     return ~bad
 
 
-def open_set_metrics(outputs: dict, y: dict, ood_feats: np.ndarray | None, stored: dict, threshold: float,
-                     head: ImageNetHead, classes: list[str]) -> dict:
+def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, head: ImageNetHead) -> dict:
     """Unknown rates of the whole open-set decision (Mahalanobis or ImageNet evidence) on the test split
-    and, when given, on the photos of none of the classes."""
+    and, when ``outputs`` has them ("ood"), on the photos of none of the classes."""
     rule = open_set.OpenSet(*(stored[k].float().numpy() for k in ("openset_foreign", "openset_support",
                                                                   "openset_beta")))
     mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
@@ -200,12 +199,10 @@ def open_set_metrics(outputs: dict, y: dict, ood_feats: np.ndarray | None, store
         return {}
     s_in = combined(test_logits, test_feats)
     metrics = {"open_set_rejected_known_test": round(float((s_in > 1).mean()), 5)}
-    if ood_feats is not None and len(ood_feats):
-        # the 11-class head's choice on the unknown photos decides which thresholds apply
-        s_out = combined(outputs["ood"][0], ood_feats) if "ood" in outputs else None
-        if s_out is not None:
-            metrics["open_set_auroc"] = round(ood.auroc(s_in, s_out), 5)
-            metrics["open_set_caught"] = round(float((s_out > 1).mean()), 5)
+    if "ood" in outputs:
+        s_out = combined(*outputs["ood"])  # the 11-class head's choice decides which thresholds apply
+        metrics["open_set_auroc"] = round(ood.auroc(s_in, s_out), 5)
+        metrics["open_set_caught"] = round(float((s_out > 1).mean()), 5)
     return metrics
 
 
@@ -387,7 +384,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     temperature, stored, threshold, scores = calibrate(clean, {**y, "train": y["train"][keep]}, len(classes), ood_feats)
     rule = open_set.fit_open_set(q_train[keep], y["train"][keep], classes)
     stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**head.stored, **rule}.items()})
-    scores.update(open_set_metrics(out_logits, y, ood_feats, stored, threshold, head, classes))
+    scores.update(open_set_metrics(out_logits, y, stored, threshold, head))
     scores["training_photos_left_out"] = int((~keep).sum())
     metrics = {"val_accuracy": round(best_acc, 5), **scores, "seconds_caching": round(t_cached - t_start, 1)}
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)

@@ -99,7 +99,7 @@ class Prediction:
             return f"error: {self.error}"
         if not self.unknown:
             return f"{self.common_name or self.species} ({self.confidence:.0%})"
-        return "Not one of the 11 species" + describe_other(self.looks_like, self.looks_like_kind)
+        return "Not one of the 11 species — " + describe_other(self.looks_like, self.looks_like_kind)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -119,14 +119,14 @@ ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
 
 
 def describe_other(name: str, kind: str) -> str:
-    """" — looks like a tiger", " — a person?", " — no animal seen"... for a photo of none of the 11."""
+    """What a photo of none of the 11 shows, in words: "looks like a tiger", "a person?", "no animal seen"."""
     if kind == "animal":
-        return f" — looks like {_article(name)}" if name else " — an animal it does not know"
+        return f"looks like {_article(name)}" if name else "an animal it does not know"
     if kind == "person":
-        return " — a person?"
+        return "a person?"
     if kind == "vehicle":
-        return f" — a vehicle ({name})" if name else " — a vehicle?"
-    return f" — no animal seen ({name})" if name else " — no animal seen"
+        return f"a vehicle ({name})" if name else "a vehicle?"
+    return f"no animal seen ({name})" if name else "no animal seen"
 
 
 def _article(name: str) -> str:
@@ -268,7 +268,8 @@ class Predictor:
         foreign, lack = parts[1].scores(q, logits.argmax(1))
         return np.maximum.reduce([scores / self.unknown_threshold, foreign, lack]), q
 
-    def _threshold(self) -> float | None:
+    def decision_threshold(self) -> float | None:
+        """What ``open_set_scores`` are compared with: 1.0 with the open-set decision, else the detector's threshold."""
         return 1.0 if self.open_set is not None else self.unknown_threshold
 
     def _top(self, p: np.ndarray) -> tuple[dict, ...]:
@@ -281,7 +282,7 @@ class Predictor:
 
         probs = softmax(logits, self.temperature)
         scores, q = self.open_set_scores(logits, feats)
-        threshold = self._threshold()
+        threshold = self.decision_threshold()
         classes = self.classes
         out = []
         for i, src in enumerate(sources):

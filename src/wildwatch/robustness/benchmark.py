@@ -125,7 +125,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     pre = predictor.preprocess
     mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
     std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
-    threshold = predictor.unknown_threshold
+    threshold = predictor.decision_threshold()
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
                 "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
@@ -181,7 +181,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
                 unknown.append(np.array([f.unknown for f in found]))
             else:
                 preds.append(logits.argmax(1))
-                scores = predictor.unknown_scores(logits, feats)
+                scores, _ = predictor.open_set_scores(logits, feats)
                 unknown.append(scores > threshold if scores is not None and threshold is not None
                                else np.zeros(len(batch), bool))
             bar.update(len(batch))

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from wildwatch import __version__
 from wildwatch.data.loading import ImageLoadError, load_photo_bytes
+from wildwatch.inference.predictor import describe_other
 from wildwatch.service.batching import MicroBatcher
 from wildwatch.species import CATEGORY_COLOURS, species_table
 
@@ -111,6 +112,8 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         preds = await batcher.classify(images, names, places) if images else []
         for i, img, p in zip(slots, images, preds):
             row = p.to_json()
+            if p.unknown:  # what the page shows instead of a species, worded once (Prediction.describe)
+                row["looks_like_text"] = describe_other(p.looks_like, p.looks_like_kind)
             if explain:
                 from wildwatch.inference.explain import explain_image, explained_class, png_base64
 

@@ -35,16 +35,8 @@ function bars(topK) {
   return box;
 }
 
-// What a photo of none of the 11 species shows, from the ImageNet classifier's answer.
-function otherText(pred) {
-  const name = pred.looks_like || "";
-  const kind = pred.looks_like_kind || "";
-  const article = /^[aeiou]/i.test(name) ? "an " : "a ";
-  if (kind === "animal") return name ? "Looks like " + article + name + "." : "An animal the model does not know.";
-  if (kind === "person") return "A person?";
-  if (kind === "vehicle") return "A vehicle" + (name ? " (" + name + ")" : "") + ".";
-  if (kind) return "No animal seen" + (name ? " (" + name + ")" : "") + ".";
-  return "It does not look like any of the species the model knows.";
+function sentence(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1) + (/[.?!]$/.test(text) ? "" : ".");
 }
 
 function card(pred, file) {
@@ -59,7 +51,7 @@ function card(pred, file) {
   const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") }, el("div", { class: "photo" }, img), body);
   if (pred.unknown) {
     body.append(el("h2", { text: "Not one of the 11 species" }),
-      el("p", { class: "note", text: otherText(pred) }));
+      el("p", { class: "note", text: sentence(pred.looks_like_text || "it does not look like any of the species the model knows") }));
   } else {
     const badge = el("span", { class: "badge", text: "IUCN " + pred.iucn_status + (pred.threatened ? " · threatened" : "") });
     badge.style.background = pred.status_colour || "#ccc";
