@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wildwatch.engine.evaluate import collect, split_for_model
-from wildwatch.engine.checkpoint import resolve_model_path
+from wildwatch.data.splits import split_for_model
+from wildwatch.engine.evaluate import collect
+from wildwatch.models.files import resolve_model_path
 from wildwatch.field import Place, range_table
 from wildwatch.inference import Predictor, bundled_model_path
 

@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from wildwatch.data.discover import expand_paths
-    from wildwatch.engine.evaluate import split_for_model
+    from wildwatch.data.splits import split_for_model
     from wildwatch.inference.predictor import Predictor
     from wildwatch.models.open_set import contradicted
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wildwatch.engine.checkpoint import read_model_meta
+from wildwatch.models.files import read_model_meta
 from wildwatch.inference import bundled_model_path
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")

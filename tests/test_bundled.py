@@ -159,7 +159,7 @@ def test_robust_mode_names_real_photos_and_holds_up_under_blur():
 def test_a_species_model_with_other_classes_is_refused(tmp_path):
     import shutil
 
-    from wildwatch.engine.checkpoint import ModelFileError
+    from wildwatch.models.files import ModelFileError
     from wildwatch.inference.predictor import bundled_species_path
 
     src = bundled_species_path()

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from wildwatch.config import TrainConfig
-from wildwatch.engine.checkpoint import ModelFileError, load_model, load_state, read_model_meta
+from wildwatch.models.files import ModelFileError, load_model, read_model_meta
+from wildwatch.engine.checkpoint import load_state
 from wildwatch.engine.evaluate import evaluate_model
 from wildwatch.engine.train import fit
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from wildwatch.data.label_audit import confident_learning, out_of_fold_probs
+from wildwatch.engine.label_audit import confident_learning, out_of_fold_probs
 from wildwatch.data.transforms import Preprocess
-from wildwatch.engine.checkpoint import save_model
+from wildwatch.models.files import save_model
 from wildwatch.inference import Predictor
 from wildwatch.inference.export import export
 from wildwatch.models import create_model
@@ -157,7 +157,7 @@ def test_unknown_statistics_stay_finite_when_fp16_cannot_hold_them():
 def test_symmetric_extras_are_stored_as_one_triangle(tmp_path):
     from safetensors import safe_open
 
-    from wildwatch.engine.checkpoint import load_extras
+    from wildwatch.models.files import load_extras
 
     model = create_model("seed_m4_gap", 3, image_size=32)
     a = torch.randn(6, 6)

@@ -12,7 +12,7 @@ import torch
 from conftest import make_shapes_folder
 from wildwatch.config import TrainConfig
 from wildwatch.engine import finetune
-from wildwatch.engine.checkpoint import read_model_meta
+from wildwatch.models.files import read_model_meta
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_training_cleans_labels_adds_the_int8_view_and_stores_the_open_set_decis
     from conftest import make_shapes_folder
 
     from wildwatch.config import TrainConfig
-    from wildwatch.engine.checkpoint import load_extras, read_model_meta
+    from wildwatch.models.files import load_extras, read_model_meta
     from wildwatch.engine.transfer import fit_transfer
     from wildwatch.inference.predictor import Predictor
 

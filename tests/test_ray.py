@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wildwatch.data.transforms import Preprocess
-from wildwatch.engine.checkpoint import save_model
+from wildwatch.models.files import save_model
 from wildwatch.models import create_model
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")

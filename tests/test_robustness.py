@@ -144,7 +144,7 @@ def test_benchmark_runs_resumes_and_reports(tmp_path):
 
 def test_degraded_views_are_cached_and_used_in_training(tmp_path):
     from wildwatch.config import TrainConfig
-    from wildwatch.engine.checkpoint import load_model
+    from wildwatch.models.files import load_model
     from wildwatch.engine.transfer import fit_transfer
 
     data = make_shapes_folder(tmp_path / "shapes", per_class=12)

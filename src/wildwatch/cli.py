@@ -35,7 +35,7 @@ def friendly_errors(fn):
         from pydantic import ValidationError
 
         from wildwatch.data.loading import ImageLoadError
-        from wildwatch.engine.checkpoint import ModelFileError
+        from wildwatch.models.files import ModelFileError
 
         try:
             return fn(*args, **kwargs)
@@ -403,7 +403,7 @@ def data_audit(
     report = audit_folder(root)
     typer.echo(format_audit(report))
     if model is not None:
-        from wildwatch.data.label_audit import label_audit
+        from wildwatch.engine.label_audit import label_audit
 
         folder = out or Path("label_audit")
         la = label_audit(root, None if str(model) == "bundled" else model, folder, folds)

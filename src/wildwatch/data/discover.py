@@ -74,3 +74,8 @@ def fingerprint(root: str | Path, samples: Iterable[Sample]) -> str:
         size = (root / s.relpath).stat().st_size
         h.update(f"{s.relpath}\t{s.label}\t{size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def ood_images(folder: Path | None) -> list[Path]:
+    """The photos under ``folder`` (photos of none of the classes), or none when it is not given."""
+    return [] if folder is None else list(expand_paths([folder]))

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from wildwatch.data.discover import Sample
+from wildwatch.data.discover import Sample, discover_images, fingerprint
 from wildwatch.data.loading import ImageLoadError, load_image
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -183,3 +183,18 @@ def split_by_group(
     for name in SPLIT_NAMES:
         split.part(name).sort(key=lambda s: s.relpath)
     return split
+
+
+def split_for_model(model_path: Path, meta: dict, data: Path) -> tuple[Split, bool]:
+    """The split a model was trained with: its run's split.json, or rebuilt from the metadata.
+
+    Returns (split, fingerprint_matches)."""
+    samples, classes = discover_images(data)
+    same = meta.get("data_fingerprint") == fingerprint(data, samples)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    if (folder / "split.json").exists():
+        return Split.load(folder / "split.json"), same
+    s = meta.get("split") or {}
+    groups, how = assign_groups(data, samples, progress=False)
+    split = split_by_group(samples, groups, classes, tuple(s.get("ratios", (0.7, 0.1, 0.2))), int(s.get("seed", 0)), how)
+    return split, same

@@ -14,9 +14,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from wildwatch.data.discover import discover_images, fingerprint
 from wildwatch.data.loading import load_image
-from wildwatch.data.splits import Split, assign_groups, split_by_group
+from wildwatch.data.splits import split_for_model
 from wildwatch.inference.predictor import Predictor
 from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
 
@@ -59,21 +58,6 @@ VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
     "random_40pct": lambda: random_crop_area(0.4),
     "squash_256": lambda: squash(256),
 }
-
-
-def split_for_model(model_path: Path, meta: dict, data: Path) -> tuple[Split, bool]:
-    """The split a model was trained with: its run's split.json, or rebuilt from the metadata.
-
-    Returns (split, fingerprint_matches)."""
-    samples, classes = discover_images(data)
-    same = meta.get("data_fingerprint") == fingerprint(data, samples)
-    folder = model_path if model_path.is_dir() else model_path.parent
-    if (folder / "split.json").exists():
-        return Split.load(folder / "split.json"), same
-    s = meta.get("split") or {}
-    groups, how = assign_groups(data, samples, progress=False)
-    split = split_by_group(samples, groups, classes, tuple(s.get("ratios", (0.7, 0.1, 0.2))), int(s.get("seed", 0)), how)
-    return split, same
 
 
 def collect(predictor: Predictor, data: Path, samples, view: Callable | None = None, batch_size: int = 64,

@@ -37,7 +37,8 @@ from wildwatch.data.datasets import make_loader
 from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
-from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
+from wildwatch.models.files import MODEL_FILENAME, save_model
+from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.device import resolve_device
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
 from wildwatch.engine.transfer import calibrate, model_meta, ood_images

@@ -18,7 +18,8 @@ from wildwatch.data.datasets import ImageDataset, make_loader
 from wildwatch.data.discover import discover_images, fingerprint
 from wildwatch.data.splits import Split, assign_groups, split_by_group
 from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
-from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
+from wildwatch.models.files import MODEL_FILENAME, save_model
+from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.device import resolve_device
 from wildwatch.models import create_model, get_entry
 

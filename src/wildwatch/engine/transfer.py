@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wildwatch.config import TrainConfig
-from wildwatch.data.discover import Sample
+from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
-from wildwatch.engine.checkpoint import MODEL_FILENAME, load_state, save_model, save_state
+from wildwatch.models.files import MODEL_FILENAME, save_model
+from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
 from wildwatch.inference import unknown as ood
 from wildwatch.models import create_model
@@ -204,14 +205,6 @@ def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, hea
         metrics["open_set_auroc"] = round(ood.auroc(s_in, s_out), 5)
         metrics["open_set_caught"] = round(float((s_out > 1).mean()), 5)
     return metrics
-
-
-def ood_images(folder: Path | None) -> list[Path]:
-    if folder is None:
-        return []
-    from wildwatch.data.discover import expand_paths
-
-    return list(expand_paths([folder]))
 
 
 def _storable(t: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from wildwatch.data.loading import load_image
 from wildwatch.inference import unknown as ood
-from wildwatch.engine.checkpoint import resolve_model_path
+from wildwatch.models.files import resolve_model_path
 from wildwatch.inference.backends import (
     OnnxRunner,
     TorchRunner,
@@ -93,7 +93,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         export_model_onnx(pred.model, fp32, size)
     report: dict = {"model": str(model_file), "onnx": str(fp32), "export_seconds": round(time.perf_counter() - t0, 1)}
 
-    from wildwatch.engine.evaluate import split_for_model
+    from wildwatch.data.splits import split_for_model
 
     split = split_for_model(model_file, pred.meta, data)[0] if data is not None else None
     if split is not None:
@@ -130,7 +130,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
             report.update(_compare(outs["fp32"], outs["int8"], y, name, thresholds))
         if ood_dir is not None and test["fp32"][1] is not None:
             from wildwatch.data.discover import Sample
-            from wildwatch.engine.transfer import ood_images
+            from wildwatch.data.discover import ood_images
 
             others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
             for key, (_, scores) in _outputs(pred, files, Path(ood_dir), others).items():

@@ -17,7 +17,7 @@ from PIL import Image
 from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import ImageLoadError, load_photo
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
-from wildwatch.engine.checkpoint import load_extras, read_model_meta
+from wildwatch.models.files import load_extras, read_model_meta
 from wildwatch.field import place_from_exif
 from wildwatch.inference import unknown as ood
 from wildwatch.models.imagenet import ImageNetHead
@@ -42,7 +42,7 @@ def bundled_species_path() -> Path:
 
 def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
     """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
-    from wildwatch.engine.checkpoint import ModelFileError, resolve_model_path
+    from wildwatch.models.files import ModelFileError, resolve_model_path
     from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
 
     src = bundled_species_path() if str(species_model) == "bundled" else Path(species_model)
@@ -181,7 +181,7 @@ class Predictor:
         ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a model file, run
         folder or int8 ONNX file with its export report beside it) names the species, while this
         model still decides "unknown": robust to degraded photos, at twice the compute."""
-        from wildwatch.engine.checkpoint import resolve_model_path
+        from wildwatch.models.files import resolve_model_path
         from wildwatch.inference.backends import make_runner
 
         path = resolve_model_path(bundled_model_path() if path is None else path)
@@ -195,7 +195,7 @@ class Predictor:
     def model(self):
         """The PyTorch model (built and loaded on first use)."""
         if self._model is None:
-            from wildwatch.engine.checkpoint import load_model
+            from wildwatch.models.files import load_model
 
             self._model, _ = load_model(self.model_path, self.device)
         return self._model

@@ -100,8 +100,8 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
 
     ``tiles`` >= 2: images without a confident answer get a second look at ``tiles`` x ``tiles``
     overlapping tiles (``Predictor.refine_with_tiles``). ``species_model``: see ``Predictor.from_file``."""
-    from wildwatch.engine.checkpoint import resolve_model_path
-    from wildwatch.engine.evaluate import split_for_model
+    from wildwatch.models.files import resolve_model_path
+    from wildwatch.data.splits import split_for_model
     from wildwatch.inference.backends import file_digest
     from wildwatch.inference.predictor import Predictor, bundled_model_path
 
