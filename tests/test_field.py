@@ -185,6 +185,7 @@ def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
     assert a["timestamp"].startswith("2024-03-05T06:41:09") and json.loads(a["exifData"])["country"] == "KE"
     grey_obs = next(o for o in obs if o["mediaID"] != a["mediaID"])
     assert grey_obs["observationType"] == "unknown" and grey_obs["scientificName"] == ""
+    assert grey_obs["observationComments"].startswith("Not one of the 11 species — ")
     pkg = json.loads((dp / "datapackage.json").read_text())
     assert "broken.jpg" in pkg["description"]
     from frictionless import Package

@@ -125,8 +125,9 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
                     "classificationMethod": "machine", "classifiedBy": f"wildwatch {__version__} ({model_name})",
                     "classificationTimestamp": now, "classificationProbability": round(float(p.confidence), 4),
                     "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
-                                       + ("|out_of_range" if p.out_of_range else ""),
-                    "observationComments": ""})
+                                       + ("|out_of_range" if p.out_of_range else "")
+                                       + (f"|looks_like:{p.looks_like}" if p.looks_like else ""),
+                    "observationComments": p.describe() if p.unknown else p.note})
     located = [p for p in preds if p.latitude is not None]
     where = (located[0].latitude, located[0].longitude) if located else None
     taxa = sorted({p.species for p in preds if not p.error and not p.unknown})
