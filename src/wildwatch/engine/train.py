@@ -113,7 +113,8 @@ def prepare_split(cfg: TrainConfig, out: Path, progress: bool = True) -> tuple[S
 
 def write_history(path: Path, history: list[dict]) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        extra = [k for k in history[0] if k not in HISTORY_FIELDS] if history else []
+        w = csv.DictWriter(f, fieldnames=[*HISTORY_FIELDS, *extra])
         w.writeheader()
         w.writerows(history)
 

@@ -298,6 +298,11 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
                            cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
                            desc=f"degraded view {v + 1}/{cfg.degrade_views}") for v in range(cfg.degrade_views)]
+    val_degraded = None
+    if cfg.degrade_views:
+        # one degraded view of the validation photos: the best epoch is chosen on clean and degraded photos
+        val_degraded = cache_view(runner, root, split.part("val"), degraded_train_transform(pre),
+                                  cache / "val_degraded.npy", cfg.seed * 1000 + 900, desc="degraded validation view")
     if cfg.int8_view:
         aug.append(int8_trunk_view(runner.path, root, split.part("train"), pre, cache))
     head = imagenet_head(model)
@@ -312,7 +317,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         p.requires_grad = n.startswith(TRAINABLE_PREFIXES)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    start, best_acc, best_epoch, history, best_state = 0, -1.0, -1, [], None
+    start, best_acc, best_score, best_epoch, history, best_state = 0, -1.0, -1.0, -1, [], None
     state_path = out / "state.pt"
     if resume and state_path.exists():
         st = load_state(state_path)
@@ -320,6 +325,7 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         start, best_acc, best_epoch, history = st["epoch"] + 1, st["best_val_acc"], st["best_epoch"], st["history"]
+        best_score = st.get("best_val_score", best_acc)
         best_state = st.get("best_model")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     bar = tqdm(range(start, cfg.epochs), desc=cfg.model, unit="epoch", disable=not progress, initial=start,
@@ -347,15 +353,20 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         vl, _ = head_outputs(model, acts["val"])
         val_loss = float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(y["val"])))
         val_acc = float((vl.argmax(1) == y["val"]).mean())
-        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(order), 5),
-                        "train_acc": round(correct / len(order), 5), "lr": lr, "val_loss": round(val_loss, 5),
-                        "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2)})
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / len(order), 5),
+               "train_acc": round(correct / len(order), 5), "lr": lr, "val_loss": round(val_loss, 5),
+               "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
+        score = val_acc
+        if val_degraded is not None:
+            row["val_acc_degraded"] = round(float((head_outputs(model, val_degraded)[0].argmax(1) == y["val"]).mean()), 5)
+            score = (val_acc + row["val_acc_degraded"]) / 2
+        history.append(row)
+        if score > best_score:
+            best_acc, best_score, best_epoch = val_acc, score, epoch + 1
             best_state = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
         save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_acc": best_acc,
-                                "best_epoch": best_epoch, "history": history, "best_model": best_state})
+                                "best_val_score": best_score, "best_epoch": best_epoch, "history": history, "best_model": best_state})
         write_history(out / "history.csv", history)
         plot_curves(history, out / "curves.png")
         figures_page(f"Training {cfg.model}", out / "curves.html", [("loss and accuracy per epoch", out / "curves.png")],

@@ -20,6 +20,8 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     a.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
     b.plot(ep, [h["val_acc"] for h in history], "o-", label="validation")
+    if all("val_acc_degraded" in h for h in history):
+        b.plot(ep, [h["val_acc_degraded"] for h in history], "o-", label="validation, degraded")
     b.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     for ax in (a, b):
         ax.grid(alpha=0.3)
