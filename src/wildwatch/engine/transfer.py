@@ -25,7 +25,7 @@ from tqdm import tqdm
 from wildwatch.config import TrainConfig
 from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
-from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
+from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
 from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
@@ -111,8 +111,6 @@ def int8_trunk_view(trunk: Path, root: Path, train: Sequence[Sample], pre: Prepr
 
     target = cache / f"{trunk.stem}.int8.onnx"
     if not target.exists():
-        from wildwatch.data.transforms import FastEvalTransform
-
         quantize_int8(trunk, target, photo_batch(FastEvalTransform(pre), root, calibration_samples(list(train))))
     return cache_view(OnnxRunner(target, "onnx-int8"), root, train, eval_transform(pre), cache / "train_int8.npy", 0,
                       desc="int8 trunk view")
@@ -358,7 +356,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
         score = val_acc
         if val_degraded is not None:
-            row["val_acc_degraded"] = round(float((head_outputs(model, val_degraded)[0].argmax(1) == y["val"]).mean()), 5)
+            degraded_logits = head_outputs(model, val_degraded)[0]
+            row["val_acc_degraded"] = round(float((degraded_logits.argmax(1) == y["val"]).mean()), 5)
             score = (val_acc + row["val_acc_degraded"]) / 2
         history.append(row)
         if score > best_score:
@@ -366,7 +365,8 @@ def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
             best_state = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
         save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_acc": best_acc,
-                                "best_val_score": best_score, "best_epoch": best_epoch, "history": history, "best_model": best_state})
+                                "best_val_score": best_score, "best_epoch": best_epoch, "history": history,
+                                "best_model": best_state})
         write_history(out / "history.csv", history)
         plot_curves(history, out / "curves.png")
         figures_page(f"Training {cfg.model}", out / "curves.html", [("loss and accuracy per epoch", out / "curves.png")],
