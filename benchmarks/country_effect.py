@@ -34,8 +34,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     table = range_table()
     places = [Place(country=rng.choice(sorted(table[s.label]["countries"]))) for s in samples]
-    before = pred._predictions([s.relpath for s in samples], logits, feats)
-    after = pred._predictions([s.relpath for s in samples], logits, feats, places)
+    before = pred.from_outputs([s.relpath for s in samples], logits, feats)
+    after = pred.from_outputs([s.relpath for s in samples], logits, feats, places)
     truth = [s.label for s in samples]
 
     def top(p):

@@ -93,20 +93,20 @@ def _logits(classes, ranking):
 def test_impossible_answer_is_reranked_and_the_original_kept(bundled):
     classes = bundled.classes
     logits = _logits(classes, ["jaguars", "amur_leopard", "cheetahs"]) / 4  # not sure from the photo alone
-    [p] = bundled._predictions(["x.jpg"], logits, None, [Place(country="IN", country_source="given")])
+    [p] = bundled.from_outputs(["x.jpg"], logits, None, [Place(country="IN", country_source="given")])
     assert p.out_of_range and p.country == "IN" and "re-ranked" in p.note
     assert p.species == "amur_leopard" and p.top_k_original[0]["species"] == "jaguars"
     assert p.iucn_status == "VU" and "leopard" in p.population
     assert abs(sum(t["probability"] for t in p.top_k) - 1) < 0.05
-    [same] = bundled._predictions(["y.jpg"], logits, None, [Place(country="BR")])
+    [same] = bundled.from_outputs(["y.jpg"], logits, None, [Place(country="BR")])
     assert not same.out_of_range and same.species == "jaguars" and same.top_k_original == ()
-    [nowhere] = bundled._predictions(["z.jpg"], logits, None, [None])
+    [nowhere] = bundled.from_outputs(["z.jpg"], logits, None, [None])
     assert nowhere.country is None and nowhere.iucn_status == "NT"
 
 
 def test_a_sure_photo_outside_the_range_keeps_its_species_and_is_flagged(bundled):
     logits = _logits(bundled.classes, ["rhino", "african_elephant", "lion"]) * 2  # sure from the photo alone
-    [p] = bundled._predictions(["zoo.jpg"], logits, None, [Place(country="RU", country_source="exif_gps")])
+    [p] = bundled.from_outputs(["zoo.jpg"], logits, None, [Place(country="RU", country_source="exif_gps")])
     assert p.species == "rhino" and p.confidence > 0.99 and p.top_k_original == ()
     assert p.out_of_range and p.note == "outside its wild range: captive or traded?"
 

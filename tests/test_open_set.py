@@ -124,7 +124,7 @@ def test_bundled_model_says_what_a_photo_called_lion_by_the_head_looks_like():
     assert head(feats)[0].argmax() == tiger
     logits = np.full((1, 11), -4.0)
     logits[0, CLASSES.index("lion")] = 6.0  # the 11-class head is sure it is a lion
-    [p] = pred._predictions(["tiger.jpg"], logits, feats)
+    [p] = pred.from_outputs(["tiger.jpg"], logits, feats)
     assert p.unknown and p.species == "unknown" and p.looks_like == "tiger" and p.looks_like_kind == "animal"
     assert p.describe() == "Not one of the 11 species — looks like a tiger"
     assert p.unknown_score > 1 and p.to_row()["looks_like"] == "tiger"

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from wildwatch.errors import UsageError, WildwatchError, require
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tell which endangered species is in a photo, how threatened it is, and alert people.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect image folders.")
@@ -28,21 +30,18 @@ def species_model(robust: bool) -> str | None:
 
 
 def friendly_errors(fn):
-    """Print expected errors as one line (no traceback) and exit with status 2."""
+    """Print expected errors (``WildwatchError``, invalid options, a missing or unwritable file) as
+    one line without a traceback, and exit with status 2. Anything else is a bug: it keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from pydantic import ValidationError
 
-        from wildwatch.data.loading import ImageLoadError
-        from wildwatch.models.files import ModelFileError
-
         try:
             return fn(*args, **kwargs)
-        except (FileNotFoundError, FileExistsError, ModelFileError, ImageLoadError, ValueError, KeyError,
-                RuntimeError, ValidationError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        except (WildwatchError, ValidationError, FileNotFoundError, FileExistsError, PermissionError,
+                IsADirectoryError, NotADirectoryError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
 
     return wrapper
@@ -86,6 +85,7 @@ def train(
     """Train a model; keep the best on validation accuracy. The test split is never touched.
 
     Several processes or machines: torchrun --nproc_per_node=N -m wildwatch train ... (see README)."""
+    require("torch", "train", "training")
     import yaml
 
     from wildwatch.config import TrainConfig
@@ -98,23 +98,22 @@ def train(
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
+    from wildwatch.engine.distributed import launched_by_torchrun
     from wildwatch.models import get_entry
 
-    from wildwatch.engine.distributed import launched_by_torchrun
-
     if distributed and not launched_by_torchrun():
-        raise RuntimeError("--distributed needs a torchrun launch: torchrun --nproc_per_node=N -m wildwatch train ...")
+        raise UsageError("--distributed needs a torchrun launch: torchrun --nproc_per_node=N -m wildwatch train ...")
     if cfg.finetune and not get_entry(cfg.model).preprocess:
-        raise RuntimeError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with its own recipe")
+        raise UsageError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with its own recipe")
     if cfg.finetune:
         if launched_by_torchrun():
-            raise RuntimeError("--finetune runs in one process; run it without torchrun")
+            raise UsageError("--finetune runs in one process; run it without torchrun")
         from wildwatch.engine.finetune import fit_finetune
 
         result = fit_finetune(cfg, resume=resume)
     elif get_entry(cfg.model).preprocess:  # pretrained backbones train on cached features
         if launched_by_torchrun():
-            raise RuntimeError(f"{cfg.model} trains on cached features in one process; run it without torchrun")
+            raise UsageError(f"{cfg.model} trains on cached features in one process; run it without torchrun")
         from wildwatch.engine.transfer import fit_transfer
 
         result = fit_transfer(cfg, resume=resume)
@@ -139,6 +138,8 @@ def evaluate(
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
 ):
     """Score a model on a split of its data: metrics, confusion matrix, calibration, errors."""
+    require("torch", "train", "evaluate")
+    require("matplotlib", "train", "evaluate's plots")
     from wildwatch.engine.evaluate import evaluate_model
 
     s = evaluate_model(model, data, out, split, views=views, exclude=exclude,
@@ -178,27 +179,29 @@ def classify(
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
+    if explain is not None:
+        require("torch", "train", "--explain (Grad-CAM)")
     from tqdm import tqdm
 
-    from wildwatch.inference.predictor import Predictor, describe_other
     from wildwatch.data.discover import expand_paths
+    from wildwatch.inference.predictor import Predictor, describe_other
     from wildwatch.inference.writers import done_sources, open_writer
 
     fmt = format or (output.suffix.lower().lstrip(".") if output is not None else None)
     fmt = "jsonl" if fmt == "json" else fmt
     if fmt not in (None, "csv", "jsonl", "megadetector", "camtrapdp", "parquet"):
-        raise ValueError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
+        raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
     if fmt in ("megadetector", "camtrapdp") and output is None:
-        raise ValueError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
+        raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
     if resume and (output is None or fmt not in ("csv", "jsonl")):
-        raise ValueError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
+        raise UsageError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
     if country is not None and (len(country) != 2 or not country.isalpha()):
-        raise ValueError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+        raise UsageError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
     if engine == "ray":
         if robust:
-            raise ValueError("--robust runs with the local engine only; leave out --engine ray")
+            raise UsageError("--robust runs with the local engine only; leave out --engine ray")
         if fmt not in ("csv", "jsonl", "parquet") and not (output and output.suffix.lower() == ".parquet"):
-            raise ValueError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
+            raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
         from wildwatch.inference.ray_engine import classify_with_ray, write_rows
 
         rows = classify_with_ray(paths, model, backend, top_k, country.upper() if country else None, address,
@@ -208,9 +211,9 @@ def classify(
         typer.echo(f"{len(rows)} files, {len(rows) - n_err} classified, {n_err} errors (ray); rows in {output}", err=True)
         return
     if engine != "local":
-        raise ValueError(f"unknown engine {engine!r}: use local or ray")
+        raise UsageError(f"unknown engine {engine!r}: use local or ray")
     if fmt == "parquet":
-        raise ValueError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
+        raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
     predictor = Predictor.from_file(model, top_k=top_k, backend=backend, species_model=species_model(robust))
     predictor.country = country.upper() if country else None
     predictor.use_exif = not no_exif
@@ -273,7 +276,8 @@ def serve(
                                           "request can also pass ?country=CC)."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
-    import uvicorn
+    require("fastapi", "serve", "serve")
+    uvicorn = require("uvicorn", "serve", "serve")
 
     from wildwatch.inference.predictor import Predictor
     from wildwatch.service.app import create_app
@@ -302,7 +306,7 @@ def events(
     rows = store.list(since=since, species=species)
     if format == "camtrapdp":
         if output is None:
-            raise ValueError("--format camtrapdp needs --output FOLDER")
+            raise UsageError("--format camtrapdp needs --output FOLDER")
         from wildwatch.inference.formats import write_camtrap_dp_events
 
         write_camtrap_dp_events(rows, store, output)
@@ -319,7 +323,7 @@ def events(
         w.writerows(r.to_json() for r in rows)
         text = buf.getvalue()
     else:
-        raise ValueError(f"unknown format {format!r}: use csv, json or camtrapdp")
+        raise UsageError(f"unknown format {format!r}: use csv, json or camtrapdp")
     if output is None:
         typer.echo(text.rstrip("\n"))
     else:
@@ -359,13 +363,13 @@ def monitor(
     cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
                              tiles=tiles)
     if not (sources or cfg.sources):
-        raise ValueError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
+        raise UsageError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
     predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
     if cfg.country:
         if len(cfg.country) != 2 or not cfg.country.isalpha():
-            raise ValueError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+            raise UsageError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
         predictor.country = cfg.country.upper()
     classify = predictor.predict_images
     if cfg.tiles >= 2:
@@ -403,6 +407,7 @@ def data_audit(
     report = audit_folder(root)
     typer.echo(format_audit(report))
     if model is not None:
+        require("torch", "train", "the label audit (--model)")
         from wildwatch.engine.label_audit import label_audit
 
         folder = out or Path("label_audit")
@@ -429,7 +434,9 @@ def export(
 ):
     """Export to ONNX Runtime (one file, dynamic batch) with a parity check against PyTorch."""
     if format != "onnx":
-        raise ValueError(f"unknown format {format!r}; only 'onnx' is supported")
+        raise UsageError(f"unknown format {format!r}; only 'onnx' is supported")
+    require("torch", "train", "export")
+    require("onnx", "train", "export")
     from wildwatch.inference.export import export as do_export
 
     report = do_export(model, out, int8, data, calibration_size, ood)
@@ -457,6 +464,8 @@ def benchmark_robustness(
 ):
     """Accuracy under the 15 ImageNet-C corruptions (severities 1-5), CCTV conditions and, with
     --pastes, occlusion by people and objects and animals small in the frame."""
+    require("torch", "train", "the robustness benchmark")
+    require("matplotlib", "train", "the robustness benchmark's heatmap")
     from wildwatch.robustness.benchmark import run_robustness
 
     names = [c.strip() for c in conditions.split(",") if c.strip()] if conditions else None

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from wildwatch.errors import WildwatchError
+
 # 64 megapixels: larger than any camera-trap or phone photo; a decompression bomb is far above.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(WildwatchError):
     """An image could not be read. ``str()`` names the file and the problem."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from wildwatch.data.discover import Sample, discover_images, fingerprint
 from wildwatch.data.loading import ImageLoadError, load_image
+from wildwatch.errors import UnknownNameError, UsageError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -33,7 +34,7 @@ class Split:
 
     def part(self, name: str) -> list[Sample]:
         if name not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+            raise UnknownNameError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
         return getattr(self, name)
 
     def to_json(self) -> dict:
@@ -158,7 +159,7 @@ def split_by_group(
     A group (and every copy in it) lands on exactly one side.
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
+        raise UsageError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
     rng = random.Random(seed)
     split = Split(classes=list(classes), seed=seed, ratios=tuple(ratios), grouping=grouping)
     members: dict[tuple[str, int], list[Sample]] = defaultdict(list)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from wildwatch.data.loading import load_image
 from wildwatch.data.splits import split_for_model
+from wildwatch.errors import DataError
 from wildwatch.inference.predictor import Predictor
 from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
 
@@ -97,7 +98,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
     split, same_data = split_for_model(model_path, predictor.meta, data)
     samples = split.part(split_name)
     if not samples:
-        raise ValueError(f"split {split_name!r} of {data} is empty")
+        raise DataError(f"split {split_name!r} of {data} is empty")
     classes = predictor.classes
     idx = {c: i for i, c in enumerate(classes)}
     targets = np.array([idx[s.label] for s in samples])

@@ -37,12 +37,12 @@ from wildwatch.data.datasets import make_loader
 from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
-from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.device import resolve_device
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
 from wildwatch.engine.transfer import calibrate, model_meta, ood_images
 from wildwatch.models import create_model
+from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.robustness.batch_degrade import BatchDegrade, colour_jitter
 
 # Defaults of this recipe where the config leaves them open (the model's registry recipe is the

@@ -18,10 +18,10 @@ from wildwatch.data.datasets import ImageDataset, make_loader
 from wildwatch.data.discover import discover_images, fingerprint
 from wildwatch.data.splits import Split, assign_groups, split_by_group
 from wildwatch.data.transforms import Preprocess, eval_transform, train_transform
-from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.device import resolve_device
 from wildwatch.models import create_model, get_entry
+from wildwatch.models.files import MODEL_FILENAME, save_model
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc", "seconds")
 
@@ -131,13 +131,12 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitRes
     (+ model.json) and state.pt. With ``resume`` an interrupted run continues from state.pt and
     ends with the same weights as an uninterrupted one (every epoch is seeded on its own).
     """
-    from wildwatch.reports.html import figures_page
-    from wildwatch.reports.plots import plot_curves
-
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DistributedSampler, Subset
 
     from wildwatch.engine.distributed import all_reduce_sum, barrier, cleanup, setup_distributed, shard, sync_buffers
+    from wildwatch.reports.html import figures_page
+    from wildwatch.reports.plots import plot_curves
 
     cfg = cfg.resolved()
     out = Path(cfg.out)

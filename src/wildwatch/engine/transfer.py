@@ -26,13 +26,14 @@ from wildwatch.config import TrainConfig
 from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
-from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.engine.checkpoint import load_state, save_state
 from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
+from wildwatch.errors import UsageError
 from wildwatch.inference import unknown as ood
-from wildwatch.models import create_model
-from wildwatch.models import open_set
+from wildwatch.models import create_model, open_set
+from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.models.imagenet import ImageNetHead, dequantise_head, imagenet_classes, quantise_head
+from wildwatch.models.interface import is_backbone
 from wildwatch.reports.metrics import nll, softmax
 
 TRAINABLE_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
@@ -118,7 +119,7 @@ def int8_trunk_view(trunk: Path, root: Path, train: Sequence[Sample], pre: Prepr
 
 def head_forward(model: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     """Logits from cached trunk activations."""
-    return model._fc(model._dropout(model.head_features(acts)))
+    return model.classify_pooled(model.head_features(acts))
 
 
 @torch.no_grad()
@@ -128,7 +129,7 @@ def head_outputs(model: nn.Module, acts: np.ndarray, batch_size: int = 512) -> t
     logits, feats = [], []
     for i in range(0, len(acts), batch_size):
         t = torch.from_numpy(acts[i:i + batch_size]).float()
-        logits.append(model._fc(model.head_features(t)).numpy())
+        logits.append(model.classify_pooled(model.head_features(t)).numpy())
         feats.append(model.ood_features(t).numpy())
     return np.concatenate(logits), np.concatenate(feats)
 
@@ -157,8 +158,8 @@ def imagenet_head(model: nn.Module) -> StoredImageNetHead:
     """The wheel's 1000-class classifier, which sits on the features of the frozen ImageNet head."""
     from wildwatch.models.effnet import load_lite0_imagenet_state
 
-    if not hasattr(model, "ood_features"):
-        raise ValueError("the open-set decision needs a pretrained backbone with a frozen ImageNet head")
+    if not is_backbone(model):
+        raise UsageError("the open-set decision needs a pretrained backbone with a frozen ImageNet head")
     state = load_lite0_imagenet_state()
     return StoredImageNetHead(state["_fc.weight"].numpy(), state["_fc.bias"].numpy())
 

@@ -5,14 +5,33 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
+
+from wildwatch.errors import NeedsExtraError, UnknownNameError
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+class Runner(Protocol):
+    """What the Predictor runs a normalised NCHW float32 batch on."""
+
+    name: str  # the backend, as users see it: torch, onnx, onnx-int8, onnx-int8+species
+    batch_size: int  # the batch size it runs fastest at
+    unknown_threshold: float | None  # its own unknown-detector threshold (an int8 file's), else None
+    temperature: float | None  # its own calibration (a separate species network's), else None
+    species_digest: str | None  # which separate species network it runs, if any
+    per_core: bool  # whether ``single_threaded`` gives a runner to run one batch per core on
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, unknown-detector features or None)."""
+
+    def single_threaded(self) -> "Runner":
+        """A runner on one core (only called when ``per_core``)."""
 
 
 def _outputs(model: "nn.Module") -> "nn.Module":
@@ -25,9 +44,8 @@ def _outputs(model: "nn.Module") -> "nn.Module":
             self.model = model
 
         def forward(self, x):
-            if hasattr(self.model, "predict_outputs"):
-                return self.model.predict_outputs(x)
-            return self.model(x)
+            logits, feats = self.model.predict_outputs(x)
+            return logits if feats is None else (logits, feats)
 
     return Outputs(model)
 
@@ -70,6 +88,10 @@ def _on_cpu(device) -> bool:
 
 class TorchRunner:
     name = "torch"
+    unknown_threshold = None
+    temperature = None
+    species_digest = None
+    per_core = False  # PyTorch runs one batch at a time on all cores; decoding threads feed it
 
     def __init__(self, model: "nn.Module", device):
         self.model, self.device = model, device
@@ -88,6 +110,10 @@ class TorchRunner:
 
 
 class OnnxRunner:
+    temperature = None
+    species_digest = None
+    per_core = True
+
     def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
         import threading
 
@@ -142,14 +168,13 @@ class DualRunner:
     def __init__(self, main, species, temperature: float, species_digest: str | None = None):
         self.main, self.species, self.temperature = main, species, float(temperature)
         self.species_digest = species_digest  # which species network: part of a benchmark's settings
-        self.name = f"{getattr(main, 'name', 'torch')}+species"
-        self.unknown_threshold = getattr(main, "unknown_threshold", None)
-        self.batch_size = getattr(main, "batch_size", 32)
+        self.name = f"{main.name}+species"
+        self.unknown_threshold = main.unknown_threshold
+        self.batch_size = main.batch_size
+        self.per_core = main.per_core and species.per_core
         self._single = None
 
-    def single_threaded(self) -> "DualRunner | None":
-        if not (hasattr(self.main, "single_threaded") and hasattr(self.species, "single_threaded")):
-            return None
+    def single_threaded(self) -> "DualRunner":
         if self._single is None:
             self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
                                       self.species_digest)
@@ -175,7 +200,7 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path
     and cached; an int8 file must have been made with ``wildwatch export --int8`` (it needs
     calibration photos)."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise UnknownNameError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     on_cpu = _on_cpu(device)
     if backend == "auto":
         int8 = int8_path(model_file)
@@ -193,7 +218,7 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path
     if backend == "torch":
         return TorchRunner(model(), device)
     if not onnx_available():
-        raise RuntimeError("the onnx backends need onnxruntime: pip install onnxruntime")
+        raise NeedsExtraError("the onnx backends need onnxruntime: pip install onnxruntime")
     if backend == "onnx-int8":
         path = int8_path(model_file)
         if not path.exists():

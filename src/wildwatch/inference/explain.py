@@ -20,21 +20,12 @@ from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def _last_conv_map(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(activation map of the last conv stage, logits), keeping the graph between them."""
-    if hasattr(model, "trunk"):
-        fmap = F.relu6(model._bn1(model._conv_head(model.trunk(x))))
-        return fmap, model._fc(fmap.mean((2, 3)))
-    fmap = model.features(x)
-    return fmap, model.head(model.global_pool(fmap).flatten(1))
-
-
 def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> tuple[np.ndarray, int]:
     """A [H, W] map in [0, 1] at the input's resolution, and the class it explains."""
     model.eval()
     x = x.detach().requires_grad_(False)
     with torch.enable_grad():
-        fmap, logits = _last_conv_map(model, x[None] if x.dim() == 3 else x)
+        fmap, logits = model.last_conv_map(x[None] if x.dim() == 3 else x)
         fmap.retain_grad()
         idx = int(logits[0].argmax()) if class_index is None else class_index
         logits[0, idx].backward()

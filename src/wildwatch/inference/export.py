@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from wildwatch.data.loading import load_image
+from wildwatch.errors import UsageError, WildwatchError
 from wildwatch.inference import unknown as ood
-from wildwatch.models.files import resolve_model_path
 from wildwatch.inference.backends import (
     OnnxRunner,
     TorchRunner,
@@ -20,6 +20,7 @@ from wildwatch.inference.backends import (
     int8_is_accurate,
     int8_path,
 )
+from wildwatch.models.files import resolve_model_path
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
@@ -106,11 +107,11 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     report["fp32_max_abs_logit_diff"] = diff
     report["fp32_same_top1"] = bool((ref.argmax(1) == got.argmax(1)).all())
     if diff > 1e-4 or not report["fp32_same_top1"]:
-        raise RuntimeError(f"{fp32}: ONNX output differs from PyTorch (max |Δlogit| {diff:.2e}); not using it")
+        raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δlogit| {diff:.2e}); not using it")
 
     if int8:
         if data is None:
-            raise ValueError("--int8 needs --data: static quantisation is calibrated on training photos")
+            raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
         target = Path(out) if out is not None else int8_path(model_file)
         calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
         quantize_int8(fp32, target, calib)
@@ -129,8 +130,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
             y = np.array([classes.index(s.label) for s in split_samples])
             report.update(_compare(outs["fp32"], outs["int8"], y, name, thresholds))
         if ood_dir is not None and test["fp32"][1] is not None:
-            from wildwatch.data.discover import Sample
-            from wildwatch.data.discover import ood_images
+            from wildwatch.data.discover import Sample, ood_images
 
             others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
             for key, (_, scores) in _outputs(pred, files, Path(ood_dir), others).items():

@@ -9,21 +9,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.data.loading import ImageLoadError, load_photo
+from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_photo, load_photo_bytes
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
-from wildwatch.models.files import load_extras, read_model_meta
+from wildwatch.errors import require
 from wildwatch.field import place_from_exif
 from wildwatch.inference import unknown as ood
+from wildwatch.models.files import load_extras, read_model_meta
 from wildwatch.models.imagenet import ImageNetHead
 from wildwatch.models.open_set import OpenSet, looks_like
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
+
+if TYPE_CHECKING:
+    from wildwatch.inference.backends import Runner
 
 BUNDLED_SPECIES = "resources/bundled_species.int8.onnx"
 BUNDLED_MODEL = "resources/bundled_model.safetensors"
@@ -42,8 +46,8 @@ def bundled_species_path() -> Path:
 
 def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
     """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
-    from wildwatch.models.files import ModelFileError, resolve_model_path
     from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
+    from wildwatch.models.files import ModelFileError, resolve_model_path
 
     src = bundled_species_path() if str(species_model) == "bundled" else Path(species_model)
     if src.suffix == ".onnx":
@@ -147,12 +151,6 @@ def one_blas_thread():
     return _thread_pools().limit(limits=1, user_api="blas")
 
 
-def _runs_per_core(runner) -> bool:
-    """Whether the runner (each network of a DualRunner) has single-threaded ONNX sessions."""
-    parts = [runner.main, runner.species] if hasattr(runner, "species") else [runner]
-    return all(hasattr(p, "single_threaded") for p in parts)
-
-
 @dataclass
 class Predictor:
     """A loaded model with its preprocessing, temperature and unknown detector.
@@ -165,7 +163,7 @@ class Predictor:
     extras: dict = field(default_factory=dict)
     device: str = "cpu"
     top_k: int = 3
-    runner: object = None
+    runner: "Runner | None" = None
     country: str | None = None  # a fixed ISO country code for every photo, else EXIF GPS decides
     use_exif: bool = True
     _model: object = field(default=None, repr=False)
@@ -181,8 +179,8 @@ class Predictor:
         ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a model file, run
         folder or int8 ONNX file with its export report beside it) names the species, while this
         model still decides "unknown": robust to degraded photos, at twice the compute."""
-        from wildwatch.models.files import resolve_model_path
         from wildwatch.inference.backends import make_runner
+        from wildwatch.models.files import resolve_model_path
 
         path = resolve_model_path(bundled_model_path() if path is None else path)
         pred = cls(read_model_meta(path), path, load_extras(path), str(device), top_k)
@@ -197,12 +195,13 @@ class Predictor:
         if self._model is None:
             from wildwatch.models.files import load_model
 
+            require("torch", "train", "the PyTorch model (the torch backend, Grad-CAM, ONNX export)")
             self._model, _ = load_model(self.model_path, self.device)
         return self._model
 
     @property
     def backend(self) -> str:
-        return getattr(self.runner, "name", "torch")
+        return self.runner.name
 
     @property
     def classes(self) -> list[str]:
@@ -215,13 +214,13 @@ class Predictor:
     @property
     def temperature(self) -> float:
         """The calibration of the network that gives the species (a species model's own, if set)."""
-        own = getattr(self.runner, "temperature", None)
+        own = self.runner.temperature if self.runner is not None else None
         return float(own) if own is not None else float(self.meta.get("temperature", 1.0))
 
     @property
     def unknown_threshold(self) -> float | None:
         """Scores above this are "unknown": the model's, or the backend's own (an int8 file's)."""
-        own = getattr(self.runner, "unknown_threshold", None)
+        own = self.runner.unknown_threshold if self.runner is not None else None
         return own if own is not None else (self.meta.get("unknown") or {}).get("threshold")
 
     def transform(self):
@@ -233,7 +232,7 @@ class Predictor:
             from wildwatch.inference.backends import TorchRunner
 
             self.runner = TorchRunner(self.model, self.device)
-        return self.runner(batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch))
+        return self.runner(np.asarray(batch))
 
     def unknown_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
         spec = self.meta.get("unknown") or {}
@@ -276,8 +275,10 @@ class Predictor:
         order = np.argsort(-p)[: self.top_k]
         return tuple({"species": self.classes[j], "probability": round(float(p[j]), 5)} for j in order)
 
-    def _predictions(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None,
+    def from_outputs(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None,
                      places: Sequence | None = None) -> list[Prediction]:
+        """Predictions from the runner's outputs (logits, unknown-detector features) for a batch:
+        temperature, the open-set decision, place (``field.Place`` per photo) and IUCN status."""
         from wildwatch.field import Place, local_status, possible_in
 
         probs = softmax(logits, self.temperature)
@@ -320,16 +321,39 @@ class Predictor:
                 seen, kind, note))
         return out
 
+    def read(self, source: str | Path | bytes, name: str | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, object]:
+        """Decode one photo (a path, or the bytes of an upload named ``name``) as the model will
+        see it: EXIF orientation applied, JPEGs drafted near the model's input size, and its place
+        (``field.Place`` from EXIF GPS and time; None with ``use_exif`` off). Raises ImageLoadError."""
+        draft = (self.preprocess.resize_size, self.preprocess.resize_size)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            img, exif = load_photo_bytes(bytes(source), name or "upload", max_pixels, draft)
+        else:
+            img, exif = load_photo(source, max_pixels, draft)
+        return img, place_from_exif(exif) if self.use_exif else None
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The uint8 NHWC batch at the model's input size (resized and centre-cropped) of decoded images."""
+        t = self.transform()
+        return np.stack([t.uint8(im.convert("RGB")) for im in images])
+
+    def predict_batch(self, pixels: np.ndarray, sources: Sequence[str] | None = None,
+                      places: Sequence | None = None) -> list[Prediction]:
+        """Classify a uint8 NHWC batch already at the model's input size (as ``pixels`` makes it,
+        or a benchmark's degraded copies of it)."""
+        if len(pixels) == 0:
+            return []
+        sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(pixels))]
+        with one_blas_thread():
+            return self.from_outputs(sources, *self.forward(self.transform().normalise(pixels)), places)
+
     def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,
                        places: Sequence | None = None) -> list[Prediction]:
         """Classify decoded RGB images; ``places`` (field.Place per image) adds where and when."""
         if not images:
             return []
-        sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
-        t = self.transform()
-        batch = t.normalise(np.stack([t.uint8(im.convert("RGB")) for im in images]))
-        with one_blas_thread():
-            return self._predictions(sources, *self.forward(batch), places)
+        return self.predict_batch(self.pixels(images), sources, places)
 
     def refine_with_tiles(self, images: Sequence[Image.Image], preds: list[Prediction], grid: int = 3,
                           min_confidence: float = 0.6) -> list[Prediction]:
@@ -377,7 +401,7 @@ class Predictor:
         most a few batches are held in memory, whatever the number of files.
         """
         if batch_size is None:
-            batch_size = getattr(self.runner, "batch_size", 32)
+            batch_size = self.runner.batch_size
         with one_blas_thread():
             yield from self._predict_paths(paths, batch_size, workers)
 
@@ -387,15 +411,14 @@ class Predictor:
         workers = workers or os.cpu_count() or 1
         files = expand_paths(paths)
         t = self.transform()
-        draft = (self.preprocess.resize_size, self.preprocess.resize_size)
 
         def decode(p: Path):
             try:
-                img, exif = load_photo(p, draft_size=draft)
+                img, place = self.read(p)
                 x = t.uint8(img)
             except ImageLoadError as exc:
                 return None, str(exc), None
-            return x, None, place_from_exif(exif) if self.use_exif else None
+            return x, None, place
 
         def chunks() -> Iterator[list[Path]]:
             buf: list[Path] = []
@@ -407,7 +430,7 @@ class Predictor:
             if buf:
                 yield buf
 
-        if _runs_per_core(self.runner):
+        if self.runner.per_core:
             # the session (and ONNX Runtime's import) is built while the first batches decode
             with ThreadPoolExecutor(1) as starter:
                 single = starter.submit(self.runner.single_threaded)
@@ -451,6 +474,6 @@ class Predictor:
             batch = t.normalise(np.stack([decoded[i][0] for i in ok]))
             places = [decoded[i][2] for i in ok]
             outputs = runner(batch) if runner is not None else self.forward(batch)
-            for i, p in zip(ok, self._predictions([str(chunk[i]) for i in ok], *outputs, places)):
+            for i, p in zip(ok, self.from_outputs([str(chunk[i]) for i in ok], *outputs, places)):
                 preds[i] = p
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

@@ -25,29 +25,23 @@ class _Classifier:
         self.predictor.country = country
 
     def __call__(self, batch: dict) -> dict:
-        from wildwatch.data.loading import ImageLoadError, load_photo_bytes
-        from wildwatch.field import place_from_exif
+        from wildwatch.data.loading import ImageLoadError
 
         rows = []
         images, places, names, slots = [], [], [], []
         for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
             try:
-                img, exif = load_photo_bytes(bytes(data), str(path))
+                img, place = self.predictor.read(bytes(data), str(path))
             except ImageLoadError as exc:
                 rows.append(Prediction(str(path), error=str(exc)))
                 continue
             images.append(img)
-            places.append(place_from_exif(exif))
+            places.append(place)
             names.append(str(path))
             slots.append(i)
             rows.append(None)
-        if images:
-            t = self.predictor.transform()
-            import torch
-
-            logits, feats = self.predictor.forward(torch.stack([t(im) for im in images]))
-            for i, p in zip(slots, self.predictor._predictions(names, logits, feats, places)):
-                rows[i] = p
+        for i, p in zip(slots, self.predictor.predict_images(images, names, places)):
+            rows[i] = p
         flat = [p.to_row() for p in rows]
         return {"path": np.asarray([str(p) for p in batch["path"]], dtype=object),
                 **{k: np.asarray([r[k] for r in flat], dtype=object) for k in ROW_FIELDS}}

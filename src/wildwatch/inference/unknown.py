@@ -6,7 +6,6 @@ import numpy as np
 
 from wildwatch.reports.metrics import softmax
 
-
 # The Mahalanobis threshold rejects about 1% of known species: the 99th percentile of validation
 # scores. The ImageNet evidence of the open-set decision (wildwatch.models.open_set) rejects about
 # as many again, so that about 2-3% of photos of the 11 species are called unknown in all.

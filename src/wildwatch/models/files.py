@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import safe_open
 
+from wildwatch.errors import ModelFileError
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -23,10 +25,6 @@ MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
 EXTRA_PREFIX = "extra."
 TRIU_SUFFIX = ".triu"  # a symmetric extra stored as its upper triangle
-
-
-class ModelFileError(Exception):
-    """A model file is missing, malformed or does not match its architecture."""
 
 
 def atomic_write(path: Path, write) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from wildwatch.errors import UnknownNameError
+
 POOL_CHOICES = ("max", "avg", "fuzzy", "fuzzy1")
 
 
@@ -21,4 +23,4 @@ def make_pool(kind: str, kernel_size: int = 2, stride: int | None = None) -> nn.
         from wildwatch.models.fuzzy import FuzzyPool2dType1
 
         return FuzzyPool2dType1(kernel_size, stride)
-    raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOL_CHOICES)}")
+    raise UnknownNameError(f"unknown pooling {kind!r}; choose one of {', '.join(POOL_CHOICES)}")

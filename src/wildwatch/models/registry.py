@@ -6,6 +6,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from wildwatch.errors import UnknownNameError
+
 if TYPE_CHECKING:  # the registry itself needs no PyTorch: predicting with ONNX Runtime never imports it
     import torch.nn as nn
 
@@ -64,7 +66,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -43,6 +43,15 @@ class SeedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.global_pool(self.features(x)).flatten(1))
 
+    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(logits, None): the seed CNNs have no separate unknown-detector features."""
+        return self(x), None
+
+    def last_conv_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the last conv block's activations, logits), for Grad-CAM."""
+        fmap = self.features(x)
+        return fmap, self.head(self.global_pool(fmap).flatten(1))
+
 
 @register_model(Recipe(lr=1e-3, batch_size=32, epochs=20, image_size=32))
 def seed_m0(num_classes: int, image_size: int = 32, pool: str = "max", **_) -> SeedCNN:

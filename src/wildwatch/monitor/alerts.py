@@ -29,6 +29,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wildwatch.errors import UsageError
 from wildwatch.monitor.events import EventStore
 
 log = logging.getLogger("wildwatch.monitor")
@@ -96,9 +97,9 @@ def parse_quiet_hours(text: str) -> tuple[dtime, dtime]:
     try:
         a, b = (datetime.strptime(x.strip(), "%H:%M").time() for x in text.split("-"))
     except ValueError as exc:
-        raise ValueError(f"quiet_hours must look like '22:00-06:00', got {text!r}") from exc
+        raise UsageError(f"quiet_hours must look like '22:00-06:00', got {text!r}") from exc
     if a == b:
-        raise ValueError(f"quiet_hours {text!r} is empty")
+        raise UsageError(f"quiet_hours {text!r} is empty")
     return a, b
 
 
@@ -173,7 +174,7 @@ class WebhookSink:
         self.cfg = cfg
         self.secret = cfg.secret or (os.environ.get(cfg.secret_env) if cfg.secret_env else None)
         if cfg.secret_env and not self.secret:
-            raise ValueError(f"webhook {cfg.url}: environment variable {cfg.secret_env} (the HMAC secret) is not set")
+            raise UsageError(f"webhook {cfg.url}: environment variable {cfg.secret_env} (the HMAC secret) is not set")
 
     def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
@@ -239,7 +240,7 @@ def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None
     for i, c in enumerate(configs):
         name = c.name or f"{c.type}{i}"
         if name in sinks:
-            raise ValueError(f"two sinks are named {name!r}; give them different names")
+            raise UsageError(f"two sinks are named {name!r}; give them different names")
         sinks[name] = {"console": lambda c: ConsoleSink(c, echo), "webhook": WebhookSink, "email": EmailSink}[c.type](c)
     return sinks
 

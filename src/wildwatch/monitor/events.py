@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from wildwatch.errors import UnknownNameError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sightings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -154,7 +156,7 @@ class EventStore:
         allowed = set(Sighting.__dataclass_fields__) | {"snapshot", "open"}
         bad = set(values) - allowed
         if bad:
-            raise KeyError(f"not sighting columns: {', '.join(sorted(bad))}")
+            raise UnknownNameError(f"not sighting columns: {', '.join(sorted(bad))}")
         sets = ", ".join(f"{k} = ?" for k in values)
         self.db.execute(f"UPDATE sightings SET {sets} WHERE id = ?", [*values.values(), int(sighting_id)])
 

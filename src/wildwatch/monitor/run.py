@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from wildwatch.errors import UsageError
 from wildwatch.monitor.alerts import AlertPolicy, ConsoleSinkConfig, Outbox, SinkConfig, make_sinks
 from wildwatch.monitor.events import EventStore, Sighting
 from wildwatch.monitor.sources import DEFAULT_KEYWORDS, Frame, VideoSource, iso, open_source
@@ -243,7 +244,7 @@ class Monitor:
     def run(self, specs: Sequence[str] | None = None) -> dict:
         specs = list(specs if specs is not None else self.cfg.sources)
         if not specs:
-            raise ValueError("no sources: give video files, stream URLs, folders or feeds")
+            raise UsageError("no sources: give video files, stream URLs, folders or feeds")
         sources = [open_source(s, progress=self.store, stop=self.stop, every_s=self.cfg.sample_every_s,
                                motion=self.cfg.motion, once=self.cfg.once, poll_s=self.cfg.folder_poll_s,
                                feed_poll_s=self.cfg.feed_poll_s, keywords=tuple(self.cfg.keywords),

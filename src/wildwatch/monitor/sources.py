@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 from PIL import Image
 
+from wildwatch.errors import DataError, UsageError, require
+
 log = logging.getLogger("wildwatch.monitor")
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
@@ -92,7 +94,7 @@ class VideoSource:
         self.gaps: list[tuple[float, float]] = []
 
     def _open(self):
-        import av
+        av = require("av", "monitor", "reading video files and streams")
 
         opts = {}
         if self.live:
@@ -268,7 +270,7 @@ def parse_feed(content: bytes, base: str = "") -> list[Post]:
     if stripped.startswith(b"{"):
         doc = json.loads(content)
         if "items" not in doc:
-            raise ValueError(f"{base or 'feed'}: JSON without 'items' is not a JSON Feed")
+            raise DataError(f"{base or 'feed'}: JSON without 'items' is not a JSON Feed")
         for it in doc["items"]:
             html_text = it.get("content_html") or ""
             text = " ".join(x for x in (it.get("title"), it.get("summary"), it.get("content_text"),
@@ -279,11 +281,11 @@ def parse_feed(content: bytes, base: str = "") -> list[Post]:
             posts.append(Post(str(it.get("id") or it.get("url")), it.get("title") or "", text, it.get("url") or "",
                               [urljoin(base, u) for u in dict.fromkeys(imgs)]))
         return posts
-    import feedparser
+    feedparser = require("feedparser", "monitor", "reading RSS and Atom feeds")
 
     doc = feedparser.parse(content)
     if not doc.entries and (doc.bozo or not doc.get("version")):
-        raise ValueError(f"{base or 'feed'}: not an RSS or Atom feed ({doc.get('bozo_exception')})")
+        raise DataError(f"{base or 'feed'}: not an RSS or Atom feed ({doc.get('bozo_exception')})")
     for e in doc.entries:
         body = " ".join(c.get("value", "") for c in e.get("content", [])) + " " + e.get("summary", "")
         imgs = [m.get("url") for m in e.get("media_content", []) if m.get("url")]
@@ -309,15 +311,15 @@ def fetch(url: str, timeout: float = 20.0, max_bytes: int = 50 << 20, allow_loca
     cannot make the monitor read local files."""
     if "://" not in url:
         if not allow_local:
-            raise ValueError(f"{url}: not an http(s) URL")
+            raise UsageError(f"{url}: not an http(s) URL")
         return Path(url).read_bytes()
     if not url.lower().startswith(("http://", "https://")):
-        raise ValueError(f"{url}: only http and https URLs are fetched")
+        raise UsageError(f"{url}: only http and https URLs are fetched")
     req = urllib.request.Request(url, headers={"User-Agent": "wildwatch-monitor"})
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - feeds are configured by the user
         data = r.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ValueError(f"{url}: larger than {max_bytes} bytes")
+        raise DataError(f"{url}: larger than {max_bytes} bytes")
     return data
 
 
@@ -375,6 +377,8 @@ def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
     or file ending in .xml/.rss/.atom/.json), or a stream URL."""
     progress, stop = kw.get("progress"), kw.get("stop")
     if spec.startswith("feed:"):
+        if not spec.lower().split("?")[0].endswith(".json"):  # JSON Feed is read without feedparser
+            require("feedparser", "monitor", f"{spec}: reading RSS and Atom feeds")
         return FeedSource(spec[5:], poll_s=kw.get("feed_poll_s", 300.0), keywords=kw.get("keywords", DEFAULT_KEYWORDS),
                           once=kw.get("once", False), progress=progress, stop=stop)
     low = spec.lower().split("?")[0]
@@ -383,6 +387,7 @@ def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
     video = lambda p: VideoSource(p, every_s=kw.get("every_s", 0.5), motion=kw.get("motion", 0.0),  # noqa: E731
                                   progress=progress, stop=stop)
     if is_stream(spec):
+        require("av", "monitor", f"{spec}: reading video streams")
         return VideoSource(spec, every_s=kw.get("every_s", 0.5), motion=kw.get("motion", 0.0), live=True,
                            max_retries=kw.get("max_retries"), progress=progress, stop=stop)
     p = Path(spec)
@@ -392,6 +397,7 @@ def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
     if p.suffix.lower() in VIDEO_EXTENSIONS:
         if not p.is_file():
             raise FileNotFoundError(f"{spec}: video file not found")
+        require("av", "monitor", f"{spec}: reading video files")
         return video(spec)
-    raise ValueError(f"{spec}: not a folder, a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
+    raise UsageError(f"{spec}: not a folder, a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
                      "a stream URL or a feed")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from wildwatch.errors import UsageError
+
 
 @dataclass
 class Sample:
@@ -57,7 +59,7 @@ class Change:
 class Tracker:
     def __init__(self, k: int = 2, n: int = 3, threshold: float = 0.6, cooldown_s: float = 30.0):
         if not 1 <= k <= n:
-            raise ValueError(f"need 1 <= k <= n for k-of-n smoothing, got k={k}, n={n}")
+            raise UsageError(f"need 1 <= k <= n for k-of-n smoothing, got k={k}, n={n}")
         self.k, self.n, self.threshold, self.cooldown_s = k, n, threshold, cooldown_s
         self.windows: dict[str, deque] = {}
         self.open: dict[tuple[str, str], Track] = {}

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
+from wildwatch.errors import DataError, UnknownNameError, UsageError
 from wildwatch.robustness import corruptions as C
 
 # ---------------------------------------------------------------- worker side
@@ -100,10 +101,10 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
 
     ``tiles`` >= 2: images without a confident answer get a second look at ``tiles`` x ``tiles``
     overlapping tiles (``Predictor.refine_with_tiles``). ``species_model``: see ``Predictor.from_file``."""
-    from wildwatch.models.files import resolve_model_path
     from wildwatch.data.splits import split_for_model
     from wildwatch.inference.backends import file_digest
     from wildwatch.inference.predictor import Predictor, bundled_model_path
+    from wildwatch.models.files import resolve_model_path
 
     data, out = Path(data), Path(out)
     model_path = resolve_model_path(bundled_model_path() if model in (None, "bundled") else Path(model))
@@ -112,24 +113,22 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     names = list(conditions) if conditions else [*C.IMAGENET_C, *C.CCTV, *(C.CONTEXT if pastes else ())]
     for n in names:
         if n not in C.CONDITIONS:
-            raise ValueError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
+            raise UnknownNameError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
         if C.CONDITIONS[n].family == "context" and pastes is None:
-            raise ValueError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
+            raise UsageError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
     predictor = Predictor.from_file(model_path, backend=backend, species_model=species_model)
     split, same_data = split_for_model(model_path, predictor.meta, data)
     samples = stratified_subset(split.part(split_name), limit_per_class, seed)
     if not samples:
-        raise ValueError(f"split {split_name!r} of {data} is empty")
+        raise DataError(f"split {split_name!r} of {data} is empty")
     classes = predictor.classes
     targets = np.array([classes.index(s.label) for s in samples])
     pre = predictor.preprocess
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
-    std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
     threshold = predictor.decision_threshold()
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
                 "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
-                "species_model": getattr(predictor.runner, "species_digest", None)}
+                "species_model": predictor.runner.species_digest}
     out.mkdir(parents=True, exist_ok=True)
     (out / "examples").mkdir(exist_ok=True)
     run_file = out / "run.json"
@@ -172,11 +171,10 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             refill()
             if k == 0:
                 Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
-            x = ((batch.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
-            logits, feats = predictor.forward(torch.from_numpy(np.ascontiguousarray(x)))
+            logits, feats = predictor.forward(predictor.transform().normalise(batch))
             if tiles >= 2:
                 found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch],
-                                                    predictor._predictions([""] * len(batch), logits, feats), tiles)
+                                                    predictor.from_outputs([""] * len(batch), logits, feats), tiles)
                 preds.append(np.array([classes.index(f.top_k[0]["species"]) for f in found]))
                 unknown.append(np.array([f.unknown for f in found]))
             else:

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from wildwatch.errors import UnknownNameError, UsageError, require
+
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -125,7 +127,8 @@ def _seed_of(rng: np.random.Generator) -> int:
 
 
 def imagenet_c(name: str, x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    import corrupt_tta
+    corrupt_tta = require("corrupt_tta", "robust", "the ImageNet-C corruptions")
+    require("skimage", "robust", "the ImageNet-C corruptions")
     from corrupt_tta import corruptions as cc
     from skimage.util import random_noise
 
@@ -227,16 +230,16 @@ def apply(name: str, x: np.ndarray, severity: int, rng: np.random.Generator, pas
         return x
     cond = CONDITIONS.get(name)
     if cond is None:
-        raise ValueError(f"unknown condition {name!r}; choose from clean, {', '.join(CONDITIONS)}")
+        raise UnknownNameError(f"unknown condition {name!r}; choose from clean, {', '.join(CONDITIONS)}")
     if severity not in cond.severities:
-        raise ValueError(f"{name}: severity must be one of {cond.severities}, got {severity}")
+        raise UsageError(f"{name}: severity must be one of {cond.severities}, got {severity}")
     if cond.family == "imagenet_c":
         return imagenet_c(name, x, severity, rng)
     if cond.family == "cctv":
         return {"low_resolution": low_resolution, "night_ir": night_ir, "heavy_jpeg": heavy_jpeg,
                 "motion_blur_any": motion_blur_any}[name](x, severity, rng)
     if pastes is None:
-        raise ValueError(f"{name} needs paste images (pass a folder with person/, landscape/ and other sub-folders)")
+        raise UsageError(f"{name} needs paste images (pass a folder with person/, landscape/ and other sub-folders)")
     if name == "small_in_frame":
         return small_in_frame(x, severity, rng, pastes)
     return occlusion("person" if name == "occlusion_person" else "object", x, severity, rng, pastes)

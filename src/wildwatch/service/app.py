@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from wildwatch import __version__
-from wildwatch.data.loading import ImageLoadError, load_photo_bytes
+from wildwatch.data.loading import ImageLoadError
+from wildwatch.errors import installed
 from wildwatch.inference.predictor import describe_other
 from wildwatch.service.batching import MicroBatcher
 from wildwatch.species import CATEGORY_COLOURS, species_table
@@ -71,7 +72,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     def health():
         return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
                 "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None,
-                "events": store is not None}
+                "events": store is not None, "explain": installed("torch")}
 
     @app.get("/v1/species", dependencies=[Depends(check_key)])
     def species():
@@ -83,9 +84,12 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                        explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)"),
                        country: str | None = Query(None, min_length=2, max_length=2, pattern="^[A-Za-z]{2}$",
                                                    description="ISO country code of the photos (default: EXIF GPS)")):
+        if explain and not installed("torch"):
+            raise HTTPException(501, "explain=true draws Grad-CAM heatmaps with PyTorch, which comes with "
+                                     "wildwatch[train]: pip install 'wildwatch[train]'")
         if len(files) > limits.max_files:
             raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
-        from wildwatch.field import Place, place_from_exif
+        from wildwatch.field import Place
 
         images, names, places, results = [], [], [], [None] * len(files)
         slots = []
@@ -95,13 +99,13 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             if len(data) > limits.max_file_bytes:
                 raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
             try:
-                img, exif = load_photo_bytes(data, name, max_pixels=limits.max_pixels)
+                img, place = predictor.read(data, name, max_pixels=limits.max_pixels)
             except ImageLoadError as exc:
                 if "over the limit" in exc.reason:
                     raise HTTPException(413, str(exc)) from None
                 results[i] = {"source": name, "error": str(exc)}
                 continue
-            place = place_from_exif(exif)
+            place = place or Place()
             where = country or default_country
             if where:
                 place = Place(where.upper(), place.latitude, place.longitude, place.taken_at, "given")

@@ -1,0 +1,48 @@
+"""What the rest of wildwatch may ask of a network: no private attributes reached from outside.
+
+Every registered network is a ``SpeciesNetwork``; pretrained backbones (EfficientNet-Lite) are also
+a ``Backbone``, which the cached-feature recipe and the open-set decision use. Nothing here
+imports PyTorch at run time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class SpeciesNetwork(Protocol):
+    """Any wildwatch network: logits, the outputs a runner returns, and its last convolution."""
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor": ...
+
+    def predict_outputs(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
+        """(logits, features of the unknown detector, or None when it has none)."""
+
+    def last_conv_map(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+        """(activations of the last convolutional stage, logits), with the graph between them (Grad-CAM)."""
+
+
+@runtime_checkable
+class Backbone(SpeciesNetwork, Protocol):
+    """A pretrained network trained on cached activations of its frozen trunk."""
+
+    def trunk(self, x: "torch.Tensor") -> "torch.Tensor":
+        """The frozen part: stem and blocks."""
+
+    def head_features(self, t: "torch.Tensor") -> "torch.Tensor":
+        """Trunk output → the pooled vector the species classifier sees."""
+
+    def ood_features(self, t: "torch.Tensor") -> "torch.Tensor":
+        """Trunk output → pooled features of the frozen ImageNet head (unknown detector, ImageNet classifier)."""
+
+    def classify_pooled(self, f: "torch.Tensor") -> "torch.Tensor":
+        """Pooled features → logits (dropout applies in training mode)."""
+
+
+def is_backbone(model: object) -> bool:
+    """Whether ``model`` is a pretrained backbone (see ``Backbone``)."""
+    return isinstance(model, Backbone)
