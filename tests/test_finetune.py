@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_shapes_folder
 from wildwatch.config import TrainConfig
-from wildwatch.engine import finetune
+from wildwatch.engine.fit import fit
 from wildwatch.models.files import read_model_meta
 
 
@@ -30,7 +30,7 @@ def test_finetune_trains_every_layer_and_writes_a_loadable_model(small_shapes, t
     from wildwatch.inference.predictor import Predictor
     from wildwatch.models import create_model
 
-    res = finetune.fit_finetune(_cfg(small_shapes, tmp_path / "run", ood_dir=small_shapes / "red_circles"),
+    res = fit(_cfg(small_shapes, tmp_path / "run", ood_dir=small_shapes / "red_circles"),
                                 progress=False)
     out = res.out
     for name in ("config.yaml", "split.json", "history.csv", "history.json", "curves.png", "curves.html",
@@ -72,12 +72,12 @@ def test_finetune_resumes_after_an_interruption(small_shapes, tmp_path, monkeypa
 
     monkeypatch.setattr(plots, "plot_curves", interrupting_plot)
     with pytest.raises(KeyboardInterrupt):
-        finetune.fit_finetune(_cfg(small_shapes, out, epochs=3), progress=False)
+        fit(_cfg(small_shapes, out, epochs=3), progress=False)
     first = json.loads((out / "history.json").read_text())
     assert len(first) == 1
     with pytest.raises(FileExistsError):
-        finetune.fit_finetune(_cfg(small_shapes, out, epochs=3), progress=False)
-    res = finetune.fit_finetune(_cfg(small_shapes, out, epochs=3), resume=True, progress=False)
+        fit(_cfg(small_shapes, out, epochs=3), progress=False)
+    res = fit(_cfg(small_shapes, out, epochs=3), resume=True, progress=False)
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[0] == first[0]
@@ -86,6 +86,6 @@ def test_finetune_resumes_after_an_interruption(small_shapes, tmp_path, monkeypa
     # trained elsewhere: only the best weights and the history came back; --resume finishes from them
     for name in ("state.pt", "model.safetensors", "model.json"):
         (out / name).unlink()
-    res = finetune.fit_finetune(_cfg(small_shapes, out, epochs=3), resume=True, progress=False)
+    res = fit(_cfg(small_shapes, out, epochs=3), resume=True, progress=False)
     assert json.loads((out / "history.json").read_text()) == history
     assert read_model_meta(out / "model.safetensors")["epoch"] == res.best_epoch

@@ -135,12 +135,12 @@ def test_training_cleans_labels_adds_the_int8_view_and_stores_the_open_set_decis
 
     from wildwatch.config import TrainConfig
     from wildwatch.models.files import load_extras, read_model_meta
-    from wildwatch.engine.transfer import fit_transfer
+    from wildwatch.engine.fit import fit
     from wildwatch.inference.predictor import Predictor
 
     data = make_shapes_folder(tmp_path / "shapes", per_class=12)
     out = tmp_path / "run"
-    fit_transfer(TrainConfig(data=data, model="effnet_lite0", out=out, epochs=1, views=1, degrade_views=0,
+    fit(TrainConfig(data=data, model="effnet_lite0", out=out, epochs=1, views=1, degrade_views=0,
                              batch_size=16), progress=False)
     cache = out / "cache"
     int8, fp32 = np.load(cache / "train_int8.npy"), np.load(cache / "train_eval.npy")

@@ -145,12 +145,12 @@ def test_benchmark_runs_resumes_and_reports(tmp_path):
 def test_degraded_views_are_cached_and_used_in_training(tmp_path):
     from wildwatch.config import TrainConfig
     from wildwatch.models.files import load_model
-    from wildwatch.engine.transfer import fit_transfer
+    from wildwatch.engine.fit import fit
 
     data = make_shapes_folder(tmp_path / "shapes", per_class=12)
     cfg = TrainConfig(data=data, model="effnet_lite0", out=tmp_path / "run", epochs=1, views=1, degrade_views=1,
                       batch_size=16)
-    fit_transfer(cfg, progress=False)
+    fit(cfg, progress=False)
     cache = tmp_path / "run" / "cache"
     deg, aug = np.load(cache / "train_degraded0.npy"), np.load(cache / "train_aug0.npy")
     assert deg.shape == aug.shape and not np.array_equal(deg, aug)

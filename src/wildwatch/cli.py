@@ -99,28 +99,14 @@ def train(
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)
     from wildwatch.engine.distributed import launched_by_torchrun
+    from wildwatch.engine.fit import fit
     from wildwatch.models import get_entry
 
     if distributed and not launched_by_torchrun():
         raise UsageError("--distributed needs a torchrun launch: torchrun --nproc_per_node=N -m wildwatch train ...")
-    if cfg.finetune and not get_entry(cfg.model).preprocess:
-        raise UsageError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with its own recipe")
-    if cfg.finetune:
-        if launched_by_torchrun():
-            raise UsageError("--finetune runs in one process; run it without torchrun")
-        from wildwatch.engine.finetune import fit_finetune
-
-        result = fit_finetune(cfg, resume=resume)
-    elif get_entry(cfg.model).preprocess:  # pretrained backbones train on cached features
-        if launched_by_torchrun():
-            raise UsageError(f"{cfg.model} trains on cached features in one process; run it without torchrun")
-        from wildwatch.engine.transfer import fit_transfer
-
-        result = fit_transfer(cfg, resume=resume)
-    else:
-        from wildwatch.engine.train import fit
-
-        result = fit(cfg, resume=resume)
+    if launched_by_torchrun() and (cfg.finetune or get_entry(cfg.model).preprocess):
+        raise UsageError(f"{cfg.model} trains in one process (cached features or fine-tuning); run it without torchrun")
+    result = fit(cfg, resume=resume)
     typer.echo(f"best validation accuracy {result.best_val_acc:.4f} at epoch {result.best_epoch}; "
                f"run folder {result.out}")
 
@@ -383,8 +369,10 @@ def monitor(
 
 
 @app.command()
+@friendly_errors
 def models(pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. 'seed_*'.")):
-    """List the registered models."""
+    """List the registered models (the architectures that train builds)."""
+    require("torch", "train", "the model registry")
     from wildwatch.models import get_entry, list_models
 
     for name in list_models(pattern):

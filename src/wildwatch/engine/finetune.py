@@ -37,9 +37,7 @@ from wildwatch.data.datasets import make_loader
 from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
-from wildwatch.engine.checkpoint import load_state, save_state
-from wildwatch.engine.device import resolve_device
-from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
+from wildwatch.engine.fit import Best, Run, model_preprocess, seed_everything
 from wildwatch.engine.transfer import calibrate, model_meta, ood_images
 from wildwatch.models import create_model
 from wildwatch.models.files import MODEL_FILENAME, save_model
@@ -183,170 +181,156 @@ def _load_best(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(path)), meta
 
 
-def fit_finetune(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
-    """Fine-tune ``cfg.model`` (a pretrained backbone) end to end; the run folder is as for ``fit``."""
-    from wildwatch.reports.html import figures_page
-    from wildwatch.reports.plots import plot_curves
+class FineTune:
+    """Every layer but the frozen ImageNet head copy, on photos degraded on the device (meant for a GPU)."""
 
-    t_start = time.perf_counter()
-    cfg = cfg.model_copy(update={k: v for k, v in DEFAULTS.items() if getattr(cfg, k) is None}).resolved()
-    out = Path(cfg.out)
-    if out.exists() and (out / "config.yaml").exists() and not resume:
-        raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    split, data_fp = prepare_split(cfg, out, progress)
-    classes = split.classes
-    pre = model_preprocess(cfg.model, cfg.image_size)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    model = create_model(cfg.model, len(classes), pretrained=True).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    norm = Normalise(pre, device)
-    root = Path(cfg.data)
+    title = "Fine-tuning"
 
-    train_ds = CropDataset(root, split.train, classes, pre, train=True, seed=cfg.seed)
-    sampler = EpochSampler(len(train_ds), cfg.seed, cfg.batch_size)
-    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=False, workers=cfg.workers, sampler=sampler,
-                               persistent=True)
+    def configure(self, cfg: TrainConfig) -> TrainConfig:
+        return cfg.model_copy(update={k: v for k, v in DEFAULTS.items() if getattr(cfg, k) is None})
 
-    def eval_crops(folder: Path, samples: Sequence[Sample]):
-        return make_loader(CropDataset(folder, samples, classes, pre, train=False), 256, shuffle=False,
-                           workers=cfg.workers)
-
-    # The validation crops are decoded once and kept (618 photos of endangered11: 93 MB as uint8).
-    val_batches = list(eval_crops(root, split.val))
-    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
-    if cfg.max_train_batches:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
-
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(cfg.epochs * steps_per_epoch, min(WARMUP_EPOCHS, cfg.epochs) * steps_per_epoch))
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
-    # --degrade-views 0 turns the degradations off (colour jitter, crops and flips stay)
-    degrade = BatchDegrade() if cfg.degrade_views else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-    keys = trainable_keys(model)
-
-    start, best_acc, best_epoch, history, finished = 0, -1.0, -1, [], False
-    state_path, best_path = out / "state.pt", out / BEST_FILENAME
-    if resume and state_path.exists():
-        st = load_state(state_path)
-        model.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        start, best_acc, best_epoch = st["epoch"] + 1, st["best_val_acc"], st["best_epoch"]
-        history, finished = st["history"], st.get("finished", False)
-    elif resume and best_path.exists() and (out / "history.json").exists():
-        # Training ran elsewhere (state.pt left behind): finish from the best weights.
-        history = json.loads((out / "history.json").read_text())
+    def finished_elsewhere(self, out: Path) -> tuple[list[dict], Best] | None:
+        """Training ran elsewhere (on a GPU) and only best.safetensors and history.json came back."""
+        best_path, history_path = Path(out) / BEST_FILENAME, Path(out) / "history.json"
+        if (Path(out) / "state.pt").exists() or not (best_path.exists() and history_path.exists()):
+            return None
         _, meta = _load_best(best_path)
-        best_epoch, best_acc, finished = int(meta["epoch"]), float(meta["val_acc"]), True
+        return json.loads(history_path.read_text()), Best(int(meta["epoch"]), float(meta["val_acc"]), float(meta["val_acc"]))
 
-    def autocast():
+    def setup(self, run: Run) -> None:
+        cfg, classes, device = run.cfg, run.split.classes, run.device
+        self.run = run
+        self.pre = model_preprocess(cfg.model, cfg.image_size)
+        seed_everything(cfg.seed)
+        self.model = model = create_model(cfg.model, len(classes), pretrained=True).to(device)
         if device.type == "cuda":
+            self.model = model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.norm = Normalise(self.pre, device)
+        train_ds = CropDataset(Path(cfg.data), run.split.train, classes, self.pre, train=True, seed=cfg.seed)
+        self.sampler = EpochSampler(len(train_ds), cfg.seed, cfg.batch_size)
+        self.train_loader = make_loader(train_ds, cfg.batch_size, shuffle=False, workers=cfg.workers,
+                                        sampler=self.sampler, persistent=True)
+        # The validation crops are decoded once and kept (618 photos of endangered11: 93 MB as uint8).
+        self.val_batches = list(self.eval_crops(Path(cfg.data), run.split.val))
+        self.steps = math.ceil(len(self.sampler) / cfg.batch_size)
+        if cfg.max_train_batches:
+            self.steps = min(self.steps, cfg.max_train_batches)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(cfg.epochs * self.steps, min(WARMUP_EPOCHS, cfg.epochs) * self.steps))
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
+        # --degrade-views 0 turns the degradations off (colour jitter, crops and flips stay)
+        self.degrade = BatchDegrade() if cfg.degrade_views else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.keys = trainable_keys(model)
+
+    def eval_crops(self, folder: Path, samples: Sequence[Sample]):
+        return make_loader(CropDataset(folder, samples, self.run.split.classes, self.pre, train=False), 256,
+                           shuffle=False, workers=self.run.cfg.workers)
+
+    def _autocast(self):
+        if self.run.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    epochs = range(start, cfg.epochs) if not finished else range(0)
-    bar = tqdm(epochs, desc=f"fine-tune {cfg.model}", unit="epoch", disable=not progress, initial=start,
-               total=cfg.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
+    def train_epoch(self, epoch: int) -> dict:
+        device, model, progress = self.run.device, self.model, self.run.progress
         model.train()
-        sampler.set_epoch(epoch)
-        g = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + epoch)
+        self.sampler.set_epoch(epoch)
+        g = torch.Generator(device=device).manual_seed(self.run.cfg.seed * 7_919 + epoch)
         loss_sum = correct = seen = 0.0
-        lr = optimizer.param_groups[0]["lr"]
-        batches = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+        lr = self.optimizer.param_groups[0]["lr"]
+        batches = tqdm(self.train_loader, total=self.steps, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                        disable=not progress)
         for i, (xb, yb) in enumerate(batches):
-            if i >= steps_per_epoch:
+            if i >= self.steps:
                 break
             xb = xb.to(device, non_blocking=True).float().div_(255)
             yb = yb.to(device, non_blocking=True)
             x = colour_jitter(xb, g)
-            x = norm(degrade(x, g) if degrade is not None else x)
+            x = self.norm(self.degrade(x, g) if self.degrade is not None else x)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
+            with self._autocast():
                 logits = model(x)
-                loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(logits.float(), yb)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(model)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.ema.update_parameters(model)
             loss_sum += float(loss.detach()) * len(yb)
             correct += float((logits.argmax(1) == yb).sum())
             seen += len(yb)
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        return {"train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
+                "lr": lr}
+
+    def validate(self, epoch: int) -> tuple[dict, float]:
+        """The weights and their moving average are both scored; the better one stands for the epoch."""
         scored = {}
-        for which, net in (("weights", model), ("average", ema.module)):
-            vl, _, vy = model_outputs(net, val_batches, norm, device, progress=False)
+        for which, net in (("weights", self.model), ("average", self.ema.module)):
+            vl, _, vy = model_outputs(net, self.val_batches, self.norm, self.run.device, progress=False)
             scored[which] = (float((vl.argmax(1) == vy).mean()),
                              float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(vy))))
-        which = max(scored, key=lambda k: scored[k][0])
-        val_acc, val_loss = scored[which]
-        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / max(seen, 1), 5),
-                        "train_acc": round(correct / max(seen, 1), 5), "lr": lr, "val_loss": round(val_loss, 5),
-                        "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2),
-                        "val_acc_weights": round(scored["weights"][0], 5),
-                        "val_acc_average": round(scored["average"][0], 5)})
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
-            net = model if which == "weights" else ema.module
-            sd = net.state_dict()
-            _save_best(best_path, {k: sd[k] for k in keys}, best_epoch, best_acc, which)
-        over_time = cfg.time_limit is not None and (time.perf_counter() - t_start) / 60 > cfg.time_limit
-        finished = epoch + 1 == cfg.epochs or over_time
-        save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "epoch": epoch, "best_val_acc": best_acc, "best_epoch": best_epoch,
-                                "history": history, "finished": finished})
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        write_history(out / "history.csv", [{k: h[k] for k in ("epoch", "train_loss", "train_acc", "lr", "val_loss",
-                                                                  "val_acc", "seconds")} for h in history])
-        plot_curves(history, out / "curves.png")
-        figures_page(f"Fine-tuning {cfg.model}", out / "curves.html",
-                     [("loss and accuracy per epoch", out / "curves.png")], [("history", history)])
-        bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{best_acc:.4f}")
-        if over_time:
-            tqdm.write(f"time limit of {cfg.time_limit} min reached after epoch {epoch + 1}; finishing")
-            break
-    t_trained = time.perf_counter()
+        self.which = max(scored, key=lambda k: scored[k][0])
+        val_acc, val_loss = scored[self.which]
+        return {"val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
+                "val_acc_weights": round(scored["weights"][0], 5),
+                "val_acc_average": round(scored["average"][0], 5)}, val_acc
 
-    best, best_meta = _load_best(best_path)
-    model.load_state_dict(best, strict=False)
-    outputs, y = {}, {}
-    for name in ("train", "val", "test"):
-        lg, ft, lab = model_outputs(model, eval_crops(root, split.part(name)), norm, device, desc=f"{name} outputs",
-                                    progress=progress)
-        outputs[name], y[name] = (lg, ft), lab
-    ood_feats = None
-    ood_files = ood_images(cfg.ood_dir)
-    if ood_files:
-        ood_samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_files]
-        ood_feats = model_outputs(model, eval_crops(cfg.ood_dir, ood_samples), norm, device, desc="unknown examples",
-                                  progress=progress)[1]
-    temperature, stored, threshold, scores = calibrate(outputs, y, len(classes), ood_feats)
-    metrics = {"val_accuracy": round(best_acc, 5), **scores,
-               "seconds_training": round(t_trained - t_start, 1),
-               "seconds_total": round(time.perf_counter() - t_start, 1)}
-    recipe = {"finetune": True, "epochs": cfg.epochs, "epochs_run": len(history), "lr": cfg.lr,
-              "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "ema_decay": EMA_DECAY,
-              "best_weights": best_meta.get("weights", ""),
-              "degrade": "BatchDegrade(p_clean=0.3, p_mix=0.3)" if degrade else None,
-              "trainable": "all but the frozen ImageNet head copy (_ood_*)", "device": str(device)}
-    meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics, recipe,
-                      "Mahalanobis distance of the frozen ImageNet-head features (on the fine-tuned trunk) to the "
-                      "nearest class mean; the threshold rejects 2% of validation photos")
-    model.cpu()
-    save_model(out / MODEL_FILENAME, model, meta, only=set(keys), dtype=torch.float16, extras=stored)
-    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return FitResult(out, best_acc, best_epoch, len(history))
+    def keep_best(self, epoch: int, row: dict) -> None:
+        sd = (self.model if self.which == "weights" else self.ema.module).state_dict()
+        _save_best(self.run.out / BEST_FILENAME, {k: sd[k] for k in self.keys}, epoch + 1, row["val_acc"], self.which)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def _outputs(self, run: Run) -> tuple[dict, dict, np.ndarray | None]:
+        outputs, y = {}, {}
+        for name in ("train", "val", "test"):
+            lg, ft, lab = model_outputs(self.model, self.eval_crops(Path(run.cfg.data), run.split.part(name)),
+                                        self.norm, run.device, desc=f"{name} outputs", progress=run.progress)
+            outputs[name], y[name] = (lg, ft), lab
+        ood_feats = None
+        ood_dir = run.cfg.ood_dir
+        ood_files = ood_images(ood_dir)
+        if ood_files:
+            ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
+            ood_feats = model_outputs(self.model, self.eval_crops(ood_dir, ood_samples), self.norm, run.device,
+                                      desc="unknown examples", progress=run.progress)[1]
+        return outputs, y, ood_feats
+
+    def finish(self, run: Run, best: Best, history: list[dict]):
+        cfg = run.cfg
+        t_trained = time.perf_counter()
+        weights, best_meta = _load_best(run.out / BEST_FILENAME)
+        self.model.load_state_dict(weights, strict=False)
+        outputs, y, ood_feats = self._outputs(run)
+        temperature, stored, threshold, scores = calibrate(outputs, y, len(run.split.classes), ood_feats)
+        metrics = {"val_accuracy": round(best.val_acc, 5), **scores,
+                   "seconds_training": round(t_trained - run.started, 1),
+                   "seconds_total": round(time.perf_counter() - run.started, 1)}
+        recipe = {"finetune": True, "epochs": cfg.epochs, "epochs_run": len(history), "lr": cfg.lr,
+                  "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "ema_decay": EMA_DECAY,
+                  "best_weights": best_meta.get("weights", ""),
+                  "degrade": "BatchDegrade(p_clean=0.3, p_mix=0.3)" if self.degrade else None,
+                  "trainable": "all but the frozen ImageNet head copy (_ood_*)", "device": str(run.device)}
+        meta = model_meta(cfg, run.split.classes, self.pre, temperature, threshold, run.data_fingerprint, run.split,
+                          best.epoch, metrics, recipe,
+                          "Mahalanobis distance of the frozen ImageNet-head features (on the fine-tuned trunk) to "
+                          "the nearest class mean; the threshold rejects 2% of validation photos")
+        self.model.cpu()
+        save_model(run.out / MODEL_FILENAME, self.model, meta, only=set(self.keys), dtype=torch.float16, extras=stored)
+        (run.out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return self.model
+

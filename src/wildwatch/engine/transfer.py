@@ -26,8 +26,7 @@ from wildwatch.config import TrainConfig
 from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
-from wildwatch.engine.checkpoint import load_state, save_state
-from wildwatch.engine.train import FitResult, model_preprocess, prepare_split, seed_everything, write_history
+from wildwatch.engine.fit import Best, Run, model_preprocess, seed_everything
 from wildwatch.errors import UsageError
 from wildwatch.inference import unknown as ood
 from wildwatch.models import create_model, open_set
@@ -263,144 +262,147 @@ def model_meta(cfg: TrainConfig, classes: list[str], pre: Preprocess, temperatur
     }
 
 
-def fit_transfer(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> FitResult:
-    """Train a pretrained-backbone model on cached activations; the run folder is as for ``fit``."""
-    from wildwatch.reports.html import figures_page
-    from wildwatch.reports.plots import plot_curves
+class CachedFeatureTransfer:
+    """Pretrained backbones on a CPU: the trunk's activations are cached once per photo and view,
+    then the last convolution, its BatchNorm and the classifier train on them; the temperature,
+    the unknown detector and the open-set decision are fitted at the end."""
 
-    t_start = time.perf_counter()
-    cfg = cfg.resolved()
-    views, ood_dir = cfg.views, cfg.ood_dir
-    out = Path(cfg.out)
-    if out.exists() and (out / "config.yaml").exists() and not resume:
-        raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    cache = out / "cache"
-    cache.mkdir(exist_ok=True)
-    split, data_fp = prepare_split(cfg, out, progress)
-    pre: Preprocess = model_preprocess(cfg.model, cfg.image_size)
-    seed_everything(cfg.seed)
-    model = create_model(cfg.model, len(split.classes), pretrained=True).eval()
-    runner = trunk_runner(model, cache, pre.image_size)
-    root = Path(cfg.data)
-    classes = split.classes
-    y = {n: np.array([classes.index(s.label) for s in split.part(n)]) for n in ("train", "val", "test")}
+    title = "Training"
 
-    acts = {n: cache_view(runner, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
-                          desc=f"{n} features") for n in ("train", "val", "test")}
-    aug = [cache_view(runner, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
-                      cfg.seed * 1000 + v, desc=f"train view {v + 1}/{views}") for v in range(views)]
-    if cfg.degrade_views:
-        from wildwatch.robustness.augment import degraded_train_transform
+    def configure(self, cfg: TrainConfig) -> TrainConfig:
+        return cfg
 
-        aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
-                           cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
-                           desc=f"degraded view {v + 1}/{cfg.degrade_views}") for v in range(cfg.degrade_views)]
-    val_degraded = None
-    if cfg.degrade_views:
-        # one degraded view of the validation photos: the best epoch is chosen on clean and degraded photos
-        val_degraded = cache_view(runner, root, split.part("val"), degraded_train_transform(pre),
-                                  cache / "val_degraded.npy", cfg.seed * 1000 + 900, desc="degraded validation view")
-    if cfg.int8_view:
-        aug.append(int8_trunk_view(runner.path, root, split.part("train"), pre, cache))
-    head = imagenet_head(model)
-    q_train = head(head_outputs(model, acts["train"])[1])
-    keep = clean_training_labels(q_train, y["train"], classes, split.part("train"), out, cfg.clean_labels)
-    train_x = np.concatenate([a[keep] for a in (acts["train"], *aug)])
-    train_y = np.concatenate([y["train"][keep]] * (1 + len(aug)))
-    t_cached = time.perf_counter()
+    def finished_elsewhere(self, out) -> None:
+        return None
 
-    params = [p for n, p in model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
-    for n, p in model.named_parameters():
-        p.requires_grad = n.startswith(TRAINABLE_PREFIXES)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    start, best_acc, best_score, best_epoch, history, best_state = 0, -1.0, -1.0, -1, [], None
-    state_path = out / "state.pt"
-    if resume and state_path.exists():
-        st = load_state(state_path)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        start, best_acc, best_epoch, history = st["epoch"] + 1, st["best_val_acc"], st["best_epoch"], st["history"]
-        best_score = st.get("best_val_score", best_acc)
-        best_state = st.get("best_model")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-    bar = tqdm(range(start, cfg.epochs), desc=cfg.model, unit="epoch", disable=not progress, initial=start,
-               total=cfg.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
+    def setup(self, run: Run) -> None:
+        cfg, split = run.cfg, run.split
+        self.run = run
+        self.pre = model_preprocess(cfg.model, cfg.image_size)
+        seed_everything(cfg.seed)
+        self.model = create_model(cfg.model, len(split.classes), pretrained=True).eval()
+        self.cache = run.out / "cache"
+        self.cache.mkdir(exist_ok=True)
+        self.runner = trunk_runner(self.model, self.cache, self.pre.image_size)
+        classes = split.classes
+        self.y = {n: np.array([classes.index(s.label) for s in split.part(n)]) for n in ("train", "val", "test")}
+        self._cache_views()
+        self.head = imagenet_head(self.model)
+        self.q_train = self.head(head_outputs(self.model, self.acts["train"])[1])
+        self.keep = clean_training_labels(self.q_train, self.y["train"], classes, split.part("train"), run.out,
+                                          cfg.clean_labels)
+        self.train_x = np.concatenate([a[self.keep] for a in (self.acts["train"], *self.aug)])
+        self.train_y = np.concatenate([self.y["train"][self.keep]] * (1 + len(self.aug)))
+        self.seconds_caching = time.perf_counter() - run.started
+        params = [p for n, p in self.model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
+        for n, p in self.model.named_parameters():
+            p.requires_grad = n.startswith(TRAINABLE_PREFIXES)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.best_state = None
+
+    def _cache_views(self) -> None:
+        """The trunk's activations: each split as evaluated, augmented training views, degraded views."""
+        cfg, pre, runner, cache, root = self.run.cfg, self.pre, self.runner, self.cache, Path(self.run.cfg.data)
+        split = self.run.split
+        self.acts = {n: cache_view(runner, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
+                                   desc=f"{n} features") for n in ("train", "val", "test")}
+        self.aug = [cache_view(runner, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
+                               cfg.seed * 1000 + v, desc=f"train view {v + 1}/{cfg.views}") for v in range(cfg.views)]
+        self.val_degraded = None
+        if cfg.degrade_views:
+            from wildwatch.robustness.augment import degraded_train_transform
+
+            self.aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
+                                    cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
+                                    desc=f"degraded view {v + 1}/{cfg.degrade_views}")
+                         for v in range(cfg.degrade_views)]
+            # one degraded view of the validation photos: the best epoch is chosen on clean and degraded photos
+            self.val_degraded = cache_view(runner, root, split.part("val"), degraded_train_transform(pre),
+                                           cache / "val_degraded.npy", cfg.seed * 1000 + 900,
+                                           desc="degraded validation view")
+        if cfg.int8_view:
+            self.aug.append(int8_trunk_view(runner.path, root, split.part("train"), pre, cache))
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, model = self.run.cfg, self.model
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_x), generator=g).numpy()
+        order = torch.randperm(len(self.train_x), generator=g).numpy()
         model.train()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"]
         loss_sum = correct = 0.0
         for i in range(0, len(order), cfg.batch_size):
             idx = np.sort(order[i:i + cfg.batch_size])
-            xb = torch.from_numpy(train_x[idx]).float()
-            yb = torch.from_numpy(train_y[idx])
+            xb = torch.from_numpy(self.train_x[idx]).float()
+            yb = torch.from_numpy(self.train_y[idx])
             logits = head_forward(model, xb)
-            loss = loss_fn(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(logits, yb)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == yb).sum().item()
-        scheduler.step()
-        vl, _ = head_outputs(model, acts["val"])
-        val_loss = float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(y["val"])))
-        val_acc = float((vl.argmax(1) == y["val"]).mean())
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / len(order), 5),
-               "train_acc": round(correct / len(order), 5), "lr": lr, "val_loss": round(val_loss, 5),
-               "val_acc": round(val_acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
-        score = val_acc
-        if val_degraded is not None:
-            degraded_logits = head_outputs(model, val_degraded)[0]
-            row["val_acc_degraded"] = round(float((degraded_logits.argmax(1) == y["val"]).mean()), 5)
-            score = (val_acc + row["val_acc_degraded"]) / 2
-        history.append(row)
-        if score > best_score:
-            best_acc, best_score, best_epoch = val_acc, score, epoch + 1
-            best_state = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
-        save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_acc": best_acc,
-                                "best_val_score": best_score, "best_epoch": best_epoch, "history": history,
-                                "best_model": best_state})
-        write_history(out / "history.csv", history)
-        plot_curves(history, out / "curves.png")
-        figures_page(f"Training {cfg.model}", out / "curves.html", [("loss and accuracy per epoch", out / "curves.png")],
-                     [("history", history)])
-        bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{best_acc:.4f}")
+        self.scheduler.step()
+        return {"train_loss": round(loss_sum / len(order), 5), "train_acc": round(correct / len(order), 5), "lr": lr}
 
-    model.load_state_dict(best_state, strict=False)
-    model.eval()
-    out_logits = {n: head_outputs(model, acts[n]) for n in ("train", "val", "test")}
-    ood_feats = None
-    ood_files = ood_images(ood_dir)
-    if ood_files:
-        ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
-        ood_acts = cache_view(runner, ood_dir, ood_samples, eval_transform(pre), cache / "ood_eval.npy", 0,
-                              desc="unknown examples")
-        out_logits["ood"] = head_outputs(model, ood_acts)
-        ood_feats = out_logits["ood"][1]
-    clean = {**out_logits, "train": tuple(a[keep] for a in out_logits["train"])}
-    temperature, stored, threshold, scores = calibrate(clean, {**y, "train": y["train"][keep]}, len(classes), ood_feats)
-    rule = open_set.fit_open_set(q_train[keep], y["train"][keep], classes)
-    stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**head.stored, **rule}.items()})
-    scores.update(open_set_metrics(out_logits, y, stored, threshold, head))
-    scores["training_photos_left_out"] = int((~keep).sum())
-    metrics = {"val_accuracy": round(best_acc, 5), **scores, "seconds_caching": round(t_cached - t_start, 1)}
-    metrics["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    meta = model_meta(cfg, classes, pre, temperature, threshold, data_fp, split, best_epoch, metrics,
-                      {"views": views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
-                       "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
-                       "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view},
-                      "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean (the "
-                      "threshold rejects 1% of validation photos), or ImageNet-1k evidence against the class "
-                      "(wildwatch.models.open_set)")
-    save_model(out / MODEL_FILENAME, model, meta, only=set(best_state), dtype=torch.float16,
-               extras=stored)
-    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return FitResult(out, best_acc, best_epoch, len(history))
+    def validate(self, epoch: int) -> tuple[dict, float]:
+        y = self.y["val"]
+        vl, _ = head_outputs(self.model, self.acts["val"])
+        val_acc = float((vl.argmax(1) == y).mean())
+        row = {"val_loss": round(float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(y))), 5),
+               "val_acc": round(val_acc, 5)}
+        if self.val_degraded is None:
+            return row, val_acc
+        degraded_logits = head_outputs(self.model, self.val_degraded)[0]
+        row["val_acc_degraded"] = round(float((degraded_logits.argmax(1) == y).mean()), 5)
+        return row, (row["val_acc"] + row["val_acc_degraded"]) / 2
+
+    def keep_best(self, epoch: int, row: dict) -> None:
+        self.best_state = {k: v.clone() for k, v in self.model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "best_model": self.best_state}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_state = state.get("best_model")
+
+    def finish(self, run: Run, best: Best, history: list[dict]):
+        cfg, model, y, keep = run.cfg, self.model, self.y, self.keep
+        model.load_state_dict(self.best_state, strict=False)
+        model.eval()
+        out_logits = {n: head_outputs(model, self.acts[n]) for n in ("train", "val", "test")}
+        ood_feats = None
+        ood_files = ood_images(cfg.ood_dir)
+        if ood_files:
+            ood_samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_files]
+            ood_acts = cache_view(self.runner, cfg.ood_dir, ood_samples, eval_transform(self.pre),
+                                  self.cache / "ood_eval.npy", 0, desc="unknown examples")
+            out_logits["ood"] = head_outputs(model, ood_acts)
+            ood_feats = out_logits["ood"][1]
+        classes = run.split.classes
+        clean = {**out_logits, "train": tuple(a[keep] for a in out_logits["train"])}
+        temperature, stored, threshold, scores = calibrate(clean, {**y, "train": y["train"][keep]}, len(classes),
+                                                           ood_feats)
+        rule = open_set.fit_open_set(self.q_train[keep], y["train"][keep], classes)
+        stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**self.head.stored, **rule}.items()})
+        scores.update(open_set_metrics(out_logits, y, stored, threshold, self.head))
+        scores["training_photos_left_out"] = int((~keep).sum())
+        metrics = {"val_accuracy": round(best.val_acc, 5), **scores, "seconds_caching": round(self.seconds_caching, 1)}
+        metrics["seconds_total"] = round(time.perf_counter() - run.started, 1)
+        meta = model_meta(cfg, classes, self.pre, temperature, threshold, run.data_fingerprint, run.split, best.epoch,
+                          metrics, {"views": cfg.views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs,
+                                    "lr": cfg.lr, "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
+                                    "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view},
+                          "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean (the "
+                          "threshold rejects 1% of validation photos), or ImageNet-1k evidence against the class "
+                          "(wildwatch.models.open_set)")
+        save_model(run.out / MODEL_FILENAME, model, meta, only=set(self.best_state), dtype=torch.float16, extras=stored)
+        (run.out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return model
+

