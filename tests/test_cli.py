@@ -131,3 +131,28 @@ def test_classify_robust_uses_the_species_network(cli_run, tmp_path):
     # a custom model cannot take the bundled species network when its classes differ
     bad = run("classify", photos[0], "--model", cli_run, "--robust", check=False)
     assert bad.returncode == 2 and "classes" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"format": "xml"}, "unknown format 'xml'"),
+    ({"format": "megadetector"}, "--format megadetector needs --output"),
+    ({"resume": True}, "--resume needs --output"),
+    ({"country": "Kenya"}, "ISO 3166-1 alpha-2"),
+    ({"engine": "spark"}, "unknown engine 'spark'"),
+    ({"engine": "ray", "robust": True, "output": "x.csv"}, "--robust runs with the local engine only"),
+    ({"output": "x.parquet"}, "Parquet output comes with --engine ray"),
+])
+def test_classify_options_refuse_what_cannot_work(opts, message):
+    from wildwatch.errors import UsageError
+    from wildwatch.inference.batch import ClassifyOptions
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        ClassifyOptions(paths=["."], **opts).check()
+
+
+def test_classify_options_take_the_format_from_the_output():
+    from wildwatch.inference.batch import ClassifyOptions
+
+    assert ClassifyOptions(paths=["."], output="rows.json").fmt == "jsonl"
+    assert ClassifyOptions(paths=["."], output="rows.csv", format="jsonl").fmt == "jsonl"
+    ClassifyOptions(paths=["."], output="rows.csv", resume=True).check()

@@ -95,3 +95,11 @@ def test_evaluate_writes_reports_on_the_saved_test_split(trained_run, shapes_dir
     cm = list(csv.reader(open(tmp_path / "eval" / "confusion_matrix.csv")))
     assert sum(int(x) for row in cm[1:] for x in row[1:]) == s["n"]
     assert {"full", "center_40pct", "center_20pct", "random_40pct", "squash_256"} == set(s["views"])
+
+
+@pytest.mark.parametrize("model, finetune", [("seed_m4_gap", False), ("effnet_lite0", False), ("effnet_lite0", True)])
+def test_resume_without_a_state_fails_the_same_for_every_recipe(shapes_dir, tmp_path, model, finetune):
+    cfg = TrainConfig(data=shapes_dir, model=model, out=tmp_path / "none", finetune=finetune, epochs=1)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        fit(cfg, resume=True, progress=False)
+    assert not (tmp_path / "none").exists()

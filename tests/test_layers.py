@@ -55,3 +55,57 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     found = imports_of(f, "wildwatch.inference.x")
     assert "wildwatch.engine.train" in found and "wildwatch.service" in found
     assert ("inference", layer_of("wildwatch.engine.train")) in FORBIDDEN
+
+
+SKELETON = ["engine/fit.py", "engine/train.py", "engine/transfer.py", "engine/finetune.py"]
+
+
+def test_no_function_of_the_training_skeleton_is_over_60_lines():
+    long = []
+    for rel in SKELETON:
+        for node in ast.walk(ast.parse((SRC / rel).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{rel}:{node.name} {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
+
+
+def test_every_recipe_is_a_strategy_of_the_one_skeleton():
+    from wildwatch.config import TrainConfig
+    from wildwatch.engine.finetune import FineTune
+    from wildwatch.engine.fit import Strategy, strategy_for
+    from wildwatch.engine.train import FromScratch
+    from wildwatch.engine.transfer import CachedFeatureTransfer
+
+    kinds = {type(strategy_for(TrainConfig(data=".", model=m, finetune=f)))
+             for m, f in (("seed_m4_gap", False), ("effnet_lite0", False), ("effnet_lite0", True))}
+    assert kinds == {FromScratch, CachedFeatureTransfer, FineTune}
+    hooks = [n for n in dir(Strategy) if not n.startswith("_")]
+    for kind in kinds:
+        assert all(callable(getattr(kind, n)) or n == "title" for n in hooks), kind
+
+
+def test_cli_prints_expected_errors_and_keeps_bugs():
+    import typer
+    from wildwatch.cli import friendly_errors
+    from wildwatch.errors import UsageError
+
+    @friendly_errors
+    def expected():
+        raise UsageError("--format x needs --output")
+
+    @friendly_errors
+    def bug():
+        raise ValueError("a bug")
+
+    try:
+        expected()
+    except typer.Exit as e:
+        assert e.exit_code == 2
+    else:
+        raise AssertionError("no exit")
+    try:
+        bug()
+    except ValueError as e:
+        assert str(e) == "a bug"
+    else:
+        raise AssertionError("the bug was hidden")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import sys
@@ -165,84 +164,27 @@ def classify(
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
-    if explain is not None:
-        require("torch", "train", "--explain (Grad-CAM)")
-    from tqdm import tqdm
+    from wildwatch.inference.batch import ClassifyOptions, classify_files
 
-    from wildwatch.data.discover import expand_paths
-    from wildwatch.inference.predictor import Predictor, describe_other
-    from wildwatch.inference.writers import done_sources, open_writer
+    opts = ClassifyOptions(paths=paths, model=model, top_k=top_k, output=output, format=format, country=country,
+                           use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
+                           explain=explain, engine=engine, address=address, resume=resume)
+    summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)
+    typer.echo(summary.line(output), err=True)
 
-    fmt = format or (output.suffix.lower().lstrip(".") if output is not None else None)
-    fmt = "jsonl" if fmt == "json" else fmt
-    if fmt not in (None, "csv", "jsonl", "megadetector", "camtrapdp", "parquet"):
-        raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
-    if fmt in ("megadetector", "camtrapdp") and output is None:
-        raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
-    if resume and (output is None or fmt not in ("csv", "jsonl")):
-        raise UsageError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
-    if country is not None and (len(country) != 2 or not country.isalpha()):
-        raise UsageError(f"--country {country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
-    if engine == "ray":
-        if robust:
-            raise UsageError("--robust runs with the local engine only; leave out --engine ray")
-        if fmt not in ("csv", "jsonl", "parquet") and not (output and output.suffix.lower() == ".parquet"):
-            raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
-        from wildwatch.inference.ray_engine import classify_with_ray, write_rows
 
-        rows = classify_with_ray(paths, model, backend, top_k, country.upper() if country else None, address,
-                                 batch_size or 32)
-        write_rows(rows, output)
-        n_err = sum(1 for r in rows if r["error"])
-        typer.echo(f"{len(rows)} files, {len(rows) - n_err} classified, {n_err} errors (ray); rows in {output}", err=True)
+def _print_prediction(p) -> None:
+    """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
+    from wildwatch.inference.predictor import describe_other
+
+    if p.error:
+        typer.echo(f"{p.source}\tERROR\t{p.error}")
         return
-    if engine != "local":
-        raise UsageError(f"unknown engine {engine!r}: use local or ray")
-    if fmt == "parquet":
-        raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
-    predictor = Predictor.from_file(model, top_k=top_k, backend=backend, species_model=species_model(robust))
-    predictor.country = country.upper() if country else None
-    predictor.use_exif = not no_exif
-    collected = [] if fmt in ("megadetector", "camtrapdp") else None
-    done = done_sources(output) if resume else set()
-    todo = (p for p in expand_paths(paths) if str(p) not in done)
-    n = n_err = 0
-    with open_writer(output if collected is None else None, append=resume) as write:
-        bar = tqdm(predictor.predict_paths(todo, batch_size=batch_size), unit="img", desc="classifying",
-                   disable=quiet or not sys.stderr.isatty())
-        for p in bar:
-            write(p)
-            if collected is not None:
-                collected.append(p)
-            if explain is not None and p.error is None:
-                from wildwatch.data.loading import load_image
-                from wildwatch.inference.explain import explain_image, explained_class
-
-                explain.mkdir(parents=True, exist_ok=True)
-                explain_image(predictor, load_image(p.source), explained_class(predictor, p)).save(explain / f"{n:06d}_{Path(p.source).stem}.png")
-            n += 1
-            n_err += p.error is not None
-            if not quiet:
-                if p.error:
-                    typer.echo(f"{p.source}\tERROR\t{p.error}")
-                else:
-                    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
-                    label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
-                    where = f"\t{p.country}" if p.country else ""
-                    where += f"\t{p.note}" if p.note else ""
-                    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
-    if fmt == "megadetector":
-        from wildwatch.inference.formats import megadetector_json
-
-        output.write_text(json.dumps(megadetector_json(collected, predictor.classes, predictor.meta["architecture"]),
-                                     indent=1))
-    elif fmt == "camtrapdp":
-        from wildwatch.inference.formats import write_camtrap_dp
-
-        write_camtrap_dp(collected, output, predictor.meta["architecture"])
-    skipped = f", {len(done)} already done" if done else ""
-    typer.echo(f"{n} files, {n - n_err} classified, {n_err} errors{skipped} ({predictor.backend} backend)"
-               + (f"; rows in {output}" if output else ""), err=True)
+    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
+    label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
+    where = f"\t{p.country}" if p.country else ""
+    where += f"\t{p.note}" if p.note else ""
+    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
 
 
 @app.command()
@@ -286,7 +228,7 @@ def events(
     output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
 ):
     """List recorded sightings."""
-    from wildwatch.monitor.events import EventStore, Sighting
+    from wildwatch.monitor.events import EventStore, sightings_text
 
     store = EventStore.open_existing(db)
     rows = store.list(since=since, species=species)
@@ -298,18 +240,7 @@ def events(
         write_camtrap_dp_events(rows, store, output)
         typer.echo(f"{len(rows)} sightings written as Camtrap DP to {output}", err=True)
         return
-    if format == "json":
-        text = json.dumps([r.to_json() for r in rows], indent=1)
-    elif format == "csv":
-        import io
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
-        w.writeheader()
-        w.writerows(r.to_json() for r in rows)
-        text = buf.getvalue()
-    else:
-        raise UsageError(f"unknown format {format!r}: use csv, json or camtrapdp")
+    text = sightings_text(rows, format)
     if output is None:
         typer.echo(text.rstrip("\n"))
     else:
@@ -343,7 +274,7 @@ def monitor(
 
     from wildwatch.inference.predictor import Predictor
     from wildwatch.monitor.alerts import WebhookSinkConfig
-    from wildwatch.monitor.run import Monitor, MonitorConfig
+    from wildwatch.monitor.run import Monitor, MonitorConfig, frame_classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
@@ -352,16 +283,9 @@ def monitor(
         raise UsageError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
+    cfg.check_country()
     predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
-    if cfg.country:
-        if len(cfg.country) != 2 or not cfg.country.isalpha():
-            raise UsageError(f"country {cfg.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
-        predictor.country = cfg.country.upper()
-    classify = predictor.predict_images
-    if cfg.tiles >= 2:
-        def classify(images):
-            return predictor.refine_with_tiles(images, predictor.predict_images(images), cfg.tiles, cfg.threshold)
-    mon = Monitor(cfg, classify, status=status)
+    mon = Monitor(cfg, frame_classifier(predictor, cfg), status=status)
     stats = mon.run(sources or None)
     typer.echo(json.dumps(stats))
     if stats["errors"]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wildwatch.errors import UnknownNameError
+from wildwatch.errors import UnknownNameError, UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sightings (
@@ -235,3 +235,19 @@ class EventStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def sightings_text(rows: list[Sighting], fmt: str) -> str:
+    """Sightings as CSV (one column per field) or a JSON list."""
+    if fmt == "json":
+        return json.dumps([r.to_json() for r in rows], indent=1)
+    if fmt != "csv":
+        raise UsageError(f"unknown format {fmt!r}: use csv, json or camtrapdp")
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
+    w.writeheader()
+    w.writerows(r.to_json() for r in rows)
+    return buf.getvalue()

@@ -59,6 +59,10 @@ class MonitorConfig(BaseModel):
     max_backoff_s: float = Field(300.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="at the end, wait this long for pending alerts")
 
+    def check_country(self) -> None:
+        if self.country and (len(self.country) != 2 or not self.country.isalpha()):
+            raise UsageError(f"country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "MonitorConfig":
         values = {}
@@ -85,6 +89,20 @@ def jpeg_bytes(img: Image.Image, quality: int = 85, max_side: int = 1280) -> byt
 
 
 _END = object()
+
+
+def frame_classifier(predictor, cfg: MonitorConfig):
+    """What the monitor calls on a list of frames: the predictor, with the country of the cameras and,
+    with ``tiles`` >= 2, a second look at tiles of frames without a confident answer."""
+    if cfg.country:
+        predictor.country = cfg.country.upper()
+    if cfg.tiles < 2:
+        return predictor.predict_images
+
+    def classify(images):
+        return predictor.refine_with_tiles(images, predictor.predict_images(images), cfg.tiles, cfg.threshold)
+
+    return classify
 
 
 class Monitor:

@@ -1,0 +1,146 @@
+"""``wildwatch classify`` as a library call: typed options in, rows written, a summary out.
+
+The command line parses its flags into ``ClassifyOptions``, calls ``classify_files`` and prints;
+the option rules, the writers, Grad-CAM overlays and the Ray engine are chosen here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wildwatch.errors import UsageError, require
+from wildwatch.inference.predictor import Prediction
+
+FORMATS = ("csv", "jsonl", "megadetector", "camtrapdp", "parquet")
+
+
+class ClassifyOptions(BaseModel):
+    """Everything ``wildwatch classify`` can be asked; ``check`` says which combinations cannot work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[Path]
+    model: Optional[Path] = None
+    top_k: int = Field(3, ge=1)
+    output: Optional[Path] = None
+    format: Optional[str] = None
+    country: Optional[str] = None
+    use_exif: bool = True
+    batch_size: Optional[int] = Field(None, ge=1)
+    backend: str = "auto"
+    robust: bool = False
+    explain: Optional[Path] = None
+    engine: str = "local"
+    address: Optional[str] = None
+    resume: bool = False
+
+    @property
+    def fmt(self) -> str | None:
+        """The output format: --format, else the output file's suffix (.json means JSON lines)."""
+        fmt = self.format or (self.output.suffix.lower().lstrip(".") if self.output is not None else None)
+        return "jsonl" if fmt == "json" else fmt
+
+    def check(self) -> None:
+        fmt, output = self.fmt, self.output
+        if fmt not in (None, *FORMATS):
+            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
+        if fmt in ("megadetector", "camtrapdp") and output is None:
+            raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
+        if self.resume and (output is None or fmt not in ("csv", "jsonl")):
+            raise UsageError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
+        if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
+            raise UsageError(f"--country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
+        if self.engine not in ("local", "ray"):
+            raise UsageError(f"unknown engine {self.engine!r}: use local or ray")
+        if self.engine == "ray":
+            if self.robust:
+                raise UsageError("--robust runs with the local engine only; leave out --engine ray")
+            if fmt not in ("csv", "jsonl", "parquet"):
+                raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
+        elif fmt == "parquet":
+            raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
+        if self.explain is not None:
+            require("torch", "train", "--explain (Grad-CAM)")
+
+
+@dataclass
+class ClassifySummary:
+    files: int
+    errors: int
+    already_done: int
+    how: str  # "onnx-int8 backend", "ray"
+
+    def line(self, output: Path | None) -> str:
+        skipped = f", {self.already_done} already done" if self.already_done else ""
+        return (f"{self.files} files, {self.files - self.errors} classified, {self.errors} errors{skipped} "
+                f"({self.how})" + (f"; rows in {output}" if output else ""))
+
+
+def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], None] | None = None,
+                   progress: bool = False) -> ClassifySummary:
+    """Classify every file under ``opts.paths`` and write the rows; ``on_prediction`` sees each one."""
+    opts.check()
+    if opts.engine == "ray":
+        return _classify_with_ray(opts)
+    from tqdm import tqdm
+
+    from wildwatch.data.discover import expand_paths
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.inference.writers import done_sources, open_writer
+
+    fmt, output = opts.fmt, opts.output
+    predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
+                                    species_model="bundled" if opts.robust else None)
+    predictor.country = opts.country.upper() if opts.country else None
+    predictor.use_exif = opts.use_exif
+    collected = [] if fmt in ("megadetector", "camtrapdp") else None
+    done = done_sources(output) if opts.resume else set()
+    todo = (p for p in expand_paths(opts.paths) if str(p) not in done)
+    n = n_err = 0
+    with open_writer(output if collected is None else None, append=opts.resume) as write:
+        bar = tqdm(predictor.predict_paths(todo, batch_size=opts.batch_size), unit="img", desc="classifying",
+                   disable=not (progress and sys.stderr.isatty()))
+        for p in bar:
+            write(p)
+            if collected is not None:
+                collected.append(p)
+            if opts.explain is not None and p.error is None:
+                _write_overlay(predictor, p, opts.explain, n)
+            n += 1
+            n_err += p.error is not None
+            if on_prediction is not None:
+                on_prediction(p)
+    if fmt == "megadetector":
+        from wildwatch.inference.formats import megadetector_json
+
+        output.write_text(json.dumps(megadetector_json(collected, predictor.classes, predictor.meta["architecture"]),
+                                     indent=1))
+    elif fmt == "camtrapdp":
+        from wildwatch.inference.formats import write_camtrap_dp
+
+        write_camtrap_dp(collected, output, predictor.meta["architecture"])
+    return ClassifySummary(n, n_err, len(done), f"{predictor.backend} backend")
+
+
+def _write_overlay(predictor, p: Prediction, folder: Path, n: int) -> None:
+    from wildwatch.data.loading import load_image
+    from wildwatch.inference.explain import explain_image, explained_class
+
+    folder.mkdir(parents=True, exist_ok=True)
+    explain_image(predictor, load_image(p.source), explained_class(predictor, p)).save(
+        folder / f"{n:06d}_{Path(p.source).stem}.png")
+
+
+def _classify_with_ray(opts: ClassifyOptions) -> ClassifySummary:
+    from wildwatch.inference.ray_engine import classify_with_ray, write_rows
+
+    rows = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
+                             opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
+    write_rows(rows, opts.output)
+    return ClassifySummary(len(rows), sum(1 for r in rows if r["error"]), 0, "ray")
