@@ -65,7 +65,7 @@ def model_only(files: list[Path], model_path: Path, backend: str, images: int) -
     arrays = [t.array(load_image(f)) for f in files[:256]]
     cores = os.cpu_count() or 1
     ways = [("one session, all cores", pred.forward, 1)]
-    if hasattr(pred.runner, "single_threaded"):
+    if pred.runner.per_core:
         ways.append((f"{cores} single-threaded runs at once", pred.runner.single_threaded(), cores))
     results = {}
     for name, run, threads in ways:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from wildwatch.models.files import resolve_model_path  # noqa: E402
@@ -39,15 +38,8 @@ def main() -> None:
     y = np.array([p.classes.index(s.label) for s in samples])
     pre = p.preprocess
     crops = [eval_crop(args.data / s.relpath, pre) for s in samples]
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 1, 1, 3) * 255
-    std = np.asarray(pre.std, np.float32).reshape(1, 1, 1, 3) * 255
-
     def logits(arr: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(arr), 32):
-            x = ((arr[i:i + 32].astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
-            out.append(p.forward(torch.from_numpy(np.ascontiguousarray(x)))[0])
-        return np.concatenate(out)
+        return np.concatenate([p.outputs(arr[i:i + 32])[0] for i in range(0, len(arr), 32)])
 
     rows = []
     for cond, sev in CELLS:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -64,14 +63,13 @@ VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
 def collect(predictor: Predictor, data: Path, samples, view: Callable | None = None, batch_size: int = 64,
             desc: str = "evaluating") -> tuple[np.ndarray, np.ndarray | None]:
     """Logits (and features) for samples, optionally through a view applied before the transform."""
-    t = predictor.transform()
     draft = None if view is not None else (predictor.preprocess.resize_size,) * 2
     logits, feats = [], []
     for i in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch", leave=False):
         imgs = [load_image(data / s.relpath, draft_size=draft) for s in samples[i:i + batch_size]]
         if view is not None:
             imgs = [view(im) for im in imgs]
-        lg, ft = predictor.forward(torch.stack([t(im) for im in imgs]))
+        lg, ft = predictor.outputs(predictor.pixels(imgs))
         logits.append(lg)
         if ft is not None:
             feats.append(ft)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from wildwatch.data.discover import discover_images
@@ -27,18 +28,19 @@ from wildwatch.data.splits import assign_groups
 
 def extract_features(predictor, root: Path, samples, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Label-independent features per sample (and a mask of the readable ones)."""
-    t = predictor.transform()
     feats, ok = [], np.ones(len(samples), bool)
     draft = (predictor.preprocess.resize_size,) * 2
+    size = predictor.preprocess.image_size
+    blank = Image.new("RGB", (size, size))
     for i in tqdm(range(0, len(samples), batch_size), desc="features", unit="batch"):
-        xs = []
+        images = []
         for j, s in enumerate(samples[i:i + batch_size]):
             try:
-                xs.append(t(load_image(root / s.relpath, draft_size=draft)))
+                images.append(load_image(root / s.relpath, draft_size=draft))
             except ImageLoadError:
                 ok[i + j] = False
-                xs.append(torch.zeros(3, predictor.preprocess.image_size, predictor.preprocess.image_size))
-        logits, f = predictor.forward(torch.stack(xs))
+                images.append(blank)
+        logits, f = predictor.outputs(predictor.pixels(images))
         feats.append(f if f is not None else logits)
     return np.concatenate(feats), ok
 

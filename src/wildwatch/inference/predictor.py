@@ -338,6 +338,12 @@ class Predictor:
         t = self.transform()
         return np.stack([t.uint8(im.convert("RGB")) for im in images])
 
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The runner's raw outputs (logits, unknown-detector features or None) for a uint8 NHWC
+        batch at the model's input size: what evaluation and benchmarks score."""
+        with one_blas_thread():
+            return self.forward(self.transform().normalise(pixels))
+
     def predict_batch(self, pixels: np.ndarray, sources: Sequence[str] | None = None,
                       places: Sequence | None = None) -> list[Prediction]:
         """Classify a uint8 NHWC batch already at the model's input size (as ``pixels`` makes it,
@@ -346,7 +352,7 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(pixels))]
         with one_blas_thread():
-            return self.from_outputs(sources, *self.forward(self.transform().normalise(pixels)), places)
+            return self.from_outputs(sources, *self.outputs(pixels), places)
 
     def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,
                        places: Sequence | None = None) -> list[Prediction]:

@@ -171,7 +171,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             refill()
             if k == 0:
                 Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
-            logits, feats = predictor.forward(predictor.transform().normalise(batch))
+            logits, feats = predictor.outputs(batch)
             if tiles >= 2:
                 found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch],
                                                     predictor.from_outputs([""] * len(batch), logits, feats), tiles)
