@@ -138,12 +138,16 @@ def test_page_in_a_real_browser(live_server, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
+        refused = []  # what the page's Content-Security-Policy blocked: nothing of its own may be
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(live_server)
         uploads = [str(photo), str(grey)]
         lion = sorted((REAL_DATA / "lion").glob("*.jpg"))[-1:] if REAL_DATA.exists() else []
         uploads += [str(p) for p in lion]
         page.set_input_files("#files", uploads)
-        page.wait_for_function(f"document.querySelectorAll('.card').length === {len(uploads)}", timeout=60_000)
+        # the page runs under its Content-Security-Policy (no eval): wait with locators, not JS strings
+        page.locator(".card").nth(len(uploads) - 1).wait_for(timeout=60_000)
+        assert page.locator(".card").count() == len(uploads)
         assert len(page.query_selector_all(".card .bar")) == 3 * len(uploads)  # top-3 bars on each card
         grey_card = page.query_selector(f".card:has(.file:text-is('{grey.name}'))")
         assert "unknown" in grey_card.get_attribute("class")
@@ -161,12 +165,13 @@ def test_page_in_a_real_browser(live_server, tmp_path):
             assert "Lion" in lion_card.inner_text() and "IUCN VU" in lion_card.query_selector(".badge").inner_text()
         page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
         page.click("#tab-events")
-        page.wait_for_function("document.querySelectorAll('#event-list .card img[src^=\"blob:\"]').length === 2",
-                               timeout=30_000)
+        page.locator('#event-list .card img[src^="blob:"]').nth(1).wait_for(timeout=30_000)
+        assert page.locator('#event-list .card img[src^="blob:"]').count() == 2
         first = page.query_selector("#event-list .card")
         assert "Lion" in first.inner_text() and "IUCN VU" in first.inner_text()  # newest first
         page.screenshot(path=str(ARTIFACTS / "serve_events.png"), full_page=True)
         browser.close()
+    assert refused == []
 
 
 def test_country_from_upload_exif_and_from_the_request(predictor):

@@ -194,7 +194,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to serve a local network)."),
     port: int = typer.Option(8000),
     api_key: Optional[str] = typer.Option(None, envvar="WILDWATCH_API_KEY",
-                                          help="Require this key (X-API-Key header) on every /v1 call."),
+                                          help="Require this key (X-API-Key header) on every /v1 call. Prefer "
+                                          "setting WILDWATCH_API_KEY: a flag is visible to every user in ps."),
+    allowed_host: List[str] = typer.Option([], help="Answer requests for this Host name too (repeatable). Without "
+                                           "an API key only loopback names and --host are answered (DNS rebinding)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
@@ -213,9 +216,13 @@ def serve(
     predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
+    from wildwatch.service.guard import GuardedH11Protocol, serving_hosts
+
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
-                      events_db=events_db, default_country=country)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+                      events_db=events_db, default_country=country,
+                      allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None))
+    uvicorn.run(app_, host=host, port=port, log_level="warning", http=GuardedH11Protocol, timeout_keep_alive=5,
+                limit_concurrency=256)
 
 
 @app.command()

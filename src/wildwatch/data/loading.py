@@ -16,12 +16,32 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageLoadError(WildwatchError):
-    """An image could not be read. ``str()`` names the file and the problem."""
+    """An image could not be read. ``str()`` names the file and the problem; ``too_large`` is set
+    when it was refused for its size (a limit, a decompression bomb) rather than its content."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str, too_large: bool = False):
         self.path = str(path)
         self.reason = reason
+        self.too_large = too_large
         super().__init__(f"{path}: {reason}")
+
+
+def declared_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding its pixels. Raises ImageLoadError
+    (``too_large`` for a size Pillow refuses outright as a decompression bomb)."""
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file Pillow can read (wrong content for its extension?)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(name, f"refused as a decompression bomb ({exc})", too_large=True) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(name, f"unreadable header ({exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -94,7 +114,7 @@ def _decode(source, label, max_pixels: int, draft_size) -> tuple[Image.Image, Im
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(
-                        label, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}"
+                        label, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}", too_large=True
                     )
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", draft_size)
@@ -107,6 +127,6 @@ def _decode(source, label, max_pixels: int, draft_size) -> tuple[Image.Image, Im
     except UnidentifiedImageError:
         raise ImageLoadError(label, "not an image file Pillow can read (wrong content for its extension?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(label, f"refused as a decompression bomb ({exc})") from None
+        raise ImageLoadError(label, f"refused as a decompression bomb ({exc})", too_large=True) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(label, f"cannot decode image ({exc})") from None

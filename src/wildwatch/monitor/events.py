@@ -11,6 +11,7 @@ recorded twice.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wildwatch.errors import UnknownNameError, UsageError
+from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sightings (
@@ -105,13 +106,88 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class EventStore:
-    """Sightings and their snapshots in one SQLite file (WAL mode: readers never block the writer)."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot be a sighting
 
-    def __init__(self, path: str | Path):
+
+class EventStoreError(WildwatchError):
+    """The events database cannot be used as it is; the message says how to recover."""
+
+
+def _check_file(path: Path) -> None:
+    """Refuse an empty or foreign file before SQLite touches it (SQLite would turn an empty file
+    into a new, empty database: every sighting silently gone)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise EventStoreError(f"{path}: not a file; give --db a file path")
+    if path.stat().st_size == 0:
+        raise EventStoreError(f"{path}: the events database is empty (0 bytes), so its sightings are gone or it "
+                              f"was never one; nothing was changed. Restore it from a backup, or move it away "
+                              f"(mv {path} {path}.empty) to start a new database")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head != SQLITE_MAGIC:
+        raise EventStoreError(f"{path}: not an SQLite database (damaged, or another file); nothing was changed. "
+                              f"Restore it from a backup, or move it away to start a new database")
+
+
+class WriterLock:
+    """One monitor per database: an exclusive lock on ``DB.lock``, released when the process ends
+    (even by kill -9)."""
+
+    def __init__(self, db_path: Path):
+        import fcntl
+
+        self.path = Path(f"{db_path}.lock")
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise EventStoreError(f"{db_path}: another wildwatch monitor ({holder}) is writing to this database; "
+                                  "stop it, or give this one its own --db") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
+class EventStore:
+    """Sightings and their snapshots in one SQLite file (WAL mode: readers never block the writer).
+
+    ``writer=True`` (the monitor) takes the database's single-writer lock. An empty, foreign or
+    damaged file is refused with a message that says how to recover; it is never replaced."""
+
+    def __init__(self, path: str | Path, writer: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_file(self.path)
+        self.writer = WriterLock(self.path) if writer else None
+        try:
+            self._open(check=writer)
+        except sqlite3.DatabaseError as exc:
+            if self.writer:
+                self.writer.release()
+            raise EventStoreError(f"{self.path}: the events database is damaged ({exc}); nothing was changed. "
+                                  f"Recover what can be read with: sqlite3 {self.path} .recover | sqlite3 "
+                                  f"recovered.db, then use --db recovered.db; or restore it from a backup") from None
+
+    def _open(self, check: bool) -> None:
         self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        if check:
+            result = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(result)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.lock = threading.RLock()
@@ -228,6 +304,8 @@ class EventStore:
         return out
 
     def snapshot(self, sighting_id: int) -> bytes | None:
+        if not 0 < int(sighting_id) <= MAX_ID:
+            return None
         with self.lock:
             row = self.db.execute(
                 "SELECT snapshot FROM sightings WHERE id = ?", (int(sighting_id),)).fetchone()
@@ -235,6 +313,8 @@ class EventStore:
 
     def close(self) -> None:
         self.db.close()
+        if self.writer:
+            self.writer.release()
 
 
 def sightings_text(rows: list[Sighting], fmt: str) -> str:

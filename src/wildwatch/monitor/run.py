@@ -110,7 +110,7 @@ class Monitor:
                  sinks: dict | None = None, status: bool = True, status_stream=None):
         self.cfg = cfg
         self.classify = classify
-        self.store = store or EventStore(cfg.db)
+        self.store = store or EventStore(cfg.db, writer=True)
         self.sinks = sinks if sinks is not None else make_sinks(cfg.sinks)
         self.outbox = Outbox(self.store, self.sinks, cfg.retry_backoff_s, cfg.max_backoff_s)
         self.tracker = Tracker(cfg.k, cfg.n, cfg.threshold, cfg.cooldown_s)
@@ -328,6 +328,8 @@ class Monitor:
             sender.join(timeout=10)
             for sig, old in restore.items():
                 signal.signal(sig, old)
+            if self.store.writer is not None:
+                self.store.writer.release()  # another monitor may take the database from now on
             if self.status:
                 self._status_line(0, len(readers), self.frames / max(time.time() - t0, 1e-9))
                 self.status_stream.write("\n")

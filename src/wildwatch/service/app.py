@@ -9,34 +9,66 @@ import asyncio
 import hmac
 import os
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 
 from wildwatch import __version__
-from wildwatch.data.loading import ImageLoadError
+from wildwatch.data.loading import ImageLoadError, declared_size
 from wildwatch.errors import installed
 from wildwatch.inference.predictor import describe_other
 from wildwatch.service.batching import MicroBatcher
+from wildwatch.service.guard import Guard, Limits
 from wildwatch.species import CATEGORY_COLOURS, species_table
 
+# a decoded photo larger than this is shrunk at once (to KEEP_SIDE on its longest side): what the
+# model (256 px) and a heatmap overlay need, so a request's photos hold little memory while it runs
+KEEP_PIXELS = 4_000_000
+KEEP_SIDE = 1600
 
-@dataclass(frozen=True)
-class Limits:
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_files: int = 16
+
+async def read_uploads(files: list[UploadFile], limits: Limits, results: list) -> dict[int, tuple[str, bytes]]:
+    """The bytes of each upload, after every limit that can be checked before decoding: the number
+    of files, each file's size, each image's pixels and the request's pixels as their headers
+    declare them (413 beyond any of them). A file whose header cannot be read gets its error in
+    ``results`` and is left out."""
+    if len(files) > limits.max_files:
+        raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
+    uploads, total = {}, 0
+    for i, f in enumerate(files):
+        name = f.filename or f"upload{i}"
+        data = await f.read(limits.max_file_bytes + 1)
+        if len(data) > limits.max_file_bytes:
+            raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
+        try:
+            w, h = declared_size(data, name)
+        except ImageLoadError as exc:
+            if exc.too_large:
+                raise HTTPException(413, f"{exc}; at most {limits.max_pixels:,} pixels per image") from None
+            results[i] = {"source": name, "error": str(exc)}
+            continue
+        if w * h > limits.max_pixels:
+            raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
+                                     f"{limits.max_pixels:,} per image")
+        total += w * h
+        if total > limits.max_request_pixels:
+            raise HTTPException(413, f"the images of this request have more than {limits.max_request_pixels:,} "
+                                     "pixels in all; send them in several requests")
+        uploads[i] = (name, data)
+    return uploads
 
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
                max_wait_ms: float = 5.0, events_db: str | Path | None = None,
-               default_country: str | None = None) -> FastAPI:
+               default_country: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call;
-    ``events_db`` (a monitor database) enables /v1/events and the page's events tab."""
+    ``events_db`` (a monitor database) enables /v1/events and the page's events tab;
+    ``allowed_hosts`` (None: any) are the Host header values it answers. ``service.guard.Guard``
+    checks the Host, the key and the request size before the body is read."""
     from wildwatch.monitor.events import EventStore
 
     store = EventStore.open_existing(events_db) if events_db else None
@@ -87,24 +119,20 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         if explain and not installed("torch"):
             raise HTTPException(501, "explain=true draws Grad-CAM heatmaps with PyTorch, which comes with "
                                      "wildwatch[train]: pip install 'wildwatch[train]'")
-        if len(files) > limits.max_files:
-            raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
         from wildwatch.field import Place
 
-        images, names, places, results = [], [], [], [None] * len(files)
-        slots = []
-        for i, f in enumerate(files):
-            name = f.filename or f"upload{i}"
-            data = await f.read(limits.max_file_bytes + 1)
-            if len(data) > limits.max_file_bytes:
-                raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
-            try:
+        results: list = [None] * len(files)
+        uploads = await read_uploads(files, limits, results)
+        images, names, places, slots = [], [], [], []
+        for i in list(uploads):
+            name, data = uploads.pop(i)  # each upload's bytes are let go once decoded
+            try:  # one photo decoded at a time, and kept no larger than the model and the heatmap need
                 img, place = predictor.read(data, name, max_pixels=limits.max_pixels)
             except ImageLoadError as exc:
-                if "over the limit" in exc.reason:
-                    raise HTTPException(413, str(exc)) from None
                 results[i] = {"source": name, "error": str(exc)}
                 continue
+            if img.width * img.height > KEEP_PIXELS:
+                img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BILINEAR, reducing_gap=2.0)
             place = place or Place()
             where = country or default_country
             if where:
@@ -165,4 +193,5 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     async def bad_image(request: Request, exc: ImageLoadError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    app.add_middleware(Guard, limits=limits, api_key=api_key, allowed_hosts=allowed_hosts)  # outermost: first to see a request
     return app
