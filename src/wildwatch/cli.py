@@ -171,6 +171,8 @@ def classify(
                            explain=explain, engine=engine, address=address, resume=resume)
     summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)
     typer.echo(summary.line(output), err=True)
+    if summary.errors:  # exit 1: some files could not be classified (their rows say why); 2 is a usage error
+        raise typer.Exit(1)
 
 
 def _print_prediction(p) -> None:
@@ -295,7 +297,10 @@ def monitor(
     mon = Monitor(cfg, frame_classifier(predictor, cfg), status=status)
     stats = mon.run(sources or None)
     typer.echo(json.dumps(stats))
-    if stats["errors"]:
+    if stats["errors"]:  # exit 1: some sources or files failed; the line says what
+        n = len(stats["errors"])
+        typer.secho(f"monitor: {n} error{'s' * (n > 1)} ({stats['errors'][0]}{'; ...' if n > 1 else ''}); "
+                    f"{stats['sightings']} sightings recorded", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(1)
 
 

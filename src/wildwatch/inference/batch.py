@@ -100,11 +100,19 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     predictor.country = opts.country.upper() if opts.country else None
     predictor.use_exif = opts.use_exif
     collected = [] if fmt in ("megadetector", "camtrapdp") else None
-    done = done_sources(output) if opts.resume else set()
-    todo = (p for p in expand_paths(opts.paths) if str(p) not in done)
+    done = {_resolved(s) for s in done_sources(output)} if opts.resume else set()
+    skipped = [0]
+
+    def todo():
+        for p in expand_paths(opts.paths):  # matched by resolved path: "photos" and "/abs/photos" are one folder
+            if done and _resolved(p) in done:
+                skipped[0] += 1
+                continue
+            yield p
+
     n = n_err = 0
     with open_writer(output if collected is None else None, append=opts.resume) as write:
-        bar = tqdm(predictor.predict_paths(todo, batch_size=opts.batch_size), unit="img", desc="classifying",
+        bar = tqdm(predictor.predict_paths(todo(), batch_size=opts.batch_size), unit="img", desc="classifying",
                    disable=not (progress and sys.stderr.isatty()))
         for p in bar:
             write(p)
@@ -125,7 +133,11 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
         from wildwatch.inference.formats import write_camtrap_dp
 
         write_camtrap_dp(collected, output, predictor.meta["architecture"])
-    return ClassifySummary(n, n_err, len(done), f"{predictor.backend} backend")
+    return ClassifySummary(n, n_err, skipped[0], f"{predictor.backend} backend")
+
+
+def _resolved(path) -> str:
+    return str(Path(path).resolve())
 
 
 def _write_overlay(predictor, p: Prediction, folder: Path, n: int) -> None:

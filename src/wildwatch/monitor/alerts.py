@@ -257,6 +257,11 @@ class Outbox:
     base_backoff_s: float = 1.0
     max_backoff_s: float = 300.0
     stats: dict = field(default_factory=lambda: {"sent": 0, "failed": 0, "retries": 0})
+    _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:  # one delivery thread per sink
+            self.stats[what] += 1
 
     def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float) -> None:
         """Inside the store's transaction that wrote the sighting."""
@@ -275,14 +280,15 @@ class Outbox:
                 "SUM(failed_at IS NOT NULL) FROM outbox").fetchone()
         return {"pending": int(row[0] or 0), "delivered": int(row[1] or 0), "failed": int(row[2] or 0)}
 
-    def deliver_due(self, now: float | None = None, limit: int = 50) -> int:
-        """Send what is due now; returns how many were delivered."""
+    def deliver_due(self, now: float | None = None, limit: int = 50, sink: str | None = None) -> int:
+        """Send what is due now (to one sink, or to all); returns how many were delivered."""
         now = time.time() if now is None else now
+        only = "AND sink = ? " if sink is not None else ""
         with self.store.lock:
             rows = self.store.db.execute(
                 "SELECT id, sighting_id, sink, idempotency_key, payload, attempts FROM outbox WHERE delivered_at IS NULL "
-                "AND failed_at IS NULL AND next_attempt_at <= ? ORDER BY priority DESC, id LIMIT ?",
-                (now, limit)).fetchall()
+                f"AND failed_at IS NULL AND next_attempt_at <= ? {only}ORDER BY priority DESC, id LIMIT ?",
+                (now, *([sink] if sink is not None else []), limit)).fetchall()
         sent = 0
         for row_id, sighting_id, sink_name, key, payload, attempts in rows:
             sink = self.sinks.get(sink_name)
@@ -298,34 +304,52 @@ class Outbox:
                         wait = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
                         db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                                    (attempts, time.time() + wait, str(exc), row_id))
-                        self.stats["retries"] += 1
+                        self._count("retries")
                         log.warning("alert %s to %s failed (%s); retry in %.1f s", key, sink_name, exc, wait)
                     else:
                         db.execute("UPDATE outbox SET attempts = ?, failed_at = ?, last_error = ? WHERE id = ?",
                                    (attempts, time.time(), str(exc), row_id))
-                        self.stats["failed"] += 1
+                        self._count("failed")
                         log.error("alert %s to %s refused (%s); kept in the outbox as failed", key, sink_name, exc)
                 continue
             with self.store.transaction() as db:
                 db.execute("UPDATE outbox SET attempts = ?, delivered_at = ?, last_error = NULL WHERE id = ?",
                            (attempts + 1, time.time(), row_id))
-            self.stats["sent"] += 1
+            self._count("sent")
             sent += 1
         return sent
 
-    def next_due_in(self) -> float | None:
+    def next_due_in(self, sink: str | None = None) -> float | None:
+        only, args = ("AND sink = ?", (sink,)) if sink is not None else ("", ())
         with self.store.lock:
             row = self.store.db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL "
-                                        "AND failed_at IS NULL").fetchone()
+                                        f"AND failed_at IS NULL {only}", args).fetchone()
         return None if row[0] is None else max(0.0, row[0] - time.time())
 
     def run(self, stop: threading.Event, wake: threading.Event, poll_s: float = 1.0) -> None:
-        """The delivery loop (a thread): send what is due, then sleep until more is due or ``wake``."""
+        """The delivery loop: one worker thread per sink, so a receiver that hangs or answers slowly
+        holds back only its own alerts. ``wake`` (new alerts) wakes every worker."""
+        events = {name: threading.Event() for name in self.sinks}
+        workers = [threading.Thread(target=self._run_sink, args=(name, stop, events[name], poll_s), daemon=True,
+                                    name=f"alerts to {name}") for name in self.sinks]
+        for w in workers:
+            w.start()
+        while not stop.is_set():
+            if wake.wait(poll_s):
+                wake.clear()
+                for e in events.values():
+                    e.set()
+        for e in events.values():
+            e.set()
+        for w in workers:  # a worker inside a send finishes it (each sink has its own timeout)
+            w.join(timeout=2)
+
+    def _run_sink(self, name: str, stop: threading.Event, wake: threading.Event, poll_s: float) -> None:
         while not stop.is_set():
             try:
-                self.deliver_due()
+                self.deliver_due(sink=name)
             except Exception:  # noqa: BLE001 - the loop must survive anything a sink does
-                log.exception("alert delivery loop error")
-            due = self.next_due_in()
+                log.exception("alert delivery to %s: loop error", name)
+            due = self.next_due_in(name)
             wake.wait(poll_s if due is None else min(poll_s, max(due, 0.01)))
             wake.clear()

@@ -58,6 +58,11 @@ class MonitorConfig(BaseModel):
     retry_backoff_s: float = Field(1.0, gt=0)
     max_backoff_s: float = Field(300.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="at the end, wait this long for pending alerts")
+    allow_hosts: list[str] = Field(default_factory=list, description="feeds: hosts, addresses or networks "
+                                   "(192.168.1.0/24) on a private network that posts may point at; by default "
+                                   "only public addresses and the feed's own host are fetched from")
+    fetch_deadline_s: float = Field(60.0, gt=0, description="feeds: the longest one fetch may take, in all")
+    fetch_max_bytes: int = Field(50 << 20, gt=0, description="feeds: the largest feed or image fetched")
 
     def check_country(self) -> None:
         if self.country and (len(self.country) != 2 or not self.country.isalpha()):
@@ -266,7 +271,9 @@ class Monitor:
         sources = [open_source(s, progress=self.store, stop=self.stop, every_s=self.cfg.sample_every_s,
                                motion=self.cfg.motion, once=self.cfg.once, poll_s=self.cfg.folder_poll_s,
                                feed_poll_s=self.cfg.feed_poll_s, keywords=tuple(self.cfg.keywords),
-                               max_retries=self.cfg.max_retries) for s in specs]
+                               max_retries=self.cfg.max_retries, allow_hosts=tuple(self.cfg.allow_hosts),
+                               fetch_deadline_s=self.cfg.fetch_deadline_s, fetch_max_bytes=self.cfg.fetch_max_bytes)
+                   for s in specs]
         q: queue.Queue = queue.Queue(maxsize=4 * self.cfg.batch_size)
         readers = [threading.Thread(target=self._reader, args=(spec, src, q), daemon=True, name=f"source {spec}")
                    for spec, src in zip(specs, sources)]

@@ -14,7 +14,6 @@ import logging
 import re
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from wildwatch.errors import DataError, UsageError, require
+from wildwatch.monitor.fetch import Fetcher
 
 log = logging.getLogger("wildwatch.monitor")
 
@@ -120,8 +120,7 @@ class VideoSource:
                     raise RuntimeError(f"{self.uri}: cannot open video: {exc}") from exc
                 failures += 1
                 if self.max_retries is not None and failures > self.max_retries:
-                    log.error("%s: giving up after %d failed reconnects", self.uri, failures - 1)
-                    return
+                    raise RuntimeError(f"{self.uri}: gave up after {failures - 1} failed reconnects ({exc})") from exc
                 wait = min(self.max_retry_s, self.retry_s * 2 ** (failures - 1))
                 log.warning("%s: cannot open (%s); retry in %.1f s", self.uri, exc, wait)
                 self.stop.wait(wait)
@@ -305,34 +304,19 @@ def keyword_hits(text: str, keywords: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k for k in keywords if re.search(r"\b" + re.escape(k.lower()), low))
 
 
-def fetch(url: str, timeout: float = 20.0, max_bytes: int = 50 << 20, allow_local: bool = False) -> bytes:
-    """The bytes at an http(s) URL, or at a local path when ``allow_local`` (a feed the user named,
-    or an image of a local feed). Other schemes (file://, ftp://) are refused, so a remote feed
-    cannot make the monitor read local files."""
-    if "://" not in url:
-        if not allow_local:
-            raise UsageError(f"{url}: not an http(s) URL")
-        return Path(url).read_bytes()
-    if not url.lower().startswith(("http://", "https://")):
-        raise UsageError(f"{url}: only http and https URLs are fetched")
-    req = urllib.request.Request(url, headers={"User-Agent": "wildwatch-monitor"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - feeds are configured by the user
-        data = r.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise DataError(f"{url}: larger than {max_bytes} bytes")
-    return data
-
-
 class FeedSource:
     """Posts of a feed (URL or file), polled every ``poll_s``; each image of a new post is a frame
     whose priority is the number of keywords in the post."""
 
     def __init__(self, url: str, poll_s: float = 300.0, keywords: tuple[str, ...] = DEFAULT_KEYWORDS,
-                 once: bool = False, progress: Progress | None = None, stop: threading.Event | None = None):
+                 once: bool = False, progress: Progress | None = None, stop: threading.Event | None = None,
+                 fetcher: Fetcher | None = None, allow_hosts: tuple[str, ...] = ()):
         self.url, self.poll_s, self.keywords, self.once = url, poll_s, tuple(keywords), once
         self.progress = progress
         self.stop = stop or threading.Event()
         self.errors: list[str] = []
+        # the feed's own origin is the user's choice; what its posts point at is checked (monitor.fetch)
+        self.fetcher = fetcher or Fetcher(allow_hosts=allow_hosts, trusted=(url,))
 
     def __iter__(self) -> Iterator[Frame]:
         from wildwatch.data.loading import ImageLoadError, load_image_bytes
@@ -341,7 +325,7 @@ class FeedSource:
         local = "://" not in self.url
         while not self.stop.is_set():
             try:
-                posts = parse_feed(fetch(self.url, allow_local=True), self.url)
+                posts = parse_feed(self.fetcher.fetch(self.url, allow_local=True), self.url)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a feed that is down is polled again later
                 failures += 1
@@ -356,7 +340,7 @@ class FeedSource:
                 frames = []
                 for u in post.images:
                     try:
-                        frames.append(load_image_bytes(fetch(u, allow_local=local), u))
+                        frames.append(load_image_bytes(self.fetcher.fetch(u, allow_local=local), u))
                     except (OSError, ValueError, ImageLoadError) as exc:
                         log.warning("%s: image %s skipped (%s)", self.url, u, exc)
                         self.errors.append(f"{u}: {exc}")
@@ -379,8 +363,10 @@ def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
     if spec.startswith("feed:"):
         if not spec.lower().split("?")[0].endswith(".json"):  # JSON Feed is read without feedparser
             require("feedparser", "monitor", f"{spec}: reading RSS and Atom feeds")
+        fetcher = Fetcher(allow_hosts=kw.get("allow_hosts", ()), trusted=(spec[5:],),
+                          deadline_s=kw.get("fetch_deadline_s", 60.0), max_bytes=kw.get("fetch_max_bytes", 50 << 20))
         return FeedSource(spec[5:], poll_s=kw.get("feed_poll_s", 300.0), keywords=kw.get("keywords", DEFAULT_KEYWORDS),
-                          once=kw.get("once", False), progress=progress, stop=stop)
+                          once=kw.get("once", False), progress=progress, stop=stop, fetcher=fetcher)
     low = spec.lower().split("?")[0]
     if low.endswith((".xml", ".rss", ".atom", ".json")):
         return open_source("feed:" + spec, **kw)
