@@ -207,6 +207,10 @@ def serve(
     events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
     country: Optional[str] = typer.Option(None, help="ISO country code of every upload (default: EXIF GPS; a "
                                           "request can also pass ?country=CC)."),
+    header_timeout: float = typer.Option(10.0, min=0.1, help="Close a connection whose request headers take "
+                                         "longer than this many seconds (slow clients)."),
+    body_timeout: float = typer.Option(60.0, min=0.1, help="Answer 408 to a request whose body takes longer "
+                                       "than this many seconds."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     require("fastapi", "serve", "serve")
@@ -218,12 +222,14 @@ def serve(
     predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
     typer.echo(f"wildwatch on http://{host}:{port} ({predictor.backend} backend"
                f"{', API key required' if api_key else ''})", err=True)
-    from wildwatch.service.guard import GuardedH11Protocol, serving_hosts
+    from wildwatch.service.guard import GuardedH11Protocol, Limits, serving_hosts
 
+    limits = Limits(header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
-                      events_db=events_db, default_country=country,
+                      events_db=events_db, default_country=country, limits=limits,
                       allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None))
-    uvicorn.run(app_, host=host, port=port, log_level="warning", http=GuardedH11Protocol, timeout_keep_alive=5,
+    protocol = type("Protocol", (GuardedH11Protocol,), {"header_timeout_s": header_timeout})
+    uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol, timeout_keep_alive=5,
                 limit_concurrency=256)
 
 

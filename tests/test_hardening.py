@@ -1,0 +1,460 @@
+"""Hostile input and bad luck: each test is one case that once went wrong (a row of the hardening
+issue), against real servers on loopback: a `wildwatch serve` process, HTTP servers for feeds and
+webhooks, real SQLite files, real monitor processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import free_port
+from test_monitor import colour_classifier, config, jpeg, serve, RED
+from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig, WebhookSink, WebhookSinkConfig
+from wildwatch.monitor.events import EventStore, EventStoreError
+from wildwatch.monitor.fetch import Fetcher, FetchRefused
+from wildwatch.monitor.run import Monitor
+
+WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
+KEY = "k3y-for-tests"
+
+
+def start_server(*args, env=None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([WILDWATCH, "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(proc.stderr.read().decode()[-2000:])
+
+
+@pytest.fixture(scope="module")
+def open_server():
+    proc, port = start_server("--header-timeout", "1", "--body-timeout", "2")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    proc, port = start_server("--header-timeout", "1", env={"WILDWATCH_API_KEY": KEY})
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def raw(port: int, head: str, body: bytes = b"", read_timeout: float = 10.0) -> tuple[int, dict, bytes, float]:
+    """Send ``head`` (and ``body``) on a raw socket; (status, headers, body, seconds to the answer)."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        s.sendall(head.encode() + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    seconds = time.monotonic() - t0
+    top, _, rest = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+    return int(lines[0].split()[1]), headers, rest, seconds
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[str, bytes]:
+    boundary = "wwboundary1234"
+    parts = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{n}\"\r\n"
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + d + b"\r\n" for n, d in files)
+    return boundary, parts + f"--{boundary}--\r\n".encode()
+
+
+def post(port: int, files: list[tuple[str, bytes]], host: str = "localhost", key: str | None = None):
+    boundary, body = multipart(files)
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n" + (f"X-API-Key: {key}\r\n" if key else "") + "\r\n")
+    return raw(port, head, body)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height``: what the service must judge before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def small_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 60)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the service
+
+
+def test_many_large_images_in_one_request_are_refused_before_decoding(open_server):
+    # row 1: 16 images of 39.9 Mpx each (each under the per-image limit) once took the server to 2.7 GB
+    big = png_header(6300, 6330)
+    status, _, body, _ = post(open_server, [(f"big{i}.png", big) for i in range(16)])
+    assert status == 413 and b"pixels in all" in body
+
+
+@pytest.mark.parametrize("width, height", [(7000, 7000), (10000, 10000), (20000, 20000)])
+def test_an_image_over_the_pixel_limit_is_413_whatever_its_size(open_server, width, height):
+    # row 4: 49 Mpx gave 413 but 100 Mpx a 200 with a per-file error
+    status, _, body, _ = post(open_server, [("huge.png", png_header(width, height))])
+    assert status == 413 and b"huge.png" in body
+
+
+def test_the_request_size_is_capped_before_the_body_is_read(open_server):
+    # row 3: 15 files of 4 MB were accepted (a per-file cap, no per-request cap)
+    head = ("POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {15 * 4 * 1024 * 1024}\r\n\r\n")
+    status, _, body, seconds = raw(open_server, head)  # no body sent at all
+    assert status == 413 and b"per request" in body and seconds < 5
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed_server):
+    # row 2: a 400 MB upload without a key was received and spooled before the 401
+    head = ("POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 400000000\r\n\r\n")
+    status, _, body, seconds = raw(keyed_server, head, b"x" * 65536)
+    assert status == 401 and b"API key" in body and seconds < 5
+    assert post(keyed_server, [("a.jpg", small_jpeg())], key=KEY)[0] == 200
+
+
+def test_a_huge_event_id_is_404_not_500(tmp_path):
+    # row 5: GET /v1/events/99999999999999999999/snapshot was a 500 (integer overflow in the store)
+    db = tmp_path / "events.db"
+    EventStore(db).close()
+    proc, port = start_server("--events-db", str(db))
+    try:
+        for eid in ("99999999999999999999", "9223372036854775808", "0", "-1"):
+            status, _, _, _ = raw(port, f"GET /v1/events/{eid}/snapshot HTTP/1.1\r\nHost: localhost\r\n"
+                                        "Connection: close\r\n\r\n")
+            assert status in (404, 422), eid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_slow_clients_are_disconnected(open_server):
+    # row 6: 400 slow clients held their sockets for 40 s; none timed out
+    socks = []
+    for _ in range(50):
+        s = socket.create_connection(("127.0.0.1", open_server), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: local")  # and never the rest
+        socks.append(s)
+    t0 = time.monotonic()
+    closed = 0
+    for s in socks:
+        try:
+            closed += s.recv(100) == b""
+        except OSError:
+            closed += 1
+        s.close()
+    assert closed == 50 and time.monotonic() - t0 < 8  # --header-timeout 1
+    assert raw(open_server, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")[0] == 200
+
+
+def test_a_body_that_trickles_gets_408(open_server):
+    boundary, body = multipart([("a.jpg", small_jpeg())])
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", open_server), timeout=10) as s:
+        s.sendall((f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+                   f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:10])
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 6  # --body-timeout 2
+
+
+def test_security_headers_and_the_host_allow_list(open_server, keyed_server):
+    # row 16: no CSP / X-Frame-Options / nosniff; any Host accepted without a key (DNS rebinding)
+    status, h, _, _ = raw(open_server, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    assert "default-src 'self'" in h["content-security-policy"] and "frame-ancestors 'none'" in h[
+        "content-security-policy"]
+    assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
+    status, _, body, _ = raw(open_server, "GET /health HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n")
+    assert status == 400 and b"not served here" in body
+    assert raw(open_server, f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{open_server}\r\nConnection: close\r\n\r\n")[0] == 200
+    # with a key, any name may reach it (a reverse proxy), and the key protects /v1
+    assert raw(keyed_server, "GET /health HTTP/1.1\r\nHost: wildwatch.example\r\nConnection: close\r\n\r\n")[0] == 200
+
+
+def test_the_api_key_help_recommends_the_environment():
+    out = subprocess.run([WILDWATCH, "serve", "--help"], capture_output=True, text=True, env={
+        **os.environ, "COLUMNS": "200"}).stdout
+    assert "WILDWATCH_API_KEY" in out and "ps" in out
+
+
+# ---------------------------------------------------------------- alerts and feeds
+
+
+def test_a_hanging_webhook_does_not_hold_back_the_console(tmp_path):
+    # row 7: a webhook receiver that hangs made every other alert wait behind it (5 of 20 in 45 s)
+    release = threading.Event()
+
+    class Hang(BaseHTTPRequestHandler):
+        def do_POST(self):
+            release.wait(30)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv, base = serve(Hang)
+    seen: list[float] = []
+    sinks = {"hook": WebhookSink(WebhookSinkConfig(url=f"{base}/hook", timeout_s=20)),
+             "console": ConsoleSink(ConsoleSinkConfig(), echo=lambda line: seen.append(time.monotonic()))}
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg(RED))
+    t0 = time.monotonic()
+    try:
+        mon = Monitor(config(tmp_path, once=True, drain_s=3), colour_classifier, sinks=sinks, status=False)
+        mon.run([str(folder)])
+        assert len(seen) == 20 and max(seen) - t0 < 10
+        counts = mon.outbox.counts()
+        assert counts["delivered"] == 20 and counts["pending"] == 20  # the webhook's wait in the outbox
+    finally:
+        release.set()
+        srv.shutdown()
+
+
+def feed_with(tmp_path, images: list[str]) -> Path:
+    feed = tmp_path / "feed.json"
+    feed.write_text(json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": f"p{i}", "title": "rhino horn for sale", "image": u} for i, u in enumerate(images)]}))
+    return feed
+
+
+def test_a_feed_cannot_point_the_monitor_at_local_services(tmp_path):
+    # row 8: a feed whose image URL is another loopback port, or redirects there, was fetched
+    hits = []
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(jpeg(RED))
+
+        def log_message(self, *a):
+            pass
+
+    internal, internal_base = serve(Internal)
+
+    class Public(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/feed.json":
+                body = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+                    {"id": "a", "title": "x", "image": f"{internal_base}/secret.jpg"},
+                    {"id": "b", "title": "y", "image": f"{public_base}/redirect"}]}).encode()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(302)
+                self.send_header("Location", f"{internal_base}/via-redirect.jpg")
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    public, public_base = serve(Public)
+    try:
+        stats = Monitor(config(tmp_path, once=True), colour_classifier, status=False).run([f"{public_base}/feed.json"])
+        assert hits == [] and stats["sightings"] == 0
+        assert sum("non-public address" in e for e in stats["errors"]) == 2
+        # an address the user lists is fetched from
+        allowed = config(tmp_path, once=True, db=tmp_path / "allowed.db", allow_hosts=["127.0.0.1"])
+        stats = Monitor(allowed, colour_classifier, status=False).run([f"{public_base}/feed.json"])
+        assert sorted(hits) == ["/secret.jpg", "/via-redirect.jpg"] and stats["sightings"] == 2
+    finally:
+        internal.shutdown()
+        public.shutdown()
+
+
+def test_the_address_check_covers_names_and_networks():
+    f = Fetcher(allow_hosts=["192.168.1.0/24", "nas.lan"], trusted=["http://127.0.0.1:9999/feed.xml"])
+    for host, port, ip in (("x", 80, "10.0.0.5"), ("x", 80, "169.254.169.254"), ("x", 80, "::1"),
+                           ("x", 80, "::ffff:127.0.0.1"), ("127.0.0.1", 8080, "127.0.0.1"), ("x", 80, "0.0.0.0")):
+        with pytest.raises(FetchRefused):
+            f.check_peer(host, port, ip)
+    f.check_peer("example.org", 80, "93.184.216.34")
+    f.check_peer("cam", 80, "192.168.1.20")
+    f.check_peer("nas.lan", 80, "10.1.1.1")
+    f.check_peer("127.0.0.1", 9999, "127.0.0.1")  # the feed's own origin
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/proc/self/environ", "/dev/urandom", "/sys/kernel/mm"])
+def test_a_local_feed_reads_no_special_files(tmp_path, path):
+    # row 9: a local feed whose image path is /dev/zero took 3.2 GB in 2 s; /proc/self/environ was read
+    feed = feed_with(tmp_path, [path])
+    t0 = time.monotonic()
+    stats = Monitor(config(tmp_path, once=True), colour_classifier, status=False).run([str(feed)])
+    assert stats["frames"] == 0 and time.monotonic() - t0 < 10
+    assert any(path in e and ("system file" in e or "not a regular file" in e) for e in stats["errors"])
+
+
+def test_a_local_file_over_the_cap_is_refused_before_reading(tmp_path):
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MB declared
+    with pytest.raises(FetchRefused, match="larger than"):
+        Fetcher(max_bytes=50 << 20).read_file(str(big))
+
+
+def test_a_trickling_image_stops_at_the_deadline(tmp_path):
+    # row 10: an image served one byte every 5 s kept the feed for as long as the server liked
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    srv, base = serve(Trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FetchRefused, match="within 2 s"):
+            Fetcher(trusted=[base + "/"], timeout_s=1, deadline_s=2).fetch(f"{base}/slow.jpg")
+        assert time.monotonic() - t0 < 4
+    finally:
+        srv.shutdown()
+
+
+# ---------------------------------------------------------------- the events store and the monitor process
+
+
+def monitor_cmd(*args) -> list[str]:
+    return [WILDWATCH, "monitor", *map(str, args), "--no-status"]
+
+
+def test_a_second_monitor_on_the_same_database_refuses_to_start(tmp_path):
+    # row 11: two monitors on one --db recorded and alerted 97 of 100 photos twice
+    folder = tmp_path / "watch"
+    folder.mkdir()
+    db = tmp_path / "events.db"
+    first = subprocess.Popen(monitor_cmd(folder, "--db", db), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if Path(f"{db}.lock").exists() and Path(f"{db}.lock").read_text().startswith("pid"):
+                break
+            time.sleep(0.1)
+        second = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert "another wildwatch monitor" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)
+    # the lock goes with the process: now it may start
+    third = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+
+
+def test_an_empty_or_damaged_database_is_refused_never_replaced(tmp_path):
+    # row 12: events.db truncated to 0 bytes gave exit 0 and a new empty database; damage a traceback
+    folder = tmp_path / "watch"
+    folder.mkdir()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    proc = subprocess.run(monitor_cmd(folder, "--db", empty, "--once"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "empty (0 bytes)" in proc.stderr and "backup" in proc.stderr
+    assert empty.stat().st_size == 0 and len(proc.stderr.strip().splitlines()) == 1
+    db = tmp_path / "events.db"
+    store = EventStore(db)
+    store.db.execute("CREATE TABLE filler (x BLOB)")
+    with store.db:
+        store.db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(2000),) for _ in range(200)])
+    store.close()
+    data = bytearray(db.read_bytes())
+    data[4096:4096 + 8192] = os.urandom(8192)  # pages after the first, overwritten
+    db.write_bytes(bytes(data))
+    proc = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "damaged" in proc.stderr and ".recover" in proc.stderr
+    assert "Traceback" not in proc.stderr and db.read_bytes() == bytes(data)
+    with pytest.raises(EventStoreError, match="not an SQLite database"):
+        (tmp_path / "text.db").write_text("hello")
+        EventStore(tmp_path / "text.db")
+
+
+def test_exit_codes_say_what_happened(tmp_path):
+    # row 13: a source that fails gave exit 2 and the message "error: 1"
+    folder = tmp_path / "watch"
+    folder.mkdir()
+    (folder / "red.jpg").write_bytes(jpeg(RED))
+    ok = subprocess.run(monitor_cmd(folder, "--db", tmp_path / "a.db", "--once"), capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    bad = subprocess.run(monitor_cmd(folder, broken, "--db", tmp_path / "b.db", "--once"), capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1 and "error: 1" not in bad.stderr
+    assert "broken.mp4" in bad.stderr.strip().splitlines()[-1] and "sightings recorded" in bad.stderr
+    usage = subprocess.run(monitor_cmd("--db", tmp_path / "c.db"), capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "no sources" in usage.stderr
+
+
+def test_a_stream_that_gives_up_is_an_error(tmp_path):
+    # row 14: a live stream that gave up after max_retries showed errors: [] and exit 0
+    port = free_port()  # nothing listens there
+    cfg = config(tmp_path, max_retries=1)
+    stats = Monitor(cfg, colour_classifier, status=False).run([f"rtsp://127.0.0.1:{port}/cam"])
+    assert any("gave up after 1 failed reconnects" in e for e in stats["errors"])
+
+
+def test_resume_matches_files_by_resolved_path(tmp_path, shapes_dir):
+    # row 15: --resume after a run started with an absolute path redid every file and appended them
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in list((shapes_dir / "red_circles").glob("*.jpg"))[:6]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "rows.csv"
+    subprocess.run([WILDWATCH, "classify", str(photos.resolve()), "--output", str(out), "-q"], check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run([WILDWATCH, "classify", "photos", "--output", str(out), "--resume", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "0 files" in proc.stderr and "6 already done" in proc.stderr
+    assert len(out.read_text().strip().splitlines()) == 1 + 6
