@@ -153,8 +153,29 @@ def test_classify_options_refuse_what_cannot_work(opts, message):
 
 
 def test_classify_options_take_the_format_from_the_output():
+    from wildwatch.errors import UsageError
     from wildwatch.inference.batch import ClassifyOptions
 
-    assert ClassifyOptions(paths=["."], output="rows.json").fmt == "jsonl"
-    assert ClassifyOptions(paths=["."], output="rows.csv", format="jsonl").fmt == "jsonl"
+    assert ClassifyOptions(paths=["."], output="rows.json").fmt == "json"
+    assert ClassifyOptions(paths=["."], output="rows.jsonl").fmt == "jsonl"
+    assert ClassifyOptions(paths=["."], output="rows.txt", format="csv").fmt == "csv"
+    with pytest.raises(UsageError, match="make them agree"):
+        ClassifyOptions(paths=["."], output="rows.csv", format="jsonl").check()
     ClassifyOptions(paths=["."], output="rows.csv", resume=True).check()
+    with pytest.raises(UsageError, match="--resume needs"):
+        ClassifyOptions(paths=["."], output="rows.json", resume=True).check()
+
+
+def test_output_files_follow_the_format_and_failed_rows_are_empty(cli_run, broken_dir, tmp_path):
+    as_txt, as_json = tmp_path / "rows.txt", tmp_path / "rows.json"
+    run("classify", broken_dir, "--model", cli_run, "--format", "csv", "--output", as_txt, "-q", check=False)
+    rows = list(csv.DictReader(open(as_txt)))
+    assert len(rows) == 6 and set(rows[0]) >= {"source", "species", "confidence", "error"}
+    broken = [r for r in rows if r["error"]]
+    assert broken and all(r["confidence"] == "" and r["unknown"] == "" and r["threatened"] == "" for r in broken)
+    run("classify", broken_dir, "--model", cli_run, "--output", as_json, "-q", check=False)
+    doc = json.loads(as_json.read_text())  # one JSON document
+    assert isinstance(doc, list) and len(doc) == 6
+    failed = [r for r in doc if r["error"]]
+    assert failed and all(r["confidence"] is None and r["unknown"] is None for r in failed)
+    assert all(isinstance(r["confidence"], float) and r["unknown"] in (True, False) for r in doc if not r["error"])

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import UsageError, require
 from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.writers import SUFFIX_FORMATS, format_of
 
-FORMATS = ("csv", "jsonl", "megadetector", "camtrapdp", "parquet")
+FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "parquet")
+ROW_FORMATS = ("csv", "jsonl", "json", "parquet")  # one row per file (the others describe the whole batch)
 
 
 class ClassifyOptions(BaseModel):
@@ -42,14 +44,18 @@ class ClassifyOptions(BaseModel):
 
     @property
     def fmt(self) -> str | None:
-        """The output format: --format, else the output file's suffix (.json means JSON lines)."""
-        fmt = self.format or (self.output.suffix.lower().lstrip(".") if self.output is not None else None)
-        return "jsonl" if fmt == "json" else fmt
+        """The output format: --format, else the output file's suffix (.json: one JSON document,
+        .jsonl: JSON lines, anything else: CSV)."""
+        return format_of(self.output, self.format)
 
     def check(self) -> None:
         fmt, output = self.fmt, self.output
         if fmt not in (None, *FORMATS):
-            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, megadetector or camtrapdp")
+            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, json, megadetector or camtrapdp")
+        implied = SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+        if self.format in ROW_FORMATS and implied is not None and implied != self.format:
+            raise UsageError(f"--format {self.format} but --output {output.name} is a {implied} file name; "
+                             "make them agree")
         if fmt in ("megadetector", "camtrapdp") and output is None:
             raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
         if self.resume and (output is None or fmt not in ("csv", "jsonl")):
@@ -61,8 +67,8 @@ class ClassifyOptions(BaseModel):
         if self.engine == "ray":
             if self.robust:
                 raise UsageError("--robust runs with the local engine only; leave out --engine ray")
-            if fmt not in ("csv", "jsonl", "parquet"):
-                raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl or FILE.parquet")
+            if fmt not in ROW_FORMATS:
+                raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl, FILE.json or FILE.parquet")
         elif fmt == "parquet":
             raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
         if self.explain is not None:
@@ -100,7 +106,7 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     predictor.country = opts.country.upper() if opts.country else None
     predictor.use_exif = opts.use_exif
     collected = [] if fmt in ("megadetector", "camtrapdp") else None
-    done = {_resolved(s) for s in done_sources(output)} if opts.resume else set()
+    done = {_resolved(s) for s in done_sources(output, fmt)} if opts.resume else set()
     skipped = [0]
 
     def todo():
@@ -111,7 +117,7 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
             yield p
 
     n = n_err = 0
-    with open_writer(output if collected is None else None, append=opts.resume) as write:
+    with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt) as write:
         bar = tqdm(predictor.predict_paths(todo(), batch_size=opts.batch_size), unit="img", desc="classifying",
                    disable=not (progress and sys.stderr.isatty()))
         for p in bar:
@@ -154,5 +160,5 @@ def _classify_with_ray(opts: ClassifyOptions) -> ClassifySummary:
 
     rows = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
                              opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
-    write_rows(rows, opts.output)
+    write_rows(rows, opts.output, opts.fmt)
     return ClassifySummary(len(rows), sum(1 for r in rows if r["error"]), 0, "ray")

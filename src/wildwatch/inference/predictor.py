@@ -106,9 +106,13 @@ class Prediction:
         return "Not one of the 11 species — " + describe_other(self.looks_like, self.looks_like_kind)
 
     def to_json(self) -> dict:
+        """The row as JSON values. A photo that could not be classified has its ``error`` and empty
+        (null) answers: no confidence of 0.0, no "not unknown", for a photo nobody looked at."""
         d = dataclasses.asdict(self)
         d["top_k"] = [dict(t) for t in self.top_k]
         d["top_k_original"] = [dict(t) for t in self.top_k_original]
+        if self.error:
+            d.update({k: None for k in FAILED_EMPTY})
         return d
 
     def to_row(self) -> dict:
@@ -120,6 +124,7 @@ class Prediction:
 
 
 ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
+FAILED_EMPTY = ("confidence", "threatened", "unknown", "out_of_range")  # no answer for a photo that failed
 
 
 def describe_other(name: str, kind: str) -> str:

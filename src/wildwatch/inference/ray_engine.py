@@ -89,27 +89,32 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
             ray.shutdown()
 
 
-def write_rows(rows: list[dict], output: Path) -> None:
-    """CSV, JSON lines or Parquet (by suffix), with the local path's columns."""
+def write_rows(rows: list[dict], output: Path, fmt: str = "csv") -> None:
+    """CSV, JSON lines, one JSON document or Parquet, with the local path's columns."""
     import csv
     import json
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    suffix = output.suffix.lower()
-    if suffix == ".parquet":
+    if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in rows]), output)
-    elif suffix == ".csv":
+    elif fmt == "csv":
         with open(output, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
             w.writeheader()
             w.writerows(rows)
     else:
+        docs = []
+        for r in rows:
+            d = dict(r)
+            for k in ("top_k", "top_k_original"):
+                d[k] = json.loads(d[k]) if d[k] else []
+            docs.append(d)
         with open(output, "w", encoding="utf-8") as f:
-            for r in rows:
-                d = dict(r)
-                for k in ("top_k", "top_k_original"):
-                    d[k] = json.loads(d[k]) if d[k] else []
-                f.write(json.dumps(d) + "\n")
+            if fmt == "json":
+                json.dump(docs, f, indent=None)
+                f.write("\n")
+            else:
+                f.writelines(json.dumps(d) + "\n" for d in docs)

@@ -11,13 +11,13 @@ from typing import Callable, Iterator
 from wildwatch.inference.predictor import ROW_FIELDS, Prediction
 
 
-def done_sources(path: Path | None) -> set[str]:
+def done_sources(path: Path | None, fmt: str | None = None) -> set[str]:
     """Sources already written to an output file (complete rows only), for ``--resume``."""
     if path is None or not path.exists():
         return set()
     done = set()
     with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
+        if format_of(path, fmt) == "csv":
             for row in csv.DictReader(f):
                 if row.get("source") and None not in row.values():
                     done.add(row["source"])
@@ -36,19 +36,32 @@ def _truncate_partial_line(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
+WRITER_FORMATS = ("csv", "jsonl", "json")
+SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+def format_of(path: Path | None, given: str | None = None) -> str | None:
+    """The format of an output: ``given`` (--format), else the file's suffix (.json: one JSON document)."""
+    if given:
+        return given
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "csv") if path is not None else None
+
+
 @contextmanager
-def open_writer(path: Path | None, append: bool = False) -> Iterator[Callable[[Prediction], None]]:
-    """A function that writes one Prediction; rows are flushed so an interrupted run keeps them.
-    With ``append`` new rows go after the rows already there (``--resume``)."""
+def open_writer(path: Path | None, append: bool = False, fmt: str | None = None) -> Iterator[Callable[[Prediction], None]]:
+    """A function that writes one Prediction: CSV or JSON lines, flushed per row so an interrupted
+    run keeps them (``append``: after the rows already there, for ``--resume``); or one JSON
+    document (a list of rows), complete when the run ends."""
     if path is None:
         yield lambda p: None
         return
+    fmt = format_of(path, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    append = append and path.exists() and path.stat().st_size > 0
+    append = append and fmt != "json" and path.exists() and path.stat().st_size > 0
     if append:
         _truncate_partial_line(path)
     with open(path, "a" if append else "w", newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
+        if fmt == "csv":
             w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
             if not append:
                 w.writeheader()
@@ -56,6 +69,13 @@ def open_writer(path: Path | None, append: bool = False) -> Iterator[Callable[[P
             def write(p: Prediction) -> None:
                 w.writerow(p.to_row())
                 f.flush()
+        elif fmt == "json":
+            f.write("[")
+            first = [True]
+
+            def write(p: Prediction) -> None:
+                f.write(("\n" if first[0] else ",\n") + json.dumps(p.to_json()))
+                first[0] = False
         else:
 
             def write(p: Prediction) -> None:
@@ -63,3 +83,5 @@ def open_writer(path: Path | None, append: bool = False) -> Iterator[Callable[[P
                 f.flush()
 
         yield write
+        if fmt == "json":
+            f.write("\n]\n")
