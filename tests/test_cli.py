@@ -179,3 +179,17 @@ def test_output_files_follow_the_format_and_failed_rows_are_empty(cli_run, broke
     failed = [r for r in doc if r["error"]]
     assert failed and all(r["confidence"] is None and r["unknown"] is None for r in failed)
     assert all(isinstance(r["confidence"], float) and r["unknown"] in (True, False) for r in doc if not r["error"])
+
+
+def test_heic_photos_are_read(cli_run, tmp_path):
+    from PIL import Image
+
+    import wildwatch.data.loading  # noqa: F401 - registers the HEIF opener, here to write one
+
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    Image.new("RGB", (320, 240), (210, 40, 40)).save(photos / "IMG_0001.HEIC", quality=90)
+    out = tmp_path / "rows.csv"
+    run("classify", photos, "--model", cli_run, "--output", out, "-q")
+    [row] = list(csv.DictReader(open(out)))
+    assert row["source"].endswith("IMG_0001.HEIC") and row["error"] == "" and row["species"]

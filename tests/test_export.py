@@ -32,6 +32,36 @@ def test_export_checks_parity_and_backends_agree(small_model, shapes_dir):
     assert np.allclose([p.confidence for p in a], [p.confidence for p in b], atol=1e-4)
 
 
+def test_exported_files_say_what_their_outputs_mean(small_model):
+    import json
+
+    import onnxruntime as ort
+
+    report = export(small_model)
+    meta = ort.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["wildwatch.classes"]) == ["a", "b", "c"]
+    assert json.loads(meta["wildwatch.preprocess"])["image_size"] == 32
+    assert json.loads(meta["wildwatch.temperature"]) == 1.0 and "logits" in meta["wildwatch.outputs"]
+
+
+def test_bundled_onnx_files_carry_their_metadata():
+    import json
+
+    import onnxruntime as ort
+
+    from wildwatch.inference import bundled_model_path
+    from wildwatch.inference.backends import int8_path
+    from wildwatch.inference.predictor import bundled_species_path
+
+    pred = Predictor.from_file(None)
+    for path in (int8_path(bundled_model_path()), bundled_species_path()):
+        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        report = json.loads(path.with_suffix(".json").read_text())
+        assert json.loads(meta["wildwatch.classes"]) == pred.classes
+        assert json.loads(meta["wildwatch.temperature"]) == pytest.approx(report["temperature"])
+        assert json.loads(meta["wildwatch.preprocess"]) == report["preprocess"]
+
+
 def test_int8_without_data_is_a_clear_error(small_model):
     with pytest.raises(ValueError, match="--data"):
         export(small_model, int8=True)

@@ -11,6 +11,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wildwatch.errors import WildwatchError
 
+try:  # HEIC/HEIF, the iPhone's default: Pillow reads it through pillow-heif's opener
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a core dependency
+    pass
+
 # 64 megapixels: larger than any camera-trap or phone photo; a decompression bomb is far above.
 DEFAULT_MAX_PIXELS = 64_000_000
 

@@ -20,6 +20,7 @@ from wildwatch.inference.backends import (
     int8_is_accurate,
     int8_path,
 )
+from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
 from wildwatch.models.files import resolve_model_path
 
 
@@ -108,6 +109,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     report["fp32_same_top1"] = bool((ref.argmax(1) == got.argmax(1)).all())
     if diff > 1e-4 or not report["fp32_same_top1"]:
         raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δlogit| {diff:.2e}); not using it")
+    stamp_metadata(fp32, onnx_metadata(pred))
 
     if int8:
         if data is None:
@@ -149,6 +151,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
                  "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
                  "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
         target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
+        stamp_metadata(target, onnx_metadata(pred, report.get("unknown_threshold")))
     return report
 
 

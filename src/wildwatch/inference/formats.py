@@ -84,6 +84,16 @@ DEPLOYMENT_FIELDS = [
 ]
 
 
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
+               ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+               ".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".ppm": "image/x-portable-pixmap",
+               ".pgm": "image/x-portable-graymap"}
+
+
+def media_type(path: str) -> str:
+    return MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+
+
 def _timestamp(p: Prediction) -> str:
     if p.taken_at:
         return datetime.fromisoformat(p.taken_at).replace(tzinfo=timezone.utc).isoformat()
@@ -112,7 +122,7 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
         ts = _timestamp(p)
         media.append({"mediaID": mid, "deploymentID": deployment, "captureMethod": "activityDetection",
                       "timestamp": ts, "filePath": str(p.source), "filePublic": "false", "fileName": Path(p.source).name,
-                      "fileMediatype": "image/jpeg" if Path(p.source).suffix.lower() in (".jpg", ".jpeg") else "image/png",
+                      "fileMediatype": media_type(p.source),
                       "exifData": json.dumps({k: v for k, v in {"latitude": p.latitude, "longitude": p.longitude,
                                                                   "country": p.country}.items() if v is not None}),
                       "favorite": "false", "mediaComments": "" if p.taken_at else "timestamp from file modification time"})

@@ -46,3 +46,37 @@ def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bo
     module.eval()
     os.replace(path, final)
     return final
+
+
+def stamp_metadata(path: str | Path, values: dict) -> None:
+    """Write wildwatch's facts into an ONNX file's metadata (``metadata_props``, keys
+    ``wildwatch.*``, JSON values), so the file alone says what its outputs mean: class names,
+    preprocessing, temperature, unknown threshold. ONNX Runtime reads them back with
+    ``session.get_modelmeta().custom_metadata_map``."""
+    import json
+
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if not p.key.startswith("wildwatch.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"wildwatch.{key}", json.dumps(value)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def onnx_metadata(pred, unknown_threshold: float | None = None) -> dict:
+    """What ``stamp_metadata`` writes for a Predictor's model."""
+    from wildwatch import __version__
+
+    return {"classes": pred.classes, "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
+            "unknown_threshold": unknown_threshold if unknown_threshold is not None else pred.unknown_threshold,
+            "architecture": pred.meta.get("architecture"), "version": __version__,
+            "outputs": ["logits (softmax(logits / temperature) gives the probabilities of classes)",
+                        "features of the unknown detector (Mahalanobis distance to class means)"],
+            "input": "float32 NCHW, RGB, resized and centre-cropped, then (x / 255 - mean) / std of preprocess"}
