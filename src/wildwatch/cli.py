@@ -144,7 +144,8 @@ def evaluate(
 @app.command()
 @friendly_errors
 def classify(
-    paths: List[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Image files and folders (searched recursively); "
+                                                 "with --detections, the folder the detector ran on."),
     model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
     output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
@@ -162,11 +163,16 @@ def classify(
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
+    detections: Optional[Path] = typer.Option(None, help="A MegaDetector (or SpeciesNet) batch file: classify its "
+                                              "animal boxes and write it back to --output with the species."),
+    detection_threshold: float = typer.Option(0.2, min=0, max=1, help="With --detections: the animal boxes "
+                                              "classified are those at least this confident."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
     from wildwatch.inference.batch import ClassifyOptions, classify_files
 
-    opts = ClassifyOptions(paths=paths, model=model, top_k=top_k, output=output, format=format, country=country,
+    opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
+                           model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
                            explain=explain, engine=engine, address=address, resume=resume)
     summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)

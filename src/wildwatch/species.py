@@ -25,6 +25,7 @@ class SpeciesInfo:
     assessments: tuple[dict, ...] = ()
     taxon: str = ""  # the narrowest name that covers every species the class may show
     taxon_rank: str = ""
+    taxonomy: str = ""  # "class;order;family;genus;species", lowercase, as MegaDetector and Wildlife Insights write it
 
     @property
     def worst_category(self) -> str:
@@ -36,7 +37,7 @@ class SpeciesInfo:
         return {"key": self.key, "common_name": self.common_name, "scientific_names": list(self.scientific_names),
                 "iucn_status": self.iucn_status, "threatened": self.threatened, "note": self.note,
                 "source": self.source, "assessments": list(self.assessments), "taxon": self.taxon,
-                "taxon_rank": self.taxon_rank}
+                "taxon_rank": self.taxon_rank, "taxonomy": self.taxonomy}
 
 
 UNKNOWN = SpeciesInfo("unknown", "Unknown (none of the known species)", (), "", False,
@@ -49,7 +50,7 @@ def species_table() -> dict[str, SpeciesInfo]:
     return {
         k: SpeciesInfo(k, v["common_name"], tuple(v["scientific_names"]), v["iucn_status"], bool(v["threatened"]),
                        v.get("note", ""), v.get("source", ""), tuple(v.get("assessments", ())),
-                       v.get("taxon", ""), v.get("taxon_rank", ""))
+                       v.get("taxon", ""), v.get("taxon_rank", ""), v.get("taxonomy", ""))
         for k, v in raw.items() if not k.startswith("_")
     }
 

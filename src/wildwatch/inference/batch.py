@@ -27,8 +27,10 @@ class ClassifyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[Path]
+    paths: list[Path] = Field(default_factory=list)
     model: Optional[Path] = None
+    detections: Optional[Path] = None  # a MegaDetector batch file: classify its animal boxes
+    detection_threshold: float = Field(0.2, ge=0, le=1)
     top_k: int = Field(3, ge=1)
     output: Optional[Path] = None
     format: Optional[str] = None
@@ -50,6 +52,11 @@ class ClassifyOptions(BaseModel):
 
     def check(self) -> None:
         fmt, output = self.fmt, self.output
+        if self.detections is not None:
+            self._check_detections()
+            return
+        if not self.paths:
+            raise UsageError("give the photos to classify: files or folders (or --detections md.json)")
         if fmt not in (None, *FORMATS):
             raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, json, megadetector or camtrapdp")
         implied = SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
@@ -75,6 +82,17 @@ class ClassifyOptions(BaseModel):
             require("torch", "train", "--explain (Grad-CAM)")
 
 
+    def _check_detections(self) -> None:
+        if self.output is None:
+            raise UsageError("--detections needs --output: the MegaDetector file to write with the classifications")
+        if self.format not in (None, "megadetector"):
+            raise UsageError("--detections writes MegaDetector batch output: leave out --format or use megadetector")
+        if len(self.paths) > 1:
+            raise UsageError("with --detections, give at most one folder: the one the detector ran on")
+        if self.engine != "local" or self.resume or self.explain is not None:
+            raise UsageError("--detections runs with the local engine, without --resume or --explain")
+
+
 @dataclass
 class ClassifySummary:
     files: int
@@ -92,6 +110,8 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
                    progress: bool = False) -> ClassifySummary:
     """Classify every file under ``opts.paths`` and write the rows; ``on_prediction`` sees each one."""
     opts.check()
+    if opts.detections is not None:
+        return _classify_detections(opts, progress)
     if opts.engine == "ray":
         return _classify_with_ray(opts)
     from tqdm import tqdm
@@ -131,15 +151,41 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
             if on_prediction is not None:
                 on_prediction(p)
     if fmt == "megadetector":
-        from wildwatch.inference.formats import megadetector_json
+        from wildwatch.inference.megadetector import whole_image_json
 
-        output.write_text(json.dumps(megadetector_json(collected, predictor.classes, predictor.meta["architecture"]),
-                                     indent=1))
+        output.write_text(json.dumps(whole_image_json(collected, predictor.classes, predictor.meta["architecture"],
+                                                      opts.paths), indent=1))
     elif fmt == "camtrapdp":
         from wildwatch.inference.formats import write_camtrap_dp
 
         write_camtrap_dp(collected, output, predictor.meta["architecture"])
     return ClassifySummary(n, n_err, skipped[0], f"{predictor.backend} backend")
+
+
+def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
+    """Classify the animal boxes of a MegaDetector batch file; write it back with the answers."""
+    from tqdm import tqdm
+
+    from wildwatch.inference.megadetector import classify_detections, read_batch_file
+    from wildwatch.inference.predictor import Predictor
+
+    doc = read_batch_file(opts.detections)
+    root = opts.paths[0] if opts.paths else opts.detections.parent
+    if not Path(root).is_dir():
+        raise UsageError(f"{root}: not a folder (give the folder the detector ran on, which its file names are "
+                         "relative to)")
+    predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
+                                    species_model="bundled" if opts.robust else None)
+    predictor.country = opts.country.upper() if opts.country else None
+    predictor.use_exif = opts.use_exif
+    with tqdm(total=len(doc["images"]), unit="img", desc="classifying boxes",
+              disable=not (progress and sys.stderr.isatty())) as bar:
+        doc, summary = classify_detections(doc, Path(root), predictor, opts.detection_threshold,
+                                           opts.batch_size or 32, predictor.meta["architecture"], bar.update)
+    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    opts.output.write_text(json.dumps(doc, indent=1))
+    return ClassifySummary(summary.images, summary.images_failed, 0,
+                           f"{predictor.backend} backend, {summary.boxes_classified} animal boxes")
 
 
 def _resolved(path) -> str:

@@ -1,10 +1,9 @@
-"""Output formats that camera-trap tools read: MegaDetector batch output and Camtrap DP."""
+"""Camtrap DP packages (from classify and from monitor events). MegaDetector batch output: ``megadetector``."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,53 +13,11 @@ from wildwatch import __version__
 from wildwatch.inference.predictor import Prediction
 from wildwatch.species import species_info
 
-MEGADETECTOR_FORMAT_VERSION = "1.4"
 CAMTRAP_DP_PROFILE = "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _common_root(preds: list[Prediction]) -> Path:
-    paths = [str(Path(p.source).resolve().parent) for p in preds]
-    return Path(os.path.commonpath(paths)) if paths else Path(".")
-
-
-def megadetector_json(preds: Iterable[Prediction], classes: list[str], model_name: str) -> dict:
-    """MegaDetector batch output (format 1.4) with whole-image classifications.
-
-    Each classified image has one detection of category "1" (animal) covering the whole image
-    (bbox [0, 0, 1, 1]) whose ``classifications`` are the top-k species in descending order; an
-    image judged unknown gets the "unknown" category first, with the top species' probability (so
-    the order stays descending and no new number is invented). Unreadable images carry ``failure``.
-    """
-    preds = list(preds)
-    root = _common_root(preds)
-    categories = {str(i): c for i, c in enumerate(classes)}
-    unknown_id = str(len(classes))
-    categories[unknown_id] = "unknown"
-    index = {c: k for k, c in categories.items()}
-    images = []
-    for p in preds:
-        rel = os.path.relpath(Path(p.source).resolve(), root)
-        if p.error:
-            images.append({"file": rel, "failure": p.error})
-            continue
-        cls = [[index[t["species"]], round(float(t["probability"]), 4)] for t in p.top_k]
-        if p.unknown:
-            cls = [[unknown_id, cls[0][1]]] + cls
-        images.append({"file": rel, "detections": [
-            {"category": "1", "conf": round(float(p.confidence), 4), "bbox": [0.0, 0.0, 1.0, 1.0], "classifications": cls}]})
-    return {
-        "info": {"format_version": MEGADETECTOR_FORMAT_VERSION, "classifier": f"wildwatch {__version__} ({model_name})",
-                 "classification_completion_time": _now(),
-                 "classifier_metadata": {"whole_image": True, "image_root": str(root)}},
-        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
-        "classification_categories": categories,
-        "classification_category_descriptions": {k: (species_info(c).taxon or c) for k, c in categories.items()},
-        "images": images,
-    }
 
 
 MEDIA_FIELDS = [

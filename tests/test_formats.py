@@ -1,0 +1,164 @@
+"""wildwatch's files checked with the camera-trap field's own tools: MegaDetector's validator and
+post-processing, the official Camtrap DP profile and table schemas, a generated API client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import OOD_DATA, REAL_DATA
+
+WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
+
+
+def wildwatch(*args, code=0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    return proc
+
+
+def md_validate(path: Path) -> list[str]:
+    from megadetector.postprocessing.validate_batch_results import ValidateBatchResultsOptions, validate_batch_results
+
+    options = ValidateBatchResultsOptions()
+    options.raise_errors = False
+    return validate_batch_results(str(path), options)["validation_results"]["errors"]
+
+
+def md_smooth_and_convert(path: Path, tmp_path: Path) -> dict:
+    """MegaDetector's image-level smoothing (which parses the taxonomy strings) and its CSV export."""
+    from megadetector.postprocessing.classification_postprocessing import (ClassificationSmoothingOptions,
+                                                                            smooth_classification_results_image_level)
+    from megadetector.postprocessing.convert_output_format import convert_json_to_csv
+
+    smoothed = tmp_path / "smoothed.json"
+    smooth_classification_results_image_level(str(path), str(smoothed), ClassificationSmoothingOptions())
+    convert_json_to_csv(str(path), str(tmp_path / "md.csv"))
+    assert (tmp_path / "md.csv").stat().st_size > 0
+    return json.loads(smoothed.read_text())
+
+
+# ---------------------------------------------------------------- MegaDetector, whole photos
+
+
+def test_whole_image_megadetector_output_passes_the_tools(tmp_path):
+    card = tmp_path / "card"
+    (card / "day1").mkdir(parents=True)
+    lions = sorted((REAL_DATA / "lion").glob("*.jpg"))[:3]
+    for p in lions:
+        (card / "day1" / p.name).write_bytes(p.read_bytes())
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(card / "day1" / "empty.jpg")
+    (card / "broken.jpg").write_bytes(b"no")
+    out = tmp_path / "md.json"
+    wildwatch("classify", card, "--format", "megadetector", "--output", out, "-q", code=1)
+    assert md_validate(out) == []
+    doc = json.loads(out.read_text())
+    files = {im["file"]: im for im in doc["images"]}
+    assert set(files) == {*(f"day1/{p.name}" for p in lions), "day1/empty.jpg", "broken.jpg"}  # relative to card
+    assert files["day1/empty.jpg"]["detections"] == [] and files["broken.jpg"]["detections"] is None
+    named = [files[f"day1/{p.name}"] for p in lions]
+    assert all(im["detections"][0]["category"] == "1" for im in named)
+    lion_id = next(k for k, v in doc["classification_categories"].items() if v == "lion")
+    assert sum(im["detections"][0]["classifications"][0][0] == lion_id for im in named) >= 2
+    assert doc["classification_category_descriptions"][lion_id].endswith(";mammalia;carnivora;felidae;panthera;leo;lion")
+    assert "no detector ran" in doc["info"]["classifier_metadata"]["conf"]
+    smoothed = md_smooth_and_convert(out, tmp_path)
+    assert len(smoothed["images"]) == len(doc["images"])
+
+
+# ---------------------------------------------------------------- MegaDetector boxes in, classified out
+
+
+def scene_with_animal(scene: Image.Image, animal: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """``animal`` pasted into ``scene`` at the normalised box [x, y, w, h]."""
+    out = scene.copy()
+    x, y, w, h = box
+    W, H = out.size
+    out.paste(animal.convert("RGB").resize((int(w * W), int(h * H))), (int(x * W), int(y * H)))
+    return out
+
+
+def test_megadetector_boxes_are_classified_and_written_back(tmp_path):
+    scenes = sorted(p for p in (OOD_DATA / "landscape").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    scene = Image.open(scenes[0]).convert("RGB").resize((1280, 960))
+    lion = Image.open(sorted((REAL_DATA / "lion").glob("*.jpg"))[0])
+    rhino = Image.open(sorted((REAL_DATA / "rhino").glob("*.jpg"))[0])
+    root = tmp_path / "camera"
+    root.mkdir()
+    lion_box, rhino_box = [0.05, 0.40, 0.30, 0.32], [0.60, 0.45, 0.32, 0.30]
+    scene_with_animal(scene_with_animal(scene, lion, lion_box), rhino, rhino_box).save(root / "two.jpg")
+    scene_with_animal(scene, lion, [0.35, 0.30, 0.25, 0.30]).save(root / "lion_and_person.jpg")
+    scene.save(root / "empty.jpg")
+    md = {"info": {"format_version": "1.3", "detector": "md_v5a.0.0.pt", "classifier": "another classifier"},
+          "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+          "classification_categories": {"0": "deer", "1": "boar"},  # as SpeciesNet's output carries its own
+          "images": [
+              {"file": "two.jpg", "detections": [
+                  {"category": "1", "conf": 0.93, "bbox": lion_box},
+                  {"category": "1", "conf": 0.88, "bbox": rhino_box},
+                  {"category": "1", "conf": 0.05, "bbox": [0.4, 0.05, 0.1, 0.1],  # below the threshold
+                   "classifications": [["1", 0.6]]}]},
+              {"file": "lion_and_person.jpg", "detections": [
+                  {"category": "1", "conf": 0.81, "bbox": [0.35, 0.30, 0.25, 0.30]},
+                  {"category": "2", "conf": 0.90, "bbox": [0.7, 0.2, 0.1, 0.5]}]},
+              {"file": "empty.jpg", "detections": []},
+              {"file": "gone.jpg", "detections": [{"category": "1", "conf": 0.7, "bbox": [0.1, 0.1, 0.2, 0.2]}]},
+              {"file": "corrupt.jpg", "failure": "Failure image access", "detections": None}]}
+    src = tmp_path / "md.json"
+    src.write_text(json.dumps(md))
+    out = tmp_path / "md_classified.json"
+    proc = wildwatch("classify", "--detections", src, root, "--output", out, code=1)  # gone.jpg cannot be read
+    assert "3 animal boxes" in proc.stderr  # the faint box is left alone; gone.jpg cannot be read
+    assert md_validate(out) == []
+    doc = json.loads(out.read_text())
+    cats = doc["classification_categories"]
+    files = {im["file"]: im for im in doc["images"]}
+    lion_det, rhino_det, faint = files["two.jpg"]["detections"]
+    assert cats[lion_det["classifications"][0][0]] == "lion" and lion_det["conf"] == 0.93  # detector conf kept
+    assert cats[rhino_det["classifications"][0][0]] == "rhino"
+    assert "classifications" not in faint  # the other classifier's answer is gone with its categories
+    assert doc["info"]["classifier_metadata"]["replaced_classifier"] == "another classifier"
+    animal, person = files["lion_and_person.jpg"]["detections"]
+    assert cats[animal["classifications"][0][0]] == "lion" and "classifications" not in person
+    assert files["lion_and_person.jpg"]["wildwatch"]["species"] == "lion"
+    assert files["two.jpg"]["wildwatch"]["species"] in ("lion", "rhino")
+    assert files["empty.jpg"]["detections"] == [] and files["empty.jpg"]["wildwatch"]["species"] == "empty"
+    assert "gone.jpg" in files["gone.jpg"]["wildwatch"]["error"]
+    assert files["corrupt.jpg"]["detections"] is None and "wildwatch" not in files["corrupt.jpg"]
+    assert doc["info"]["detector"] == "md_v5a.0.0.pt" and doc["info"]["classifier"].startswith("wildwatch")
+    md_smooth_and_convert(out, tmp_path)
+
+
+def test_a_person_alone_is_the_human_answer(tmp_path):
+    root = tmp_path / "cam"
+    root.mkdir()
+    Image.new("RGB", (640, 480), (90, 100, 80)).save(root / "p.jpg")
+    src = tmp_path / "md.json"
+    src.write_text(json.dumps({"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal", "2": "person"},
+                               "images": [{"file": "p.jpg", "detections": [
+                                   {"category": "2", "conf": 0.95, "bbox": [0.2, 0.1, 0.3, 0.8]}]}]}))
+    out = tmp_path / "out.json"
+    wildwatch("classify", "--detections", src, root, "--output", out, "-q")
+    [im] = json.loads(out.read_text())["images"]
+    assert im["wildwatch"] == {"species": "human"} and im["detections"][0]["category"] == "2"
+
+
+def test_square_crops_with_a_margin_stay_inside_the_image():
+    from wildwatch.inference.megadetector import square_crop_box
+
+    assert square_crop_box([0.25, 0.25, 0.5, 0.25], 1000, 1000, margin=0.1) == (200, 75, 800, 675)
+    left, top, right, bottom = square_crop_box([0.9, 0.9, 0.1, 0.1], 1000, 800, margin=0.5)
+    assert right == 1000 and bottom == 800 and right - left == bottom - top == 200
+    assert square_crop_box([0.0, 0.0, 1.0, 1.0], 640, 480) == (0, 0, 640, 480)
+
+
+def test_a_file_that_is_not_a_batch_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"images": []}))
+    proc = wildwatch("classify", "--detections", bad, tmp_path, "--output", tmp_path / "o.json", code=2)
+    assert "not a MegaDetector batch file" in proc.stderr and "Traceback" not in proc.stderr
