@@ -91,3 +91,44 @@ def write_near_duplicates_csv(root: Path, groups: list[list[str]]) -> None:
         for gid, members in enumerate(groups):
             for m in members:
                 w.writerow([gid, f"prefix/{m}", m.split("/")[0]])
+
+
+CAMTRAP_DP = SHARED_DATA.parent / "standards" / "camtrap-dp-1.0.2"
+
+
+def camtrap_dp_errors(folder: Path) -> list[str]:
+    """A package checked as the standard checks it, offline: datapackage.json against the official
+    Camtrap DP 1.0.2 profile (JSON Schema, its GeoJSON reference resolved to the local copy; the
+    generic Data Package part is checked by frictionless below), and each table against the
+    official table schema its resource names (local copies), with types, formats, constraints,
+    primary and foreign keys, by frictionless."""
+    import json
+
+    from frictionless import Package
+    from jsonschema import Draft4Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    pkg = json.loads((folder / "datapackage.json").read_text())
+    profile = json.loads((CAMTRAP_DP / "camtrap-dp-profile.json").read_text())
+    registry = Registry().with_resources([
+        ("http://json.schemastore.org/geojson.json",
+         Resource.from_contents(json.loads((CAMTRAP_DP / "geojson.json").read_text()), default_specification=DRAFT4)),
+        ("https://specs.frictionlessdata.io/schemas/data-package.json",
+         Resource.from_contents({}, default_specification=DRAFT4))])
+    errors = [f"profile: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in Draft4Validator(profile, registry=registry).iter_errors(pkg)]
+    local = {k: v for k, v in pkg.items() if k != "profile"}  # URLs: never fetched in tests
+    local["resources"] = []
+    for r in pkg["resources"]:
+        r = dict(r)
+        if isinstance(r.get("schema"), str):
+            name = r["schema"].rsplit("/", 1)[-1]
+            errors += [] if r["schema"].startswith("https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0.2/") else [
+                f"{r['name']}: schema {r['schema']} is not a Camtrap DP 1.0.2 table schema"]
+            r["schema"] = json.loads((CAMTRAP_DP / name).read_text())
+        local["resources"].append(r)
+    report = Package(local, basepath=str(folder)).validate()
+    errors += [f"{row[0]}: {row[1]} {row[2]} {row[3]}"
+               for row in report.flatten(["rowNumber", "fieldName", "type", "note"])]
+    return errors

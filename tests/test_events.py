@@ -1,6 +1,7 @@
 """The events store, `wildwatch events`, and the events API of `wildwatch serve`."""
 
 import io
+import csv
 import json
 import random
 import sqlite3
@@ -12,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import draw_shape
+from conftest import camtrap_dp_errors, draw_shape
 from wildwatch.monitor.events import EventStore, Sighting
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
@@ -57,15 +58,16 @@ def test_events_command_formats(tmp_path):
                              capture_output=True, text=True, check=True).stdout
     assert csv_out.splitlines()[0].startswith("source,species") and len(csv_out.splitlines()) == 3
     dp = tmp_path / "dp"
-    subprocess.run([WILDWATCH, "events", "--db", str(db), "--format", "camtrapdp", "--output", str(dp)], check=True,
-                   capture_output=True)
+    no_place = subprocess.run([WILDWATCH, "events", "--db", str(db), "--format", "camtrapdp", "--output", str(dp)],
+                              capture_output=True, text=True)
+    assert no_place.returncode == 2 and "--location" in no_place.stderr  # never a camera at 0,0
+    subprocess.run([WILDWATCH, "events", "--db", str(db), "--format", "camtrapdp", "--output", str(dp),
+                    "--location", "-1.2921,36.8219"], check=True, capture_output=True)
     pkg = json.loads((dp / "datapackage.json").read_text())
-    from frictionless import Package
-
-    package = Package({k: v for k, v in pkg.items() if k != "profile"}, basepath=str(dp))
-    for resource in package.resources:
-        report = resource.validate()
-        assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
+    assert camtrap_dp_errors(dp) == []
+    deployments = list(csv.DictReader(open(dp / "deployments.csv")))
+    # the lion's frame had GPS: its own deployment; the rhino's camera is the one --location gives
+    assert sorted((d["latitude"], d["longitude"]) for d in deployments) == [("-1.29", "36.82"), ("-1.2921", "36.8219")]
     assert sorted(p.name for p in (dp / "snapshots").iterdir()) == ["1.jpg", "2.jpg"]
     assert pkg["project"]["observationLevel"] == ["event"]
 

@@ -162,3 +162,115 @@ def test_a_file_that_is_not_a_batch_file_is_a_clear_error(tmp_path):
     bad.write_text(json.dumps({"images": []}))
     proc = wildwatch("classify", "--detections", bad, tmp_path, "--output", tmp_path / "o.json", code=2)
     assert "not a MegaDetector batch file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- Camtrap DP
+
+
+def photo(path: Path, when: str | None = None, offset: str | None = None, gps: tuple[float, float] | None = None):
+    img = Image.new("RGB", (320, 240), (128, 128, 128))
+    exif = Image.Exif()
+    if when:
+        exif.get_ifd(0x8769)[0x9003] = when
+    if offset:
+        exif.get_ifd(0x8769)[0x9011] = offset
+    if gps:
+        from test_field import _dms
+
+        g = exif.get_ifd(0x8825)
+        g[1], g[2], g[3], g[4] = ("N" if gps[0] >= 0 else "S"), _dms(gps[0]), ("E" if gps[1] >= 0 else "W"), _dms(gps[1])
+    img.save(path, exif=exif)
+    return path
+
+
+def test_camtrap_dp_from_classify_passes_the_official_profile_and_schemas(tmp_path):
+    from conftest import camtrap_dp_errors
+
+    card = tmp_path / "card" / "DCIM"
+    card.mkdir(parents=True)
+    photo(card / "tz.jpg", "2024:03:05 06:41:09", "+03:00", gps=(-1.2921, 36.8219))
+    photo(card / "tz2.jpg", "2024:03:06 18:02:00", "+03:00", gps=(-1.2921, 36.8219))
+    for p in sorted((REAL_DATA / "lion").glob("*.jpg"))[:2]:
+        (card / p.name).write_bytes(p.read_bytes())  # no EXIF time, no GPS
+    dp = tmp_path / "package"
+    wildwatch("classify", tmp_path / "card", "--format", "camtrapdp", "--output", dp, "--location", "-2.33,34.83", "-q")
+    assert camtrap_dp_errors(dp) == []
+    media = {m["fileName"]: m for m in csv_rows(dp / "media.csv")}
+    assert media["tz.jpg"]["timestamp"] == "2024-03-05T06:41:09+03:00"  # the photo's own offset, not UTC
+    assert media["tz.jpg"]["filePath"] == "DCIM/tz.jpg" and media["tz.jpg"]["mediaComments"] == ""
+    lion = next(m for name, m in media.items() if name not in ("tz.jpg", "tz2.jpg"))
+    assert "file modification time" in lion["mediaComments"]
+    deps = {d["deploymentID"]: d for d in csv_rows(dp / "deployments.csv")}
+    assert deps[media["tz.jpg"]["deploymentID"]]["timestampIssues"] == "false"
+    assert deps[lion["deploymentID"]]["timestampIssues"] == "true"
+    assert deps[media["tz.jpg"]["deploymentID"]]["deploymentStart"] == "2024-03-05T06:41:09+03:00"
+    pkg = json.loads((dp / "datapackage.json").read_text())
+    assert {lic["scope"] for lic in pkg["licenses"]} == {"data", "media"}
+    assert pkg["spatial"]["type"] == "MultiPoint" and pkg["temporal"]["start"] == "2024-03-05"
+    obs = csv_rows(dp / "observations.csv")
+    assert all(o["classificationTimestamp"].endswith("+00:00") and "." not in o["classificationTimestamp"]
+               for o in obs)
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_camtrap_checker_catches_what_the_standard_forbids(tmp_path):
+    """The checker itself: the mistakes an earlier writer made are each found."""
+    import csv
+    import shutil
+
+    from conftest import camtrap_dp_errors
+
+    card = tmp_path / "card"
+    card.mkdir()
+    photo(card / "a.jpg", "2024:03:05 06:41:09", "+03:00", gps=(-1.2921, 36.8219))
+    good = tmp_path / "good"
+    wildwatch("classify", card, "--format", "camtrapdp", "--output", good, "-q")
+    assert camtrap_dp_errors(good) == []
+
+    def broken(name: str, edit) -> list[str]:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        edit(folder)
+        return camtrap_dp_errors(folder)
+
+    def one_licence(folder):
+        pkg = json.loads((folder / "datapackage.json").read_text())
+        pkg["licenses"] = pkg["licenses"][:1]
+        (folder / "datapackage.json").write_text(json.dumps(pkg))
+
+    def edit_media(column, value):
+        def edit(folder):
+            rows = csv_rows(folder / "media.csv")
+            rows[0][column] = value
+            with open(folder / "media.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        return edit
+
+    assert any("licenses" in e for e in broken("licence", one_licence))
+    assert broken("absolute", edit_media("filePath", str(card / "a.jpg")))
+    assert broken("dotdot", edit_media("filePath", "../card/a.jpg"))
+    assert broken("millis", edit_media("timestamp", "2024-03-05T06:41:09.123+03:00"))
+
+
+def test_camtrap_dp_from_monitor_events_with_fractional_times(tmp_path):
+    from conftest import camtrap_dp_errors
+    from wildwatch.monitor.events import EventStore, Sighting
+
+    db = tmp_path / "events.db"
+    store = EventStore(db)
+    store.add(Sighting("cam.mp4", "rhino", 0.9, "2026-05-01T05:10:00.302+00:00", "2026-05-01T05:11:30.910+00:00",
+                       "Rhinoceros", "NT–CR", True))
+    store.close()
+    dp = tmp_path / "events"
+    wildwatch("events", "--db", db, "--format", "camtrapdp", "--output", dp, "--location", "-2.33,34.83")
+    assert camtrap_dp_errors(dp) == []
+    [o] = csv_rows(dp / "observations.csv")
+    assert o["eventStart"] == "2026-05-01T05:10:00+00:00" and o["observationLevel"] == "event"

@@ -167,12 +167,14 @@ def classify(
                                               "animal boxes and write it back to --output with the species."),
     detection_threshold: float = typer.Option(0.2, min=0, max=1, help="With --detections: the animal boxes "
                                               "classified are those at least this confident."),
+    location: Optional[str] = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
+                                           "without EXIF GPS (a deployment needs its coordinates)."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
-    from wildwatch.inference.batch import ClassifyOptions, classify_files
+    from wildwatch.inference.batch import ClassifyOptions, classify_files, parse_location
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
-                           model=model, top_k=top_k, output=output, format=format, country=country,
+                           location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
                            explain=explain, engine=engine, address=address, resume=resume)
     summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)
@@ -247,6 +249,8 @@ def events(
     species: Optional[str] = typer.Option(None, help="Only this class, e.g. rhino."),
     format: str = typer.Option("csv", "--format", help="csv, json or camtrapdp."),
     output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
+    location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
+                                           "without GPS."),
 ):
     """List recorded sightings."""
     from wildwatch.monitor.events import EventStore, sightings_text
@@ -256,9 +260,10 @@ def events(
     if format == "camtrapdp":
         if output is None:
             raise UsageError("--format camtrapdp needs --output FOLDER")
+        from wildwatch.inference.batch import parse_location
         from wildwatch.inference.formats import write_camtrap_dp_events
 
-        write_camtrap_dp_events(rows, store, output)
+        write_camtrap_dp_events(rows, store, output, parse_location(location))
         typer.echo(f"{len(rows)} sightings written as Camtrap DP to {output}", err=True)
         return
     text = sightings_text(rows, format)

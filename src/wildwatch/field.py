@@ -19,6 +19,30 @@ GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
 DATETIME_ORIGINAL = 0x9003
 DATETIME = 0x0132
+OFFSET_TIME_ORIGINAL = 0x9011  # "+03:00": the time zone of DateTimeOriginal (EXIF 2.31)
+OFFSET_TIME = 0x9010
+
+
+def taken_at(exif) -> str | None:
+    """The capture time as ISO 8601: with its offset when the photo records one
+    ("2024-03-05T06:41:09+03:00"), else the camera's local time without one."""
+    if not exif:
+        return None
+    ifd = exif.get_ifd(EXIF_IFD)
+    taken = ifd.get(DATETIME_ORIGINAL) or exif.get(DATETIME)
+    if not taken:
+        return None
+    try:
+        when = datetime.strptime(str(taken).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    offset = str(ifd.get(OFFSET_TIME_ORIGINAL) or ifd.get(OFFSET_TIME) or "").strip("\x00 ")
+    if offset:
+        try:
+            when = when.replace(tzinfo=datetime.strptime(offset, "%z").tzinfo)
+        except ValueError:
+            pass  # an unreadable offset: the local time stays without one
+    return when.isoformat()
 
 
 @dataclass(frozen=True)
@@ -81,14 +105,7 @@ def place_from_exif(exif) -> Place:
             lon = _to_degrees(gps[4], gps.get(3, "E"))
     except (TypeError, ValueError, ZeroDivisionError):
         lat = lon = None
-    taken = exif.get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL) if exif else None
-    taken = taken or (exif.get(DATETIME) if exif else None)
-    iso = None
-    if taken:
-        try:
-            iso = datetime.strptime(str(taken).strip("\x00 "), "%Y:%m:%d %H:%M:%S").isoformat()
-        except ValueError:
-            iso = None
+    iso = taken_at(exif)
     warning = gps_problem(lat, lon) if lat is not None else None
     if warning:
         return Place(None, None, None, iso, None, warning)

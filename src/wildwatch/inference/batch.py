@@ -43,6 +43,7 @@ class ClassifyOptions(BaseModel):
     engine: str = "local"
     address: Optional[str] = None
     resume: bool = False
+    location: Optional[tuple[float, float]] = None  # Camtrap DP: the camera's latitude, longitude
 
     @property
     def fmt(self) -> str | None:
@@ -80,6 +81,8 @@ class ClassifyOptions(BaseModel):
             raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
         if self.explain is not None:
             require("torch", "train", "--explain (Grad-CAM)")
+        if self.location is not None:
+            check_location(self.location)
 
 
     def _check_detections(self) -> None:
@@ -91,6 +94,24 @@ class ClassifyOptions(BaseModel):
             raise UsageError("with --detections, give at most one folder: the one the detector ran on")
         if self.engine != "local" or self.resume or self.explain is not None:
             raise UsageError("--detections runs with the local engine, without --resume or --explain")
+
+
+def check_location(location: tuple[float, float]) -> None:
+    lat, lon = location
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat, lon) == (0, 0):
+        raise UsageError(f"--location {lat},{lon}: give the camera's latitude,longitude in degrees (e.g. -1.29,36.82)")
+
+
+def parse_location(text: str | None) -> tuple[float, float] | None:
+    """``"LAT,LON"`` → (lat, lon), checked."""
+    if text is None:
+        return None
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--location {text!r}: give latitude,longitude in degrees, e.g. -1.29,36.82") from None
+    check_location((lat, lon))
+    return lat, lon
 
 
 @dataclass
@@ -157,8 +178,9 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
                                                       opts.paths), indent=1))
     elif fmt == "camtrapdp":
         from wildwatch.inference.formats import write_camtrap_dp
+        from wildwatch.inference.megadetector import image_root
 
-        write_camtrap_dp(collected, output, predictor.meta["architecture"])
+        write_camtrap_dp(collected, output, predictor.meta["architecture"], image_root(opts.paths), opts.location)
     return ClassifySummary(n, n_err, skipped[0], f"{predictor.backend} backend")
 
 

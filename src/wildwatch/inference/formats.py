@@ -4,42 +4,44 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
 from wildwatch import __version__
+from wildwatch.errors import UsageError
 from wildwatch.inference.predictor import Prediction
 from wildwatch.species import species_info
 
-CAMTRAP_DP_PROFILE = "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
+CAMTRAP_DP_VERSION = "1.0.2"
+CAMTRAP_DP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_DP_VERSION}"
+CAMTRAP_DP_PROFILE = f"{CAMTRAP_DP_BASE}/camtrap-dp-profile.json"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-MEDIA_FIELDS = [
-    ("mediaID", "string"), ("deploymentID", "string"), ("captureMethod", "string"), ("timestamp", "datetime"),
-    ("filePath", "string"), ("filePublic", "boolean"), ("fileName", "string"), ("fileMediatype", "string"),
-    ("exifData", "string"), ("favorite", "boolean"), ("mediaComments", "string"),
-]
-OBSERVATION_FIELDS = [
-    ("observationID", "string"), ("deploymentID", "string"), ("mediaID", "string"), ("eventID", "string"),
-    ("eventStart", "datetime"), ("eventEnd", "datetime"), ("observationLevel", "string"),
-    ("observationType", "string"), ("cameraSetupType", "string"), ("scientificName", "string"),
-    ("count", "integer"), ("lifeStage", "string"), ("sex", "string"), ("behavior", "string"),
-    ("individualID", "string"), ("bboxX", "number"), ("bboxY", "number"), ("bboxWidth", "number"),
-    ("bboxHeight", "number"), ("classificationMethod", "string"), ("classifiedBy", "string"),
-    ("classificationTimestamp", "datetime"), ("classificationProbability", "number"),
-    ("observationTags", "string"), ("observationComments", "string"),
-]
-DEPLOYMENT_FIELDS = [
-    ("deploymentID", "string"), ("locationID", "string"), ("latitude", "number"), ("longitude", "number"),
-    ("deploymentStart", "datetime"), ("deploymentEnd", "datetime"), ("deploymentComments", "string"),
-]
-
+# the columns of the Camtrap DP 1.0.2 table schemas, in their order
+DEPLOYMENT_FIELDS = ("deploymentID", "locationID", "locationName", "latitude", "longitude", "coordinateUncertainty",
+                     "deploymentStart", "deploymentEnd", "setupBy", "cameraID", "cameraModel", "cameraDelay",
+                     "cameraHeight", "cameraDepth", "cameraTilt", "cameraHeading", "detectionDistance",
+                     "timestampIssues", "baitUse", "featureType", "habitat", "deploymentGroups", "deploymentTags",
+                     "deploymentComments")
+MEDIA_FIELDS = ("mediaID", "deploymentID", "captureMethod", "timestamp", "filePath", "filePublic", "fileName",
+                "fileMediatype", "exifData", "favorite", "mediaComments")
+OBSERVATION_FIELDS = ("observationID", "deploymentID", "mediaID", "eventID", "eventStart", "eventEnd",
+                      "observationLevel", "observationType", "cameraSetupType", "scientificName", "count", "lifeStage",
+                      "sex", "behavior", "individualID", "individualPositionRadius", "individualPositionAngle",
+                      "individualSpeed", "bboxX", "bboxY", "bboxWidth", "bboxHeight", "classificationMethod",
+                      "classifiedBy", "classificationTimestamp", "classificationProbability", "observationTags",
+                      "observationComments")
+# what an unknown photo shows, as Camtrap DP's observationType says it
+OBSERVATION_TYPE = {"person": "human", "vehicle": "vehicle", "scene": "blank", "object": "blank", "animal": "unknown"}
+LICENCE_NOT_SET = "not set: the package's owner chooses it before publishing"
 
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
@@ -51,125 +53,192 @@ def media_type(path: str) -> str:
     return MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
 
 
-def _timestamp(p: Prediction) -> str:
+def camtrap_time(value: str | datetime) -> str:
+    """A timestamp as Camtrap DP's format wants it: seconds, with an offset (no fractions)."""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.replace(microsecond=0).isoformat()
+
+
+def capture_time(p: Prediction) -> tuple[str, str]:
+    """(timestamp, the issue with it or ""): EXIF time with its offset; EXIF time without one
+    (written as UTC, flagged); or, with no EXIF time, the file's modification time (flagged)."""
     if p.taken_at:
-        return datetime.fromisoformat(p.taken_at).replace(tzinfo=timezone.utc).isoformat()
+        t = datetime.fromisoformat(p.taken_at)
+        if t.tzinfo is not None:
+            return camtrap_time(t), ""
+        return camtrap_time(t), "EXIF time without a time zone, written as UTC"
     mtime = Path(p.source).stat().st_mtime if Path(p.source).exists() else 0
-    return datetime.fromtimestamp(mtime, timezone.utc).replace(microsecond=0).isoformat()
+    return camtrap_time(datetime.fromtimestamp(mtime, timezone.utc)), "no capture time in EXIF: file modification time"
 
 
-def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str, deployment: str | None = None) -> Path:
-    """Write a Camtrap DP package: deployments.csv, media.csv, observations.csv, datapackage.json.
+@dataclass
+class Deployment:
+    """A camera at one position: Camtrap DP needs its coordinates for every deployment."""
 
-    One media-level observation per readable image. Capture times come from EXIF (else the file's
-    modification time, said so in mediaComments); unreadable images are left out (they have no
-    media record to describe) and listed in the package description.
-    """
+    id: str
+    latitude: float
+    longitude: float
+    comment: str = ""
+    times: list = field(default_factory=list)
+    issues: bool = False
+
+
+def _deployment_id(lat: float, lon: float) -> str:
+    return "wildwatch-" + uuid.uuid5(uuid.NAMESPACE_URL, f"geo:{lat:.6f},{lon:.6f}").hex[:12]
+
+
+def _deployments(preds: list[Prediction], location: tuple[float, float] | None) -> dict[int, Deployment]:
+    """The deployment of each readable photo: one per GPS position (to 4 decimals, about 11 m);
+    photos without GPS belong to the camera at ``location``. Without ``location``, photos without
+    GPS cannot be placed, and Camtrap DP has no deployment without coordinates: a clear error."""
+    by_position: dict[tuple[float, float], Deployment] = {}
+    out: dict[int, Deployment] = {}
+    unplaced = []
+    for i, p in enumerate(preds):
+        if p.error:
+            continue
+        if p.latitude is not None and p.longitude is not None:
+            key, comment = (round(p.latitude, 4), round(p.longitude, 4)), "position from the photos' EXIF GPS"
+        elif location is not None:
+            key, comment = (round(location[0], 6), round(location[1], 6)), "position given with --location"
+        else:
+            unplaced.append(p.source)
+            continue
+        dep = by_position.setdefault(key, Deployment(_deployment_id(*key), key[0], key[1], comment))
+        out[i] = dep
+    if unplaced:
+        raise UsageError(f"{len(unplaced)} photos have no GPS position (e.g. {unplaced[0]}), and a Camtrap DP "
+                         "deployment needs the camera's coordinates: give --location LAT,LON")
+    return out
+
+
+def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str, root: Path,
+                     location: tuple[float, float] | None = None) -> Path:
+    """A Camtrap DP 1.0.2 package: datapackage.json, deployments.csv, media.csv, observations.csv.
+
+    One media-level observation per readable photo. ``media.filePath`` is relative to ``root``
+    (the folder classified, which the package description names). Capture times come from EXIF
+    (with its offset); where that is missing or has no time zone, the deployment says
+    ``timestampIssues`` and the media record why. Unreadable photos are left out (they have no
+    media record to describe) and listed in the package description."""
     preds = list(preds)
-    folder = Path(folder)
+    folder, root = Path(folder), Path(root).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    deployment = deployment or f"wildwatch-{uuid.uuid4().hex[:8]}"
+    deployments = _deployments(preds, location)
     now = _now()
     media, obs, failed = [], [], []
-    for p in preds:
+    for i, p in enumerate(preds):
         if p.error:
             failed.append(f"{p.source}: {p.error}")
             continue
+        dep = deployments[i]
         mid = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(p.source).resolve())).hex[:16]
-        ts = _timestamp(p)
-        media.append({"mediaID": mid, "deploymentID": deployment, "captureMethod": "activityDetection",
-                      "timestamp": ts, "filePath": str(p.source), "filePublic": "false", "fileName": Path(p.source).name,
-                      "fileMediatype": media_type(p.source),
+        ts, issue = capture_time(p)
+        dep.times.append(ts)
+        dep.issues |= bool(issue)
+        media.append({"mediaID": mid, "deploymentID": dep.id, "captureMethod": "activityDetection", "timestamp": ts,
+                      "filePath": Path(os.path.relpath(Path(p.source).resolve(), root)).as_posix(),
+                      "filePublic": "false", "fileName": Path(p.source).name, "fileMediatype": media_type(p.source),
                       "exifData": json.dumps({k: v for k, v in {"latitude": p.latitude, "longitude": p.longitude,
                                                                   "country": p.country}.items() if v is not None}),
-                      "favorite": "false", "mediaComments": "" if p.taken_at else "timestamp from file modification time"})
-        info = species_info(p.species)
-        obs.append({"observationID": f"{mid}-1", "deploymentID": deployment, "mediaID": mid, "eventID": "",
-                    "eventStart": ts, "eventEnd": ts, "observationLevel": "media",
-                    "observationType": "unknown" if p.unknown else "animal", "cameraSetupType": "",
-                    "scientificName": "" if p.unknown else info.taxon, "count": "", "lifeStage": "", "sex": "",
-                    "behavior": "", "individualID": "", "bboxX": "", "bboxY": "", "bboxWidth": "", "bboxHeight": "",
-                    "classificationMethod": "machine", "classifiedBy": f"wildwatch {__version__} ({model_name})",
-                    "classificationTimestamp": now, "classificationProbability": round(float(p.confidence), 4),
-                    "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
-                                       + ("|out_of_range" if p.out_of_range else "")
-                                       + (f"|looks_like:{p.looks_like}" if p.looks_like else ""),
-                    "observationComments": p.describe() if p.unknown else p.note})
-    located = [p for p in preds if p.latitude is not None]
-    where = (located[0].latitude, located[0].longitude) if located else None
-    taxa = sorted({p.species for p in preds if not p.error and not p.unknown})
-    description = (f"Whole-image species classifications by wildwatch ({model_name}). "
+                      "favorite": "", "mediaComments": issue})
+        obs.append(_observation(p, f"{mid}-1", dep.id, mid, ts, model_name, now))
+    description = (f"Whole-image species classifications by wildwatch ({model_name}) of the photos under {root} "
+                   "(media.filePath is relative to it). "
                    + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""))
-    return _write_package(folder, deployment, media, obs, where, taxa, description, "media")
+    taxa = sorted({p.species for p in preds if not p.error and not p.unknown})
+    return _write_package(folder, list({d.id: d for d in deployments.values()}.values()), media, obs, taxa,
+                          description, "media")
 
 
-def _write_package(folder: Path, deployment: str, media: list[dict], obs: list[dict], where, taxa: list[str],
-                   description: str, level: str) -> Path:
+def _observation(p: Prediction, oid: str, dep: str, mid: str, ts: str, model_name: str, now: str) -> dict:
+    info = species_info(p.species)
+    return {"observationID": oid, "deploymentID": dep, "mediaID": mid, "eventStart": ts, "eventEnd": ts,
+            "observationLevel": "media",
+            "observationType": OBSERVATION_TYPE.get(p.looks_like_kind, "unknown") if p.unknown else "animal",
+            "scientificName": "" if p.unknown else info.taxon, "classificationMethod": "machine",
+            "classifiedBy": f"wildwatch {__version__} ({model_name})", "classificationTimestamp": now,
+            "classificationProbability": round(float(p.confidence), 4),
+            "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
+                               + ("|out_of_range" if p.out_of_range else "")
+                               + (f"|looks_like:{p.looks_like}" if p.looks_like else ""),
+            "observationComments": p.describe() if p.unknown else p.note}
+
+
+def _write_package(folder: Path, deployments: list[Deployment], media: list[dict], obs: list[dict],
+                   taxa: list[str], description: str, level: str) -> Path:
     now = _now()
-    times = sorted(m["timestamp"] for m in media) or [now]
-    deployments = [{"deploymentID": deployment, "locationID": "", "latitude": where[0] if where else 0,
-                    "longitude": where[1] if where else 0, "deploymentStart": times[0],
-                    "deploymentEnd": times[-1],
-                    "deploymentComments": "" if where else "location unknown: no GPS in the photos (0, 0 written)"}]
-    tables = {"deployments": (DEPLOYMENT_FIELDS, deployments), "media": (MEDIA_FIELDS, media),
+    rows = []
+    for d in deployments:
+        times = sorted(d.times) or [now]
+        rows.append({"deploymentID": d.id, "latitude": d.latitude, "longitude": d.longitude,
+                     "deploymentStart": times[0], "deploymentEnd": times[-1],
+                     "timestampIssues": "true" if d.issues else "false", "deploymentComments": d.comment})
+    tables = {"deployments": (DEPLOYMENT_FIELDS, rows), "media": (MEDIA_FIELDS, media),
               "observations": (OBSERVATION_FIELDS, obs)}
-    for name, (fields, rows) in tables.items():
+    for name, (fields, table) in tables.items():
         with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=[n for n, _ in fields])
+            w = csv.DictWriter(f, fieldnames=list(fields), restval="")
             w.writeheader()
-            w.writerows(rows)
+            w.writerows(table)
+    starts = sorted(r["deploymentStart"] for r in rows) or [now]
+    ends = sorted(r["deploymentEnd"] for r in rows) or [now]
+    points = [[r["longitude"], r["latitude"]] for r in rows]
     package = {
         "profile": CAMTRAP_DP_PROFILE,
         "name": "wildwatch-classifications",
+        "id": str(uuid.uuid4()),
         "created": now,
         "description": description,
         "contributors": [{"title": "wildwatch", "role": "contributor"}],
         "project": {"title": "wildwatch classifications", "samplingDesign": "opportunistic",
                     "captureMethod": ["activityDetection"], "individualAnimals": False, "observationLevel": [level]},
-        "licenses": [{"name": "CC-BY-4.0", "scope": "data"}],
-        "spatial": {"type": "Point", "coordinates": [deployments[0]["longitude"], deployments[0]["latitude"]]},
-        "temporal": {"start": times[0][:10], "end": times[-1][:10]},
-        "taxonomic": [{"scientificName": species_info(c).taxon, "taxonRank": species_info(c).taxon_rank} for c in taxa],
+        "licenses": [{"title": LICENCE_NOT_SET, "path": "https://camtrap-dp.tdwg.org/metadata/#licenses",
+                      "scope": scope} for scope in ("data", "media")],
+        "spatial": ({"type": "Point", "coordinates": points[0]} if len(points) == 1
+                    else {"type": "MultiPoint", "coordinates": points}),
+        "temporal": {"start": starts[0][:10], "end": ends[-1][:10]},
+        "taxonomic": [{"scientificName": species_info(c).taxon, "taxonRank": species_info(c).taxon_rank}
+                      for c in taxa if species_info(c).taxon],
         "resources": [{"name": name, "path": f"{name}.csv", "profile": "tabular-data-resource", "format": "csv",
                        "mediatype": "text/csv", "encoding": "utf-8",
-                       "schema": {"fields": [{"name": n, "type": t} for n, t in fields]}}
-                      for name, (fields, _) in tables.items()],
+                       "schema": f"{CAMTRAP_DP_BASE}/{name}-table-schema.json"} for name in tables],
     }
     (folder / "datapackage.json").write_text(json.dumps(package, indent=2))
     return folder
 
 
-def write_camtrap_dp_events(sightings, store, folder: Path, deployment: str | None = None) -> Path:
-    """Camtrap DP from monitor sightings: one event-level observation per sighting, whose media
-    record is the sighting's snapshot (written into the package as snapshots/ID.jpg)."""
+def write_camtrap_dp_events(sightings, store, folder: Path, location: tuple[float, float] | None = None) -> Path:
+    """Camtrap DP from monitor sightings: one event-level observation per sighting, and the
+    sighting's snapshot (written into the package as snapshots/ID.jpg) as its media record.
+    Sightings carry the position of their frame when it had GPS; the others need ``location``."""
     folder = Path(folder)
     (folder / "snapshots").mkdir(parents=True, exist_ok=True)
-    deployment = deployment or f"wildwatch-monitor-{uuid.uuid4().hex[:8]}"
-    media, obs = [], []
-    for s in sightings:
-        mid = f"sighting-{s.id}"
+    placed = [Prediction(s.source, s.species, latitude=s.latitude, longitude=s.longitude) for s in sightings]
+    deployments = _deployments(placed, location)
+    media, obs, now = [], [], _now()
+    for i, s in enumerate(sightings):
+        dep, mid = deployments[i], f"sighting-{s.id}"
+        start, end = camtrap_time(s.wall_start), camtrap_time(s.wall_end)
+        dep.times += [start, end]
         jpeg = store.snapshot(s.id)
-        path = ""
         if jpeg:
             path = f"snapshots/{int(s.id)}.jpg"
             (folder / path).write_bytes(jpeg)
-        media.append({"mediaID": mid, "deploymentID": deployment, "captureMethod": "activityDetection",
-                      "timestamp": s.wall_start, "filePath": path or s.source, "filePublic": "false",
-                      "fileName": Path(path).name if path else "", "fileMediatype": "image/jpeg",
-                      "exifData": json.dumps({"source": s.source, "frame_index": s.frame_index}), "favorite": "false",
-                      "mediaComments": "best frame of the sighting"})
+            media.append({"mediaID": mid, "deploymentID": dep.id, "captureMethod": "activityDetection",
+                          "timestamp": start, "filePath": path, "filePublic": "false", "fileName": Path(path).name,
+                          "fileMediatype": "image/jpeg",
+                          "exifData": json.dumps({"source": s.source, "frame_index": s.frame_index}),
+                          "mediaComments": "best frame of the sighting"})
         info = species_info(s.species)
-        obs.append({"observationID": f"{mid}-1", "deploymentID": deployment, "mediaID": "", "eventID": mid,
-                    "eventStart": s.wall_start, "eventEnd": s.wall_end, "observationLevel": "event",
-                    "observationType": "animal", "cameraSetupType": "", "scientificName": info.taxon, "count": "",
-                    "lifeStage": "", "sex": "", "behavior": "", "individualID": "", "bboxX": "", "bboxY": "",
-                    "bboxWidth": "", "bboxHeight": "", "classificationMethod": "machine",
-                    "classifiedBy": f"wildwatch {__version__} monitor", "classificationTimestamp": _now(),
+        obs.append({"observationID": f"{mid}-1", "deploymentID": dep.id, "eventID": mid, "eventStart": start,
+                    "eventEnd": end, "observationLevel": "event", "observationType": "animal",
+                    "scientificName": info.taxon, "classificationMethod": "machine",
+                    "classifiedBy": f"wildwatch {__version__} monitor", "classificationTimestamp": now,
                     "classificationProbability": round(float(s.peak_confidence), 4),
-                    "observationTags": f"wildwatch:species:{s.species}|iucn:{s.iucn_status}|source:{s.source}",
-                    "observationComments": ""})
-    located = [s for s in sightings if s.latitude is not None]
-    where = (located[0].latitude, located[0].longitude) if located else None
+                    "observationTags": f"wildwatch:species:{s.species}|iucn:{s.iucn_status}|source:{s.source}"})
     taxa = sorted({s.species for s in sightings})
-    return _write_package(folder, deployment, media, obs, where, taxa,
+    return _write_package(folder, list({d.id: d for d in deployments.values()}.values()), media, obs, taxa,
                           f"Sightings recorded by wildwatch monitor ({len(obs)} events).", "event")
