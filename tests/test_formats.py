@@ -274,3 +274,97 @@ def test_camtrap_dp_from_monitor_events_with_fractional_times(tmp_path):
     assert camtrap_dp_errors(dp) == []
     [o] = csv_rows(dp / "observations.csv")
     assert o["eventStart"] == "2026-05-01T05:10:00+00:00" and o["observationLevel"] == "event"
+
+
+# ---------------------------------------------------------------- the REST API, through a generated client
+
+
+@pytest.fixture(scope="module")
+def generated_client(tmp_path_factory):
+    """A Python client generated from the server's /openapi.json by openapi-python-client."""
+    import importlib
+    import urllib.request
+
+    from test_hardening import start_server
+
+    proc, port = start_server()
+    try:
+        spec = urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json").read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    where = tmp_path_factory.mktemp("client")
+    (where / "spec.json").write_bytes(spec)
+    (where / "config.yaml").write_text("post_hooks: []\npackage_name_override: wildwatch_client\n")
+    subprocess.run([str(Path(sys.executable).parent / "openapi-python-client"), "generate", "--path", "spec.json",
+                    "--config", "config.yaml", "--meta", "none", "--output-path", "wildwatch_client"],
+                   cwd=where, check=True, capture_output=True, timeout=300)
+    sys.path.insert(0, str(where))
+    try:
+        yield importlib.import_module("wildwatch_client")
+    finally:
+        sys.path.remove(str(where))
+
+
+def lion_upload(client_pkg):
+    from io import BytesIO
+
+    types = importlib_module(client_pkg, "types")
+    body = importlib_module(client_pkg, "models").BodyClassifyV1ClassifyPost
+    photo = sorted((REAL_DATA / "lion").glob("*.jpg"))[0]
+    return body(files=[types.File(payload=BytesIO(photo.read_bytes()), file_name=photo.name, mime_type="image/jpeg")])
+
+
+def importlib_module(pkg, name):
+    import importlib
+
+    return importlib.import_module(f"{pkg.__name__}.{name}")
+
+
+def test_a_generated_client_classifies_a_photo(generated_client):
+    from test_hardening import start_server
+
+    classify = importlib_module(generated_client, "api.default.classify_v1_classify_post")
+    proc, port = start_server()
+    try:
+        client = generated_client.Client(base_url=f"http://localhost:{port}")
+        answer = classify.sync(client=client, body=lion_upload(generated_client))
+        [p] = answer.predictions
+        assert p.species == "lion" and p.iucn_status == "VU" and 0 < p.confidence <= 1
+        assert p.top_k[0].species == "lion"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_generated_client_sends_the_api_key(generated_client):
+    from test_hardening import KEY, start_server
+
+    classify = importlib_module(generated_client, "api.default.classify_v1_classify_post")
+    proc, port = start_server(env={"WILDWATCH_API_KEY": KEY})
+    try:
+        anonymous = generated_client.Client(base_url=f"http://localhost:{port}")
+        refused = classify.sync_detailed(client=anonymous, body=lion_upload(generated_client))
+        assert refused.status_code == 401 and "API key" in refused.parsed.detail
+        keyed = generated_client.AuthenticatedClient(base_url=f"http://localhost:{port}", token=KEY, prefix="",
+                                                     auth_header_name="X-API-Key")
+        assert classify.sync(client=keyed, body=lion_upload(generated_client)).predictions[0].species == "lion"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_openapi_description_declares_the_key_and_the_refusals():
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.service.app import create_app
+
+    spec = create_app(Predictor.from_file(None)).openapi()
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the server's API key, when it has one"}
+    classify = spec["paths"]["/v1/classify"]["post"]
+    assert {"200", "401", "413"} <= set(classify["responses"])
+    assert classify["security"] == [{"APIKeyHeader": []}]
+    body = spec["components"]["schemas"][classify["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+                                         .rsplit("/", 1)[-1]]
+    assert body["properties"]["files"]["items"] == {"type": "string", "format": "binary"}
+    assert classify["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ClassifyResponse")

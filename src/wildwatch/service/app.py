@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -23,6 +24,17 @@ from wildwatch.errors import installed
 from wildwatch.inference.predictor import describe_other
 from wildwatch.service.batching import MicroBatcher
 from wildwatch.service.guard import Guard, Limits
+from wildwatch.service.schemas import (
+    ClassifyResponse,
+    EventsResponse,
+    Health,
+    SpeciesResponse,
+    binary_uploads,
+    problems,
+)
+
+# declares the key in the OpenAPI description (the check itself is check_key's, and the Guard's)
+key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key, when it has one")
 from wildwatch.species import CATEGORY_COLOURS, species_table
 
 # a decoded photo larger than this is shrunk at once (to KEEP_SIDE on its longest side): what the
@@ -90,7 +102,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
 
-    def check_key(request: Request) -> None:
+    def check_key(request: Request, _key: str | None = Security(key_header)) -> None:
         if api_key is None:
             return
         given = request.headers.get("x-api-key") or ""
@@ -100,18 +112,20 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header")
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses=problems(400))
     def health():
         return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
                 "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None,
                 "events": store is not None, "explain": installed("torch")}
 
-    @app.get("/v1/species", dependencies=[Depends(check_key)])
+    @app.get("/v1/species", dependencies=[Depends(check_key)], response_model=SpeciesResponse,
+             responses=problems(400, 401))
     def species():
         return {"species": [info.to_json() | {"colour": CATEGORY_COLOURS.get(info.worst_category, "#999")}
                             for key, info in species_table().items() if key in predictor.classes]}
 
-    @app.post("/v1/classify", dependencies=[Depends(check_key)])
+    @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse,
+              responses=problems(400, 401, 408, 413, 501))
     async def classify(files: list[UploadFile] = File(..., description="one or more photos"),
                        explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)"),
                        country: str | None = Query(None, min_length=2, max_length=2, pattern="^[A-Za-z]{2}$",
@@ -165,7 +179,8 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             raise HTTPException(404, "no monitor database configured: start the server with --events-db events.db")
         return store
 
-    @app.get("/v1/events", dependencies=[Depends(check_key)])
+    @app.get("/v1/events", dependencies=[Depends(check_key)], response_model=EventsResponse,
+             responses=problems(400, 401, 404))
     def events(since: str | None = Query(None, description="ISO date or time (UTC)"),
                species: str | None = None, limit: int = Query(200, ge=1, le=10_000)):
         rows = require_store().list(since=since, species=species)
@@ -174,7 +189,10 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                                           "status_colour": CATEGORY_COLOURS.get(table[s.species].worst_category, "#999")
                                           if s.species in table else "#999"} for s in rows[-limit:]]}
 
-    @app.get("/v1/events/{event_id}/snapshot", dependencies=[Depends(check_key)])
+    @app.get("/v1/events/{event_id}/snapshot", dependencies=[Depends(check_key)], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the sighting's best frame"},
+                        **problems(400, 401, 404)})
     def snapshot(event_id: int):
         # an integer id, looked up in the database: no file path ever comes from the client
         jpeg = require_store().snapshot(event_id)
@@ -193,5 +211,14 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     async def bad_image(request: Request, exc: ImageLoadError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = binary_uploads(get_openapi(title=app.title, version=app.version,
+                                                            description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(Guard, limits=limits, api_key=api_key, allowed_hosts=allowed_hosts)  # outermost: first to see a request
     return app

@@ -1,0 +1,116 @@
+"""What the REST API answers, as pydantic models: they make /openapi.json describe every response,
+so a client generated from it (openapi-python-client, for one) types what it gets back."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Problem(BaseModel):
+    """Any refusal: 400, 401, 404, 408, 413, 501."""
+
+    detail: str
+
+
+class TopK(BaseModel):
+    species: str
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    """One uploaded photo: the species and its status, or what the photo shows instead, or its error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    species: Optional[str] = None
+    confidence: Optional[float] = None
+    top_k: list[TopK] = Field(default_factory=list)
+    common_name: Optional[str] = None
+    iucn_status: Optional[str] = None
+    threatened: Optional[bool] = None
+    unknown: Optional[bool] = None
+    unknown_score: Optional[float] = None
+    error: Optional[str] = None
+    country: Optional[str] = None
+    out_of_range: Optional[bool] = None
+    top_k_original: list[TopK] = Field(default_factory=list)
+    population: Optional[str] = None
+    latitude: Optional[float] = None
+    longitude: Optional[float] = None
+    taken_at: Optional[str] = None
+    looks_like: Optional[str] = None
+    looks_like_kind: Optional[str] = None
+    looks_like_text: Optional[str] = Field(None, description="for a photo of none of the species, in words")
+    note: Optional[str] = None
+    status_colour: Optional[str] = None
+    heatmap_png_base64: Optional[str] = Field(None, description="with explain=true: the Grad-CAM overlay")
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[PredictionOut]
+
+
+class SpeciesOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    key: str
+    common_name: str
+    scientific_names: list[str]
+    iucn_status: str
+    threatened: bool
+    colour: str
+
+
+class SpeciesResponse(BaseModel):
+    species: list[SpeciesOut]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    model: Optional[str] = None
+    backend: str
+    classes: int
+    api_key_required: bool
+    events: bool
+    explain: bool
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: Optional[int] = None
+    source: str
+    species: str
+    peak_confidence: float
+    wall_start: str
+    wall_end: str
+    snapshot_url: str
+    status_colour: str
+
+
+class EventsResponse(BaseModel):
+    events: list[EventOut]
+
+
+def problems(*codes: int) -> dict:
+    """The ``responses=`` of a route: each refusal it may give, with its meaning."""
+    meaning = {400: "a Host that is not served, or an unreadable request", 401: "missing or wrong API key",
+               404: "not found", 408: "the request body took too long", 413: "over a limit (files, bytes, pixels)",
+               501: "needs an optional part (explain=true needs wildwatch[train])"}
+    return {c: {"model": Problem, "description": meaning[c]} for c in codes}
+
+
+def binary_uploads(spec: dict) -> dict:
+    """Multipart file fields declared as binary strings: what generated clients send as files
+    (FastAPI writes them as ``contentMediaType`` strings, which clients take for text)."""
+    for schema in spec.get("components", {}).get("schemas", {}).values():
+        for prop in schema.get("properties", {}).values():
+            items = prop.get("items", prop)
+            if items.get("type") == "string" and items.get("contentMediaType") == "application/octet-stream":
+                items.pop("contentMediaType")
+                items["format"] = "binary"
+    return spec
