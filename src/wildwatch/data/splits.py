@@ -199,3 +199,15 @@ def split_for_model(model_path: Path, meta: dict, data: Path) -> tuple[Split, bo
     groups, how = assign_groups(data, samples, progress=False)
     split = split_by_group(samples, groups, classes, tuple(s.get("ratios", (0.7, 0.1, 0.2))), int(s.get("seed", 0)), how)
     return split, same
+
+
+def dhash64(img) -> int:
+    """A 64-bit difference hash of a decoded image: the same photo re-encoded, resized or
+    recompressed stays within a few bits (Hamming distance), a different photo does not."""
+    a = np.asarray(img.convert("L").resize((9, 8), resample=2), dtype=np.int16)
+    bits = (a[:, 1:] > a[:, :-1]).ravel()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()

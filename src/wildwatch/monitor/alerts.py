@@ -157,12 +157,21 @@ def verify(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, body), header or "")
 
 
+def case_thumbnail(store: EventStore, case_id: int) -> bytes | None:
+    row = store.db.execute("SELECT thumbnail FROM cases WHERE id = ?", (int(case_id),)).fetchone()
+    return row[0] if row else None
+
+
 class ConsoleSink:
     def __init__(self, cfg: ConsoleSinkConfig, echo: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.echo = echo or (lambda line: log.warning("%s", line))
 
     def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
+        if "case_id" in payload:
+            self.echo(f"CASE {payload['case_id']} ({payload['why']}) score {payload['score']:.2f}: {payload['reason']}; "
+                      f"{payload['posts']} posts, {len(payload['accounts'])} accounts; {payload['review_url']} [{key}]")
+            return
         self.echo(f"ALERT {payload['species']} ({payload['iucn_status']}) at {payload['source']} "
                   f"confidence {payload['confidence']:.2f} sighting {payload['sighting_id']} [{key}]")
 
@@ -263,11 +272,12 @@ class Outbox:
         with self._stats_lock:  # one delivery thread per sink
             self.stats[what] += 1
 
-    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float) -> None:
-        """Inside the store's transaction that wrote the sighting."""
+    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float, tag: str | None = None) -> None:
+        """Inside the store's transaction that wrote the sighting (or the case: ``tag`` names the
+        alert, e.g. "case3-1", and so its idempotency key)."""
         now = time.time()
         for name in self.sinks:
-            key = f"ww-{self.store.instance[:12]}-{sighting_id}-{name}"
+            key = f"ww-{self.store.instance[:12]}-{tag or sighting_id}-{name}"
             self.store.db.execute(
                 "INSERT OR IGNORE INTO outbox (sighting_id, sink, idempotency_key, payload, priority, next_attempt_at, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -294,7 +304,10 @@ class Outbox:
             sink = self.sinks.get(sink_name)
             if sink is None:  # a sink removed from the configuration: keep the row for when it returns
                 continue
-            snapshot = self.store.snapshot(sighting_id) if isinstance(sink, EmailSink) else None
+            snapshot = None
+            if isinstance(sink, EmailSink):
+                case_id = json.loads(payload).get("case_id")
+                snapshot = case_thumbnail(self.store, case_id) if case_id else self.store.snapshot(sighting_id)
             try:
                 sink.send(json.loads(payload), key, snapshot)
             except DeliveryError as exc:

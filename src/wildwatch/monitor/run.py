@@ -22,11 +22,15 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from wildwatch.data.splits import dhash64
 from wildwatch.errors import UsageError
 from wildwatch.monitor.alerts import AlertPolicy, ConsoleSinkConfig, Outbox, SinkConfig, make_sinks
+from wildwatch.monitor.cases import CaseBook, Post
 from wildwatch.monitor.events import EventStore, Sighting
+from wildwatch.monitor.evidence import post_evidence
 from wildwatch.monitor.sources import DEFAULT_KEYWORDS, Frame, VideoSource, iso, open_source
 from wildwatch.monitor.tracker import Change, Sample, Track, Tracker
+from wildwatch.species import species_info
 
 log = logging.getLogger("wildwatch.monitor")
 
@@ -63,6 +67,8 @@ class MonitorConfig(BaseModel):
                                    "only public addresses and the feed's own host are fetched from")
     fetch_deadline_s: float = Field(60.0, gt=0, description="feeds: the longest one fetch may take, in all")
     fetch_max_bytes: int = Field(50 << 20, gt=0, description="feeds: the largest feed or image fetched")
+    review_url: str = Field("http://127.0.0.1:8000/", description="media watch: the review page that alerts link to "
+                            "(wildwatch serve --events-db on this database)")
 
     def check_country(self) -> None:
         if self.country and (len(self.country) != 2 or not self.country.isalpha()):
@@ -119,6 +125,8 @@ class Monitor:
         self.sinks = sinks if sinks is not None else make_sinks(cfg.sinks)
         self.outbox = Outbox(self.store, self.sinks, cfg.retry_backoff_s, cfg.max_backoff_s)
         self.tracker = Tracker(cfg.k, cfg.n, cfg.threshold, cfg.cooldown_s)
+        self.cases = CaseBook(self.store)
+        self._posts: dict[str, list] = {}  # a media post's (frame, prediction) until its last frame
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.status = status
@@ -174,7 +182,8 @@ class Monitor:
             t.sighting_id = self.store.insert(s, snap, open_=not t.first.single)
             t.extra["snapshot_of"] = id(t.best)
             pol = self.cfg.alerts
-            if pol.wants(t.species, s.iucn_status, t.peak, frame.priority):
+            # a media post alerts through its case (evidence, reposts grouped), not photo by photo
+            if frame.post_key is None and pol.wants(t.species, s.iucn_status, t.peak, frame.priority):
                 payload = {"sighting_id": t.sighting_id, "species": t.species, "common_name": s.common_name,
                            "iucn_status": s.iucn_status, "threatened": s.threatened, "confidence": s.peak_confidence,
                            "source": t.source, "stream_time_s": s.stream_start_s, "frame_index": s.frame_index,
@@ -197,6 +206,43 @@ class Monitor:
                 values["snapshot"] = jpeg_bytes(t.best.image)
         self.store.update_sighting(t.sighting_id, **values)
         return False
+
+    def _file_post(self, key: str) -> bool:
+        """A post's photos are all classified: its evidence, its case, and the case's alert if due."""
+        items = self._posts.pop(key)
+        first = items[0][0]
+        shown = [(f.image, p) for f, p in items if p is not None]
+        preds = [p for _, p in shown]
+        ev = post_evidence(first.post_text, preds)
+        named = [(im, p) for im, p in shown if not p.unknown and not p.error]
+        best = max(named, key=lambda x: x[1].confidence)[0] if named else (shown[0][0] if shown else None)
+        thumb = None
+        if best is not None:
+            small = best.copy()
+            small.thumbnail((320, 320))
+            thumb = jpeg_bytes(small)
+        update = self.cases.add_post(Post(key, first.source, first.link, first.post_text, first.account), ev,
+                                     [dhash64(im) for im, _ in shown], thumb)
+        if update is None or update.alert is None:
+            return False
+        case = self.cases.get(update.case_id)
+        pol = self.cfg.alerts
+        if case["species"] and not pol.wants(case["species"], case["iucn_status"], 1.0, max(first.priority, 1)):
+            return False
+        info = species_info(case["species"]) if case["species"] else None
+        payload = {"case_id": case["id"], "sighting_id": 0, "why": update.alert, "score": case["score"],
+                   "reason": case["reason"], "species": case["species"] or "unknown",
+                   "common_name": info.common_name if info else "", "iucn_status": case["iucn_status"],
+                   "threatened": bool(info and info.threatened), "confidence": case["score"],
+                   "source": first.source, "link": first.link, "text": first.text,
+                   "links": sorted({p["link"] for p in case["posts"] if p["link"]}),
+                   "accounts": case["accounts"], "sites": case["sites"], "terms": case["terms"],
+                   "posts": len(case["posts"]), "review_url": f"{self.cfg.review_url.rstrip('/')}/#case-{case['id']}",
+                   "priority": first.priority, "keywords": list(first.keywords), "wall_time": iso(time.time()),
+                   "queued_at": time.time(), "instance": self.store.instance}
+        self.outbox.enqueue(0, payload, max(first.priority, 1), pol.not_before(time.time(), case["iucn_status"], 1),
+                            tag=f"case{case['id']}-{case['alerts']}")
+        return True
 
     def _process(self, frames: list[Frame]) -> None:
         work = [f for f in frames if not f.skip]
@@ -225,6 +271,10 @@ class Monitor:
                     changes += self.tracker.close_source(f.source)
                 for ch in changes:
                     alerted |= self._apply(ch, f)
+                if f.post_key:
+                    self._posts.setdefault(f.post_key, []).append((f, None if f.skip else by_id[id(f)]))
+                    if f.done_key == f.post_key:
+                        alerted |= self._file_post(f.post_key)
                 if f.done_key:
                     self.store.mark_done(f.done_key)
                 if not f.single and (not f.skip or f.source not in touched):

@@ -47,6 +47,9 @@ class Frame:
     link: str = ""
     keywords: tuple[str, ...] = ()
     done_key: str | None = None  # marks a folder file or feed post finished once classified
+    post_key: str | None = None  # a media post's frames share it; its last frame has it as done_key too
+    post_text: str = ""  # the post's whole text (title and body), for its evidence
+    account: str = ""  # who posted it
     skip: bool = False  # nothing to classify: only marks ``done_key`` finished
     ends_source: bool = False  # the video ``source`` has ended: its open sightings close
     live: bool = False  # a live stream: time is wall-clock time
@@ -258,6 +261,7 @@ class Post:
     text: str
     link: str
     images: list[str]
+    account: str = ""
 
 
 def parse_feed(content: bytes, base: str = "") -> list[Post]:
@@ -345,12 +349,15 @@ class FeedSource:
                         log.warning("%s: image %s skipped (%s)", self.url, u, exc)
                         self.errors.append(f"{u}: {exc}")
                 if not frames:
-                    yield Frame(key, Image.new("RGB", (1, 1)), None, None, single=True, done_key=key, skip=True)
+                    yield Frame(key, Image.new("RGB", (1, 1)), None, None, single=True, done_key=key, skip=True,
+                                text=post.title, link=post.link, keywords=hits, post_key=key, post_text=post.text,
+                                account=post.account)
                     continue
                 for i, (u, img) in enumerate(zip(post.images, frames)):
                     yield Frame(f"{self.url}#{post.id}", img, None, i, single=True, priority=len(hits),
                                 text=post.title, link=post.link or u, keywords=hits,
-                                done_key=key if i == len(frames) - 1 else None)
+                                done_key=key if i == len(frames) - 1 else None, post_key=key, post_text=post.text,
+                                account=post.account)
             if self.once:
                 return
             self.stop.wait(min(self.poll_s * 2 ** min(failures, 4), 3600) if failures else self.poll_s)
