@@ -22,17 +22,32 @@ import socket
 import stat
 import threading
 import time
+import urllib.error
 import urllib.request
+import urllib.robotparser
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from wildwatch import __version__
 from wildwatch.errors import DataError, UsageError
 
-USER_AGENT = "wildwatch-monitor"
+USER_AGENT = f"wildwatch-monitor/{__version__} (wildlife-trade monitoring; honours robots.txt)"
 SPECIAL_ROOTS = ("/dev", "/proc", "/sys")
 
 
 class FetchRefused(DataError):
-    """A fetch that the policy refuses (an address, a file, a size, a deadline)."""
+    """A fetch that the policy refuses (an address, a file, a size, a deadline, robots.txt)."""
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: dict
+    body: bytes
+    url: str  # after redirects
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), "")
 
 
 def origin(url: str) -> tuple[str, int]:
@@ -96,6 +111,10 @@ class Fetcher:
             if not allow_local:
                 raise UsageError(f"{url}: not an http(s) URL")
             return self.read_file(url)
+        return self.fetch_full(url).body
+
+    def fetch_full(self, url: str, headers: dict | None = None) -> "Fetched":
+        """Status, headers and body of an http(s) URL; a 304 (not modified) comes back as such."""
         if not url.lower().startswith(("http://", "https://")):
             raise UsageError(f"{url}: only http and https URLs are fetched")
         sockets: list[socket.socket] = []
@@ -105,9 +124,13 @@ class Fetcher:
         start = time.monotonic()
         timer.start()
         try:
-            req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+            req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
             with opener.open(req, timeout=self.timeout_s) as r:
-                return self._read(r, url, start)
+                return Fetched(r.status, dict(r.headers.items()), self._read(r, url, start), r.url)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 304:
+                return Fetched(304, dict(exc.headers.items()), b"", url)
+            raise
         except (OSError, http.client.HTTPException) as exc:
             if time.monotonic() - start >= self.deadline_s:
                 raise FetchRefused(f"{url}: not received within {self.deadline_s:g} s") from None
@@ -200,3 +223,68 @@ class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     def https_open(self, req):
         return self.do_open(_connection(http.client.HTTPSConnection, self.fetcher, self.sockets), req,
                             context=self._context)
+
+
+class PoliteFetcher:
+    """What a crawler of other people's sites owes them, around a ``Fetcher``: robots.txt honoured
+    (for wildwatch's User-Agent), at most one request per ``min_interval_s`` to a host, and
+    conditional requests (ETag / If-Modified-Since) so an unchanged page costs the site a 304."""
+
+    def __init__(self, fetcher: Fetcher, min_interval_s: float = 1.0):
+        self.fetcher, self.min_interval_s = fetcher, min_interval_s
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._last: dict[str, float] = {}
+        self._cache: dict[str, tuple[str, str, bytes]] = {}  # url -> (etag, last-modified, body)
+        self._lock = threading.Lock()
+        self.requests = 0  # counted for tests and reports
+        self.not_modified = 0
+
+    def _host(self, url: str) -> str:
+        u = urlsplit(url)
+        return f"{u.scheme}://{u.netloc}"
+
+    def _wait_turn(self, host: str) -> None:
+        with self._lock:
+            wait = self._last.get(host, -1e9) + self.min_interval_s - time.monotonic()
+            self._last[host] = time.monotonic() + max(0.0, wait)
+        if wait > 0:
+            time.sleep(wait)
+
+    def allowed(self, url: str) -> bool:
+        host = self._host(url)
+        if host not in self._robots:
+            self._wait_turn(host)
+            try:
+                got = self.fetcher.fetch_full(f"{host}/robots.txt")
+                self.requests += 1
+                rp = urllib.robotparser.RobotFileParser()
+                rp.parse(got.body.decode("utf-8", "replace").splitlines())
+                self._robots[host] = rp
+            except (OSError, DataError, http.client.HTTPException):
+                self._robots[host] = None  # no robots.txt (404) or none readable: nothing is disallowed
+        rp = self._robots[host]
+        return rp is None or rp.can_fetch(USER_AGENT, url)
+
+    def fetch(self, url: str, allow_local: bool = False) -> bytes:
+        if "://" not in url:
+            return self.fetcher.fetch(url, allow_local=allow_local)
+        return self.fetch_full(url).body
+
+    def fetch_full(self, url: str, conditional: bool = True) -> Fetched:
+        if not self.allowed(url):
+            raise FetchRefused(f"{url}: the site's robots.txt asks crawlers ({USER_AGENT}) not to fetch it")
+        self._wait_turn(self._host(url))
+        etag, modified, body = self._cache.get(url, ("", "", b""))
+        headers = {}
+        if conditional and etag:
+            headers["If-None-Match"] = etag
+        if conditional and modified:
+            headers["If-Modified-Since"] = modified
+        got = self.fetcher.fetch_full(url, headers)
+        self.requests += 1
+        if got.status == 304:
+            self.not_modified += 1
+            return Fetched(304, got.headers, body, url)
+        if got.header("ETag") or got.header("Last-Modified"):
+            self._cache[url] = (got.header("ETag"), got.header("Last-Modified"), got.body)
+        return got

@@ -67,6 +67,10 @@ class MonitorConfig(BaseModel):
                                    "only public addresses and the feed's own host are fetched from")
     fetch_deadline_s: float = Field(60.0, gt=0, description="feeds: the longest one fetch may take, in all")
     fetch_max_bytes: int = Field(50 << 20, gt=0, description="feeds: the largest feed or image fetched")
+    host_interval_s: float = Field(1.0, ge=0, description="media watch: at most one request per this many seconds "
+                                   "to a site")
+    follow_links: bool = Field(False, description="page: sources: also read the pages a page links to on the same "
+                               "site (one level)")
     review_url: str = Field("http://127.0.0.1:8000/", description="media watch: the review page that alerts link to "
                             "(wildwatch serve --events-db on this database)")
 
@@ -322,7 +326,8 @@ class Monitor:
                                motion=self.cfg.motion, once=self.cfg.once, poll_s=self.cfg.folder_poll_s,
                                feed_poll_s=self.cfg.feed_poll_s, keywords=tuple(self.cfg.keywords),
                                max_retries=self.cfg.max_retries, allow_hosts=tuple(self.cfg.allow_hosts),
-                               fetch_deadline_s=self.cfg.fetch_deadline_s, fetch_max_bytes=self.cfg.fetch_max_bytes)
+                               fetch_deadline_s=self.cfg.fetch_deadline_s, fetch_max_bytes=self.cfg.fetch_max_bytes,
+                               host_interval_s=self.cfg.host_interval_s, follow_links=self.cfg.follow_links)
                    for s in specs]
         q: queue.Queue = queue.Queue(maxsize=4 * self.cfg.batch_size)
         readers = [threading.Thread(target=self._reader, args=(spec, src, q), daemon=True, name=f"source {spec}")

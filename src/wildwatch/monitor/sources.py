@@ -322,14 +322,22 @@ class FeedSource:
         # the feed's own origin is the user's choice; what its posts point at is checked (monitor.fetch)
         self.fetcher = fetcher or Fetcher(allow_hosts=allow_hosts, trusted=(url,))
 
+    max_images = 20  # per post: a page of a hundred thumbnails is not a hundred photos to classify
+
+    def posts(self) -> list[Post]:
+        """The posts there now (a subclass reads a page, an API, a channel instead of a feed)."""
+        return parse_feed(self.fetcher.fetch(self.url, allow_local=True), self.url)
+
+    def fetch_image(self, url: str) -> bytes:
+        return self.fetcher.fetch(url, allow_local="://" not in self.url)
+
     def __iter__(self) -> Iterator[Frame]:
         from wildwatch.data.loading import ImageLoadError, load_image_bytes
 
         failures = 0
-        local = "://" not in self.url
         while not self.stop.is_set():
             try:
-                posts = parse_feed(self.fetcher.fetch(self.url, allow_local=True), self.url)
+                posts = self.posts()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a feed that is down is polled again later
                 failures += 1
@@ -342,9 +350,10 @@ class FeedSource:
                     continue
                 hits = keyword_hits(post.text, self.keywords)
                 frames = []
+                post.images = post.images[:self.max_images]
                 for u in post.images:
                     try:
-                        frames.append(load_image_bytes(self.fetcher.fetch(u, allow_local=local), u))
+                        frames.append(load_image_bytes(self.fetch_image(u), u))
                     except (OSError, ValueError, ImageLoadError) as exc:
                         log.warning("%s: image %s skipped (%s)", self.url, u, exc)
                         self.errors.append(f"{u}: {exc}")
@@ -363,10 +372,42 @@ class FeedSource:
             self.stop.wait(min(self.poll_s * 2 ** min(failures, 4), 3600) if failures else self.poll_s)
 
 
+SOCIAL_PREFIXES = ("page:", "mastodon:", "reddit:", "telegram:", "youtube:")
+
+
+def _social_source(spec: str, kw: dict, progress, stop):
+    """The media watch's sources (monitor.social), each with a polite, guarded fetcher."""
+    if not spec.startswith(SOCIAL_PREFIXES):
+        return None
+    from wildwatch.monitor import social
+    from wildwatch.monitor.fetch import PoliteFetcher
+
+    kind, _, rest = spec.partition(":")
+    if kind == "youtube":
+        return open_source("feed:" + social.youtube_feed(rest), **kw)
+    target = rest if kind == "page" else social._base(rest if kind != "reddit" or not rest.startswith("r/")
+                                                       else f"www.reddit.com/{rest}")
+    if kind == "telegram" and "/" not in rest:
+        target = f"https://t.me/s/{rest}"
+    fetcher = PoliteFetcher(Fetcher(allow_hosts=kw.get("allow_hosts", ()), trusted=(target,),
+                                    deadline_s=kw.get("fetch_deadline_s", 60.0),
+                                    max_bytes=kw.get("fetch_max_bytes", 50 << 20)),
+                            min_interval_s=kw.get("host_interval_s", 1.0))
+    common = dict(poll_s=kw.get("feed_poll_s", 300.0), keywords=kw.get("keywords", DEFAULT_KEYWORDS),
+                  once=kw.get("once", False), progress=progress, stop=stop, fetcher=fetcher)
+    if kind == "page":
+        return social.PageSource(rest, follow=kw.get("follow_links", False), **common)
+    return {"mastodon": social.MastodonSource, "reddit": social.RedditSource,
+            "telegram": social.TelegramSource}[kind](rest, **common)
+
+
 def open_source(spec: str, **kw) -> VideoSource | FolderSource | FeedSource:
     """A source from a command-line string: a folder, a video file, a feed (``feed:URL`` or a URL
     or file ending in .xml/.rss/.atom/.json), or a stream URL."""
     progress, stop = kw.get("progress"), kw.get("stop")
+    social = _social_source(spec, kw, progress, stop)
+    if social is not None:
+        return social
     if spec.startswith("feed:"):
         if not spec.lower().split("?")[0].endswith(".json"):  # JSON Feed is read without feedparser
             require("feedparser", "monitor", f"{spec}: reading RSS and Atom feeds")

@@ -1,0 +1,316 @@
+"""The media watch: evidence of a post, cases grouping reposts, sources of the web and social media
+(against loopback servers serving fixtures written here), the review queue."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from PIL import Image
+
+from conftest import REAL_DATA
+from wildwatch.inference.predictor import Prediction
+from wildwatch.monitor.cases import CaseBook, Post
+from wildwatch.monitor.events import EventStore
+from wildwatch.monitor.evidence import find_terms, post_evidence
+from wildwatch.species import species_info
+
+
+def pred(species: str, confidence: float = 0.97) -> Prediction:
+    info = species_info(species)
+    return Prediction("x", species, confidence, (), info.common_name, info.iucn_status, info.threatened,
+                      species == "unknown")
+
+
+@pytest.mark.parametrize("text, meaning, lang", [
+    ("犀牛角 出售 5000元", "rhino horn", "zh"), ("Bán sừng tê giác giá tốt", "rhino horn", "vi"),
+    ("ขายนอแรด ราคาถูก", "rhino horn", "th"), ("Gading gajah dijual", "ivory", "id"),
+    ("Ivoire à vendre", "ivory", "fr"), ("Se vende piel de jaguar", "skin", "es"),
+    ("Vende-se filhote de onça", "live young", "pt"), ("Pembe za ndovu inauzwa", "ivory", "sw"),
+    ("Fresh ivory tusks, DM for price", "ivory", "en")])
+def test_trade_terms_are_found_in_nine_languages(text, meaning, lang):
+    terms, _ = find_terms(text)
+    assert any(t.meaning == meaning and t.lang == lang for t in terms), terms
+
+
+def test_prices_are_found_with_their_currency():
+    for text, price in (("only $4,500", "$4,500"), ("giá 20 triệu", "20 triệu"), ("5000元", "5000元"),
+                        ("bei ksh 30000", "ksh 30000"), ("R$ 900", "r$ 900"), ("1.200 €", "1.200 €")):
+        assert find_terms(text)[1] == price, text
+    assert find_terms("see you at 5 pm, room 12")[1] == ""
+
+
+def test_the_score_needs_more_than_a_photo_or_a_word():
+    rhino = pred("rhino")
+    assert not post_evidence("Beautiful rhino at the zoo", [rhino]).flagged
+    assert not post_evidence("Car for sale, $4,500", []).flagged
+    assert not post_evidence("The history of ivory carving", []).flagged
+    assert not post_evidence("Ivory for sale", [pred("unknown", 0.9)]).score > post_evidence("Ivory for sale", []).score
+    ev = post_evidence("犀牛角 出售 价格私聊 5000元", [rhino])
+    assert ev.flagged and ev.score > 0.85
+    assert ev.reason == "rhino horn (zh: 犀牛角) + for sale (zh: 出售) + ask for the price (zh: 价格私聊) + price 5000元 + rhino photo 0.97"
+    assert post_evidence("Ivory tusks for sale, $3000", []).flagged  # a product offered for a price, no photo
+    assert post_evidence("trophy hunt this weekend", [pred("lion")]).flagged
+
+
+def photo_bytes(path, size=None, quality=90) -> tuple[Image.Image, bytes]:
+    img = Image.open(path).convert("RGB")
+    if size:
+        img = img.resize(size)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), buf.getvalue()
+
+
+def test_reposts_of_one_photo_are_one_case_that_alerts_when_it_grows(tmp_path):
+    from wildwatch.data.splits import dhash64
+
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    photos = sorted((REAL_DATA / "rhino").glob("*.jpg"))
+    original, _ = photo_bytes(photos[0])
+    reencoded, _ = photo_bytes(photos[0], size=(original.width // 2, original.height // 2), quality=35)
+    other, _ = photo_bytes(photos[5])
+    ev = post_evidence("rhino horn for sale", [pred("rhino")])
+
+    def add(key, img, account, site="market.example", link=""):
+        with store.transaction():
+            return book.add_post(Post(key, f"feed:{site}", link, "rhino horn for sale", account, site), ev,
+                                 [dhash64(img)], None)
+
+    first = add("a1", original, "seller1")
+    assert first.is_new_case and first.alert == "new case"
+    same_account = add("a2", reencoded, "seller1")  # the same photo, re-encoded and resized
+    assert same_account.case_id == first.case_id and same_account.alert is None
+    grows = add("a3", reencoded, "seller2", site="forum.example")
+    assert grows.case_id == first.case_id and grows.alert.startswith("case grew: 2 accounts, 2 sites")
+    assert add("a3", reencoded, "seller2") is None  # the same post again (a restart): nothing
+    elsewhere = add("b1", other, "seller3")
+    assert elsewhere.case_id != first.case_id and elsewhere.is_new_case
+    same_link = add("b2", original.rotate(90), "seller4", link="https://market.example/item/9")
+    again = add("b3", other.rotate(180), "seller5", link="https://market.example/item/9/")
+    assert again.case_id == same_link.case_id
+    book.mark(first.case_id, "reported")
+    store.close()
+    reopened = CaseBook(EventStore(tmp_path / "events.db"))  # an analyst's marks survive a restart
+    case = reopened.get(first.case_id)
+    assert case["status"] == "reported" and len(case["posts"]) == 3 and len(case["accounts"]) == 2
+    with pytest.raises(ValueError, match="status"):
+        reopened.mark(first.case_id, "deleted")
+
+
+# ---------------------------------------------------------------- sources, against a loopback "internet"
+
+
+def textured(colour, seed: int) -> bytes:
+    """A photo of one colour (the colour classifier's species) with a pattern of its own, so that its
+    perceptual hash tells it from other photos, as real photos' do."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pattern = np.kron(rng.integers(-40, 40, (8, 8, 1)), np.ones((16, 16, 1)))
+    arr = np.clip(np.array(colour, float) + pattern, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Web:
+    """A loopback server for every source: pages, Mastodon's API, a Reddit listing, a Telegram
+    channel page, a video channel feed; with robots.txt, ETags, endless pagination, a huge page
+    and a page that never finishes."""
+
+    def __init__(self):
+        from test_monitor import BLUE, RED, serve
+
+        self.hits: list[str] = []
+        self.not_modified = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits.append(self.path)
+                route = outer.route(self.path.split("?")[0], self.path)
+                if route is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                status, ctype, body, headers = route
+                if headers.get("ETag") and self.headers.get("If-None-Match") == headers["ETag"]:
+                    outer.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                if body == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b"<")
+                            self.wfile.flush()
+                            time.sleep(0.3)
+                    except OSError:
+                        pass
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if body == "huge":
+                    self.send_header("Content-Length", str(500 << 20))
+                    self.end_headers()
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.images = {"/img/rhino.jpg": textured(RED, 1), "/img/lion.jpg": textured(BLUE, 2)}
+        self.server, self.base = serve(H)
+
+    def route(self, path: str, full: str):
+        b = self.base
+        if path in self.images:
+            return 200, "image/jpeg", self.images[path], {}
+        pages = {
+            "/robots.txt": ("text/plain", b"User-agent: wildwatch-monitor\nDisallow: /private/\n", {}),
+            "/listing.html": ("text/html", f"""<html><head><title>Rhino horn for sale</title>
+                <meta property="og:image" content="/img/rhino.jpg"><meta property="og:description" content="DM for price">
+                </head><body><p>Best quality, shipping worldwide</p><img src="/img/lion.jpg" alt="lion skin">
+                <a href="/item/1.html">one</a> <a href="/private/secret.html">hidden</a>
+                <a href="http://other.example/x">elsewhere</a></body></html>""".encode(), {"ETag": '"v1"'}),
+            "/item/1.html": ("text/html", b"<html><title>Ivory bangle</title><p>for sale</p></html>", {}),
+            "/private/secret.html": ("text/html", b"<html><title>secret</title></html>", {}),
+            "/huge.html": ("text/html", "huge", {}),
+            "/slow.html": ("text/html", "trickle", {}),
+            "/api/v1/accounts/lookup": ("application/json", json.dumps({"id": "7"}).encode(), {}),
+            "/api/v1/accounts/7/statuses": ("application/json", json.dumps([
+                {"id": "s1", "url": f"{b}/@seller/s1", "content": "<p>Gading dijual, harga nego</p>",
+                 "account": {"acct": "seller"}, "media_attachments": [{"type": "image", "url": f"{b}/img/rhino.jpg"}]}
+            ]).encode(), {}),
+            "/r/wildlife/new.json": ("application/json", json.dumps({"data": {"after": "t3_more", "children": [
+                {"data": {"id": "r1", "title": "Tiger skin rug, $900", "selftext": "pm me", "author": "u1",
+                          "permalink": "/r/wildlife/comments/r1/", "url": f"{b}/img/lion.jpg"}}]}}).encode(), {}),
+            "/s/market": ("text/html", f"""<html><body>
+                <div class="tgme_widget_message_wrap"><div class="tgme_widget_message" data-post="market/11">
+                <a class="tgme_widget_message_photo_wrap" style="width:100px;background-image:url('{b}/img/rhino.jpg')"></a>
+                <div class="tgme_widget_message_text js-message_text">犀牛角 出售 5000元</div></div></div>
+                <div class="tgme_widget_message_wrap"><div class="tgme_widget_message" data-post="market/12">
+                <div class="tgme_widget_message_text">good morning</div></div></div></body></html>""".encode(), {}),
+            "/feeds/videos.xml": ("application/atom+xml", f"""<?xml version="1.0"?>
+                <feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/">
+                <title>channel</title><entry><id>yt:video:v1</id><title>Lion hunt trophy</title>
+                <link rel="alternate" href="{b}/watch?v=v1"/><media:group><media:title>Lion hunt trophy</media:title>
+                <media:thumbnail url="{b}/img/lion.jpg" width="480" height="360"/></media:group></entry></feed>""".encode(),
+                {}),
+        }
+        if path.startswith("/api/v1/timelines/tag/rhino"):  # endless: every page links to a next one
+            page = int(full.split("page=")[1]) if "page=" in full else 0
+            body = json.dumps([{"id": f"t{page}", "url": f"{b}/@x/t{page}", "content": "rhino horn",
+                                "account": {"acct": f"acct{page}"}, "media_attachments": []}]).encode()
+            return 200, "application/json", body, {"Link": f'<{b}/api/v1/timelines/tag/rhino?page={page + 1}>; rel="next"'}
+        if path in pages:
+            ctype, body, headers = pages[path]
+            return 200, ctype, body, headers
+        return None
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def web():
+    w = Web()
+    yield w
+    w.close()
+
+
+def source(spec, **kw):
+    from wildwatch.monitor.sources import open_source
+
+    return open_source(spec, host_interval_s=0.0, **kw)
+
+
+def test_a_page_gives_its_text_images_and_same_site_links_and_honours_robots(web):
+    page = source(f"page:{web.base}/listing.html", follow_links=True)
+    posts = page.posts()
+    first = posts[0]
+    assert "Rhino horn for sale" in first.text and "DM for price" in first.text and "lion skin" in first.text
+    assert first.images == [f"{web.base}/img/rhino.jpg", f"{web.base}/img/lion.jpg"]  # og:image first
+    assert [p.link for p in posts[1:]] == [f"{web.base}/item/1.html"]  # same site, one level, robots.txt honoured
+    assert "/private/secret.html" not in web.hits and any("robots.txt" in e for e in page.errors)
+    assert web.hits.count("/robots.txt") == 1
+    page.posts()  # polled again: the unchanged page costs a 304
+    assert web.not_modified == 1 and page.fetcher.not_modified == 1
+
+
+def test_a_saved_page_and_its_images_on_disk(tmp_path):
+    from test_monitor import RED, jpeg
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "horn.jpg").write_bytes(jpeg(RED))
+    (tmp_path / "saved.html").write_text('<html><title>犀牛角 出售</title><img src="files/horn.jpg" alt="horn"></html>')
+    [post] = source(f"page:{tmp_path / 'saved.html'}").posts()
+    assert post.images == [str(tmp_path / "files" / "horn.jpg")] and "犀牛角" in post.text
+
+
+def test_mastodon_reddit_telegram_and_video_channels(web):
+    base = web.base
+    [s1] = source(f"mastodon:{base}/@seller").posts()
+    assert s1.account == "seller" and "Gading dijual" in s1.text and s1.images == [f"{base}/img/rhino.jpg"]
+    tag = source(f"mastodon:{base}/tags/rhino")
+    assert len(tag.posts()) == tag.max_pages  # an endless listing stops after max_pages
+    red = source(f"reddit:{base}/r/wildlife")
+    posts = red.posts()
+    assert len(posts) == red.max_pages and posts[0].images[0] == f"{base}/img/lion.jpg"
+    assert posts[0].link == f"{base}/r/wildlife/comments/r1/" and posts[0].account == "u1"
+    tg = source(f"telegram:{base}/s/market").posts()
+    assert [p.id for p in tg] == ["market/11", "market/12"] and tg[0].images == [f"{base}/img/rhino.jpg"]
+    assert "犀牛角" in tg[0].text and tg[1].images == []
+    from wildwatch.monitor.sources import parse_feed
+
+    assert source(f"youtube:{base}/feeds/videos.xml").posts()[0].images == [f"{base}/img/lion.jpg"]
+    assert parse_feed  # the video channel is an Atom feed read by the feed parser
+
+
+def test_hostile_pages_are_cut_off(web):
+    from wildwatch.monitor.fetch import FetchRefused
+
+    t0 = time.monotonic()
+    with pytest.raises(FetchRefused, match="larger than"):
+        source(f"page:{web.base}/huge.html").posts()
+    with pytest.raises(FetchRefused, match="within 2 s"):
+        source(f"page:{web.base}/slow.html", fetch_deadline_s=2).posts()
+    assert time.monotonic() - t0 < 6
+
+
+def test_the_watch_files_cases_from_every_source_and_alerts_once(web, tmp_path):
+    from test_monitor import colour_classifier, config
+    from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig
+    from wildwatch.monitor.run import Monitor
+
+    said = []
+    sinks = {"console": ConsoleSink(ConsoleSinkConfig(), echo=said.append)}
+    cfg = config(tmp_path, once=True, host_interval_s=0.0, drain_s=2)
+    b = web.base
+    specs = [f"page:{b}/listing.html", f"mastodon:{b}/@seller", f"telegram:{b}/s/market", f"reddit:{b}/r/wildlife"]
+    mon = Monitor(cfg, colour_classifier, sinks=sinks, status=False)
+    mon.run(specs)
+    cases = mon.cases.list()
+    # the page, the Mastodon post and the Telegram message show the same rhino photo, and the Reddit post
+    # the lion photo that the page shows too: one case, four posts, four accounts
+    [case] = cases
+    assert case["species"] == "rhino" and len(case["posts"]) == 4 and len(case["accounts"]) == 4
+    assert {p["key"].rsplit("#", 1)[-1] for p in case["posts"]} >= {"market/11", "s1", "r1"}
+    case_alerts = [s for s in said if s.startswith("CASE")]
+    assert case_alerts and all("#case-" in s for s in case_alerts)
+    # run again: nothing new, nothing alerted again
+    said.clear()
+    Monitor(cfg, colour_classifier, store=mon.store, sinks=sinks, status=False).run(specs)
+    assert [s for s in said if s.startswith("CASE")] == []
