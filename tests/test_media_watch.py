@@ -314,3 +314,112 @@ def test_the_watch_files_cases_from_every_source_and_alerts_once(web, tmp_path):
     said.clear()
     Monitor(cfg, colour_classifier, store=mon.store, sinks=sinks, status=False).run(specs)
     assert [s for s in said if s.startswith("CASE")] == []
+
+
+# ---------------------------------------------------------------- the review queue in a real browser
+
+
+def test_the_review_queue_in_a_real_browser(tmp_path):
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from conftest import free_port
+    from test_service import CHROMIUM
+    from wildwatch.data.splits import dhash64
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.service.app import create_app
+
+    db = tmp_path / "events.db"
+    store = EventStore(db)
+    book = CaseBook(store)
+    img = Image.open(io.BytesIO(textured((200, 30, 30), 3))).convert("RGB")
+    hostile = '<img src=x onerror="document.title=\'pwned\'"> 犀牛角 出售 5000元, DM for price'
+    ev = post_evidence(hostile, [pred("rhino")])
+    with store.transaction():
+        first = book.add_post(Post("p1", "telegram:market", "https://t.me/market/11", hostile, "market", "t.me"), ev,
+                              [dhash64(img)], textured((200, 30, 30), 3))
+        book.add_post(Post("p2", "reddit:r/x", "javascript:alert(1)", "rhino horn for sale", "u1", "reddit.com"),
+                      post_evidence("rhino horn for sale", [pred("rhino")]), [dhash64(img)], None)
+        book.add_post(Post("p3", "page:x", "https://shop.example/ivory", "Ivory tusks for sale, $3000", "", "shop.example"),
+                      post_evidence("Ivory tusks for sale, $3000", []), [], None)
+    store.close()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Predictor.from_file(None), events_db=db), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/#case-{first.case_id}")  # an alert's review link
+            page.locator(".case").nth(1).wait_for(timeout=30_000)
+            cards = page.locator(".case")
+            assert cards.count() == 2
+            top = page.locator(f"#case-{first.case_id}")  # the rhino case, highest score, first
+            assert cards.nth(0).get_attribute("id") == f"case-{first.case_id}"
+            assert "犀牛角" in top.locator("mark").all_inner_texts() and "2 posts" in top.inner_text()
+            assert page.title() == "wildwatch" and top.locator("img[src=x]").count() == 0  # post text is text
+            assert top.locator("a[href^='javascript']").count() == 0
+            top.locator("button[data-status=reported]").click()
+            page.locator(f"#case-{first.case_id}[data-status=reported]").wait_for(timeout=10_000)
+            page.reload()
+            page.locator(f"#case-{first.case_id} button.on[data-status=reported]").wait_for(timeout=30_000)
+            browser.close()
+    finally:
+        server.should_exit = True
+    assert CaseBook(EventStore(db)).get(first.case_id)["status"] == "reported"  # stored, not just shown
+
+
+def test_cases_and_marks_export_with_events(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    with store.transaction():
+        up = book.add_post(Post("k1", "feed:x", "https://m.example/1", "Ivory tusks for sale, $3000", "a", "m.example"),
+                           post_evidence("Ivory tusks for sale, $3000", []), [], None)
+    book.mark(up.case_id, "not_relevant")
+    store.close()
+    exe = str(Path(sys.executable).parent / "wildwatch")
+    out = subprocess.run([exe, "events", "--db", str(tmp_path / "events.db"), "--cases", "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    [case] = json.loads(out)
+    assert case["status"] == "not_relevant" and case["posts"][0]["link"] == "https://m.example/1"
+    rows = list(csv.DictReader(io.StringIO(subprocess.run(
+        [exe, "events", "--db", str(tmp_path / "events.db"), "--cases"], capture_output=True, text=True,
+        check=True).stdout)))
+    assert rows[0]["status"] == "not_relevant" and "ivory" in rows[0]["terms"]
+
+
+def test_a_case_alert_carries_the_case(web, tmp_path):
+    import base64
+
+    from test_monitor import Receiver, colour_classifier, config
+    from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, WebhookSinkConfig
+    from wildwatch.monitor.run import Monitor
+
+    r = Receiver(secret="")
+    cfg = config(tmp_path, once=True, host_interval_s=0.0, drain_s=5, review_url="https://review.example/ww")
+    cfg.sinks.append(WebhookSinkConfig(url=r.url))
+    try:
+        mon = Monitor(cfg, colour_classifier, status=False)
+        mon.run([f"telegram:{web.base}/s/market"])
+        [(key, [body])] = r.bodies.items()
+    finally:
+        r.close()
+    assert body["species"] == "rhino" and body["iucn_status"] == "NT–CR" and body["why"] == "new case"
+    assert body["links"] == [f"{web.base}/market/11"] and "犀牛角" in body["terms"]
+    assert body["review_url"] == f"https://review.example/ww/#case-{body['case_id']}"
+    assert base64.b64decode(body["snapshot_jpeg_base64"])[:2] == b"\xff\xd8"
+    mail = EmailSink(EmailSinkConfig(host="127.0.0.1", sender="ww@example.org", to=["agency@example.org"]))
+    msg = mail.message(body, key, mon.cases.thumbnail(body["case_id"]))
+    assert [a.get_content_type() for a in msg.iter_attachments()] == ["image/jpeg"]

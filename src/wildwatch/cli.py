@@ -251,11 +251,23 @@ def events(
     output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
                                            "without GPS."),
+    cases: bool = typer.Option(False, "--cases", help="The media watch's cases instead (csv or json), with the "
+                               "analysts' marks."),
 ):
-    """List recorded sightings."""
+    """List recorded sightings (or, with --cases, the media watch's cases)."""
     from wildwatch.monitor.events import EventStore, sightings_text
 
     store = EventStore.open_existing(db)
+    if cases:
+        from wildwatch.monitor.cases import CaseBook, cases_text
+
+        text = cases_text(CaseBook(store).list(limit=1_000_000), format)
+        if output is None:
+            typer.echo(text.rstrip("\n"))
+        else:
+            output.write_text(text)
+            typer.echo(f"cases written to {output}", err=True)
+        return
     rows = store.list(since=since, species=species)
     if format == "camtrapdp":
         if output is None:

@@ -217,7 +217,7 @@ class EmailSink:
         m["From"] = self.cfg.sender
         m["To"] = ", ".join(self.cfg.to)
         m["Message-ID"] = f"<{key}@wildwatch>"
-        lines = [f"{k}: {v}" for k, v in payload.items() if v not in (None, "")]
+        lines = [f"{k}: {v}" for k, v in payload.items() if v not in (None, "") and not k.endswith("_base64")]
         m.set_content("A sighting that the alert policy asks to report.\n\n" + "\n".join(lines) + "\n")
         if snapshot:
             m.add_attachment(snapshot, maintype="image", subtype="jpeg", filename=f"sighting-{payload['sighting_id']}.jpg")

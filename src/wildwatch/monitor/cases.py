@@ -213,6 +213,29 @@ class CaseBook:
         return row[0] if row else None
 
 
+def cases_text(cases: list[dict], fmt: str) -> str:
+    """Cases as JSON (with their posts) or CSV (one row per post, the case's columns repeated)."""
+    if fmt == "json":
+        return json.dumps(cases, indent=1, ensure_ascii=False)
+    if fmt != "csv":
+        raise UsageError(f"unknown format {fmt!r} for cases: use csv or json")
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = ["case_id", "score", "status", "species", "iucn_status", "reason", "terms", "post", "site", "account",
+            "link", "post_score", "post_reason", "text"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for c in cases:
+        for p in c["posts"]:
+            w.writerow({"case_id": c["id"], "score": c["score"], "status": c["status"], "species": c["species"],
+                        "iucn_status": c["iucn_status"], "reason": c["reason"], "terms": "|".join(c["terms"]),
+                        "post": p["key"], "site": p["site"], "account": p["account"], "link": p["link"],
+                        "post_score": p["score"], "post_reason": p["reason"], "text": p["text"]})
+    return buf.getvalue()
+
+
 def _signed(h: int) -> int:
     return h - (1 << 64) if h >= 1 << 63 else h  # SQLite integers are signed 64-bit
 

@@ -8,6 +8,7 @@ sources, frames/s, sightings and pending alerts.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import queue
@@ -243,7 +244,8 @@ class Monitor:
                    "accounts": case["accounts"], "sites": case["sites"], "terms": case["terms"],
                    "posts": len(case["posts"]), "review_url": f"{self.cfg.review_url.rstrip('/')}/#case-{case['id']}",
                    "priority": first.priority, "keywords": list(first.keywords), "wall_time": iso(time.time()),
-                   "queued_at": time.time(), "instance": self.store.instance}
+                   "queued_at": time.time(), "instance": self.store.instance,
+                   "snapshot_jpeg_base64": base64.b64encode(thumb).decode() if thumb else None}
         self.outbox.enqueue(0, payload, max(first.priority, 1), pol.not_before(time.time(), case["iucn_status"], 1),
                             tag=f"case{case['id']}-{case['alerts']}")
         return True

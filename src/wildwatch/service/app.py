@@ -25,6 +25,9 @@ from wildwatch.inference.predictor import describe_other
 from wildwatch.service.batching import MicroBatcher
 from wildwatch.service.guard import Guard, Limits
 from wildwatch.service.schemas import (
+    CaseMark,
+    CaseOut,
+    CasesResponse,
     ClassifyResponse,
     EventsResponse,
     Health,
@@ -84,6 +87,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     from wildwatch.monitor.events import EventStore
 
     store = EventStore.open_existing(events_db) if events_db else None
+    cases = None  # the media watch's case book in that database, opened on first use
     api_key = api_key or os.environ.get("WILDWATCH_API_KEY") or None
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms)
     explain_lock = asyncio.Lock()
@@ -198,6 +202,41 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         jpeg = require_store().snapshot(event_id)
         if not jpeg:
             raise HTTPException(404, f"no snapshot for event {event_id}")
+        return Response(content=jpeg, media_type="image/jpeg")
+
+    def require_cases():
+        nonlocal cases
+        if cases is None:
+            from wildwatch.monitor.cases import CaseBook
+
+            cases = CaseBook(require_store())
+        return cases
+
+    @app.get("/v1/cases", dependencies=[Depends(check_key)], response_model=CasesResponse,
+             responses=problems(400, 401, 404))
+    def list_cases(status: str | None = Query(None, description="new, reviewed, reported or not_relevant"),
+                   limit: int = Query(200, ge=1, le=5000)):
+        """The media watch's review queue: cases by score, highest first, with their posts."""
+        return {"cases": [c | {"thumbnail_url": f"/v1/cases/{c['id']}/thumbnail"}
+                          for c in require_cases().list(status=status, limit=limit)]}
+
+    @app.post("/v1/cases/{case_id}/status", dependencies=[Depends(check_key)], response_model=CaseOut,
+              responses=problems(400, 401, 404))
+    def mark_case(case_id: int, mark: CaseMark):
+        """An analyst's mark: reviewed, reported (to an agency), not_relevant, or new again."""
+        book = require_cases()
+        if not 0 < case_id < 2**63 or book.get(case_id) is None:
+            raise HTTPException(404, f"no case {case_id}")
+        book.mark(case_id, mark.status)
+        return book.get(case_id) | {"thumbnail_url": f"/v1/cases/{case_id}/thumbnail"}
+
+    @app.get("/v1/cases/{case_id}/thumbnail", dependencies=[Depends(check_key)], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the case's photo"}, **problems(400, 401, 404)})
+    def case_thumbnail(case_id: int):
+        jpeg = require_cases().thumbnail(case_id)
+        if not jpeg:
+            raise HTTPException(404, f"no photo for case {case_id}")
         return Response(content=jpeg, media_type="image/jpeg")
 
     static = Path(str(resources.files("wildwatch").joinpath("service/static")))

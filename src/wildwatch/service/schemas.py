@@ -3,7 +3,7 @@ so a client generated from it (openapi-python-client, for one) types what it get
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +94,46 @@ class EventOut(BaseModel):
 
 class EventsResponse(BaseModel):
     events: list[EventOut]
+
+
+class CasePost(BaseModel):
+    key: str
+    source: str
+    site: str
+    account: str
+    link: str
+    text: str
+    score: float
+    reason: str
+    seen_at: float
+
+
+class CaseOut(BaseModel):
+    """A media-watch case: posts that share a photo or a link, with their evidence and the analyst's mark."""
+
+    id: int
+    score: float
+    reason: str
+    species: str
+    iucn_status: str
+    terms: list[str]
+    status: str
+    status_at: Optional[float] = None
+    first_seen: float
+    last_seen: float
+    alerts: int
+    accounts: list[str]
+    sites: list[str]
+    posts: list[CasePost]
+    thumbnail_url: str
+
+
+class CasesResponse(BaseModel):
+    cases: list[CaseOut]
+
+
+class CaseMark(BaseModel):
+    status: Literal["new", "reviewed", "reported", "not_relevant"]
 
 
 def problems(*codes: int) -> dict:

@@ -113,6 +113,70 @@ async function loadEvents() {
   }
 }
 
+// text with the matched terms marked, built from text nodes (never HTML from a post)
+function highlighted(text, terms) {
+  const box = el("p", { class: "excerpt" });
+  const low = text.toLowerCase();
+  const found = [];
+  for (const t of terms) {
+    let i = low.indexOf(t.toLowerCase());
+    while (t && i >= 0) { found.push([i, i + t.length]); i = low.indexOf(t.toLowerCase(), i + t.length); }
+  }
+  found.sort((a, b) => a[0] - b[0]);
+  let at = 0;
+  for (const [start, end] of found) {
+    if (start < at) continue;
+    box.append(document.createTextNode(text.slice(at, start)), el("mark", { text: text.slice(start, end) }));
+    at = end;
+  }
+  box.append(document.createTextNode(text.slice(at)));
+  return box;
+}
+
+function safeLink(url) {
+  return /^https?:\/\//i.test(url) ? el("a", { href: url, rel: "noopener noreferrer", target: "_blank", text: url })
+    : el("span", { text: url });
+}
+
+const MARKS = [["reviewed", "Reviewed"], ["reported", "Reported to agency"], ["not_relevant", "Not relevant"]];
+
+async function loadCases() {
+  const res = await fetch("/v1/cases", { headers: headers() });
+  const data = await res.json().catch(() => ({}));
+  const list = $("#case-list");
+  list.replaceChildren();
+  if (!res.ok) { $("#cases-message").textContent = data.detail || "No cases."; return; }
+  $("#cases-message").textContent = data.cases.length ? data.cases.length + " cases, most likely trade first" : "No cases yet.";
+  for (const c of data.cases) {
+    const img = el("img", { alt: c.species || "case photo" });
+    fetch(c.thumbnail_url, { headers: headers() }).then((r) => r.ok ? r.blob() : null)
+      .then((b) => { if (b) img.src = URL.createObjectURL(b); });
+    const first = c.posts[0] || { text: "" };
+    const links = el("ul", { class: "links" });
+    for (const p of c.posts) if (p.link) links.append(el("li", {}, safeLink(p.link), el("span", { text: " · " + (p.account || p.site) })));
+    const buttons = el("div", { class: "marks" });
+    for (const [status, label] of MARKS) {
+      const b = el("button", { type: "button", class: "mark" + (c.status === status ? " on" : ""), "data-status": status, text: label });
+      b.addEventListener("click", async () => {
+        const r = await fetch("/v1/cases/" + c.id + "/status", { method: "POST", body: JSON.stringify({ status }),
+          headers: { ...headers(), "Content-Type": "application/json" } });
+        if (r.ok) loadCases();
+      });
+      buttons.append(b);
+    }
+    list.append(el("article", { class: "card case", id: "case-" + c.id, "data-status": c.status },
+      el("div", { class: "photo" }, img),
+      el("div", { class: "body" },
+        el("h2", { text: "Case " + c.id + " · score " + c.score.toFixed(2) + (c.species ? " · " + c.species.replace(/_/g, " ") + " (" + c.iucn_status + ")" : "") }),
+        el("p", { class: "note", text: c.reason }),
+        highlighted(first.text.slice(0, 400), c.terms),
+        el("div", { class: "file", text: c.posts.length + " posts · " + c.accounts.length + " accounts · " + c.sites.join(", ") + " · " + c.status.replace("_", " ") }),
+        links, buttons)));
+  }
+  const wanted = location.hash.startsWith("#case-") && document.getElementById(location.hash.slice(1));
+  if (wanted) wanted.scrollIntoView();
+}
+
 function setup() {
   const drop = $("#drop");
   $("#files").addEventListener("change", (e) => upload([...e.target.files]));
@@ -124,7 +188,12 @@ function setup() {
       document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === tab));
       document.querySelectorAll(".panel").forEach((p) => { p.hidden = p.id !== tab.dataset.tab; });
       if (tab.dataset.tab === "events") loadEvents();
+      if (tab.dataset.tab === "cases") loadCases();
     });
+  }
+  // an alert's review link (…/#case-12) opens the review queue at that case
+  if (location.hash.startsWith("#case-")) {
+    $("#tab-cases").click();
   }
   fetch("/health").then((r) => r.json()).then((h) => {
     keyRequired = h.api_key_required;
