@@ -95,3 +95,28 @@ def test_seed_models_take_every_pooling(pool):
     y.sum().backward()
     assert y.shape == (2, 4)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("layer,rows", [(FuzzyPool2d, "fuzzy_type2_rows"), (FuzzyPool2dType1, "fuzzy_type1_rows")])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 5), (3, 2, 10, 13)])
+def test_the_2x2_closed_form_is_the_unfold_path(layer, rows, shape):
+    """The seed CNNs' 2x2/stride-2 windows take a closed form on four strided views: the same
+    function as the general path (which the references above check), ties and flat windows included."""
+    import wildwatch.models.fuzzy as fz
+
+    torch.manual_seed(shape[-1])
+    for x in (torch.randn(*shape, dtype=torch.float64),
+              torch.randint(0, 3, shape).to(torch.float64),  # many ties and flat windows
+              torch.zeros(*shape, dtype=torch.float64)):
+        patches, (n, c, ho, wo) = fz._patches(x, 2, 2)
+        general = getattr(fz, rows)(patches).reshape(n, c, ho, wo)
+        torch.testing.assert_close(layer(2, 2)(x), general, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer(2, 2)(x), ref_pool(x, 2, 2, ref_type2 if layer is FuzzyPool2d else ref_type1),
+                                   rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
+def test_gradcheck_of_the_2x2_closed_form(layer):
+    torch.manual_seed(1)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer(2, 2), (x,), eps=1e-6, atol=1e-5)

@@ -1,7 +1,9 @@
 """Fuzzy pooling layers: drop-in replacements for ``nn.MaxPool2d`` (no padding, floor mode).
 
-Both are vectorised with ``unfold``: every k x k patch of every channel becomes a row, and the
-pooling rule is computed on all rows at once. Both are differentiable almost everywhere (the
+Any window size is vectorised with ``unfold``: every k x k patch of every channel becomes a row,
+and the pooling rule is computed on all rows at once. The 2x2, stride-2 windows of the seed CNNs
+take a closed form on the four strided views of the input instead (no unfold, no sort), at a cost
+close to the pooling it replaces; both paths compute the same function. Both are differentiable almost everywhere (the
 choice of which values to keep is piecewise constant, as in max pooling).
 """
 
@@ -65,8 +67,65 @@ def fuzzy_type1_rows(v: torch.Tensor) -> torch.Tensor:
     return torch.where(flat[:, 0], v[:, 0], out)
 
 
+def _views_2x2(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four values of every 2x2 window (stride 2, floor mode) as four strided views of ``x``,
+    in the order ``unfold`` gives them (top-left, top-right, bottom-left, bottom-right)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    if h < 2 or w < 2:
+        raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is smaller than the pooling kernel 2")
+    x = x[..., :h, :w]
+    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+
+
+def fuzzy_type2_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``fuzzy_type2_rows`` for 2x2 windows with stride 2, in closed form on the four views: with
+    n = 4 there are two k-middle means, the mean and the mean of the two middle values
+    (sum − max − min) / 2, so nothing is sorted or unfolded."""
+    v = _views_2x2(x)
+    total = v[0] + v[1] + v[2] + v[3]
+    mean = total / 4
+    hi = torch.maximum(torch.maximum(v[0], v[1]), torch.maximum(v[2], v[3]))
+    lo = torch.minimum(torch.minimum(v[0], v[1]), torch.minimum(v[2], v[3]))
+    mid = (total - hi - lo) / 2
+    sigma = ((v[0] - mean).abs() + (v[1] - mean).abs() + (v[2] - mean).abs() + (v[3] - mean).abs()) / 4 + SIGMA_EPS
+    pi1 = [torch.exp(-0.5 * ((vi - mean) / sigma) ** 2) for vi in v]
+    pi2 = [torch.exp(-0.5 * ((vi - mid) / sigma) ** 2) for vi in v]
+    tops = [torch.maximum(p1, p2) for p1, p2 in zip(pi1, pi2)]
+    tau = torch.minimum(torch.minimum(tops[0], tops[1]), torch.minimum(tops[2], tops[3]))
+    bars = [(p1 + p2) / 2 for p1, p2 in zip(pi1, pi2)]
+    weights = [b * (b >= tau).to(b.dtype) for b in bars]
+    wsum = weights[0] + weights[1] + weights[2] + weights[3]
+    empty = wsum <= 0
+    weights = [torch.where(empty, b, w) for b, w in zip(bars, weights)]
+    num = sum(w * vi for w, vi in zip(weights, v))
+    return num / (weights[0] + weights[1] + weights[2] + weights[3])
+
+
+def fuzzy_type1_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``fuzzy_type1_rows`` for 2x2 windows with stride 2, on the four strided views."""
+    v = _views_2x2(x)
+    lo = torch.minimum(torch.minimum(v[0], v[1]), torch.minimum(v[2], v[3]))
+    hi = torch.maximum(torch.maximum(v[0], v[1]), torch.maximum(v[2], v[3]))
+    r = hi - lo
+    flat = r <= 0
+    r = torch.where(flat, torch.ones_like(r), r)
+    c, d = 1.0 / 3.0, 0.5
+    ts = [(vi - lo) / r for vi in v]
+    small = [torch.clamp((d - t) / c, 0, 1) for t in ts]
+    medium = [torch.clamp(1 - (t - d).abs() / c, 0, 1) for t in ts]
+    large = [torch.clamp((t - d) / c, 0, 1) for t in ts]
+    s_tot, m_tot, l_tot = sum(small), sum(medium), sum(large)
+    # the set with the largest total membership; ties go to the first (small, then medium), as argmax
+    pick_small = (s_tot >= m_tot) & (s_tot >= l_tot)
+    pick_medium = ~pick_small & (m_tot >= l_tot)
+    m = [torch.where(pick_small, sm, torch.where(pick_medium, me, la)) for sm, me, la in zip(small, medium, large)]
+    out = sum(mi * vi for mi, vi in zip(m, v)) / (m[0] + m[1] + m[2] + m[3]).clamp_min(1e-12)
+    return torch.where(flat, v[0], out)
+
+
 class _FuzzyPool(nn.Module):
     rows_fn = staticmethod(fuzzy_type2_rows)
+    fast_2x2 = staticmethod(fuzzy_type2_2x2)
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None):
         super().__init__()
@@ -74,6 +133,8 @@ class _FuzzyPool(nn.Module):
         self.stride = int(stride) if stride is not None else self.kernel_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_size == 2 and self.stride == 2:  # the seed CNNs' pooling: the closed form, no unfold
+            return self.fast_2x2(x)
         rows, (n, c, ho, wo) = _patches(x, self.kernel_size, self.stride)
         return self.rows_fn(rows).reshape(n, c, ho, wo)
 
@@ -117,3 +178,4 @@ class FuzzyPool2dType1(_FuzzyPool):
     """
 
     rows_fn = staticmethod(fuzzy_type1_rows)
+    fast_2x2 = staticmethod(fuzzy_type1_2x2)
