@@ -78,49 +78,46 @@ def _views_2x2(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def fuzzy_type2_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``fuzzy_type2_rows`` for 2x2 windows with stride 2, in closed form on the four views: with
-    n = 4 there are two k-middle means, the mean and the mean of the two middle values
-    (sum − max − min) / 2, so nothing is sorted or unfolded."""
-    v = _views_2x2(x)
-    total = v[0] + v[1] + v[2] + v[3]
-    mean = total / 4
-    hi = torch.maximum(torch.maximum(v[0], v[1]), torch.maximum(v[2], v[3]))
-    lo = torch.minimum(torch.minimum(v[0], v[1]), torch.minimum(v[2], v[3]))
-    mid = (total - hi - lo) / 2
-    sigma = ((v[0] - mean).abs() + (v[1] - mean).abs() + (v[2] - mean).abs() + (v[3] - mean).abs()) / 4 + SIGMA_EPS
-    pi1 = [torch.exp(-0.5 * ((vi - mean) / sigma) ** 2) for vi in v]
-    pi2 = [torch.exp(-0.5 * ((vi - mid) / sigma) ** 2) for vi in v]
-    tops = [torch.maximum(p1, p2) for p1, p2 in zip(pi1, pi2)]
-    tau = torch.minimum(torch.minimum(tops[0], tops[1]), torch.minimum(tops[2], tops[3]))
-    bars = [(p1 + p2) / 2 for p1, p2 in zip(pi1, pi2)]
-    weights = [b * (b >= tau).to(b.dtype) for b in bars]
-    wsum = weights[0] + weights[1] + weights[2] + weights[3]
-    empty = wsum <= 0
-    weights = [torch.where(empty, b, w) for b, w in zip(bars, weights)]
-    num = sum(w * vi for w, vi in zip(weights, v))
-    return num / (weights[0] + weights[1] + weights[2] + weights[3])
+    """``fuzzy_type2_rows`` for 2x2 windows with stride 2, in closed form on the four strided views
+    stacked as V [4, ...]: with n = 4 there are two k-middle means, the mean and the mean of the
+    two middle values (sum − max − min) / 2, so nothing is sorted or unfolded. Every step is an
+    elementwise operation or a reduction over the four values, which autograd differentiates and
+    ``torch.compile`` fuses."""
+    V = torch.stack(_views_2x2(x))
+    total = V.sum(0)
+    mean = total * 0.25
+    mid = (total - V.amax(0) - V.amin(0)) * 0.5
+    d1 = V - mean
+    inv = 1.0 / (d1.abs().mean(0) + SIGMA_EPS)
+    z1 = d1 * inv
+    z2 = z1 + (mean - mid) * inv  # (v - mid) / σ
+    q1, q2 = z1 * z1, z2 * z2
+    bar = (torch.exp(-0.5 * q1) + torch.exp(-0.5 * q2)) * 0.5  # π̄ = mean of the two memberships
+    # τ = min over the window of max over k of π_k = exp(-½ max over the window of min over k of q_k)
+    tau = torch.exp(-0.5 * torch.minimum(q1, q2).amax(0))
+    w = torch.where(bar >= tau, bar, torch.zeros_like(bar))
+    w = torch.where(w.sum(0) > 0, w, bar)  # none passes: all count
+    return (w * V).sum(0) / w.sum(0)
 
 
 def fuzzy_type1_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``fuzzy_type1_rows`` for 2x2 windows with stride 2, on the four strided views."""
-    v = _views_2x2(x)
-    lo = torch.minimum(torch.minimum(v[0], v[1]), torch.minimum(v[2], v[3]))
-    hi = torch.maximum(torch.maximum(v[0], v[1]), torch.maximum(v[2], v[3]))
+    """``fuzzy_type1_rows`` for 2x2 windows with stride 2, on the four strided views stacked as V."""
+    V = torch.stack(_views_2x2(x))
+    lo, hi = V.amin(0), V.amax(0)
     r = hi - lo
     flat = r <= 0
-    r = torch.where(flat, torch.ones_like(r), r)
+    t = (V - lo) / torch.where(flat, torch.ones_like(r), r)
     c, d = 1.0 / 3.0, 0.5
-    ts = [(vi - lo) / r for vi in v]
-    small = [torch.clamp((d - t) / c, 0, 1) for t in ts]
-    medium = [torch.clamp(1 - (t - d).abs() / c, 0, 1) for t in ts]
-    large = [torch.clamp((t - d) / c, 0, 1) for t in ts]
-    s_tot, m_tot, l_tot = sum(small), sum(medium), sum(large)
+    small = torch.clamp((d - t) / c, 0, 1)
+    medium = torch.clamp(1 - (t - d).abs() / c, 0, 1)
+    large = torch.clamp((t - d) / c, 0, 1)
+    s_tot, m_tot, l_tot = small.sum(0), medium.sum(0), large.sum(0)
     # the set with the largest total membership; ties go to the first (small, then medium), as argmax
     pick_small = (s_tot >= m_tot) & (s_tot >= l_tot)
     pick_medium = ~pick_small & (m_tot >= l_tot)
-    m = [torch.where(pick_small, sm, torch.where(pick_medium, me, la)) for sm, me, la in zip(small, medium, large)]
-    out = sum(mi * vi for mi, vi in zip(m, v)) / (m[0] + m[1] + m[2] + m[3]).clamp_min(1e-12)
-    return torch.where(flat, v[0], out)
+    mu = torch.where(pick_small, small, torch.where(pick_medium, medium, large))
+    out = (mu * V).sum(0) / mu.sum(0).clamp_min(1e-12)
+    return torch.where(flat, V[0], out)
 
 
 class _FuzzyPool(nn.Module):
