@@ -180,7 +180,7 @@ class Web:
             return 200, "image/jpeg", self.images[path], {}
         pages = {
             "/robots.txt": ("text/plain", b"User-agent: wildwatch-monitor\nDisallow: /private/\n", {}),
-            "/listing.html": ("text/html", f"""<html><head><title>Rhino horn for sale</title>
+            "/listing.html": ("text/html", """<html><head><title>Rhino horn for sale</title>
                 <meta property="og:image" content="/img/rhino.jpg"><meta property="og:description" content="DM for price">
                 </head><body><p>Best quality, shipping worldwide</p><img src="/img/lion.jpg" alt="lion skin">
                 <a href="/item/1.html">one</a> <a href="/private/secret.html">hidden</a>

@@ -37,7 +37,7 @@ from wildwatch.data.datasets import make_loader
 from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
-from wildwatch.engine.fit import Best, Run, model_preprocess, seed_everything
+from wildwatch.engine.fit import Best, Recipe, Run, model_preprocess, seed_everything
 from wildwatch.engine.transfer import calibrate, model_meta, ood_images
 from wildwatch.models import create_model
 from wildwatch.models.files import MODEL_FILENAME, save_model
@@ -181,7 +181,7 @@ def _load_best(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(path)), meta
 
 
-class FineTune:
+class FineTune(Recipe):
     """Every layer but the frozen ImageNet head copy, on photos degraded on the device (meant for a GPU)."""
 
     title = "Fine-tuning"

@@ -112,6 +112,18 @@ class Strategy(Protocol):
         """Write the model file from the best epoch; return the model."""
 
 
+class Recipe:
+    """Defaults for a strategy: the config as given, and nothing trained elsewhere to finish."""
+
+    title = "Training"
+
+    def configure(self, cfg: TrainConfig) -> TrainConfig:
+        return cfg
+
+    def finished_elsewhere(self, out: Path) -> tuple[list[dict], Best] | None:
+        return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

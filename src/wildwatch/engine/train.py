@@ -10,10 +10,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from wildwatch.config import TrainConfig
 from wildwatch.data.datasets import ImageDataset, make_loader
 from wildwatch.data.transforms import eval_transform, train_transform
-from wildwatch.engine.fit import Best, Run, fit, model_preprocess, seed_everything
+from wildwatch.engine.fit import Best, Recipe, Run, fit, model_preprocess, seed_everything
 from wildwatch.models import create_model
 from wildwatch.models.files import MODEL_FILENAME, save_model
 
@@ -77,16 +76,8 @@ def evaluate(model, loader, device, dist_info=None) -> tuple[float, float]:
     return loss_sum / n, correct / n
 
 
-class FromScratch:
+class FromScratch(Recipe):
     """The seed recipe: every layer trained from random weights on augmented photos."""
-
-    title = "Training"
-
-    def configure(self, cfg: TrainConfig) -> TrainConfig:
-        return cfg
-
-    def finished_elsewhere(self, out) -> None:
-        return None
 
     def setup(self, run: Run) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -26,7 +26,7 @@ from wildwatch.config import TrainConfig
 from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
-from wildwatch.engine.fit import Best, Run, model_preprocess, seed_everything
+from wildwatch.engine.fit import Best, Recipe, Run, model_preprocess, seed_everything
 from wildwatch.errors import UsageError
 from wildwatch.inference import unknown as ood
 from wildwatch.models import create_model, open_set
@@ -262,18 +262,10 @@ def model_meta(cfg: TrainConfig, classes: list[str], pre: Preprocess, temperatur
     }
 
 
-class CachedFeatureTransfer:
+class CachedFeatureTransfer(Recipe):
     """Pretrained backbones on a CPU: the trunk's activations are cached once per photo and view,
     then the last convolution, its BatchNorm and the classifier train on them; the temperature,
     the unknown detector and the open-set decision are fitted at the end."""
-
-    title = "Training"
-
-    def configure(self, cfg: TrainConfig) -> TrainConfig:
-        return cfg
-
-    def finished_elsewhere(self, out) -> None:
-        return None
 
     def setup(self, run: Run) -> None:
         cfg, split = run.cfg, run.split
