@@ -1,9 +1,9 @@
 """Does fuzzy pooling help on low-quality photos? The seed CNN with max, average, type-2 fuzzy and
 type-1 fuzzy pooling, 3 seeds each, everything else identical; resumable, one run at a time.
 
-    python benchmarks/pack_dataset.py ../shared/data/endangered11 .devdata/endangered11_96.npz --size 96
-    python benchmarks/pooling_experiment.py --pack .devdata/endangered11_96.npz --image-size 64 --epochs 6 \
-        --out runs/pooling_64 [--max-runs 4]
+    python benchmarks/pack_dataset.py ../shared/data/endangered11 .devdata/endangered11_80.npz --size 80 --quality 90
+    python benchmarks/pooling_experiment.py --pack .devdata/endangered11_80.npz --image-size 48 --epochs 4 \
+        --step-size 2 --out runs/pooling_48 [--max-runs 4]
 
 Each of the 12 runs (pooling x seed) trains seed_m4_gap on the same leak-free split (the pack's),
 with the same augmentation (random resized crop, flip, brightness/contrast, seeded per run seed),
