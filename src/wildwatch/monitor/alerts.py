@@ -30,6 +30,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wildwatch.errors import UsageError
+from wildwatch.monitor.cases import case_thumbnail
 from wildwatch.monitor.events import EventStore
 
 log = logging.getLogger("wildwatch.monitor")
@@ -155,11 +156,6 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, body), header or "")
-
-
-def case_thumbnail(store: EventStore, case_id: int) -> bytes | None:
-    row = store.db.execute("SELECT thumbnail FROM cases WHERE id = ?", (int(case_id),)).fetchone()
-    return row[0] if row else None
 
 
 class ConsoleSink:
@@ -307,7 +303,10 @@ class Outbox:
             snapshot = None
             if isinstance(sink, EmailSink):
                 case_id = json.loads(payload).get("case_id")
-                snapshot = case_thumbnail(self.store, case_id) if case_id else self.store.snapshot(sighting_id)
+                if case_id:
+                    snapshot = case_thumbnail(self.store, case_id)
+                else:
+                    snapshot = self.store.snapshot(sighting_id)
             try:
                 sink.send(json.loads(payload), key, snapshot)
             except DeliveryError as exc:

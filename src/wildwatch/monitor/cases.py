@@ -206,11 +206,16 @@ class CaseBook:
         return out
 
     def thumbnail(self, case_id: int) -> bytes | None:
-        if not 0 < int(case_id) < 2**63:
-            return None
-        with self.store.lock:
-            row = self.store.db.execute("SELECT thumbnail FROM cases WHERE id = ?", (int(case_id),)).fetchone()
-        return row[0] if row else None
+        return case_thumbnail(self.store, case_id)
+
+
+def case_thumbnail(store: EventStore, case_id: int) -> bytes | None:
+    """A case's photo (JPEG), or None; also what an email alert attaches."""
+    if not 0 < int(case_id) < 2**63:
+        return None
+    with store.lock:
+        row = store.db.execute("SELECT thumbnail FROM cases WHERE id = ?", (int(case_id),)).fetchone()
+    return row[0] if row else None
 
 
 def cases_text(cases: list[dict], fmt: str) -> str:
