@@ -20,10 +20,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-
-import threading
 
 import numpy as np
 import torch

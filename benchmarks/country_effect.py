@@ -16,9 +16,9 @@ import numpy as np
 
 from wildwatch.data.splits import split_for_model
 from wildwatch.engine.evaluate import collect
-from wildwatch.models.files import resolve_model_path
 from wildwatch.field import Place, range_table
 from wildwatch.inference import Predictor, bundled_model_path
+from wildwatch.models.files import resolve_model_path
 
 
 def main() -> None:

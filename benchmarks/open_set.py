@@ -7,8 +7,11 @@ Scores, with the model as ``wildwatch classify`` runs it (the Predictor on files
   (ImageNet sample photos).
 
 ``ood_field`` is split in two halves per label folder by a hash of the file name (``dev`` and
-``held_out``); the open-set thresholds were chosen looking at the dev half only, so the held-out
-half is the unbiased figure. Prints the figures and writes results.json, report.md, report.html
+``held_out``, ``wildwatch.data.splits.hash_halves``). The bundled model's learned open-set decision
+is fitted on the dev half (``wildwatch train --negatives ood_field --negatives-half dev``), so the
+held-out half is the unbiased figure; ``--cross-fit`` also refits that decision on the held-out half
+(the library's own fit, on this model's outputs) and scores the dev half with it, so that every
+ood_field photo is scored by a decision not fitted on it ("crossfit" figures). Prints the figures and writes results.json, report.md, report.html
 and rejected_per_label.png into --out.
 
     .venv/bin/python benchmarks/open_set.py --data ../shared/data/endangered11 \\
@@ -20,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -30,10 +32,14 @@ LOOKALIKES = {"asian_elephant", "tiger", "red_panda", "polar_bear", "snow_leopar
               "serval", "puma", "gorilla", "hippo", "walrus", "bear"}
 
 
-def field_half(relpath: str, label: str, files_of_label: list[str]) -> str:
-    """'dev' or 'held_out': every other file of a label folder, in the order of their name hashes."""
-    order = sorted(files_of_label, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
-    return "dev" if order.index(relpath) % 2 == 0 else "held_out"
+def raw_outputs(pred, root: Path, relpaths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The runner's (logits, features) for photos, decoded as classify decodes them."""
+    logits, feats = [], []
+    for i in range(0, len(relpaths), 64):
+        lg, ft = pred.outputs(pred.pixels([pred.read(root / r)[0] for r in relpaths[i:i + 64]]))
+        logits.append(lg)
+        feats.append(ft)
+    return np.concatenate(logits), np.concatenate(feats)
 
 
 def predict(pred, root: Path, relpaths: list[str]) -> list:
@@ -58,11 +64,13 @@ def main() -> None:
     ap.add_argument("--field", type=Path, required=True)
     ap.add_argument("--dev", type=Path, default=None)
     ap.add_argument("--exclude", type=Path, default=None, help="label-audit CSV (path column) of flagged photos")
+    ap.add_argument("--cross-fit", action="store_true", help="score the dev half with the decision refitted on "
+                    "the held-out half (models with a learned open-set decision)")
     ap.add_argument("--out", type=Path, default=Path("runs/open_set"))
     args = ap.parse_args()
 
     from wildwatch.data.discover import expand_paths
-    from wildwatch.data.splits import split_for_model
+    from wildwatch.data.splits import hash_halves, split_for_model
     from wildwatch.inference.predictor import Predictor
     from wildwatch.models.open_set import contradicted
 
@@ -104,11 +112,12 @@ def main() -> None:
     by_label = collections.defaultdict(list)
     for f in files:
         by_label[f.split("/")[0]].append(f)
+    halves = hash_halves(files)
     field_preds = predict(pred, args.field, files)
     rows, table = [], collections.defaultdict(collections.Counter)
     for f, p in zip(files, field_preds):
         label = f.split("/")[0]
-        rows.append({"file": f, "label": label, "half": field_half(f, label, by_label[label]),
+        rows.append({"file": f, "label": label, "half": halves[f],
                      "lookalike": label in LOOKALIKES, "unknown": p.unknown, "species": p.species,
                      "looks_like": p.looks_like, "kind": p.looks_like_kind, "score": p.unknown_score})
         table[label][(p.looks_like or f"({p.looks_like_kind})") if p.unknown else f"named {p.species}"] += 1
@@ -120,6 +129,8 @@ def main() -> None:
         res[f"field_auroc_{half}"] = round(auroc([p.unknown_score for p in test_preds],
                                                  [r["score"] for r in sel]), 4)
     res["field_photos"], res["field_lookalikes"] = len(rows), sum(r["lookalike"] for r in rows)
+    if args.cross_fit:
+        res.update(cross_fit(pred, split, args, files, rows, [p.unknown_score for p in test_preds]))
     if args.dev is not None:
         dev_preds = predict(pred, args.dev, sorted(str(p.relative_to(args.dev)) for p in expand_paths([args.dev])))
         res["ood_dev_rejected"] = round(float(np.mean([p.unknown for p in dev_preds])), 4)
@@ -156,6 +167,30 @@ def main() -> None:
     for k, v in res.items():
         print(f"{k}: {v}")
     print(f"report: {args.out / 'report.html'}")
+
+
+def cross_fit(pred, split, args, files: list[str], rows: list[dict], test_scores: list[float]) -> dict:
+    """The dev half of ood_field scored by the learned decision refitted on the held-out half (validation
+    photos whose label ImageNet does not contradict against the held-out photos), the held-out half by
+    the model's own: every photo by a decision that was not fitted on it."""
+    from wildwatch.models.open_set import combiner_scores, contradicted, fit_combiner
+
+    if pred.open_set is None or pred.open_set[1].combiner is None:
+        raise SystemExit("--cross-fit: this model has no learned open-set decision")
+    val = split.part("val")
+    lg, ft = raw_outputs(pred, args.data, [s.relpath for s in val])
+    known = ~contradicted(pred.open_set[0](ft), np.array([pred.classes.index(s.label) for s in val]), pred.classes)
+    x_field = pred.combiner_inputs(*raw_outputs(pred, args.field, files))
+    half = np.array([r["half"] for r in rows])
+    refit = fit_combiner(pred.combiner_inputs(lg[known], ft[known]), x_field[half == "held_out"])
+    swapped = combiner_scores(x_field, refit["openset_combiner"], float(refit["openset_combiner_threshold"][0]))
+    scores = np.where(half == "dev", swapped, [r["score"] for r in rows])
+    unknown = scores > 1
+    look = np.array([r["lookalike"] for r in rows])
+    return {"field_rejected_crossfit": round(float(unknown.mean()), 4),
+            "field_lookalikes_rejected_crossfit": round(float(unknown[look].mean()), 4),
+            "field_auroc_crossfit": round(auroc(test_scores, list(scores)), 4),
+            "field_dev_half_rejected_by_refit": round(float(unknown[half == "dev"].mean()), 4)}
 
 
 def plot(rows: list[dict], by_label: dict, path: Path) -> None:

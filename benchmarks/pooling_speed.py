@@ -2,10 +2,11 @@
 
     python benchmarks/pooling_speed.py [--image-size 64 --batch-size 32 --steps 30 --threads 2]
 
-Each pooling (max, avg, type-2 fuzzy, type-1 fuzzy, and the fuzzy layers through the general
+Each pooling (max, avg, type-2 fuzzy, type-1 fuzzy, on the C++ loop of
+``wildwatch.models.fuzzy_native``, on the 2x2 tensor expressions, and through the general
 ``unfold`` path they took before the 2x2 closed form) trains the same model on the same random
 batches: forward, cross-entropy, backward, Adam step; in eager PyTorch, and compiled with
-``torch.compile`` (which fuses the fuzzy layers' elementwise steps). Rounds alternate between
+``torch.compile`` (which fuses the tensor expressions' elementwise steps). Rounds alternate between
 poolings so that the machine's drift is shared; the median of the rounds is reported, with each
 layer's ratio to max pooling run the same way (goal for the fuzzy layers: at least 0.5).
 Writes results.json.
@@ -24,8 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.models import create_model  # noqa: E402
-from wildwatch.models import fuzzy  # noqa: E402
+from wildwatch.models import (  # noqa: E402
+    create_model,  # noqa: E402
+    fuzzy,
+    fuzzy_native,
+)
 
 
 def general_path(model: torch.nn.Module) -> torch.nn.Module:
@@ -34,6 +38,14 @@ def general_path(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, fuzzy._FuzzyPool):
             m.forward = (lambda self: lambda x: self.rows_fn(fuzzy._patches(x, self.kernel_size, self.stride)[0])
                          .reshape(*fuzzy._patches(x, self.kernel_size, self.stride)[1]))(m)
+    return model
+
+
+def tensor_path(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its fuzzy layers on the 2x2 tensor expressions instead of the C++ loop."""
+    for m in model.modules():
+        if isinstance(m, fuzzy._FuzzyPool):
+            m.native = False
     return model
 
 
@@ -71,7 +83,9 @@ def main() -> None:
     s, b = args.image_size, args.batch_size
     batches = [torch.randn(b, 3, s, s, generator=g) for _ in range(args.steps)]
     labels = [torch.randint(0, 11, (b,), generator=g) for _ in range(args.steps)]
+    native = fuzzy_native.available()  # built once here, before anything is timed
     layers = {"max": "max", "avg": "avg", "fuzzy": "fuzzy", "fuzzy1": "fuzzy1",
+              "fuzzy (tensor path)": "fuzzy", "fuzzy1 (tensor path)": "fuzzy1",
               "fuzzy (unfold path)": "fuzzy", "fuzzy1 (unfold path)": "fuzzy1",
               "max, compiled": "max", "avg, compiled": "avg", "fuzzy, compiled": "fuzzy",
               "fuzzy1, compiled": "fuzzy1"}
@@ -84,12 +98,14 @@ def main() -> None:
             model = create_model("seed_m4_gap", 11, image_size=s, pool=pool)
             if "unfold" in name:
                 model = general_path(model)
+            if "tensor" in name or "compiled" in name:
+                model = tensor_path(model)
             if "compiled" in name:  # compiled once, the first round (its time is not counted)
                 model = compiled.setdefault(name, torch.compile(model))
             train_rate(model, batches[:3], labels[:3])  # warm-up
             train[name].append(train_rate(model, batches, labels))
             infer[name].append(infer_rate(model, batches))
-    results = {"image_size": s, "batch_size": b, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
+    results = {"native_kernel": native, "image_size": s, "batch_size": b, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
                "train_img_per_s": {k: round(statistics.median(v), 1) for k, v in train.items()},
                "infer_img_per_s": {k: round(statistics.median(v), 1) for k, v in infer.items()}}
     def base(k, what):  # each layer against max pooling run the same way (eager or compiled)
@@ -101,7 +117,8 @@ def main() -> None:
                                      for k, v in results["infer_img_per_s"].items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"seed_m4_gap, {s} px, batch {b}, {args.threads} threads; median of {args.rounds} rounds")
+    print(f"seed_m4_gap, {s} px, batch {b}, {args.threads} threads; median of {args.rounds} rounds; "
+          f"fuzzy layers {'on the C++ loop' if native else 'on the tensor path (no C++ kernel built)'}")
     print(f"{'pooling':<22}{'train img/s':>12}{'ratio':>8}{'infer img/s':>13}{'ratio':>8}")
     for k in layers:
         print(f"{k:<22}{results['train_img_per_s'][k]:>12}{results['train_ratio_to_max'][k]:>8}"

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wildwatch.models.files import read_model_meta
 from wildwatch.inference import bundled_model_path
+from wildwatch.models.files import read_model_meta
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.models.files import resolve_model_path  # noqa: E402
 from wildwatch.data.splits import split_for_model  # noqa: E402
 from wildwatch.inference.predictor import Predictor, bundled_model_path  # noqa: E402
+from wildwatch.models.files import resolve_model_path  # noqa: E402
 from wildwatch.robustness import corruptions as C  # noqa: E402
 from wildwatch.robustness.benchmark import eval_crop, stratified_subset  # noqa: E402
 

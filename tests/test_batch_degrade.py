@@ -8,10 +8,9 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import draw_shape
-from wildwatch.robustness.batch_degrade import (OPS, BatchDegrade, gaussian_kernels, jpeg, line_kernels,
-                                                per_image_conv)
+
+from wildwatch.robustness.batch_degrade import OPS, BatchDegrade, gaussian_kernels, jpeg, line_kernels, per_image_conv
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_DATA, draw_shape
 from PIL import Image
 
-from conftest import REAL_DATA, draw_shape
 from wildwatch.engine.transfer import fit_temperature
 from wildwatch.inference import Predictor, bundled_model_path
 from wildwatch.models import create_model
@@ -159,8 +159,8 @@ def test_robust_mode_names_real_photos_and_holds_up_under_blur():
 def test_a_species_model_with_other_classes_is_refused(tmp_path):
     import shutil
 
-    from wildwatch.models.files import ModelFileError
     from wildwatch.inference.predictor import bundled_species_path
+    from wildwatch.models.files import ModelFileError
 
     src = bundled_species_path()
     shutil.copy(src, tmp_path / "s.onnx")

@@ -3,9 +3,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import draw_shape, make_shapes_folder, write_near_duplicates_csv
 from PIL import Image
 
-from conftest import draw_shape, make_shapes_folder, write_near_duplicates_csv
 from wildwatch.data import ImageLoadError, discover_images, load_image
 from wildwatch.data.splits import Split, assign_groups, perceptual_groups, split_by_group
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
 from conftest import free_port
+
 from wildwatch.config import TrainConfig
 from wildwatch.engine.train import fit
-
 
 
 def _cfg(data, out, batch):

@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from wildwatch.config import TrainConfig
-from wildwatch.models.files import ModelFileError, load_model, read_model_meta
 from wildwatch.engine.checkpoint import load_state
 from wildwatch.engine.evaluate import evaluate_model
 from wildwatch.engine.train import fit
+from wildwatch.models.files import ModelFileError, load_model, read_model_meta
 
 
 def _cfg(data, out, **kw):

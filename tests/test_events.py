@@ -1,7 +1,7 @@
 """The events store, `wildwatch events`, and the events API of `wildwatch serve`."""
 
-import io
 import csv
+import io
 import json
 import random
 import sqlite3
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import camtrap_dp_errors, draw_shape
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import camtrap_dp_errors, draw_shape
 from wildwatch.monitor.events import EventStore, Sighting
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")

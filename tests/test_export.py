@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from wildwatch.engine.label_audit import confident_learning, out_of_fold_probs
 from wildwatch.data.transforms import Preprocess
-from wildwatch.models.files import save_model
+from wildwatch.engine.label_audit import confident_learning, out_of_fold_probs
 from wildwatch.inference import Predictor
 from wildwatch.inference.export import export
 from wildwatch.models import create_model
+from wildwatch.models.files import save_model
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import camtrap_dp_errors, draw_shape
 from PIL import Image
 
-from conftest import camtrap_dp_errors, draw_shape
 from wildwatch.field import Place, local_status, possible_in, range_table, read_place
 from wildwatch.inference import Predictor
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_shapes_folder
+
 from wildwatch.config import TrainConfig
 from wildwatch.engine.fit import fit
 from wildwatch.models.files import read_model_meta

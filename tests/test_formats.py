@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import OOD_DATA, REAL_DATA
+from PIL import Image
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 
@@ -32,8 +31,10 @@ def md_validate(path: Path) -> list[str]:
 
 def md_smooth_and_convert(path: Path, tmp_path: Path) -> dict:
     """MegaDetector's image-level smoothing (which parses the taxonomy strings) and its CSV export."""
-    from megadetector.postprocessing.classification_postprocessing import (ClassificationSmoothingOptions,
-                                                                            smooth_classification_results_image_level)
+    from megadetector.postprocessing.classification_postprocessing import (
+        ClassificationSmoothingOptions,
+        smooth_classification_results_image_level,
+    )
     from megadetector.postprocessing.convert_output_format import convert_json_to_csv
 
     smoothed = tmp_path / "smoothed.json"
@@ -262,6 +263,7 @@ def test_the_camtrap_checker_catches_what_the_standard_forbids(tmp_path):
 
 def test_camtrap_dp_from_monitor_events_with_fractional_times(tmp_path):
     from conftest import camtrap_dp_errors
+
     from wildwatch.monitor.events import EventStore, Sighting
 
     db = tmp_path / "events.db"

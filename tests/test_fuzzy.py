@@ -97,26 +97,80 @@ def test_seed_models_take_every_pooling(pool):
     assert all(p.grad is not None for p in model.parameters())
 
 
+PATHS = {"C++ loop": True, "tensor expressions": False}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("layer,rows", [(FuzzyPool2d, "fuzzy_type2_rows"), (FuzzyPool2dType1, "fuzzy_type1_rows")])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 5), (3, 2, 10, 13)])
-def test_the_2x2_closed_form_is_the_unfold_path(layer, rows, shape):
-    """The seed CNNs' 2x2/stride-2 windows take a closed form on four strided views: the same
-    function as the general path (which the references above check), ties and flat windows included."""
+def test_the_2x2_closed_form_is_the_unfold_path(layer, rows, shape, path):
+    """The seed CNNs' 2x2/stride-2 windows take a closed form (one C++ loop, or tensor expressions on
+    four strided views): the same function as the general path (which the references above check),
+    ties and flat windows included."""
     import wildwatch.models.fuzzy as fz
 
     torch.manual_seed(shape[-1])
+    pool = layer(2, 2, native=PATHS[path])
     for x in (torch.randn(*shape, dtype=torch.float64),
               torch.randint(0, 3, shape).to(torch.float64),  # many ties and flat windows
               torch.zeros(*shape, dtype=torch.float64)):
         patches, (n, c, ho, wo) = fz._patches(x, 2, 2)
         general = getattr(fz, rows)(patches).reshape(n, c, ho, wo)
-        torch.testing.assert_close(layer(2, 2)(x), general, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(layer(2, 2)(x), ref_pool(x, 2, 2, ref_type2 if layer is FuzzyPool2d else ref_type1),
+        torch.testing.assert_close(pool(x), general, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pool(x), ref_pool(x, 2, 2, ref_type2 if layer is FuzzyPool2d else ref_type1),
                                    rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
-def test_gradcheck_of_the_2x2_closed_form(layer):
+def test_gradcheck_of_the_2x2_closed_form(layer, path):
     torch.manual_seed(1)
     x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(layer(2, 2), (x,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(layer(2, 2, native=PATHS[path]), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_the_cpp_loop_is_built_and_used():
+    """On a machine with a C++ compiler (CI's, a developer's) the 2x2 layers run the C++ loop."""
+    from wildwatch.models import fuzzy_native
+
+    assert fuzzy_native.available()
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    assert FuzzyPool2d(2)(x).grad_fn.name().endswith("_Pool2x2Backward")
+    assert FuzzyPool2d(2, native=False)(x).grad_fn.name() != FuzzyPool2d(2)(x).grad_fn.name()
+
+
+@pytest.mark.parametrize("layer", [FuzzyPool2d, FuzzyPool2dType1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_cpp_loop_has_the_gradient_of_the_tensor_expressions(layer, dtype):
+    """Gradients of the C++ loop against autograd through the tensor expressions, on random values,
+    on values with many ties (max, min and flat windows) and on odd sizes (a dropped row and column)."""
+    torch.manual_seed(2)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for x in (torch.randn(2, 8, 12, 12, dtype=dtype), torch.randint(0, 3, (2, 3, 7, 9)).to(dtype),
+              torch.randn(1, 3, 9, 5, dtype=dtype).relu()):
+        grads = []
+        for native in (True, False):
+            xi = x.clone().requires_grad_(True)
+            y = layer(2, 2, native=native)(xi)
+            g = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+            grads.append((y.detach(), torch.autograd.grad(y, xi, g)[0]))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=tol, atol=tol)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=tol, atol=tol)
+
+
+def test_without_the_kernel_the_layers_take_the_tensor_path(tmp_path):
+    """WILDWATCH_FUZZY_NATIVE=0 (or a machine without a compiler) leaves the tensor expressions: same results."""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; from wildwatch.models import fuzzy_native; from wildwatch.models.fuzzy import FuzzyPool2d;"
+            "x = torch.load(sys.argv[1], weights_only=True); y = FuzzyPool2d(2)(x.requires_grad_());"
+            "assert not fuzzy_native.available(); assert 'Pool2x2' not in y.grad_fn.name();"
+            "torch.save(y.detach(), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], check=True,
+                   env={**os.environ, "WILDWATCH_FUZZY_NATIVE": "0"})
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), FuzzyPool2d(2)(x))

@@ -18,10 +18,10 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import free_port
-from test_monitor import colour_classifier, config, jpeg, serve, RED
+from PIL import Image
+from test_monitor import RED, colour_classifier, config, jpeg, serve
+
 from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig, WebhookSink, WebhookSinkConfig
 from wildwatch.monitor.events import EventStore, EventStoreError
 from wildwatch.monitor.fetch import Fetcher, FetchRefused

@@ -86,6 +86,7 @@ def test_every_recipe_is_a_strategy_of_the_one_skeleton():
 
 def test_cli_prints_expected_errors_and_keeps_bugs():
     import typer
+
     from wildwatch.cli import friendly_errors
     from wildwatch.errors import UsageError
 

@@ -9,9 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from conftest import REAL_DATA
 from PIL import Image
 
-from conftest import REAL_DATA
 from wildwatch.inference.predictor import Prediction
 from wildwatch.monitor.cases import CaseBook, Post
 from wildwatch.monitor.events import EventStore
@@ -292,6 +292,7 @@ def test_hostile_pages_are_cut_off(web):
 
 def test_the_watch_files_cases_from_every_source_and_alerts_once(web, tmp_path):
     from test_monitor import colour_classifier, config
+
     from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig
     from wildwatch.monitor.run import Monitor
 
@@ -323,10 +324,10 @@ def test_the_review_queue_in_a_real_browser(tmp_path):
     import threading
 
     import uvicorn
-    from playwright.sync_api import sync_playwright
-
     from conftest import free_port
+    from playwright.sync_api import sync_playwright
     from test_service import CHROMIUM
+
     from wildwatch.data.splits import dhash64
     from wildwatch.inference.predictor import Predictor
     from wildwatch.service.app import create_app
@@ -404,6 +405,7 @@ def test_a_case_alert_carries_the_case(web, tmp_path):
     import base64
 
     from test_monitor import Receiver, colour_classifier, config
+
     from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, WebhookSinkConfig
     from wildwatch.monitor.run import Monitor
 

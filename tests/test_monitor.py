@@ -16,12 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA, free_port
 from PIL import Image
 
-from conftest import REAL_DATA, free_port
 from wildwatch.inference.predictor import Prediction
-from wildwatch.monitor.alerts import (AlertPolicy, EmailSink, EmailSinkConfig, WebhookSinkConfig, make_sinks,
-                                      status_categories, verify)
+from wildwatch.monitor.alerts import (
+    AlertPolicy,
+    EmailSink,
+    EmailSinkConfig,
+    WebhookSinkConfig,
+    make_sinks,
+    status_categories,
+    verify,
+)
 from wildwatch.monitor.events import EventStore
 from wildwatch.monitor.run import Monitor, MonitorConfig
 from wildwatch.monitor.sources import VideoSource, keyword_hits, parse_feed

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildwatch.models.imagenet import (GROUP, ImageNetHead, dequantise_head, imagenet_classes, imagenet_index,
-                                       quantise_head)
+from wildwatch.models.imagenet import (
+    GROUP,
+    ImageNetHead,
+    dequantise_head,
+    imagenet_classes,
+    imagenet_index,
+    quantise_head,
+)
 from wildwatch.models.open_set import OpenSet, contradicted, fit_open_set, looks_like
 
 CLASSES = ["african_elephant", "amur_leopard", "arctic_fox", "cheetahs", "chimpanzee", "jaguars", "lion",
@@ -134,9 +140,9 @@ def test_training_cleans_labels_adds_the_int8_view_and_stores_the_open_set_decis
     from conftest import make_shapes_folder
 
     from wildwatch.config import TrainConfig
-    from wildwatch.models.files import load_extras, read_model_meta
     from wildwatch.engine.fit import fit
     from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.files import load_extras, read_model_meta
 
     data = make_shapes_folder(tmp_path / "shapes", per_class=12)
     out = tmp_path / "run"
@@ -158,3 +164,81 @@ def test_training_cleans_labels_adds_the_int8_view_and_stores_the_open_set_decis
     [p] = pred.predict_images([Image.new("RGB", (200, 200), (128, 128, 128))])
     assert pred.open_set is not None and (not p.unknown or p.looks_like_kind in ("animal", "person", "vehicle",
                                                                                   "scene", "object"))
+
+
+def test_the_learned_decision_separates_other_photos_and_rejects_its_share_of_known_ones():
+    from wildwatch.models.open_set import combiner_scores, fit_combiner
+
+    rng = np.random.default_rng(0)
+    known = rng.normal(0, 1, (400, 11))
+    other = rng.normal(0, 1, (120, 11))
+    other[:, 0] += 3.0  # far from the training photos (log Mahalanobis / threshold)
+    other[:, 1] += 1.5  # and some foreign evidence
+    fit = fit_combiner(known, other, known_rejected=0.05)
+    w, t = fit["openset_combiner"], float(fit["openset_combiner_threshold"][0])
+    assert w.shape == (12,) and w[0] > 0 and w[1] > 0 and abs(w[0]) > abs(w[5:11]).max()
+    s_known, s_other = combiner_scores(known, w, t), combiner_scores(other, w, t)
+    assert abs((s_known > 1).mean() - 0.05) < 0.01  # the share asked for, on the photos it was fitted on
+    assert (s_other > 1).mean() > 0.9
+    fresh = rng.normal(0, 1, (2000, 11))
+    assert (combiner_scores(fresh, w, t) > 1).mean() < 0.09
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_combiner(known, other[:5])
+
+
+def test_hash_halves_alternate_within_each_label_and_ignore_other_folders():
+    from wildwatch.data.splits import hash_halves
+
+    files = [f"tiger/{i}.jpg" for i in range(9)] + [f"person/{i}.jpg" for i in range(4)]
+    halves = hash_halves(files)
+    assert set(halves) == set(files) and set(halves.values()) == {"dev", "held_out"}
+    tiger = [halves[f] for f in files if f.startswith("tiger/")]
+    assert sorted(tiger).count("dev") == 5 and tiger.count("held_out") == 4
+    assert {f: h for f, h in hash_halves(files[:9]).items()} == {f: halves[f] for f in files[:9]}
+    assert hash_halves(list(reversed(files))) == halves
+
+
+def test_training_with_negatives_fits_the_learned_decision_on_one_half(tmp_path):
+    import random
+
+    from conftest import make_shapes_folder
+
+    from wildwatch.config import TrainConfig
+    from wildwatch.engine.fit import fit
+    from wildwatch.errors import UsageError
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.files import load_extras, read_model_meta
+
+    data = make_shapes_folder(tmp_path / "shapes", per_class=40)
+    negatives = tmp_path / "other"
+    rng = random.Random(0)
+    for label in ("noise", "stripes"):
+        (negatives / label).mkdir(parents=True)
+        for i in range(11):
+            px = bytes(rng.randrange(256) for _ in range(48 * 48 * 3))
+            img = Image.frombytes("RGB", (48, 48), px)
+            if label == "stripes":
+                img = img.point(lambda v: 255 if v > 128 else 0)
+            img.save(negatives / label / f"{i}.png")
+    out = tmp_path / "run"
+    fit(TrainConfig(data=data, model="effnet_lite0", out=out, epochs=1, views=1, degrade_views=0, int8_view=False,
+                    batch_size=32, negatives=negatives, negatives_half="dev"), progress=False)
+    extras = load_extras(out / "model.safetensors")
+    assert extras["openset_combiner"].shape == (12,) and extras["openset_combiner_threshold"].shape == (1,)
+    meta = read_model_meta(out / "model.safetensors")
+    assert meta["metrics"]["open_set_negatives"] == 12  # 6 of each label's 11: the dev half only
+    pred = Predictor.from_file(out, backend="torch")
+    rule = pred.open_set[1]
+    assert rule.combiner is not None
+    # the score a photo gets is the learned decision's, computed from the raw outputs
+    img = Image.open(next((data / "red_circles").glob("*.jpg"))).convert("RGB")
+    logits, feats = pred.outputs(pred.pixels([img]))
+    from wildwatch.models.open_set import combiner_scores
+
+    expected = combiner_scores(pred.combiner_inputs(logits, feats), rule.combiner, rule.combiner_threshold)
+    [p] = pred.predict_images([img])
+    assert p.unknown_score == pytest.approx(float(expected[0]), rel=1e-4)
+    assert p.unknown == (float(expected[0]) > 1)
+    with pytest.raises(UsageError, match="--negatives"):
+        fit(TrainConfig(data=data, model="seed_m4_gap", out=tmp_path / "seed", epochs=1, negatives=negatives),
+            progress=False)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from wildwatch.data.transforms import Preprocess
-from wildwatch.models.files import save_model
 from wildwatch.models import create_model
+from wildwatch.models.files import save_model
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 

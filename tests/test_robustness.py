@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import OOD_DATA, REAL_DATA, make_shapes_folder
 from PIL import Image
 
-from conftest import OOD_DATA, REAL_DATA, make_shapes_folder
 from wildwatch.robustness import corruptions as C
 from wildwatch.robustness.augment import OPS, Degrade
 
@@ -144,8 +144,8 @@ def test_benchmark_runs_resumes_and_reports(tmp_path):
 
 def test_degraded_views_are_cached_and_used_in_training(tmp_path):
     from wildwatch.config import TrainConfig
-    from wildwatch.models.files import load_model
     from wildwatch.engine.fit import fit
+    from wildwatch.models.files import load_model
 
     data = make_shapes_folder(tmp_path / "shapes", per_class=12)
     cfg = TrainConfig(data=data, model="effnet_lite0", out=tmp_path / "run", epochs=1, views=1, degrade_views=1,

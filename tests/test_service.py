@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REAL_DATA, draw_shape, free_port
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import REAL_DATA, draw_shape, free_port
 from wildwatch.inference import Predictor
 from wildwatch.service.app import Limits, create_app
 
@@ -106,7 +106,6 @@ def test_concurrent_requests_share_model_calls(predictor):
 @pytest.fixture(scope="module")
 def live_server(predictor, tmp_path_factory):
     import uvicorn
-
     from test_events import make_events_db
 
     db = make_events_db(tmp_path_factory.mktemp("events") / "events.db")

@@ -66,6 +66,11 @@ def train(
                                                 "random CCTV-style degradation (robustness). Default: the "
                                                 "model's recipe (2 for effnet_lite0)."),
     ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
+    negatives: Optional[Path] = typer.Option(None, help="Pretrained backbones: folder of photos of none of the "
+                                             "classes (one subfolder per label, not from ImageNet) that the "
+                                             "learned open-set decision is fitted on."),
+    negatives_half: str = typer.Option("all", help="all, dev or held_out: fit on one half of --negatives (split "
+                                       "by file-name hash per label) and keep the other for measuring."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
@@ -93,6 +98,7 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
+             "negatives": negatives, "negatives_half": negatives_half,
              "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view, "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -33,6 +33,12 @@ class TrainConfig(BaseModel):
     degrade_views: Optional[int] = Field(None, ge=0, description="views of each training photo with random CCTV-style "
                                "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
+    negatives: Optional[Path] = Field(None, description="pretrained backbones (cached-feature recipe): photos of "
+                                      "none of the classes, one folder per label, that the learned open-set "
+                                      "decision is fitted on (wildwatch.models.open_set)")
+    negatives_half: Literal["all", "dev", "held_out"] = Field("all", description="which half of --negatives to fit "
+                                                              "on (wildwatch.data.splits.hash_halves); the other "
+                                                              "half stays a measurement")
     clean_labels: bool = Field(True, description="pretrained backbones (cached-feature recipe): leave out of "
                                "training the photos whose folder label the ImageNet classifier contradicts")
     int8_view: bool = Field(True, description="pretrained backbones (cached-feature recipe): also train on the "

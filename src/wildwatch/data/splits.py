@@ -211,3 +211,22 @@ def dhash64(img) -> int:
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
+
+
+HALVES = ("dev", "held_out")
+
+
+def hash_halves(relpaths: Sequence[str]) -> dict[str, str]:
+    """"dev" or "held_out" for each path (relative to its collection's root): within each label folder (the
+    path's first part), every other file in the order of the SHA-256 of its path. Stable, and the same
+    whichever other files the collection holds in other folders: what one half is fitted on, the other reports."""
+    import hashlib
+
+    by_label: dict[str, list[str]] = {}
+    for r in relpaths:
+        by_label.setdefault(r.split("/")[0], []).append(r)
+    out = {}
+    for files in by_label.values():
+        for i, r in enumerate(sorted(files, key=lambda p: hashlib.sha256(p.encode()).hexdigest())):
+            out[r] = HALVES[i % 2]
+    return out

@@ -158,6 +158,9 @@ def write_history(path: Path, history: list[dict]) -> None:
 def strategy_for(cfg: TrainConfig) -> Strategy:
     """The recipe ``cfg`` asks for: fine-tuning, the cached-feature recipe of pretrained backbones, or from scratch."""
     pretrained = bool(get_entry(cfg.model).preprocess)
+    if cfg.negatives is not None and (cfg.finetune or not pretrained):
+        raise UsageError("--negatives fits the learned open-set decision of the cached-feature recipe of "
+                         "pretrained backbones (effnet_lite0 without --finetune)")
     if cfg.finetune:
         if not pretrained:
             raise UsageError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with "

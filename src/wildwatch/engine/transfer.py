@@ -27,7 +27,7 @@ from wildwatch.data.discover import Sample, ood_images
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
 from wildwatch.engine.fit import Best, Recipe, Run, model_preprocess, seed_everything
-from wildwatch.errors import UsageError
+from wildwatch.errors import DataError, UsageError
 from wildwatch.inference import unknown as ood
 from wildwatch.models import create_model, open_set
 from wildwatch.models.files import MODEL_FILENAME, save_model
@@ -183,15 +183,15 @@ def clean_training_labels(q: np.ndarray, labels: np.ndarray, classes: list[str],
     return ~bad
 
 
-def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, head: ImageNetHead) -> dict:
-    """Unknown rates of the whole open-set decision (Mahalanobis or ImageNet evidence) on the test split
-    and, when ``outputs`` has them ("ood"), on the photos of none of the classes."""
-    rule = open_set.OpenSet(*(stored[k].float().numpy() for k in ("openset_foreign", "openset_support",
-                                                                  "openset_beta")))
+def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, temperature: float,
+                     head: ImageNetHead) -> dict:
+    """Unknown rates of the whole open-set decision (learned, or Mahalanobis or ImageNet evidence) on the
+    test split and, when ``outputs`` has them ("ood"), on the photos of none of the classes."""
+    rule = open_set.OpenSet.from_extras({k: v.float().numpy() for k, v in stored.items()})
     mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
 
     def combined(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        return np.maximum.reduce([mahalanobis(feats) / threshold, *rule.scores(head(feats), logits.argmax(1))])
+        return rule.unknown(mahalanobis(feats) / threshold, head(feats), logits.argmax(1), softmax(logits, temperature))
 
     test_logits, test_feats = outputs["test"]
     if not len(y["test"]):
@@ -364,6 +364,34 @@ class CachedFeatureTransfer(Recipe):
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_state = state.get("best_model")
 
+    def fit_combiner(self, val: tuple[np.ndarray, np.ndarray], y_val: np.ndarray, stored: dict, threshold: float,
+                     temperature: float, classes: list[str]) -> dict[str, np.ndarray]:
+        """The learned open-set decision (``open_set.fit_combiner``): validation photos whose label the ImageNet
+        classifier does not contradict against the photos of ``--negatives`` (the half asked for), all scored
+        with the stored (fp16, 4-bit) statistics, as a model file scores them."""
+        from wildwatch.data.splits import hash_halves
+
+        cfg = self.run.cfg
+        root = Path(cfg.negatives)
+        files = [str(p.relative_to(root)) for p in ood_images(root)]
+        half = hash_halves(files)
+        files = [f for f in files if cfg.negatives_half == "all" or half[f] == cfg.negatives_half]
+        if not files:
+            raise DataError(f"{root}: no photos for the learned open-set decision (half: {cfg.negatives_half})")
+        acts = cache_view(self.runner, root, [Sample(f, "other") for f in files], eval_transform(self.pre),
+                          self.cache / f"negatives_{cfg.negatives_half}.npy", 0, desc="other photos")
+        self.negatives_used = len(files)
+        rule = open_set.OpenSet(*(stored[k].float().numpy() for k in ("openset_foreign", "openset_support",
+                                                                      "openset_beta")))
+        mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
+
+        def features(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
+            return open_set.combiner_features(mahalanobis(feats) / threshold, self.head(feats), logits.argmax(1),
+                                              softmax(logits, temperature), rule)
+
+        known = ~open_set.contradicted(self.head(val[1]), y_val, classes)
+        return open_set.fit_combiner(features(val[0][known], val[1][known]), features(*head_outputs(self.model, acts)))
+
     def finish(self, run: Run, best: Best, history: list[dict]):
         cfg, model, y, keep = run.cfg, self.model, self.y, self.keep
         model.load_state_dict(self.best_state, strict=False)
@@ -383,7 +411,11 @@ class CachedFeatureTransfer(Recipe):
                                                            ood_feats)
         rule = open_set.fit_open_set(self.q_train[keep], y["train"][keep], classes)
         stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**self.head.stored, **rule}.items()})
-        scores.update(open_set_metrics(out_logits, y, stored, threshold, self.head))
+        if cfg.negatives is not None:
+            combiner = self.fit_combiner(out_logits["val"], y["val"], stored, threshold, temperature, classes)
+            stored.update({k: torch.from_numpy(v) for k, v in combiner.items()})
+            scores["open_set_negatives"] = self.negatives_used
+        scores.update(open_set_metrics(out_logits, y, stored, threshold, temperature, self.head))
         scores["training_photos_left_out"] = int((~keep).sum())
         metrics = {"val_accuracy": round(best.val_acc, 5), **scores, "seconds_caching": round(self.seconds_caching, 1)}
         metrics["seconds_total"] = round(time.perf_counter() - run.started, 1)

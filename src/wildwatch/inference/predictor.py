@@ -22,7 +22,7 @@ from wildwatch.field import place_from_exif
 from wildwatch.inference import unknown as ood
 from wildwatch.models.files import load_extras, read_model_meta
 from wildwatch.models.imagenet import ImageNetHead
-from wildwatch.models.open_set import OpenSet, looks_like
+from wildwatch.models.open_set import OpenSet, combiner_features, looks_like
 from wildwatch.reports.metrics import softmax
 from wildwatch.species import species_info
 
@@ -261,16 +261,26 @@ class Predictor:
         return self._open_set or None
 
     def open_set_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(unknown score, ImageNet probabilities) per photo. With the open-set decision the score is
-        the largest of the Mahalanobis distance over its threshold and the two ImageNet-evidence parts
-        (``wildwatch.models.open_set``), so 1.0 is the threshold; without it, the raw detector score."""
+        """(unknown score, ImageNet probabilities) per photo. With the open-set decision the score is the
+        learned decision on the Mahalanobis distance and the ImageNet evidence, or the largest of the parts
+        each over its threshold (``wildwatch.models.open_set``), so 1.0 is the threshold; without it, the
+        raw detector score."""
         scores = self.unknown_scores(logits, feats)
         parts = self.open_set
         if parts is None or scores is None or feats is None or self.unknown_threshold is None:
             return scores, None
         q = parts[0](feats)
-        foreign, lack = parts[1].scores(q, logits.argmax(1))
-        return np.maximum.reduce([scores / self.unknown_threshold, foreign, lack]), q
+        return parts[1].unknown(scores / self.unknown_threshold, q, logits.argmax(1),
+                                softmax(logits, self.temperature)), q
+
+    def combiner_inputs(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray | None:
+        """The inputs of the learned open-set decision (``open_set.combiner_features``) for raw outputs, or
+        None when the model has no open-set decision: what refitting that decision on other photos needs."""
+        scores, parts = self.unknown_scores(logits, feats), self.open_set
+        if parts is None or scores is None or self.unknown_threshold is None:
+            return None
+        return combiner_features(scores / self.unknown_threshold, parts[0](feats), logits.argmax(1),
+                                 softmax(logits, self.temperature), parts[1])
 
     def decision_threshold(self) -> float | None:
         """What ``open_set_scores`` are compared with: 1.0 with the open-set decision, else the detector's threshold."""

@@ -2,8 +2,9 @@
 
 Any window size is vectorised with ``unfold``: every k x k patch of every channel becomes a row,
 and the pooling rule is computed on all rows at once. The 2x2, stride-2 windows of the seed CNNs
-take a closed form on the four strided views of the input instead (no unfold, no sort), at a cost
-close to the pooling it replaces; both paths compute the same function. Both are differentiable almost everywhere (the
+take a closed form on the four strided views of the input instead (no unfold, no sort), and on
+the CPU one C++ loop per layer (``wildwatch.models.fuzzy_native``) where a compiler is at hand; all
+paths compute the same function. All are differentiable almost everywhere (the
 choice of which values to keep is piecewise constant, as in max pooling).
 """
 
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from wildwatch.models import fuzzy_native
 
 SIGMA_EPS = 1e-4
 
@@ -123,14 +126,18 @@ def fuzzy_type1_2x2(x: torch.Tensor) -> torch.Tensor:
 class _FuzzyPool(nn.Module):
     rows_fn = staticmethod(fuzzy_type2_rows)
     fast_2x2 = staticmethod(fuzzy_type2_2x2)
+    native_kind = "type2"
 
-    def __init__(self, kernel_size: int = 2, stride: int | None = None):
+    def __init__(self, kernel_size: int = 2, stride: int | None = None, native: bool = True):
         super().__init__()
         self.kernel_size = int(kernel_size)
         self.stride = int(stride) if stride is not None else self.kernel_size
+        self.native = native  # 2x2 windows on the CPU: the C++ loop of fuzzy_native when it is built
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_size == 2 and self.stride == 2:  # the seed CNNs' pooling: the closed form, no unfold
+            if self.native and fuzzy_native.usable(x):
+                return fuzzy_native.pool_2x2(x, self.native_kind)
             return self.fast_2x2(x)
         rows, (n, c, ho, wo) = _patches(x, self.kernel_size, self.stride)
         return self.rows_fn(rows).reshape(n, c, ho, wo)
@@ -176,3 +183,4 @@ class FuzzyPool2dType1(_FuzzyPool):
 
     rows_fn = staticmethod(fuzzy_type1_rows)
     fast_2x2 = staticmethod(fuzzy_type1_2x2)
+    native_kind = "type1"

@@ -24,6 +24,8 @@ lookalike, a drawing, a toy): they clean the training labels (``contradicted``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from wildwatch.models.imagenet import animal_mask, imagenet_classes, imagenet_index
@@ -98,17 +100,28 @@ def fit_open_set(q: np.ndarray, labels: np.ndarray, classes: list[str], tau: flo
 class OpenSet:
     """Scores photos with the fitted thresholds; ``scores`` gives (foreign, lack of support), 1 = threshold."""
 
-    def __init__(self, foreign: np.ndarray, support: np.ndarray, beta: np.ndarray):
+    def __init__(self, foreign: np.ndarray, support: np.ndarray, beta: np.ndarray,
+                 combiner: np.ndarray | None = None, combiner_threshold: float | None = None):
         foreign = np.asarray(foreign, np.float32)
         self.inv_foreign = np.where(foreign > 0, 1.0 / np.maximum(foreign, 1e-6), 0.0).astype(np.float32)
         self.support = np.asarray(support, np.float32)
         self.beta = np.asarray(beta, np.float32)
+        self.combiner = None if combiner is None else np.asarray(combiner, np.float64)
+        self.combiner_threshold = None if combiner_threshold is None else float(np.asarray(combiner_threshold).ravel()[0])
 
     @classmethod
     def from_extras(cls, extras: dict[str, np.ndarray]) -> "OpenSet | None":
         if "openset_foreign" not in extras:
             return None
-        return cls(extras["openset_foreign"], extras["openset_support"], extras["openset_beta"])
+        return cls(extras["openset_foreign"], extras["openset_support"], extras["openset_beta"],
+                   extras.get("openset_combiner"), extras.get("openset_combiner_threshold"))
+
+    def unknown(self, maha: np.ndarray, q: np.ndarray, k: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """The unknown score, 1.0 = threshold: the learned decision where the model file has one, else the
+        largest of the Mahalanobis distance over its threshold (``maha``) and the two ImageNet parts."""
+        if self.combiner is not None:
+            return combiner_scores(combiner_features(maha, q, k, probs, self), self.combiner, self.combiner_threshold)
+        return np.maximum.reduce([maha, *self.scores(q, k)])
 
     def scores(self, q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         foreign = (q * self.inv_foreign[k]).max(1)
@@ -130,3 +143,75 @@ def looks_like(q: np.ndarray, minimum: float = LOOKS_LIKE_MIN) -> list[tuple[str
             mass = {kd: float(row[kinds == kd].sum()) for kd in ("animal", "person", "vehicle", "scene", "object")}
             out.append(("", max(mass, key=mass.get), float(row[j])))
     return out
+
+
+# ---- the learned decision ---------------------------------------------------------------------
+# The parts above, each against its own threshold, miss lookalikes that none of them is sure of
+# (a walrus: unlike the training photos, but not by enough; ImageNet sure of nothing). A logistic
+# regression on the evidence of every part at once, fitted on validation photos of the species
+# against photos of other animals and scenes, weighs them together. It needs "other" photos that
+# are not ImageNet's own (the backbone has seen those): the recipe takes them with --negatives.
+COMBINER_FEATURES = ("log Mahalanobis / threshold", "log foreign", "log lack of support", "log foreign / support mass",
+                     "log (1 - 11-class confidence)", "ImageNet entropy", "log ImageNet top probability",
+                     "log person mass", "log vehicle mass", "log scene mass", "log object mass")
+COMBINER_C = 3.0  # inverse L2 strength, as in scikit-learn's LogisticRegression
+COMBINER_KNOWN_REJECTED = 0.025  # the share of validation photos (labels not contradicted) it calls unknown
+
+
+def combiner_features(maha: np.ndarray, q: np.ndarray, k: np.ndarray, probs: np.ndarray, rule: "OpenSet") -> np.ndarray:
+    """N x 11 inputs of the learned decision (``COMBINER_FEATURES``): ``maha`` the Mahalanobis distance over its
+    threshold, ``q`` the ImageNet probabilities, ``k`` the 11-class head's choice, ``probs`` its calibrated
+    probabilities, ``rule`` the fitted thresholds of the ImageNet evidence."""
+    foreign, lack = rule.scores(q, k)
+    support = rule.support[k]
+    other = (q * (_animal()[None] & (support == 0))).sum(1)
+    held = (q * support).sum(1)
+    kinds = _kinds()
+    mass = [np.log((q * (kinds == kind)).sum(1) + 1e-4) for kind in ("person", "vehicle", "scene", "object")]
+    return np.stack([np.log(np.maximum(maha, 1e-6)), np.log(foreign + 1e-4), np.log(np.maximum(lack, 1e-6)),
+                     np.log(other + 1e-4) - np.log(held + 1e-4), np.log(1 - probs.max(1) + 1e-4),
+                     -(q * np.log(q + 1e-12)).sum(1), np.log(q.max(1)), *mass], 1).astype(np.float64)
+
+
+def fit_combiner(known: np.ndarray, other: np.ndarray, c: float = COMBINER_C,
+                 known_rejected: float = COMBINER_KNOWN_REJECTED) -> dict[str, np.ndarray]:
+    """L2-regularised logistic regression, "other" against "known", each side weighing as much in all
+    (Newton's method: 12 parameters), and the threshold that calls ``known_rejected`` of ``known`` unknown.
+
+    Returns ``openset_combiner`` (11 weights and the bias) and ``openset_combiner_threshold``."""
+    if len(other) < 10 or len(known) < 10:
+        raise ValueError(f"the learned open-set decision needs at least 10 photos each side, got {len(known)} "
+                         f"known and {len(other)} other")
+    x = np.concatenate([known, other])
+    x1 = np.concatenate([x, np.ones((len(x), 1))], 1)
+    y = np.r_[np.zeros(len(known)), np.ones(len(other))]
+    s = np.where(y == 1, len(x) / (2 * len(other)), len(x) / (2 * len(known)))  # balanced sample weights
+    reg = np.ones(x1.shape[1]) / c
+    reg[-1] = 0.0  # the bias is not penalised
+    w = np.zeros(x1.shape[1])
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(x1 @ w, -50, 50)))
+        grad = x1.T @ (s * (p - y)) + reg * w
+        hess = (x1 * (s * p * (1 - p))[:, None]).T @ x1 + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    threshold = float(np.quantile(known @ w[:-1] + w[-1], 1 - known_rejected))
+    return {"openset_combiner": w.astype(np.float32), "openset_combiner_threshold": np.array([threshold], np.float32)}
+
+
+def combiner_scores(x: np.ndarray, weights: np.ndarray, threshold: float) -> np.ndarray:
+    """exp(logit − threshold): 1.0 at the threshold, as the other parts."""
+    z = x @ np.asarray(weights[:-1], np.float64) + float(weights[-1])
+    return np.exp(np.clip(z - threshold, -50, 50))
+
+
+@functools.lru_cache(maxsize=1)
+def _animal() -> np.ndarray:
+    return animal_mask()
+
+
+@functools.lru_cache(maxsize=1)
+def _kinds() -> np.ndarray:
+    return np.array([kind for _, kind in imagenet_classes()])
