@@ -422,10 +422,14 @@ class CachedFeatureTransfer(Recipe):
         meta = model_meta(cfg, classes, self.pre, temperature, threshold, run.data_fingerprint, run.split, best.epoch,
                           metrics, {"views": cfg.views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs,
                                     "lr": cfg.lr, "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
-                                    "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view},
-                          "Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean (the "
-                          "threshold rejects 1% of validation photos), or ImageNet-1k evidence against the class "
-                          "(wildwatch.models.open_set)")
+                                    "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view,
+                                    "negatives": Path(cfg.negatives).name if cfg.negatives else None,
+                                    "negatives_half": cfg.negatives_half if cfg.negatives else None},
+                          ("learned decision (logistic regression, wildwatch.models.open_set) on " if cfg.negatives
+                           else "the largest of: ") +
+                          "the Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean "
+                          "(over its threshold, which rejects 1% of validation photos) and the ImageNet-1k evidence "
+                          "against the class (wildwatch.models.open_set)")
         save_model(run.out / MODEL_FILENAME, model, meta, only=set(self.best_state), dtype=torch.float16, extras=stored)
         (run.out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         return model
