@@ -27,17 +27,35 @@ def extension():
     """The compiled module, or None (no compiler, a failed build, or switched off)."""
     if os.environ.get("WILDWATCH_FUZZY_NATIVE", "1") == "0":
         return None
-    try:
-        # its import warns that a CPU-only machine has no CUDA runtime, which is no news here
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        from torch.utils.cpp_extension import load
+    # its import warns that a CPU-only machine has no CUDA runtime, which is no news here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    log.info("fuzzy pooling: loading the C++ kernel (compiled on first use, about a minute)")
+    # built for this machine's vector instructions, so named after them: a home folder shared by machines
+    # of different CPUs keeps one build per kind. First with glibc's vector exp (libmvec), then without.
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    errors = []
+    for suffix, cflags, ldflags in (("v", ["-DWILDWATCH_MVEC"], ["-lmvec"]), ("s", [], [])):
+        try:
+            from torch.utils.cpp_extension import load
 
-        log.info("compiling the fuzzy pooling kernel (once per machine)")
-        return load(name="wildwatch_fuzzy_2x2", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as e:  # noqa: BLE001  any build failure leaves the tensor path, which is correct, only slower
-        log.warning("fuzzy pooling: the C++ kernel could not be built (%s); using the tensor path", e)
-        return None
+            return load(name=f"wildwatch_fuzzy_2x2_{_cpu_key()}{suffix}", sources=[str(SOURCE)],
+                        extra_cflags=flags + cflags, extra_ldflags=["-fopenmp", *ldflags], verbose=False)
+        except Exception as e:  # noqa: BLE001  a failed build leaves the tensor path: correct, only slower
+            errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+    log.warning("fuzzy pooling: the C++ kernel could not be built (%s); using the tensor path", "; ".join(errors))
+    return None
+
+
+def _cpu_key() -> str:
+    import hashlib
+    import platform
+
+    flags = ""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:10]
 
 
 def available() -> bool:
