@@ -198,6 +198,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
+    from wildwatch.models import fuzzy_native
+
+    fuzzy_native.available()  # the fuzzy layers' C++ loop is built (or loaded) here, not in a run's timed epoch
     side = max(a.image_size + a.image_size // 7, int(round(a.image_size / 0.875)))
     data = load_pack(a.pack, side)
     done = 0

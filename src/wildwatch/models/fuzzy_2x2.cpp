@@ -36,14 +36,9 @@ namespace {
 WINDOW_INLINE float vexp(float x) { return ::expf(x); }
 WINDOW_INLINE double vexp(double x) { return ::exp(x); }
 
-template <typename T>
-struct Window {
-  T v[4];
-};
-
 // Gradient of amax/amin: the upstream value split evenly among the tied extremes (as autograd does).
-// Written without branches, as the rest of the per-window code, so that the compiler vectorises the
-// loop over a row's windows (exp included, through the C library's vector functions).
+// Selects, not branches, here as in the rest of the per-window code: what lets the compiler
+// vectorise the loop over a row's windows.
 template <typename T>
 WINDOW_INLINE void spread(const T* v, T extreme, T g, T* dv) {
   T n = 0;
