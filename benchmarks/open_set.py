@@ -11,8 +11,8 @@ Scores, with the model as ``wildwatch classify`` runs it (the Predictor on files
 is fitted on the dev half (``wildwatch train --negatives ood_field --negatives-half dev``), so the
 held-out half is the unbiased figure; ``--cross-fit`` also refits that decision on the held-out half
 (the library's own fit, on this model's outputs) and scores the dev half with it, so that every
-ood_field photo is scored by a decision not fitted on it ("crossfit" figures). Prints the figures and writes results.json, report.md, report.html
-and rejected_per_label.png into --out.
+ood_field photo is scored by a decision not fitted on it ("crossfit" figures). Prints the figures
+and writes results.json, report.md, report.html and rejected_per_label.png into --out.
 
     .venv/bin/python benchmarks/open_set.py --data ../shared/data/endangered11 \\
         --field ../shared/data/ood_field --dev ../shared/data/ood_dev --out runs/open_set

@@ -25,11 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.models import (  # noqa: E402
-    create_model,  # noqa: E402
-    fuzzy,
-    fuzzy_native,
-)
+from wildwatch.models import create_model, fuzzy, fuzzy_native  # noqa: E402
 
 
 def general_path(model: torch.nn.Module) -> torch.nn.Module:
@@ -105,7 +101,8 @@ def main() -> None:
             train_rate(model, batches[:3], labels[:3])  # warm-up
             train[name].append(train_rate(model, batches, labels))
             infer[name].append(infer_rate(model, batches))
-    results = {"native_kernel": native, "image_size": s, "batch_size": b, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
+    results = {"native_kernel": native, "image_size": s, "batch_size": b, "steps": args.steps, "rounds": args.rounds,
+               "threads": args.threads,
                "train_img_per_s": {k: round(statistics.median(v), 1) for k, v in train.items()},
                "infer_img_per_s": {k: round(statistics.median(v), 1) for k, v in infer.items()}}
     def base(k, what):  # each layer against max pooling run the same way (eager or compiled)

@@ -167,7 +167,8 @@ def test_without_the_kernel_the_layers_take_the_tensor_path(tmp_path):
     torch.manual_seed(3)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     torch.save(x, tmp_path / "x.pt")
-    code = ("import sys, torch; from wildwatch.models import fuzzy_native; from wildwatch.models.fuzzy import FuzzyPool2d;"
+    code = ("import sys, torch; from wildwatch.models import fuzzy_native;"
+            "from wildwatch.models.fuzzy import FuzzyPool2d;"
             "x = torch.load(sys.argv[1], weights_only=True); y = FuzzyPool2d(2)(x.requires_grad_());"
             "assert not fuzzy_native.available(); assert 'Pool2x2' not in y.grad_fn.name();"
             "torch.save(y.detach(), sys.argv[2])")

@@ -183,12 +183,18 @@ def clean_training_labels(q: np.ndarray, labels: np.ndarray, classes: list[str],
     return ~bad
 
 
+def stored_open_set(stored: dict) -> tuple[open_set.OpenSet, ood.Mahalanobis]:
+    """The open-set thresholds and the Mahalanobis detector from the values as stored (fp16, 4-bit), so that
+    what is fitted or measured here is what a model file will score."""
+    return (open_set.OpenSet.from_extras({k: v.float().numpy() for k, v in stored.items()}),
+            ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy()))
+
+
 def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, temperature: float,
                      head: ImageNetHead) -> dict:
     """Unknown rates of the whole open-set decision (learned, or Mahalanobis or ImageNet evidence) on the
     test split and, when ``outputs`` has them ("ood"), on the photos of none of the classes."""
-    rule = open_set.OpenSet.from_extras({k: v.float().numpy() for k, v in stored.items()})
-    mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
+    rule, mahalanobis = stored_open_set(stored)
 
     def combined(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
         return rule.unknown(mahalanobis(feats) / threshold, head(feats), logits.argmax(1), softmax(logits, temperature))
@@ -381,9 +387,7 @@ class CachedFeatureTransfer(Recipe):
         acts = cache_view(self.runner, root, [Sample(f, "other") for f in files], eval_transform(self.pre),
                           self.cache / f"negatives_{cfg.negatives_half}.npy", 0, desc="other photos")
         self.negatives_used = len(files)
-        rule = open_set.OpenSet(*(stored[k].float().numpy() for k in ("openset_foreign", "openset_support",
-                                                                      "openset_beta")))
-        mahalanobis = ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy())
+        rule, mahalanobis = stored_open_set(stored)
 
         def features(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
             return open_set.combiner_features(mahalanobis(feats) / threshold, self.head(feats), logits.argmax(1),

@@ -15,7 +15,9 @@ Two sources of evidence, both from the frozen ImageNet part of the backbone:
     classes and those usual for k); below the 1st percentile of the training photos of k, the
     photo is unlike how ImageNet sees k (an ocelot that the head calls a jaguar).
 
-Each part is scaled so that 1.0 is its threshold; the unknown score is the largest of them.
+Each part is scaled so that 1.0 is its threshold. The unknown score is the learned decision on all
+of them where the model file has one (below: a logistic regression fitted against photos of other
+things), else the largest of them.
 
 ``SAME`` names the ImageNet classes that are the 11 species (panthers and rhinos have none);
 ``CONTRADICTING`` the ImageNet classes that, when confident, contradict any folder label (a
@@ -107,7 +109,8 @@ class OpenSet:
         self.support = np.asarray(support, np.float32)
         self.beta = np.asarray(beta, np.float32)
         self.combiner = None if combiner is None else np.asarray(combiner, np.float64)
-        self.combiner_threshold = None if combiner_threshold is None else float(np.asarray(combiner_threshold).ravel()[0])
+        self.combiner_threshold = (None if combiner_threshold is None
+                                   else float(np.asarray(combiner_threshold).ravel()[0]))
 
     @classmethod
     def from_extras(cls, extras: dict[str, np.ndarray]) -> "OpenSet | None":
