@@ -232,13 +232,16 @@ class Monitor:
             return False
         case = self.cases.get(update.case_id)
         pol = self.cfg.alerts
-        if case["species"] and not pol.wants(case["species"], case["iucn_status"], 1.0, max(first.priority, 1)):
-            return False
         info = species_info(case["species"]) if case["species"] else None
+        # trade risk is about CITES listing (a jaguar, Near Threatened, is on Appendix I), not the Red List
+        if info is not None and not info.cites_listed and not pol.wants(case["species"], case["iucn_status"], 1.0,
+                                                                        max(first.priority, 1)):
+            return False
         payload = {"case_id": case["id"], "sighting_id": 0, "why": update.alert, "score": case["score"],
                    "reason": case["reason"], "species": case["species"] or "unknown",
                    "common_name": info.common_name if info else "", "iucn_status": case["iucn_status"],
                    "threatened": bool(info and info.threatened), "confidence": case["score"],
+                   "cites_appendix": info.cites_appendix if info else "",
                    "source": first.source, "link": first.link, "text": first.text,
                    "links": sorted({p["link"] for p in case["posts"] if p["link"]}),
                    "accounts": case["accounts"], "sites": case["sites"], "terms": case["terms"],
