@@ -470,3 +470,289 @@ def test_a_case_alert_carries_the_case(web, tmp_path):
     mail = EmailSink(EmailSinkConfig(host="127.0.0.1", sender="ww@example.org", to=["agency@example.org"]))
     msg = mail.message(body, key, mon.cases.thumbnail(body["case_id"]))
     assert [a.get_content_type() for a in msg.iter_attachments()] == ["image/jpeg"]
+
+
+# ---------------------------------------------------------------- hostile posts (issue 28: items 1 and 3)
+
+
+def hostile_server(files: dict[str, tuple[str, bytes]]):
+    """A loopback server of fixed bodies (path -> (content type, body))."""
+    from test_monitor import serve
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ctype, body = files.get(self.path.split("?")[0], ("", None))
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", ctype or "application/octet-stream")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            if body:
+                self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    return serve(H)
+
+
+def run_monitor(tmp_path, specs, name="events.db", **kw):
+    from test_monitor import colour_classifier, config
+
+    from wildwatch.monitor.run import Monitor
+
+    cfg = config(tmp_path, db=tmp_path / name, once=True, host_interval_s=0.0, drain_s=0, **kw)
+    mon = Monitor(cfg, colour_classifier, sinks={}, status=False)
+    stats = mon.run(specs)
+    return mon, stats
+
+
+def finished_within(seconds: float, fn):
+    """Run ``fn`` in a thread; its result, or a failure when it has not finished in ``seconds`` (the
+    old price pattern took minutes on these posts, holding the interpreter lock all the while)."""
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("out", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s"
+    return box["out"]
+
+
+def test_a_post_of_100_kb_of_digits_and_a_json_feed_of_repeated_img_tags_cannot_freeze_the_monitor(tmp_path):
+    from test_monitor import RED, jpeg
+
+    digits = "1 " * 50_000  # 100 KB: quadratic for the old price pattern (16 KB alone took 4.6 s)
+    rss = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+           f'<item><guid>slow</guid><title>Ivory for sale</title><description>{digits}</description></item>'
+           '<item><guid>ok</guid><title>Rhino horn for sale, DM for price</title>'
+           '<enclosure url="/img/red.jpg" type="image/jpeg" length="1"/></item></channel></rss>').encode()
+    img_bomb = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": "bomb", "title": "x", "content_html": "<img" * 60_000},  # 240 KB
+        {"id": "fine", "title": "Gading dijual, harga nego, japri", "image": "/img/red.jpg"}]}).encode()
+    srv, base = hostile_server({"/feed.xml": ("application/rss+xml", rss), "/feed.json": ("application/json", img_bomb),
+                                "/img/red.jpg": ("image/jpeg", jpeg(RED))})
+    try:
+        t0 = time.monotonic()
+        mon, stats = finished_within(30, lambda: run_monitor(tmp_path, [f"{base}/feed.xml", f"feed:{base}/feed.json"]))
+        took = time.monotonic() - t0
+    finally:
+        srv.shutdown()
+    keys = {p["key"].rsplit("#", 1)[-1] for c in mon.cases.list() for p in c["posts"]}
+    assert {"ok", "fine"} <= keys, (keys, stats["errors"])  # the other posts of both feeds were filed
+    assert mon.store.is_done(f"post:{base}/feed.xml#slow") and mon.store.is_done(f"post:{base}/feed.json#bomb")
+    assert took < 30
+
+
+def test_malformed_social_json_is_an_error_row_per_item_and_never_stops_the_monitor(tmp_path):
+    from test_monitor import RED, jpeg
+
+    good = {"id": "s2", "url": "http://m.example/@a/s2", "content": "<p>Gading dijual, harga nego, japri</p>",
+            "account": {"acct": "seller"}, "media_attachments": [{"type": "image", "url": "/img/red.jpg"}]}
+    mastodon = [{"id": "s1", "content": "rhino horn", "account": ["not", "an", "object"]}, good]
+    reddit = {"data": {"after": None, "children": [
+        {"data": {"id": "r1", "title": "Tiger skin rug $900", "author": ["a", "list"]}},
+        {"data": {"id": "r2", "title": "Ivory tusks for sale, $3000, pm me", "author": "u2",
+                  "permalink": "/r/m/comments/r2/", "url": "/img/red.jpg"}}]}}
+    jsonfeed = {"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": "j1", "title": "Rhino horn", "url": 12345},
+        {"id": "j2", "title": "犀牛角 出售 价格私聊 5000元", "url": "http://f.example/j2", "image": "/img/red.jpg",
+         "authors": [{"name": "卖家"}]}]}
+    srv, base = hostile_server({"/api/v1/timelines/tag/x": ("application/json", json.dumps(mastodon).encode()),
+                                "/r/m/new.json": ("application/json", json.dumps(reddit).encode()),
+                                "/feed.json": ("application/json", json.dumps(jsonfeed).encode()),
+                                "/img/red.jpg": ("image/jpeg", jpeg(RED))})
+    specs = [f"mastodon:{base}/tags/x", f"reddit:{base}/r/m", f"feed:{base}/feed.json"]
+    try:
+        for run in range(3):  # three starts in a row: none dies, nothing is filed twice
+            mon, stats = run_monitor(tmp_path, specs)
+            errors = "\n".join(stats["errors"])
+            posts = [p for c in mon.cases.list() for p in c["posts"]]
+            assert sorted(p["key"].rsplit("#", 1)[-1] for p in posts) == ["j2", "r2", "s2"], errors
+            mon.store.close()
+    finally:
+        srv.shutdown()
+    # each bad item is named, with its field and what it got instead
+    assert "item 1 (id 's1') skipped: account: input should be a valid dictionary" in errors
+    assert "item 1 skipped: data.author: input should be a valid string (got list)" in errors
+    assert "item 1 (id 'j1') skipped: url: input should be a valid string (got int)" in errors
+    accounts = {p["key"].rsplit("#", 1)[-1]: p["account"] for p in posts}
+    assert accounts == {"s2": "seller", "r2": "u2", "j2": "卖家"}
+
+
+def test_a_slow_post_uses_up_its_time_budget_and_the_next_post_goes_on(tmp_path):
+    from test_monitor import RED, jpeg, serve
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/slow"):
+                time.sleep(0.6)  # each image of the first post takes 0.6 s
+            body = rss if self.path == "/feed.xml" else jpeg(RED)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    imgs = "".join(f'<media:content url="/slow{i}.jpg" medium="image"/>' for i in range(20))
+    rss = ('<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><title>t</title>'
+           f'<item><guid>slow</guid><title>Ivory for sale</title>{imgs}</item>'
+           '<item><guid>next</guid><title>Rhino horn for sale, DM for price</title>'
+           '<enclosure url="/fast.jpg" type="image/jpeg" length="1"/></item></channel></rss>').encode()
+    srv, base = serve(H)
+    from wildwatch.monitor.sources import FeedSource, open_source
+
+    try:
+        src = open_source(f"feed:{base}/feed.xml", once=True)
+        assert isinstance(src, FeedSource)
+        src.item_budget_s = 1.0
+        t0 = time.monotonic()
+        frames = finished_within(30, lambda: list(src))
+        took = time.monotonic() - t0
+    finally:
+        srv.shutdown()
+    slow = [f for f in frames if f.post_key and f.post_key.endswith("#slow")]
+    assert 1 <= len(slow) <= 3 and slow[-1].done_key == slow[-1].post_key  # cut at its budget, still finished
+    assert any(f.post_key and f.post_key.endswith("#next") and not f.skip for f in frames)
+    assert any("budget" in e and "images not fetched" in e for e in src.errors), src.errors
+    assert took < 20 * 0.6
+
+
+def test_bad_input_gets_a_clear_error_per_source_and_the_monitor_goes_on(tmp_path):
+    from test_monitor import RED, jpeg
+
+    # a page of 49 MB (just under the 50 MB fetch limit; a larger one is refused before download)
+    big_page = b"<html><title>big</title><body>" + b"<p>filler text</p>" * ((49 << 20) // 18) + b"</body></html>"
+    items = "".join(f'<item><guid>i{i}</guid><title>post {i}</title></item>' for i in range(100_000))
+    big_feed = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'.encode()
+    mixed = ("<html><head><title>Ngà voi</title></head><body><p>Bán vòng ngà, ib giá</p>".encode() + b"\xff\xfe" +
+             "<p>caf\u00e9</p>".encode("latin-1") + b"</body></html>")
+    ok = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>fine</guid>'
+          '<title>Rhino horn for sale, DM for price</title><enclosure url="/img/red.jpg" type="image/jpeg" length="1"/>'
+          '</item></channel></rss>').encode()
+    srv, base = hostile_server({"/big.html": ("text/html", big_page), "/big.xml": ("application/rss+xml", big_feed),
+                                "/mixed.html": ("text/html; charset=utf-8", mixed), "/ok.xml": ("application/rss+xml", ok),
+                                "/img/red.jpg": ("image/jpeg", jpeg(RED)),
+                                "/api/v1/timelines/tag/m": ("application/json", b'{"not": "a list"}')})
+    try:
+        mon, stats = finished_within(120, lambda: run_monitor(tmp_path, [
+            f"page:{base}/big.html", f"{base}/big.xml", f"page:{base}/mixed.html", f"mastodon:{base}/tags/m",
+            f"{base}/ok.xml"]))
+    finally:
+        srv.shutdown()
+    errors = "\n".join(stats["errors"])
+    assert f"{base}/big.html: page of" in errors and "only the first 2,097,152 are read" in errors
+    assert f"{base}/big.xml: 100,000 items; only the first 1,000 are read" in errors
+    assert f"{base}/mixed.html: not valid utf-8 at byte" in errors and "(mixed encodings?)" in errors
+    assert "expected a list of posts, got dict" in errors
+    keys = {p["key"].rsplit("#", 1)[-1] for c in mon.cases.list() for p in c["posts"]}
+    assert "fine" in keys  # the good feed was read all the same
+    assert mon.store.is_done(f"post:{base}/big.xml#i999") and not mon.store.is_done(f"post:{base}/big.xml#i1000")
+
+
+# ---------------------------------------------------------------- cases by text, the queue, the labels
+
+
+REPOST = "Genuine rhino horn, 1.2 kg piece from Mozambique, can cut to order. Serious buyers only, contact on WhatsApp"
+
+
+def test_text_reposts_without_a_photo_are_one_case_across_sources(tmp_path):
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    variants = [REPOST, REPOST.replace("WhatsApp", "Telegram @horns") + " 🔥", "REPOST: " + REPOST.replace("1.2", "1,3"),
+                REPOST.lower() + " price $45,000"]
+    other = "Tiger bone glue cakes 100g, made the traditional way, strong for joints. $350 a cake, wechat for photos"
+    ups = []
+    for i, text in enumerate([*variants, other]):
+        with store.transaction():
+            ups.append(book.add_post(Post(f"k{i}", ["feed:a", "mastodon:b", "reddit:c", "telegram:d", "feed:e"][i],
+                                          f"https://site{i}.example/p/{i}", text, f"acct{i}", f"site{i}.example"),
+                                     post_evidence(text, []), [], None))
+    assert len({u.case_id for u in ups[:4]}) == 1 and ups[4].case_id != ups[0].case_id
+    case = book.get(ups[0].case_id)
+    assert len(case["posts"]) == 4 and len(case["sites"]) == 4
+    # short generic texts never group ("for sale" is in half the posts of a market)
+    with store.transaction():
+        a = book.add_post(Post("s1", "feed:a", "", "Ivory for sale, $300, DM me", "x"), post_evidence(
+            "Ivory for sale, $300, DM me", []), [], None)
+        b = book.add_post(Post("s2", "feed:b", "", "Skin for sale, $300, DM me", "y"), post_evidence(
+            "Skin for sale, $300, DM me", []), [], None)
+    assert a is not None and (b is None or b.case_id != a.case_id)
+
+
+def test_the_review_queue_has_no_ties_and_exports_the_analysts_marks_as_labels(tmp_path):
+    from wildwatch.monitor.cases import cases_text
+
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    texts = ["Ivory tusks for sale, $3000, DM me", "白料手镯 老料 每克480元起 需要的加微", "Compro colmillos de jaguar, pago 700 Bs",
+             "Cula badak asli, harga nego, japri", "Vends bracelets en ivoire, prix en mp", "WTB rhino horn, paying cash, dm"]
+    for i, t in enumerate(texts):
+        with store.transaction():
+            book.add_post(Post(f"q{i}", "feed:x", f"https://m.example/{i}", t, f"a{i}"), post_evidence(t, []), [], None)
+    queue = book.list()
+    assert len(queue) == len(texts) and [c["rank"] for c in queue] == list(range(1, len(texts) + 1))
+    scores = [c["score"] for c in queue]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)  # calibrated, no ties
+    assert all("in " in c["reason"] for c in queue)  # the language, in words
+    book.mark(queue[0]["id"], "reported")
+    book.mark(queue[1]["id"], "not_relevant")
+    book.mark(queue[2]["id"], "reviewed")  # a review without a verdict is not a label
+    rows = [json.loads(x) for x in cases_text(book.list(), "labels").splitlines()]
+    assert sorted((r["text"], r["label"]) for r in rows) == sorted(
+        [(queue[0]["posts"][0]["text"], 1), (queue[1]["posts"][0]["text"], 0)])
+
+
+def test_rss_and_atom_authors_are_read_and_a_page_shows_each_text_once(tmp_path):
+    from wildwatch.monitor.sources import parse_feed
+
+    rss = b"""<?xml version="1.0"?><rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"><channel><title>t</title>
+      <item><guid>a</guid><title>Rhino horn for sale</title><author>seller@example.org (Big Seller)</author>
+      <description>Rhino horn for sale. Best quality, DM for price</description></item>
+      <item><guid>b</guid><title>x</title><dc:creator>Ana</dc:creator></item></channel></rss>"""
+    atom = b"""<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+      <entry><id>e1</id><title>Ivory</title><author><name>Bob</name></author></entry></feed>"""
+    a, b = parse_feed(rss)
+    assert (a.account, b.account) == ("Big Seller", "Ana") and parse_feed(atom)[0].account == "Bob"
+    assert a.text == "Rhino horn for sale. Best quality, DM for price"  # the title is not repeated
+    page = tmp_path / "p.html"
+    page.write_text('<html><head><title>Rhino horn for sale</title><meta property="og:title" content="Rhino horn for sale">'
+                    '<meta name="description" content="Rhino horn for sale. DM for price"></head>'
+                    '<body><h1>Rhino horn for sale</h1><p>Rhino horn for sale. DM for price</p></body></html>')
+    [post] = source(f"page:{page}").posts()
+    assert post.text == "Rhino horn for sale. DM for price"
+
+
+def test_media_posts_survive_kill_9_and_are_never_filed_twice(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from test_monitor import RED, jpeg
+
+    items = "".join(f'<item><guid>p{i}</guid><title>Rhino horn for sale lot {i}, DM for price, piece {i * 37} g</title>'
+                    f'<enclosure url="/img/{i % 7}.jpg" type="image/jpeg" length="1"/></item>' for i in range(400))
+    feed = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'.encode()
+    files = {"/feed.xml": ("application/rss+xml", feed)} | {
+        f"/img/{k}.jpg": ("image/jpeg", jpeg((200 + k * 5, 30, 30))) for k in range(7)}
+    srv, base = hostile_server(files)
+    db = tmp_path / "watch.db"
+    args = [sys.executable, "-m", "wildwatch", "monitor", f"{base}/feed.xml", "--db", str(db), "--once", "--no-status"]
+    try:
+        for wait in (3.0, 5.0):
+            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(wait)
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    finally:
+        srv.shutdown()
+    store = EventStore(db)
+    keys = [r[0] for r in store.db.execute("SELECT key FROM case_posts")]
+    assert len(keys) == len(set(keys))  # nothing filed twice
+    done_posts = store.db.execute("SELECT COUNT(*) FROM done_items WHERE key LIKE 'post:%'").fetchone()[0]
+    assert done_posts == 400
+    assert store.db.execute("SELECT COUNT(*) FROM case_text_sigs").fetchone()[0] == len(keys)

@@ -50,7 +50,8 @@ def text_signature(text: str) -> np.ndarray | None:
     """The MinHash signature (64 uint64) of a text's character 4-grams, or None for a short text."""
     low = "".join(c for c in normalise(text) if c.isalnum() or c == " ")
     low = " ".join(w for w in low.split() if not w.startswith(("http", "www")))
-    if len(low) < MIN_TEXT_CHARS:
+    # a Chinese or Thai character carries about as much as a short word: it counts three
+    if sum(3 if "\u0e00" <= c <= "\u0e7f" or c >= "\u2e80" else 1 for c in low) < MIN_TEXT_CHARS or len(low) < 8:
         return None
     codes = np.frombuffer(low.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     m = len(codes) - SHINGLE + 1
@@ -159,7 +160,10 @@ class CaseBook:
             return None
         hashes = [h for h in hashes if distinctive(h)]
         sig = text_signature(post.text)
-        case_id = self._matching_case(hashes, post.link, sig)
+        matches = self._matching_cases(hashes, post.link, sig)
+        case_id = matches[0] if matches else None
+        if len(matches) > 1:  # the post ties cases together (a photo of one, the text of another): one case now
+            self._merge(case_id, matches[1:])
         if case_id is None and not ev.flagged:
             return None  # nothing to review, and nothing to join
         now = time.time()
@@ -193,33 +197,52 @@ class CaseBook:
             db.execute("INSERT INTO case_text_sigs (case_id, sig) VALUES (?, ?)", (case_id, sig.tobytes()))
         return CaseUpdate(case_id, is_new, self._alert_due(case_id))
 
-    def _matching_case(self, hashes: list[int], link: str, sig: np.ndarray | None = None) -> int | None:
+    def _matching_cases(self, hashes: list[int], link: str, sig: np.ndarray | None = None) -> list[int]:
+        """Every case that shares the link, a photo or nearly the text, oldest first."""
         db = self.store.db
+        found: set[int] = set()
         if link:
             row = db.execute("SELECT case_id FROM case_links WHERE link = ?", (normal_link(link),)).fetchone()
             if row:
-                return int(row[0])
-        best = None
+                found.add(int(row[0]))
         if hashes:
             for h, case_id in db.execute("SELECT hash, case_id FROM case_photos"):
                 if any(hamming(_unsigned(h), mine) <= SAME_PHOTO_BITS for mine in hashes):
-                    best = case_id if best is None else min(best, case_id)
-        if best is None and sig is not None:
-            best = self._same_text_case(sig)
-        return best
+                    found.add(int(case_id))
+        if sig is not None:
+            found |= self._same_text_cases(sig)
+        return sorted(found)
 
-    def _same_text_case(self, sig: np.ndarray) -> int | None:
-        """The oldest case holding a text whose estimated Jaccard similarity to ``sig`` is high enough."""
+    def _same_text_cases(self, sig: np.ndarray) -> set[int]:
+        """The cases holding a text whose estimated Jaccard similarity to ``sig`` is high enough."""
         db = self.store.db
         bands = _bands(sig)
         where = " OR ".join("(band = ? AND value = ?)" for _ in bands)
-        candidates = sorted({r[0] for r in db.execute(f"SELECT DISTINCT case_id FROM case_text_bands WHERE {where}",
-                                                       [x for bv in bands for x in bv])})
+        candidates = {r[0] for r in db.execute(f"SELECT DISTINCT case_id FROM case_text_bands WHERE {where}",
+                                                [x for bv in bands for x in bv])}
+        out = set()
         for case_id in candidates:
             for (blob,) in db.execute("SELECT sig FROM case_text_sigs WHERE case_id = ?", (case_id,)):
                 if float((np.frombuffer(blob, dtype=np.uint64) == sig).mean()) >= SAME_TEXT_JACCARD:
-                    return int(case_id)
-        return None
+                    out.add(int(case_id))
+                    break
+        return out
+
+    def _merge(self, into: int, others: list[int]) -> None:
+        """Move the posts, photos, links and texts of ``others`` into case ``into``, which keeps the
+        best score and reason, and the analyst's mark when it has one; the others are deleted."""
+        db = self.store.db
+        marks = ",".join("?" * len(others))
+        for table in ("case_posts", "case_photos", "case_text_bands", "case_text_sigs"):
+            db.execute(f"UPDATE {table} SET case_id = ? WHERE case_id IN ({marks})", (into, *others))
+        db.execute(f"UPDATE OR IGNORE case_links SET case_id = ? WHERE case_id IN ({marks})", (into, *others))
+        best = db.execute(f"SELECT score, reason, species, iucn_status, terms, thumbnail, status, status_at, first_seen "
+                          f"FROM cases WHERE id IN (?, {marks}) ORDER BY score DESC LIMIT 1", (into, *others)).fetchone()
+        db.execute("UPDATE cases SET score = ?, reason = ?, species = ?, iucn_status = ?, terms = ?, "
+                   "thumbnail = COALESCE(?, thumbnail), first_seen = MIN(first_seen, ?) WHERE id = ?",
+                   (*best[:6], best[8], into))
+        db.execute("UPDATE cases SET status = ?, status_at = ? WHERE id = ? AND status = 'new'", (best[6], best[7], into))
+        db.execute(f"DELETE FROM cases WHERE id IN ({marks})", others)
 
     def _alert_due(self, case_id: int) -> str | None:
         db = self.store.db
