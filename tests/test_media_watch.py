@@ -444,6 +444,11 @@ def test_cases_and_marks_export_with_events(tmp_path):
         [exe, "events", "--db", str(tmp_path / "events.db"), "--cases"], capture_output=True, text=True,
         check=True).stdout)))
     assert rows[0]["status"] == "not_relevant" and "ivory" in rows[0]["terms"]
+    labels = subprocess.run([exe, "events", "--db", str(tmp_path / "events.db"), "--cases", "--format", "labels"],
+                            capture_output=True, text=True, check=True).stdout
+    assert [json.loads(x) for x in labels.splitlines()][0] | {"marked_at": None} == {
+        "text": "Ivory tusks for sale, $3000", "label": 0, "status": "not_relevant", "case_id": up.case_id,
+        "post": "k1", "link": "https://m.example/1", "marked_at": None}
 
 
 def test_a_case_alert_carries_the_case(web, tmp_path):
@@ -756,3 +761,28 @@ def test_media_posts_survive_kill_9_and_are_never_filed_twice(tmp_path):
     done_posts = store.db.execute("SELECT COUNT(*) FROM done_items WHERE key LIKE 'post:%'").fetchone()[0]
     assert done_posts == 400
     assert store.db.execute("SELECT COUNT(*) FROM case_text_sigs").fetchone()[0] == len(keys)
+
+
+def test_the_relevance_model_trains_with_numpy_saves_plain_arrays_and_loads_without_running_code(tmp_path):
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from media_corpus.corpus import load
+
+    from wildwatch.monitor.relevance import RelevanceModel, bundled_model, featurise, train
+
+    posts = load("train")[::4]
+    model, report = train([p.text for p in posts], [p.label for p in posts], folds=2, epochs=60)
+    assert 0 < report["threshold"] < 1 and report["n"] == len(posts)
+    model.save(tmp_path / "m.npz")
+    again = RelevanceModel.load(tmp_path / "m.npz")
+    f = featurise("Vendo colmillos de jaguar, precio por privado")
+    assert abs(again.probability(f) - model.probability(f)) < 1e-2  # float16 weights on disk
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:  # nothing in it needs pickle
+        assert {k: z[k].dtype.kind for k in z.files}["weights"] == "f"
+    # the shipped model was trained on the corpus's training part only
+    assert bundled_model().meta["corpus"] == "benchmarks/media_corpus (train part)"
+    assert {p.part for p in load()} == {"train", "heldout"} and len(load("heldout")) * 2 < len(load("train"))

@@ -258,7 +258,8 @@ def events(
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
                                            "without GPS."),
     cases: bool = typer.Option(False, "--cases", help="The media watch's cases instead (csv or json), with the "
-                               "analysts' marks."),
+                               "analysts' marks; --format labels: the marked posts as labelled JSON lines for "
+                               "benchmarks/train_relevance.py --extra."),
 ):
     """List recorded sightings (or, with --cases, the media watch's cases)."""
     from wildwatch.monitor.events import EventStore, sightings_text

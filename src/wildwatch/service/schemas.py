@@ -126,6 +126,7 @@ class CaseOut(BaseModel):
     sites: list[str]
     posts: list[CasePost]
     thumbnail_url: str
+    rank: Optional[int] = Field(None, description="place in the review queue (1 = review first)")
 
 
 class CasesResponse(BaseModel):

@@ -167,7 +167,7 @@ async function loadCases() {
     list.append(el("article", { class: "card case", id: "case-" + c.id, "data-status": c.status },
       el("div", { class: "photo" }, img),
       el("div", { class: "body" },
-        el("h2", { text: "Case " + c.id + " · score " + c.score.toFixed(2) + (c.species ? " · " + c.species.replace(/_/g, " ") + " (" + c.iucn_status + ")" : "") }),
+        el("h2", { text: (c.rank ? "#" + c.rank + " · " : "") + "Case " + c.id + " · score " + c.score.toFixed(3) + (c.species ? " · " + c.species.replace(/_/g, " ") + " (" + c.iucn_status + ")" : "") }),
         el("p", { class: "note", text: c.reason }),
         highlighted(first.text.slice(0, 400), c.terms),
         el("div", { class: "file", text: c.posts.length + " posts · " + c.accounts.length + " accounts · " + c.sites.join(", ") + " · " + c.status.replace("_", " ") }),
