@@ -218,7 +218,7 @@ def run_monitor(specs: list[str], db: Path) -> tuple[float, float, str]:
     cfg.write_text("host_interval_s: 0\ndrain_s: 0\nsinks: []\nbatch_size: 16\n")
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "wildwatch", "monitor", *specs, "--once", "--no-status", "--db", str(db),
-                        "--config", str(cfg)], capture_output=True, text=True, timeout=3600)
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=3600, check=False)
     seconds = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"wildwatch monitor failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -245,6 +245,33 @@ def text_model_rate(posts: list[CorpusPost]) -> float:
     for t in texts:
         post_evidence(t, [])
     return len(texts) / (time.perf_counter() - t0)
+
+
+def hostile_timings() -> dict[str, float]:
+    """Seconds to read and score one hostile post (parse and evidence), for the inputs that froze
+    the monitor before the text scanners were made linear."""
+    from wildwatch.monitor.evidence import post_evidence
+    from wildwatch.monitor.social import next_link
+    from wildwatch.monitor.sources import parse_feed
+    from wildwatch.monitor.textscan import scan_html
+
+    def rss(body: str) -> bytes:
+        return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>x</guid>'
+                f"<title>x</title><description>{body}</description></item></channel></rss>").encode()
+
+    cases = {
+        "RSS post of 100 KB of '1 1 1'": lambda: [post_evidence(p.text, []) for p in parse_feed(rss("1 " * 50_000))],
+        "JSON Feed content_html of 240 KB of '<img'": lambda: [post_evidence(p.text, []) for p in parse_feed(
+            json.dumps({"items": [{"id": "x", "content_html": "<img" * 60_000}]}).encode())],
+        "page of 270 KB of '<a href=x'": lambda: post_evidence(" ".join(scan_html("<a href=x" * 30_000).text), []),
+        "Link header of 64 KB of '<'": lambda: next_link("<" * 65_536),
+    }
+    out = {}
+    for name, fn in cases.items():
+        t0 = time.perf_counter()
+        fn()
+        out[name] = round(time.perf_counter() - t0, 4)
+    return out
 
 
 def main() -> None:
@@ -306,6 +333,7 @@ def main() -> None:
         "false_positives": [r["text"] for r in rows if r["flagged"] and not r["label"]],
         "misses": [r["text"] for r in rows if r["label"] and not r["flagged"]],
         "errors": [ln for ln in stderr.splitlines() if "skipped" in ln or "cannot" in ln][:20],
+        "hostile_post_seconds": hostile_timings(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     o = results["overall"]
@@ -321,6 +349,8 @@ def main() -> None:
     print(f"cases {len(cases)}, distinct scores {results['distinct_case_scores']}")
     print(f"{results['posts_per_second_end_to_end']} posts/s end to end ({seconds:.1f} s, model load included), "
           f"text model alone {results['text_model_posts_per_second']} posts/s; peak RSS {peak_mib:.0f} MiB")
+    for name, sec in results["hostile_post_seconds"].items():
+        print(f"hostile: {name}: {sec:.3f} s to read and score")
 
 
 if __name__ == "__main__":

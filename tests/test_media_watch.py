@@ -446,7 +446,7 @@ def test_cases_and_marks_export_with_events(tmp_path):
     assert rows[0]["status"] == "not_relevant" and "ivory" in rows[0]["terms"]
     labels = subprocess.run([exe, "events", "--db", str(tmp_path / "events.db"), "--cases", "--format", "labels"],
                             capture_output=True, text=True, check=True).stdout
-    assert [json.loads(x) for x in labels.splitlines()][0] | {"marked_at": None} == {
+    assert json.loads(labels.splitlines()[0]) | {"marked_at": None} == {
         "text": "Ivory tusks for sale, $3000", "label": 0, "status": "not_relevant", "case_id": up.case_id,
         "post": "k1", "link": "https://m.example/1", "marked_at": None}
 
@@ -735,7 +735,7 @@ def test_media_posts_survive_kill_9_and_are_never_filed_twice(tmp_path):
     import subprocess
     import sys
 
-    from test_monitor import RED, jpeg
+    from test_monitor import jpeg
 
     items = "".join(f'<item><guid>p{i}</guid><title>Rhino horn for sale lot {i}, DM for price, piece {i * 37} g</title>'
                     f'<enclosure url="/img/{i % 7}.jpg" type="image/jpeg" length="1"/></item>' for i in range(400))
@@ -751,7 +751,7 @@ def test_media_posts_survive_kill_9_and_are_never_filed_twice(tmp_path):
             time.sleep(wait)
             p.send_signal(signal.SIGKILL)
             p.wait()
-        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
     finally:
         srv.shutdown()
