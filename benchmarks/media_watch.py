@@ -226,6 +226,16 @@ def run_monitor(specs: list[str], db: Path) -> tuple[float, float, str]:
     return seconds, peak, p.stderr
 
 
+def repost_groups(served: list[dict], cases: list[dict]) -> dict[str, set]:
+    """Each repost group -> the cases its posts are in (None for a post in no case)."""
+    groups: dict[str, set] = {}
+    case_of = {post_id(p["key"]): c["id"] for c in cases for p in c["posts"]}
+    for s in served:
+        if s["group"]:
+            groups.setdefault(s["group"], set()).add(case_of.get(s["id"]))
+    return groups
+
+
 def figures(rows: list[dict]) -> dict:
     pos = [r for r in rows if r["label"] == 1]
     neg = [r for r in rows if r["label"] == 0]
@@ -305,11 +315,7 @@ def main() -> None:
     by_id = {s["id"]: s for s in served}
     rows = [{**by_id[p.id], "flagged": filed.get(p.id, 0.0) >= th} for p in posts]
     langs = sorted({p.lang for p in posts})
-    groups: dict[str, set] = {}
-    case_of = {post_id(p["key"]): c["id"] for c in cases for p in c["posts"]}
-    for s in served:
-        if s["group"]:
-            groups.setdefault(s["group"], set()).add(case_of.get(s["id"]))
+    groups = repost_groups(served, cases)
     text_groups = [g for g in groups if g.startswith("text")]
     photo_groups = [g for g in groups if g.startswith("photo")]
     one = lambda gs: sum(1 for g in gs if len(groups[g]) == 1 and None not in groups[g])  # noqa: E731
@@ -336,9 +342,13 @@ def main() -> None:
         "hostile_post_seconds": hostile_timings(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    report(results, len(served), th, seconds, peak_mib, bool(photo_groups))
+
+
+def report(results: dict, served: int, th: float, seconds: float, peak_mib: float, photo_groups: bool) -> None:
     o = results["overall"]
-    print(f"{args.mode} mode, {args.part} part: {o['posts']} posts ({o['trade']} trade, {o['harmless']} hard harmless),"
-          f" {len(served)} served with reposts; threshold {th:.3f}")
+    print(f"{results['mode']} mode, {results['part']} part: {o['posts']} posts ({o['trade']} trade, {o['harmless']} "
+          f"hard harmless), {served} served with reposts; threshold {th:.3f}")
     print(f"overall: precision {o['precision']:.3f}  recall {o['recall']:.3f}  hard harmless flagged "
           f"{o['hard_harmless_flagged']:.3f}")
     print("lang  posts  precision  recall  harmless_flagged")
@@ -346,7 +356,7 @@ def main() -> None:
         print(f"{lang:4}  {f['posts']:5}  {f['precision']:9.3f}  {f['recall']:6.3f}  {f['hard_harmless_flagged']:16.3f}")
     print(f"reposts in one case: text {results['text_repost_groups_in_one_case']}"
           + (f", photo {results['photo_repost_groups_in_one_case']}" if photo_groups else ""))
-    print(f"cases {len(cases)}, distinct scores {results['distinct_case_scores']}")
+    print(f"cases {results['cases']}, distinct scores {results['distinct_case_scores']}")
     print(f"{results['posts_per_second_end_to_end']} posts/s end to end ({seconds:.1f} s, model load included), "
           f"text model alone {results['text_model_posts_per_second']} posts/s; peak RSS {peak_mib:.0f} MiB")
     for name, sec in results["hostile_post_seconds"].items():
