@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,33 @@ def test_require_names_the_extra_and_keeps_real_import_errors(tmp_path, monkeypa
     with pytest.raises(ModuleNotFoundError) as info:
         require("broken_pkg", "serve", "the thing")
     assert not isinstance(info.value, NeedsExtraError)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_quick_start_classifies_the_sample_photos_in_the_repository(tmp_path):
+    # issue 28 item 17: the quick start needed the research data beside the repository
+    readme = (REPO / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    command = first.split("&&")[-1].split()
+    assert command[:2] == [".venv/bin/wildwatch", "classify"], first
+    folder = REPO / command[2]
+    assert folder.resolve() == (REPO / "examples").resolve() and "../" not in first
+    photos = sorted(p.name for p in folder.glob("*.jpg"))
+    assert 3 <= len(photos) <= 5
+    credits = (folder / "ATTRIBUTION.md").read_text()
+    for name in photos:  # each photo: its author, licence and source, and small enough to ship
+        line = next(x for x in credits.splitlines() if f"`{name}`" in x)
+        assert "commons.wikimedia.org" in line and "creativecommons.org/licenses/" in line
+        assert (folder / name).stat().st_size < 100_000
+    out = tmp_path / "rows.csv"
+    args = [*command[2:command.index("--output")], "--output", out]
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(cli("classify", *args))],
+                          check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        rows = {Path(r["source"]).name: r for r in csv.DictReader(f)}
+    assert sorted(rows) == photos and all(r["error"] == "" for r in rows.values())
+    assert rows["rhino.jpg"]["species"] == "rhino" and rows["rhino.jpg"]["unknown"] == "False"
+    assert loaded_of(proc) == []
