@@ -458,3 +458,242 @@ def test_resume_matches_files_by_resolved_path(tmp_path, shapes_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "0 files" in proc.stderr and "6 already done" in proc.stderr
     assert len(out.read_text().strip().splitlines()) == 1 + 6
+
+
+def test_a_redirect_to_ftp_is_never_followed(tmp_path):
+    # issue 28 item 2: a feed image that redirected to ftp://127.0.0.1:PORT made the monitor log in there
+    connected = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    ftp_port = listener.getsockname()[1]
+
+    def accept():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            connected.append(conn.recv(0) == b"")
+            conn.sendall(b"220 ready\r\n")
+            conn.close()
+
+    stop = threading.Event()
+    threading.Thread(target=accept, daemon=True).start()
+
+    class Feed(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/feed.json":
+                body = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+                    {"id": "a", "title": "rhino horn", "image": f"{base}/photo.jpg"}]}).encode()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(302)
+                self.send_header("Location", f"ftp://anonymous:x@127.0.0.1:{ftp_port}/secret.jpg")
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server, base = serve(Feed)
+    try:  # the feed's own host is trusted (the user named it); the redirect's scheme is not
+        stats = Monitor(config(tmp_path, once=True), colour_classifier, status=False).run([f"{base}/feed.json"])
+        time.sleep(0.5)
+        assert connected == [] and stats["frames"] == 0
+        assert any("only http and https" in e for e in stats["errors"]), stats["errors"]
+    finally:
+        stop.set()
+        server.shutdown()
+        listener.close()
+
+
+@pytest.mark.parametrize("ip", ["::127.0.0.1", "64:ff9b::7f00:1", "::ffff:7f00:1", "64:ff9b:1::a00:1", "2002:7f00:1::",
+                                "2002:c0a8:101::1", "::"])
+def test_ipv6_forms_of_private_ipv4_addresses_are_private(ip):
+    # issue 28 item 2: IPv6 addresses that embed a private IPv4 address were taken for public ones
+    with pytest.raises(FetchRefused):
+        Fetcher().check_peer("x", 80, ip)
+    Fetcher().check_peer("x", 80, "64:ff9b::5db8:d822")  # NAT64 of a public address stays public
+
+
+def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink_backs_off(tmp_path):
+    # issue 28 item 4: CRLF in a feed item id reached the Subject; the email worker then failed every ~10 ms
+    import email
+
+    from aiosmtpd.controller import Controller
+
+    from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, Outbox
+
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    store = EventStore(tmp_path / "events.db")
+    calls = []
+
+    class Broken:
+        def send(self, payload, key, snapshot):
+            calls.append(time.time())
+            raise RuntimeError("a bug in a sink")
+
+    try:
+        sinks = {"mail": EmailSink(EmailSinkConfig(host="127.0.0.1", port=port, starttls=False, sender="ww@example.org",
+                                                   to=["ranger@example.org"])), "broken": Broken()}
+        outbox = Outbox(store, sinks, base_backoff_s=5)
+        hostile = "https://x.example/feed.xml#a\r\nBcc: victim@example.org\r\nX-Evil: 1"
+        with store.transaction():
+            outbox.enqueue(1, {"sighting_id": 1, "species": "rhino", "common_name": "Rhinoceros", "iucn_status": "CR",
+                               "source": hostile, "confidence": 0.9}, 0, time.time())
+        assert outbox.deliver_due() == 1 and len(got) == 1
+        msg = email.message_from_bytes(got[0].content)
+        assert got[0].rcpt_tos == ["ranger@example.org"] and msg["Bcc"] is None and msg["X-Evil"] is None
+        subject = " ".join(msg["Subject"].split())  # unfolded: the text stays in the Subject, as text
+        assert "feed.xml#a Bcc: victim@example.org X-Evil: 1" in subject
+        for _ in range(20):  # the broken sink's alert waits for its backoff instead of failing in a loop
+            outbox.deliver_due()
+        assert len(calls) == 1 and outbox.counts()["pending"] == 1
+        attempts, error = store.db.execute("SELECT attempts, last_error FROM outbox WHERE sink = 'broken'").fetchone()
+        assert attempts == 1 and "a bug in a sink" in error
+    finally:
+        ctl.stop()
+        store.close()
+
+
+def test_a_database_deleted_under_the_monitor_stops_it_and_alert_keys_follow_the_content(tmp_path):
+    # issue 28 item 5: events.db deleted while the monitor ran: no warning, exit 0; the next start
+    # re-alerted everything under new idempotency keys
+    folder = tmp_path / "watch"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"red{i}.jpg").write_bytes(jpeg(RED))
+    db = tmp_path / "live.db"
+    mon = Monitor(config(tmp_path, db=db, folder_poll_s=0.2), colour_classifier, status=False)
+    raised = []
+
+    def run():
+        try:
+            mon.run([str(folder)])
+        except Exception as exc:  # noqa: BLE001 - what the run raises is what the test looks at
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if mon.frames >= 2:
+            break
+        time.sleep(0.1)
+    db.unlink()
+    thread.join(10)
+    assert not thread.is_alive() and len(raised) == 1 and isinstance(raised[0], EventStoreError)
+    assert "deleted while the monitor was writing" in str(raised[0])
+    keys = []
+    for name in ("a.db", "b.db"):  # the same photos in two new databases: the same keys
+        sinks = {"console": ConsoleSink(ConsoleSinkConfig(), echo=lambda line: None)}
+        m = Monitor(config(tmp_path, db=tmp_path / name, once=True), colour_classifier, sinks=sinks, status=False)
+        m.run([str(folder)])
+        keys.append(sorted(k for (k,) in m.store.db.execute("SELECT idempotency_key FROM outbox")))
+    assert len(keys[0]) == 2 and keys[0] == keys[1]
+
+
+def without_root_powers(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that file permissions hold for it: root keeps its uid but loses the capability
+    to override them (CI runs as root, which a read-only file would not stop)."""
+    if os.getuid() != 0:
+        return cmd
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_a_read_only_or_full_database_is_said_in_words(tmp_path):
+    # issue 28 item 6: a read-only but intact database was called "damaged"; a full disk ended in a traceback
+    db = tmp_path / "events.db"
+    EventStore(db).close()
+    db.chmod(0o444)
+    code = ("from wildwatch.monitor.events import EventStore, EventStoreError\n"
+            f"try:\n    EventStore({str(db)!r}, writer=True)\nexcept EventStoreError as exc:\n    print(exc)")
+    proc = subprocess.run(without_root_powers([sys.executable, "-c", code]), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "read-only" in proc.stdout and "damaged" not in proc.stdout and ".recover" not in proc.stdout, proc
+    db.chmod(0o644)
+    # a full disk: SQLite's own "database or disk is full", here from a page limit
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(6):  # red photos full of noise: snapshots larger than the room left
+        noisy = rng.normal((200, 30, 30), 20, (300, 400, 3)).clip(0, 255).astype("uint8")
+        Image.fromarray(noisy).save(watch / f"red{i}.jpg", quality=95)
+    store = EventStore(tmp_path / "full.db", writer=True)
+    mon = Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False)
+    store.db.execute(f"PRAGMA max_page_count = {store.db.execute('PRAGMA page_count').fetchone()[0] + 4}")
+    with pytest.raises(EventStoreError, match="disk is full") as info:
+        mon.run([str(watch)])
+    assert "goes on where it stopped" in str(info.value)
+
+
+def big_png(width: int = 6300, height: int = 6330) -> bytes:
+    """A real, decodable PNG of 39.9 Mpx (one colour: a small file, a long decode)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 70)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_health_answers_at_once_while_large_uploads_decode(open_server):
+    # issue 28 item 8: with 8 clients uploading near-limit images, /health took 2.3 s (median) to 31.6 s
+    data = big_png()
+    stop = time.monotonic() + 8
+    codes, health = [], []
+
+    def client():
+        while time.monotonic() < stop:
+            codes.append(post(open_server, [("big.png", data)])[0])
+
+    def prober():
+        while time.monotonic() < stop:
+            health.append(raw(open_server, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")[3])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=prober)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    health.sort()
+    assert codes and set(codes) == {200}, codes
+    assert health[len(health) // 2] < 0.2 and health[int(0.95 * len(health))] < 1.0, health
+
+
+def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp_path):
+    # issue 28 item 8: decoding has a queue limit; beyond it 503 and Retry-After, before the body is read
+    import uvicorn
+
+    from wildwatch.inference import Predictor
+    from wildwatch.service.app import Limits, create_app
+
+    port = free_port()
+    app = create_app(Predictor.from_file(None), limits=Limits(max_classify_requests=1))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    try:
+        boundary, body = multipart([("a.jpg", small_jpeg())])
+        head = (f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+                f"boundary={boundary}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port)) as slow:  # holds the one place: half its body sent
+            slow.sendall(head.encode() + body[:20])
+            time.sleep(0.3)
+            status, headers, answer, _ = raw(port, head, body)
+            assert status == 503 and headers["retry-after"].isdigit() and "busy" in json.loads(answer)["detail"]
+            slow.sendall(body[20:])
+            assert slow.recv(12).startswith(b"HTTP/1.1 200")
+        assert raw(port, head, body)[0] == 200  # the place is free again
+    finally:
+        server.should_exit = True
