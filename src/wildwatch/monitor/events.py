@@ -388,5 +388,8 @@ def sightings_text(rows: list[Sighting], fmt: str) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
     w.writeheader()
-    w.writerows(r.to_json() for r in rows)
+    from wildwatch.monitor.cases import spreadsheet_text
+
+    # text that came from a feed or a camera's name never becomes a spreadsheet formula
+    w.writerows({k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in r.to_json().items()} for r in rows)
     return buf.getvalue()
