@@ -1,7 +1,7 @@
 """Peak memory of `wildwatch serve` under the largest uploads its limits allow, and alert latency
 on a healthy sink while another sink hangs.
 
-    python benchmarks/hostile_service.py [--out runs/hostile] [--seconds 60] [--only memory,modes,load,alerts]
+    python benchmarks/hostile_service.py [--out runs/hostile] [--seconds 60] [--only memory,modes,load,events,alerts]
 
 1. Server memory: a fresh `wildwatch serve` process per case, its peak resident memory (VmHWM)
    read from /proc after the case:
@@ -17,7 +17,9 @@ on a healthy sink while another sink hangs.
 3. Load: 8 clients that each send requests at the limits (4 PNGs of 39.9 Mpx, or one RGBA WebP
    of 39.9 Mpx) for ``--seconds``, while another client asks ``/health`` every 50 ms: p50/p99 of
    classify and /health latency, answer codes, peak memory. Goal: /health p95 under 200 ms.
-4. Alert latency: a monitor with a console sink and a webhook whose receiver never answers in
+4. Events listing: ``GET /v1/events?limit=1`` (and four at once) on a database of 400 sightings
+   with 1 MB snapshots (400 MB): peak memory of the server.
+5. Alert latency: a monitor with a console sink and a webhook whose receiver never answers in
    time; 20 photos. Latency = when the console printed the alert − when the sighting and its
    alerts were written. Goal: under 2 s.
 
@@ -58,9 +60,9 @@ def peak_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_server() -> tuple[subprocess.Popen, int]:
+def start_server(*args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([WILDWATCH, "serve", "--port", str(port)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([WILDWATCH, "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -187,6 +189,38 @@ def load_case(request: list[tuple[str, bytes]], clients: int = 8, seconds: float
     return out
 
 
+def events_case(sightings: int = 400) -> dict:
+    from wildwatch.monitor.events import EventStore, Sighting
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "events.db"
+        store = EventStore(db)
+        for i in range(sightings):
+            store.add(Sighting("cam.mp4", "rhino", 0.9, f"2026-05-01T{i // 60:02d}:{i % 60:02d}:00+00:00",
+                               f"2026-05-01T{i // 60:02d}:{i % 60:02d}:30+00:00", "Rhinoceros", "NT–CR", True),
+                      os.urandom(1 << 20))
+        store.close()
+        out = {"database_mb": round(db.stat().st_size / 2**20)}
+        for clients in (1, 4):
+            proc, port = start_server("--events-db", str(db))
+            base = peak_mb(proc.pid)
+
+            def listing(port=port):
+                with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
+                    s.sendall(b"GET /v1/events?limit=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    while s.recv(1 << 16):
+                        pass
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda _: listing(), range(clients)))
+            out[f"{clients}_at_once"] = {"seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak_mb(proc.pid), 1),
+                                         "before_mb": round(base, 1)}
+            proc.terminate()
+            proc.wait()
+    return out
+
+
 def memory_cases() -> dict:
     big, small = big_png(), small_photo((200, 150))  # 4 x 39.9 + 12 x 0.03 Mpx: just under the 160 Mpx budget
     at_limit = [(f"big{i}.png", big) for i in range(4)] + [(f"small{i}.jpg", small) for i in range(12)]
@@ -275,7 +309,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/hostile"))
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each load case")
-    ap.add_argument("--only", default="memory,modes,load,alerts", help="comma-separated parts to run")
+    ap.add_argument("--only", default="memory,modes,load,events,alerts", help="comma-separated parts to run")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.only.split(","))
@@ -303,6 +337,12 @@ def main() -> None:
                   f"p50 {r['classify_p50_s']} s p99 {r['classify_p99_s']} s; /health p50 {r['health_p50_s']} s "
                   f"p95 {r['health_p95_s']} s p99 {r['health_p99_s']} s max {r['health_max_s']} s (goal p95 < 0.2); "
                   f"peak {r['peak_mb']} MB")
+    if "events" in parts:
+        e = results["events"] = events_case()
+        for n in (1, 4):
+            r = e[f"{n}_at_once"]
+            print(f"GET /v1/events?limit=1, {n} at once, on a {e['database_mb']} MB database: {r['seconds']} s, "
+                  f"server peak {r['peak_mb']} MB (before: {r['before_mb']} MB)")
     if "alerts" in parts:
         a = results["alerts"] = alert_latency()
         print(f"alerts: {a['console_alerts']}/{a['photos']} on the console while the webhook hangs "
