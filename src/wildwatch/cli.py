@@ -19,6 +19,20 @@ app.add_typer(data_app, name="data")
 benchmark_app = typer.Typer(no_args_is_help=True, help="Measure a model under hard conditions.")
 app.add_typer(benchmark_app, name="benchmark")
 
+def _print_version(value: bool) -> None:
+    if value:
+        from wildwatch import __version__
+
+        typer.echo(f"wildwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Tell which endangered species is in a photo, how threatened it is, and alert people."""
+
+
 ROBUST_HELP = ("Name species with the bundled network fine-tuned on degraded photos (blur, noise, weather, "
                "night); the model still decides unknown. Twice the compute.")
 
@@ -164,11 +178,13 @@ def classify(
                                              "fastest (4 for PyTorch on a CPU, 8 for ONNX Runtime, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal (the progress bar and the "
+                               "summary stay)."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it already has rows."),
     detections: Optional[Path] = typer.Option(None, help="A MegaDetector (or SpeciesNet) batch file: classify its "
                                               "animal boxes and write it back to --output with the species."),
     detection_threshold: float = typer.Option(0.2, min=0, max=1, help="With --detections: the animal boxes "
@@ -177,13 +193,17 @@ def classify(
                                            "without EXIF GPS (a deployment needs its coordinates)."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
-    from wildwatch.inference.batch import ClassifyOptions, classify_files, parse_location
+    from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files, parse_location
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
-                           explain=explain, engine=engine, address=address, resume=resume)
-    summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)
+                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite)
+    try:  # -q leaves out the table, not the progress bar (on a terminal) nor the summary
+        summary = classify_files(opts, None if quiet else _print_prediction, progress=True)
+    except ClassifyInterrupted as stop:
+        typer.secho(stop.line(), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     typer.echo(summary.line(output), err=True)
     if summary.errors:  # exit 1: some files could not be classified (their rows say why); 2 is a usage error
         raise typer.Exit(1)
@@ -196,11 +216,13 @@ def _print_prediction(p) -> None:
     if p.error:
         typer.echo(f"{p.source}\tERROR\t{p.error}")
         return
-    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
-    label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
-    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
+    if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
+        typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
+        return
+    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
+    typer.echo(f"{p.source}\t{p.species}\t{p.confidence:.3f}\t{status}{where}")
 
 
 @app.command()

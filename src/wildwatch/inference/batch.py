@@ -14,9 +14,9 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wildwatch.errors import UsageError, require
+from wildwatch.errors import DataError, UsageError, require
 from wildwatch.inference.predictor import Prediction
-from wildwatch.inference.writers import SUFFIX_FORMATS, format_of
+from wildwatch.inference.writers import SUFFIX_FORMATS, format_of, has_content, write_atomic
 
 FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "parquet")
 ROW_FORMATS = ("csv", "jsonl", "json", "parquet")  # one row per file (the others describe the whole batch)
@@ -43,6 +43,7 @@ class ClassifyOptions(BaseModel):
     engine: str = "local"
     address: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False  # replace an output that has rows (without it: refused, unless --resume)
     location: Optional[tuple[float, float]] = None  # Camtrap DP: the camera's latitude, longitude
 
     @property
@@ -66,8 +67,10 @@ class ClassifyOptions(BaseModel):
                              "make them agree")
         if fmt in ("megadetector", "camtrapdp") and output is None:
             raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
-        if self.resume and (output is None or fmt not in ("csv", "jsonl")):
-            raise UsageError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
+        if self.resume and (output is None or fmt not in ("csv", "jsonl", "json")):
+            raise UsageError("--resume needs --output FILE.csv, FILE.jsonl or FILE.json: it skips the files already "
+                             "written there")
+        self._check_overwrite(fmt)
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise UsageError(f"--country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
         if self.engine not in ("local", "ray"):
@@ -85,9 +88,18 @@ class ClassifyOptions(BaseModel):
             check_location(self.location)
 
 
+    def _check_overwrite(self, fmt: str | None) -> None:
+        """An output that has rows is never replaced silently."""
+        if self.output is None or self.resume or self.overwrite or not has_content(self.output, fmt):
+            return
+        resumable = fmt in ("csv", "jsonl", "json") and self.detections is None
+        raise UsageError(f"{self.output} already exists and is not empty; add "
+                         f"{'--resume to go on after the rows in it, or ' if resumable else ''}--overwrite to replace it")
+
     def _check_detections(self) -> None:
         if self.output is None:
             raise UsageError("--detections needs --output: the MegaDetector file to write with the classifications")
+        self._check_overwrite("megadetector")
         if self.format not in (None, "megadetector"):
             raise UsageError("--detections writes MegaDetector batch output: leave out --format or use megadetector")
         if len(self.paths) > 1:
@@ -112,6 +124,20 @@ def parse_location(text: str | None) -> tuple[float, float] | None:
         raise UsageError(f"--location {text!r}: give latitude,longitude in degrees, e.g. -1.29,36.82") from None
     check_location((lat, lon))
     return lat, lon
+
+
+class ClassifyInterrupted(Exception):
+    """Ctrl-C during ``classify_files``: ``rows`` were written (and kept) before it."""
+
+    def __init__(self, rows: int, output: Path | None, resumable: bool):
+        super().__init__(rows)
+        self.rows, self.output, self.resumable = rows, output, resumable
+
+    def line(self) -> str:
+        if self.output is None:
+            return f"interrupted after {self.rows} files"
+        again = "; rerun with --resume to go on" if self.resumable else "; run again to write it"
+        return f"interrupted: {self.rows} rows written to {self.output}{again}"
 
 
 @dataclass
@@ -158,24 +184,32 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
             yield p
 
     n = n_err = 0
-    with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt) as write:
-        bar = tqdm(predictor.predict_paths(todo(), batch_size=opts.batch_size), unit="img", desc="classifying",
-                   disable=not (progress and sys.stderr.isatty()))
-        for p in bar:
-            write(p)
-            if collected is not None:
-                collected.append(p)
-            if opts.explain is not None and p.error is None:
-                _write_overlay(predictor, p, opts.explain, n)
-            n += 1
-            n_err += p.error is not None
-            if on_prediction is not None:
-                on_prediction(p)
+    try:
+        with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt) as write:
+            bar = tqdm(predictor.predict_paths(todo(), batch_size=opts.batch_size), unit="img", desc="classifying",
+                       disable=not (progress and sys.stderr.isatty()))
+            for p in bar:
+                write(p)
+                n += 1  # counted at once: the row is in the file
+                n_err += p.error is not None
+                if collected is not None:
+                    collected.append(p)
+                if opts.explain is not None and p.error is None:
+                    _write_overlay(predictor, p, opts.explain, n - 1)
+                if on_prediction is not None:
+                    on_prediction(p)
+    except KeyboardInterrupt:  # the rows written so far stay; --resume goes on after them
+        raise ClassifyInterrupted(n if collected is None else 0, output, collected is None) from None
+    if n == 0 and skipped[0] == 0:
+        from wildwatch.data.loading import FORMATS_READ
+
+        raise DataError(f"no photos found in {', '.join(map(str, opts.paths))}: wildwatch reads {FORMATS_READ} "
+                        "files (folders are searched recursively)")
     if fmt == "megadetector":
         from wildwatch.inference.megadetector import whole_image_json
 
-        output.write_text(json.dumps(whole_image_json(collected, predictor.classes, predictor.meta["architecture"],
-                                                      opts.paths), indent=1))
+        write_atomic(output, json.dumps(whole_image_json(collected, predictor.classes, predictor.meta["architecture"],
+                                                         opts.paths), indent=1))
     elif fmt == "camtrapdp":
         from wildwatch.inference.formats import write_camtrap_dp
         from wildwatch.inference.megadetector import image_root
@@ -204,8 +238,7 @@ def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySumma
               disable=not (progress and sys.stderr.isatty())) as bar:
         doc, summary = classify_detections(doc, Path(root), predictor, opts.detection_threshold,
                                            opts.batch_size or 32, predictor.meta["architecture"], bar.update)
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text(json.dumps(doc, indent=1))
+    write_atomic(opts.output, json.dumps(doc, indent=1))
     return ClassifySummary(summary.images, summary.images_failed, 0,
                            f"{predictor.backend} backend, {summary.boxes_classified} animal boxes")
 

@@ -356,11 +356,25 @@ def cases_text(cases: list[dict], fmt: str) -> str:
     w.writeheader()
     for c in cases:
         for p in c["posts"]:
-            w.writerow({"case_id": c["id"], "score": c["score"], "status": c["status"], "species": c["species"],
-                        "iucn_status": c["iucn_status"], "reason": c["reason"], "terms": "|".join(c["terms"]),
-                        "post": p["key"], "site": p["site"], "account": p["account"], "link": p["link"],
-                        "post_score": p["score"], "post_reason": p["reason"], "text": p["text"]})
+            w.writerow({"case_id": c["id"], "score": c["score"], "status": c["status"],
+                        **{k: spreadsheet_text(v) for k, v in (
+                            ("species", c["species"]), ("iucn_status", c["iucn_status"]), ("reason", c["reason"]),
+                            ("terms", "|".join(c["terms"])), ("post", p["key"]), ("site", p["site"]),
+                            ("account", p["account"]), ("link", p["link"]), ("post_reason", p["reason"]),
+                            ("text", p["text"]))},
+                        "post_score": p["score"]})
     return buf.getvalue()
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_text(value: str) -> str:
+    """Text from a post made inert for a spreadsheet: a cell that would start a formula (=, +, -, @,
+    a tab or line break, or their full-width forms) gets a leading apostrophe, so ``=HYPERLINK(...)``
+    or ``=cmd|...`` is shown as text and never run when the CSV is opened."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _signed(h: int) -> int:
