@@ -58,6 +58,54 @@ def test_short_words_do_not_misfire_inside_longer_words(text, absent):
     assert absent not in {m for m, _ in meanings(text)}, meanings(text)
 
 
+@pytest.mark.parametrize("text, meaning, lang", [
+    # pangolin scales, under their product names and their traditional-medicine names
+    ("穿山甲片 现货 每克", "pangolin scales", "zh"), ("炮甲珠 出售", "pangolin scales (trade name)", "zh"),
+    ("bán vảy tê tê khô", "pangolin scales", "vi"), ("xuyên sơn giáp loại 1", "pangolin scales (trade name)", "vi"),
+    ("sisik trenggiling kering", "pangolin scales", "id"), ("chuan shan jia 1 kg", "pangolin scales (trade name)", "en"),
+    ("เกล็ดลิ่น แท้", "pangolin scales", "th"), ("escamas de pangolim", "pangolin scales", "pt"),
+    # tiger and lion bone, wine and glue
+    ("正宗虎骨酒", "tiger or lion bone", "zh"), ("cao hổ cốt nguyên chất", "tiger or lion bone", "vi"),
+    ("rượu cốt hổ", "tiger or lion bone", "vi"), ("เหล้ากระดูกเสือ", "tiger or lion bone", "th"),
+    ("vin d'os de tigre", "tiger or lion bone", "fr"), ("huesos de león", "tiger or lion bone", "es"),
+    # bear bile
+    ("熊胆粉 包邮", "bear bile", "zh"), ("mật gấu rừng", "bear bile", "vi"), ("ดีหมี แท้", "bear bile", "th"),
+    ("empedu beruang asli", "bear bile", "id"), ("bear bile flakes", "bear bile", "en"), ("bilis de oso", "bear bile", "es"),
+    ("مرارة الدب", "bear bile", "ar"),
+    # skins, pelts and stuffed animals
+    ("opsetan harimau sumatera", "big-cat skin", "id"), ("tigre empaillé", "big-cat skin", "fr"),
+    ("ตะกรุดหนังเสือ", "big-cat skin", "th"), ("cuero de tigre del Beni", "big-cat skin", "es"),
+    ("نمر محنط", "big-cat skin", "ar"),
+    # teeth and claws
+    ("griffes de tigre", "teeth and claws", "fr"), ("móng gấu", "teeth and claws", "vi"),
+    ("kuku beruang", "teeth and claws", "id"), ("colmillos de tigre", "teeth and claws", "es"),
+    # live cubs and primates as pets
+    ("baby orangutan for sale", "live young", "en"), ("anak orangutan", "live young", "id"),
+    ("khỉ con thuần", "live young", "vi"), ("bayi kukang jinak", "live young", "id"), ("ลิงลม น่ารัก", "live young", "th"),
+    ("小懒猴 出售", "live young", "zh"), ("filhote de sagui", "live young", "pt"), ("mtoto wa sokwe", "live young", "sw"),
+    ("bébé chimpanzé", "live young", "fr"), ("cría de mono", "live young", "es"),
+    # hunts offered for money
+    ("leopard hunt, trophy fee included", "hunting", "en"), ("chasse au léopard", "hunting", "fr"),
+    ("paquete de caza", "hunting", "es"), ("uwindaji wa kitalii", "hunting", "sw"), ("رحلة صيد", "hunting", "ar")])
+def test_code_words_and_product_words_for_every_commodity(text, meaning, lang):
+    assert (meaning, lang) in meanings(text), meanings(text)
+
+
+@pytest.mark.parametrize("text, absent", [
+    # the colour, the country, the district: not ivory
+    ("Flights to Ivory Coast from $640", "ivory"), ("ivory-coloured wedding dress", "ivory"),
+    ("Vols pour la Côte d'Ivoire", "ivory"), ("vestido color marfil", "ivory"), ("Costa do Marfim", "ivory"),
+    ("rumah dijual di Kelapa Gading", "ivory"), ("váy cưới màu trắng ngà", "ivory"), ("رحلات إلى ساحل العاج", "ivory"),
+    ("象牙白衣柜", "ivory"),
+    # dishes, streamers, press-on nails, leopard-print clothes and youth teams
+    ("虎皮青椒的做法", "big-cat skin"), ("虎牙直播的主播", "teeth and claws"), ("美甲片 穿戴甲", "pangolin scales"),
+    ("美甲珠 闪钻", "pangolin scales (trade name)"), ("váy họa tiết da báo", "big-cat skin"),
+    ("vestido estampado de piel de leopardo", "big-cat skin"), ("vestido estampa de pele de onça", "big-cat skin"),
+    ("منتخب الأشبال يفوز", "live young"), ("dầu cao con hổ", "tiger or lion bone")])
+def test_everyday_words_that_contain_a_product_word_are_not_that_product(text, absent):
+    assert absent not in {m for m, _ in meanings(text)}, meanings(text)
+
+
 def test_prices_are_found_with_their_currency_and_unit():
     for text, price, unit in (("only $4,500", "$4,500", ""), ("giá 20 triệu", "20 triệu", "million"),
                               ("5000元", "5000元", ""), ("bei ksh 30000", "ksh 30000", ""), ("R$ 900", "r$ 900", ""),
