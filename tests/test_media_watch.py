@@ -673,6 +673,45 @@ def test_a_slow_post_uses_up_its_time_budget_and_the_next_post_goes_on(tmp_path)
     assert took < 20 * 0.6
 
 
+def test_the_text_work_of_one_post_is_bounded_by_its_caps_well_under_the_item_budget():
+    """The per-item budget (ITEM_BUDGET_S) stops image fetching; the text work of a post is bounded
+    instead: every text step reads a capped prefix, so a post of the largest size a fetch may bring
+    costs what one of a few thousand characters does."""
+    from wildwatch.monitor.cases import text_signature
+    from wildwatch.monitor.sources import ITEM_BUDGET_S, parse_feed
+    from wildwatch.monitor.textscan import MAX_SCAN, join_unique
+
+    # each step's result on a huge input is its result on the capped prefix: the rest is never read
+    import tracemalloc
+
+    title = "Ivory bangle for sale, DM " + "1 " * 5_000_000  # 10 MB
+    tracemalloc.start()
+    joined = join_unique([title, "body"])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert joined == join_unique([title[:2 * MAX_SCAN], "body"])
+    assert peak < 1 << 20, peak  # the title was cut before it was split (the old code split all 10 MB: 40+ MB)
+    hostile = {"digits": "1 " * 50_000, "cjk traps": "美甲片虎皮青椒" * 20_000, "thai": "ขายออนไลน์" * 20_000,
+               "arabic": "والعاج ساحل " * 20_000, "units": " ".join(f"{i} triệu" for i in range(50_000))}
+    for name, text in hostile.items():
+        cut = text[:2 * MAX_SCAN]
+        assert post_evidence(text, []).score == post_evidence(cut, []).score, name
+        assert (text_signature(text) == text_signature(cut)).all(), name
+    # the largest item a fetch may bring (a JSON Feed item of 42 MB: a title of digits, a body of "<img"),
+    # parsed, scored and signed, with every hostile text besides: far inside the item budget
+    doc = json.dumps({"items": [{"id": "x", "title": "1 " * 12_000_000, "summary": "ivory " * 1_000_000,
+                                 "content_html": "<img" * 3_000_000}]}).encode()
+    t0 = time.monotonic()
+    [post] = parse_feed(doc)
+    post_evidence(post.text, [])
+    text_signature(post.text)
+    for text in hostile.values():
+        post_evidence(text, [])
+        text_signature(text)
+    took = time.monotonic() - t0
+    assert len(post.text) <= MAX_SCAN and took < ITEM_BUDGET_S / 10, took
+
+
 def test_bad_input_gets_a_clear_error_per_source_and_the_monitor_goes_on(tmp_path):
     from test_monitor import RED, jpeg
 
