@@ -872,4 +872,10 @@ def test_the_relevance_model_trains_with_numpy_saves_plain_arrays_and_loads_with
         assert {k: z[k].dtype.kind for k in z.files}["weights"] == "f"
     # the shipped model was trained on the corpus's training part only
     assert bundled_model().meta["corpus"] == "benchmarks/media_corpus (train part)"
-    assert {p.part for p in load()} == {"train", "heldout"} and len(load("heldout")) * 2 < len(load("train"))
+    parts = {part: load(part) for part in ("train", "heldout_v1", "heldout_v2")}
+    assert sum(map(len, parts.values())) == len(load()) and len(parts["heldout_v2"]) >= 150
+    assert load("heldout") == parts["heldout_v2"]  # "heldout" is the newest held-out part
+    # no held-out text is in the training part, and every language is in every part
+    train_texts = {p.text for p in parts["train"]}
+    assert not train_texts & {p.text for p in parts["heldout_v1"] + parts["heldout_v2"]}
+    assert all({p.lang for p in posts} == {p.lang for p in parts["train"]} for posts in parts.values())
