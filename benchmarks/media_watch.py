@@ -3,7 +3,7 @@ on loopback as an RSS feed (with authors), a JSON Feed, a Mastodon tag timeline,
 a Telegram channel page and single web pages, read once by ``wildwatch monitor`` (the CLI, the
 bundled model), and scored from the events database it writes.
 
-    python benchmarks/media_watch.py --mode text  [--part heldout] [--out runs/media_watch]
+    python benchmarks/media_watch.py --mode text  [--part heldout_v2|heldout_v1] [--out runs/media_watch]
     python benchmarks/media_watch.py --mode photo --data ../shared/data/endangered11 --ood ../shared/data/ood_dev
 
 - ``--mode text``: posts without photos (the text alone decides);
@@ -301,7 +301,8 @@ def hostile_timings() -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("text", "photo"), default="text")
-    ap.add_argument("--part", choices=("heldout", "train", "all"), default="heldout")
+    ap.add_argument("--part", choices=("heldout_v2", "heldout_v1", "heldout", "train", "all"), default="heldout_v2",
+                    help="heldout_v2: written in round two, blind; heldout_v1: round one's, read after round one")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/endangered11"))
     ap.add_argument("--ood", type=Path, default=Path("../shared/data/ood_dev"))
     ap.add_argument("--out", type=Path, default=Path("runs/media_watch"))
@@ -314,7 +315,7 @@ def main() -> None:
     posts = load(None if args.part == "all" else args.part)
     served, images = build(posts, args.mode, args.data, args.ood, args.seed)
     web = Internet(served, images)
-    out = args.out / args.mode
+    out = args.out / args.part / args.mode
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "watch.db"
