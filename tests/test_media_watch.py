@@ -677,13 +677,13 @@ def test_the_text_work_of_one_post_is_bounded_by_its_caps_well_under_the_item_bu
     """The per-item budget (ITEM_BUDGET_S) stops image fetching; the text work of a post is bounded
     instead: every text step reads a capped prefix, so a post of the largest size a fetch may bring
     costs what one of a few thousand characters does."""
+    import tracemalloc
+
     from wildwatch.monitor.cases import text_signature
     from wildwatch.monitor.sources import ITEM_BUDGET_S, parse_feed
     from wildwatch.monitor.textscan import MAX_SCAN, join_unique
 
     # each step's result on a huge input is its result on the capped prefix: the rest is never read
-    import tracemalloc
-
     title = "Ivory bangle for sale, DM " + "1 " * 5_000_000  # 10 MB
     tracemalloc.start()
     joined = join_unique([title, "body"])
