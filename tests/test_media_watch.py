@@ -138,6 +138,17 @@ def test_the_learned_score_separates_trade_from_talk_about_wildlife():
     assert ev.score > text_only.score and ev.score - text_only.score < 0.3
 
 
+def test_a_hunt_offered_for_money_is_an_offer_and_hunting_talk_is_not():
+    lion = pred("lion")
+    for text in ("trophy hunt", "Poachers caught in Kruger", "hunting season opens Saturday",
+                 "Went on a trophy hunt last year, what a week"):
+        assert not post_evidence(text, [lion]).flagged, text  # hunting words alone are talk, even with a lion photo
+    for text in ("14-day leopard hunt in Zimbabwe, $18,500 with the trophy fee, two openings left",
+                 "Chasse au lion en Namibie, 14 jours, 24 000 € trophée compris, acompte pour réserver"):
+        ev = post_evidence(text, [])
+        assert ev.flagged and any(t.category == "hunting" for t in ev.terms), text
+
+
 def test_cites_listing_counts_for_the_photo_not_the_red_list():
     text = "Large jaguar fangs, pair available, message for price"
     jaguar, fox = (post_evidence(text, [pred(s)]) for s in ("jaguars", "arctic_fox"))
