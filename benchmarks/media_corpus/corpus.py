@@ -9,7 +9,8 @@ languages, in three parts:
   within each language and label of posts_a-d.yaml, every third post (the 3rd, 6th, 9th, ...). Its
   figures were read after round one and its failures described, so it is no longer a blind test;
 - ``heldout_v2``: posts_heldout_v2.yaml, written in round two after the round-two term list and
-  before the round-two training posts and model, scored once with the model as shipped.
+  before the round-two training posts and model; scored blind with the first round-two model, then
+  with the final one (docs/media_watch.md says why and gives both).
 
 Neither held-out part is ever trained or tuned on. ``load("heldout")`` is the newest one.
 """
