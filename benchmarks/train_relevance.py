@@ -27,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--extra", type=Path, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "src/wildwatch" / MODEL_FILE)
-    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--l2", type=float, default=1e-4)
     ap.add_argument("--epochs", type=int, default=300)
     args = ap.parse_args()
     posts = load("train")

@@ -58,6 +58,54 @@ def test_short_words_do_not_misfire_inside_longer_words(text, absent):
     assert absent not in {m for m, _ in meanings(text)}, meanings(text)
 
 
+@pytest.mark.parametrize("text, meaning, lang", [
+    # pangolin scales, under their product names and their traditional-medicine names
+    ("穿山甲片 现货 每克", "pangolin scales", "zh"), ("炮甲珠 出售", "pangolin scales (trade name)", "zh"),
+    ("bán vảy tê tê khô", "pangolin scales", "vi"), ("xuyên sơn giáp loại 1", "pangolin scales (trade name)", "vi"),
+    ("sisik trenggiling kering", "pangolin scales", "id"), ("chuan shan jia 1 kg", "pangolin scales (trade name)", "en"),
+    ("เกล็ดลิ่น แท้", "pangolin scales", "th"), ("escamas de pangolim", "pangolin scales", "pt"),
+    # tiger and lion bone, wine and glue
+    ("正宗虎骨酒", "tiger or lion bone", "zh"), ("cao hổ cốt nguyên chất", "tiger or lion bone", "vi"),
+    ("rượu cốt hổ", "tiger or lion bone", "vi"), ("เหล้ากระดูกเสือ", "tiger or lion bone", "th"),
+    ("vin d'os de tigre", "tiger or lion bone", "fr"), ("huesos de león", "tiger or lion bone", "es"),
+    # bear bile
+    ("熊胆粉 包邮", "bear bile", "zh"), ("mật gấu rừng", "bear bile", "vi"), ("ดีหมี แท้", "bear bile", "th"),
+    ("empedu beruang asli", "bear bile", "id"), ("bear bile flakes", "bear bile", "en"), ("bilis de oso", "bear bile", "es"),
+    ("مرارة الدب", "bear bile", "ar"),
+    # skins, pelts and stuffed animals
+    ("opsetan harimau sumatera", "big-cat skin", "id"), ("tigre empaillé", "big-cat skin", "fr"),
+    ("ตะกรุดหนังเสือ", "big-cat skin", "th"), ("cuero de tigre del Beni", "big-cat skin", "es"),
+    ("نمر محنط", "big-cat skin", "ar"),
+    # teeth and claws
+    ("griffes de tigre", "teeth and claws", "fr"), ("móng gấu", "teeth and claws", "vi"),
+    ("kuku beruang", "teeth and claws", "id"), ("colmillos de tigre", "teeth and claws", "es"),
+    # live cubs and primates as pets
+    ("baby orangutan for sale", "live young", "en"), ("anak orangutan", "live young", "id"),
+    ("khỉ con thuần", "live young", "vi"), ("bayi kukang jinak", "live young", "id"), ("ลิงลม น่ารัก", "live young", "th"),
+    ("小懒猴 出售", "live young", "zh"), ("filhote de sagui", "live young", "pt"), ("mtoto wa sokwe", "live young", "sw"),
+    ("bébé chimpanzé", "live young", "fr"), ("cría de mono", "live young", "es"),
+    # hunts offered for money
+    ("leopard hunt, trophy fee included", "hunting", "en"), ("chasse au léopard", "hunting", "fr"),
+    ("paquete de caza", "hunting", "es"), ("uwindaji wa kitalii", "hunting", "sw"), ("رحلة صيد", "hunting", "ar")])
+def test_code_words_and_product_words_for_every_commodity(text, meaning, lang):
+    assert (meaning, lang) in meanings(text), meanings(text)
+
+
+@pytest.mark.parametrize("text, absent", [
+    # the colour, the country, the district: not ivory
+    ("Flights to Ivory Coast from $640", "ivory"), ("ivory-coloured wedding dress", "ivory"),
+    ("Vols pour la Côte d'Ivoire", "ivory"), ("vestido color marfil", "ivory"), ("Costa do Marfim", "ivory"),
+    ("rumah dijual di Kelapa Gading", "ivory"), ("váy cưới màu trắng ngà", "ivory"), ("رحلات إلى ساحل العاج", "ivory"),
+    ("象牙白衣柜", "ivory"),
+    # dishes, streamers, press-on nails, leopard-print clothes and youth teams
+    ("虎皮青椒的做法", "big-cat skin"), ("虎牙直播的主播", "teeth and claws"), ("美甲片 穿戴甲", "pangolin scales"),
+    ("美甲珠 闪钻", "pangolin scales (trade name)"), ("váy họa tiết da báo", "big-cat skin"),
+    ("vestido estampado de piel de leopardo", "big-cat skin"), ("vestido estampa de pele de onça", "big-cat skin"),
+    ("منتخب الأشبال يفوز", "live young"), ("dầu cao con hổ", "tiger or lion bone")])
+def test_everyday_words_that_contain_a_product_word_are_not_that_product(text, absent):
+    assert absent not in {m for m, _ in meanings(text)}, meanings(text)
+
+
 def test_prices_are_found_with_their_currency_and_unit():
     for text, price, unit in (("only $4,500", "$4,500", ""), ("giá 20 triệu", "20 triệu", "million"),
                               ("5000元", "5000元", ""), ("bei ksh 30000", "ksh 30000", ""), ("R$ 900", "r$ 900", ""),
@@ -88,6 +136,17 @@ def test_the_learned_score_separates_trade_from_talk_about_wildlife():
     # a photo adds a little, never everything
     text_only = post_evidence("犀牛角 出售 价格私聊 5000元", [])
     assert ev.score > text_only.score and ev.score - text_only.score < 0.3
+
+
+def test_a_hunt_offered_for_money_is_an_offer_and_hunting_talk_is_not():
+    lion = pred("lion")
+    for text in ("trophy hunt", "Poachers caught in Kruger", "hunting season opens Saturday",
+                 "Went on a trophy hunt last year, what a week"):
+        assert not post_evidence(text, [lion]).flagged, text  # hunting words alone are talk, even with a lion photo
+    for text in ("14-day leopard hunt in Zimbabwe, $18,500 with the trophy fee, two openings left",
+                 "Chasse au lion en Namibie, 14 jours, 24 000 € trophée compris, acompte pour réserver"):
+        ev = post_evidence(text, [])
+        assert ev.flagged and any(t.category == "hunting" for t in ev.terms), text
 
 
 def test_cites_listing_counts_for_the_photo_not_the_red_list():
@@ -625,6 +684,45 @@ def test_a_slow_post_uses_up_its_time_budget_and_the_next_post_goes_on(tmp_path)
     assert took < 20 * 0.6
 
 
+def test_the_text_work_of_one_post_is_bounded_by_its_caps_well_under_the_item_budget():
+    """The per-item budget (ITEM_BUDGET_S) stops image fetching; the text work of a post is bounded
+    instead: every text step reads a capped prefix, so a post of the largest size a fetch may bring
+    costs what one of a few thousand characters does."""
+    import tracemalloc
+
+    from wildwatch.monitor.cases import text_signature
+    from wildwatch.monitor.sources import ITEM_BUDGET_S, parse_feed
+    from wildwatch.monitor.textscan import MAX_SCAN, join_unique
+
+    # each step's result on a huge input is its result on the capped prefix: the rest is never read
+    title = "Ivory bangle for sale, DM " + "1 " * 5_000_000  # 10 MB
+    tracemalloc.start()
+    joined = join_unique([title, "body"])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert joined == join_unique([title[:2 * MAX_SCAN], "body"])
+    assert peak < 1 << 20, peak  # the title was cut before it was split (the old code split all 10 MB: 40+ MB)
+    hostile = {"digits": "1 " * 50_000, "cjk traps": "美甲片虎皮青椒" * 20_000, "thai": "ขายออนไลน์" * 20_000,
+               "arabic": "والعاج ساحل " * 20_000, "units": " ".join(f"{i} triệu" for i in range(50_000))}
+    for name, text in hostile.items():
+        cut = text[:2 * MAX_SCAN]
+        assert post_evidence(text, []).score == post_evidence(cut, []).score, name
+        assert (text_signature(text) == text_signature(cut)).all(), name
+    # the largest item a fetch may bring (a JSON Feed item of 42 MB: a title of digits, a body of "<img"),
+    # parsed, scored and signed, with every hostile text besides: far inside the item budget
+    doc = json.dumps({"items": [{"id": "x", "title": "1 " * 12_000_000, "summary": "ivory " * 1_000_000,
+                                 "content_html": "<img" * 3_000_000}]}).encode()
+    t0 = time.monotonic()
+    [post] = parse_feed(doc)
+    post_evidence(post.text, [])
+    text_signature(post.text)
+    for text in hostile.values():
+        post_evidence(text, [])
+        text_signature(text)
+    took = time.monotonic() - t0
+    assert len(post.text) <= MAX_SCAN and took < ITEM_BUDGET_S / 10, took
+
+
 def test_bad_input_gets_a_clear_error_per_source_and_the_monitor_goes_on(tmp_path):
     from test_monitor import RED, jpeg
 
@@ -785,4 +883,10 @@ def test_the_relevance_model_trains_with_numpy_saves_plain_arrays_and_loads_with
         assert {k: z[k].dtype.kind for k in z.files}["weights"] == "f"
     # the shipped model was trained on the corpus's training part only
     assert bundled_model().meta["corpus"] == "benchmarks/media_corpus (train part)"
-    assert {p.part for p in load()} == {"train", "heldout"} and len(load("heldout")) * 2 < len(load("train"))
+    parts = {part: load(part) for part in ("train", "heldout_v1", "heldout_v2")}
+    assert sum(map(len, parts.values())) == len(load()) and len(parts["heldout_v2"]) >= 150
+    assert load("heldout") == parts["heldout_v2"]  # "heldout" is the newest held-out part
+    # no held-out text is in the training part, and every language is in every part
+    train_texts = {p.text for p in parts["train"]}
+    assert not train_texts & {p.text for p in parts["heldout_v1"] + parts["heldout_v2"]}
+    assert all({p.lang for p in posts} == {p.lang for p in parts["train"]} for posts in parts.values())

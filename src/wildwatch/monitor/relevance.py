@@ -10,9 +10,9 @@ loading it runs no code), nothing downloaded at run time:
   script, misspellings and code words that share letters with known ones), counted with
   ``log1p`` and scaled to unit length;
 - the term list's evidence (``monitor.terms``): which categories of words are present (product,
-  code word, offer, buyer request, contact channel, price talk, hunting, news, conservation,
+  code word, offer, buyer request, contact channel, price talk, news, conservation,
   zoo/tourism/film), a price with a currency, and whether a product and an offer, request,
-  contact or price occur together.
+  contact or price occur together, and hunting words with one (hunting words alone are talk).
 
 The logit is calibrated (Platt scaling fitted on out-of-fold predictions of the training part),
 so ``probability`` is a probability on the training distribution, and its threshold is the one
@@ -37,8 +37,12 @@ DIM = 1 << BITS
 NGRAMS = (1, 2, 3, 4, 5)
 _MUL = np.uint64(0x100000001B3)  # FNV-1a prime: a stable hash (Python's str hash changes per process)
 _SEED = np.uint64(0xCBF29CE484222325)
-DENSE = [f"has_{c}" for c in CATEGORIES] + ["price", "price_with_unit", "product_with_deal", "request_with_product",
-                                            "trade_categories", "context_only"]
+# hunting words are evidence of trade only beside a deal (a priced hunt is an offer; "trophy hunt" or
+# "poachers caught" alone is talk): they enter as "hunting_with_deal", never on their own
+_DENSE_CATEGORIES = [c for c in CATEGORIES if c != "hunting"]
+DENSE = [f"has_{c}" for c in _DENSE_CATEGORIES] + ["price", "price_with_unit", "product_with_deal",
+                                                   "request_with_product", "hunting_with_deal", "trade_categories",
+                                                   "context_only"]
 MODEL_FILE = "resources/relevance_model.npz"
 
 
@@ -65,11 +69,11 @@ def dense_features(hits, prices) -> np.ndarray:
     cats = {h.term.category for h in hits}
     product = bool(cats & {"product", "code"})
     deal = bool(cats & {"offer", "request", "contact", "price_word"}) or bool(prices)
-    trade = len(cats & set(TRADE_CATEGORIES))
+    trade = len(cats & (set(TRADE_CATEGORIES) - {"hunting"}))
     context = bool(cats & {"news", "conservation", "leisure"}) and trade == 0
-    values = [float(c in cats) for c in CATEGORIES] + [
+    values = [float(c in cats) for c in _DENSE_CATEGORIES] + [
         float(bool(prices)), float(any(p.unit for p in prices)), float(product and deal),
-        float("request" in cats and product), min(trade, 4) / 4.0, float(context)]
+        float("request" in cats and product), float("hunting" in cats and deal), min(trade, 4) / 4.0, float(context)]
     return np.asarray(values, np.float32)
 
 

@@ -117,14 +117,16 @@ def term_list() -> TermList:
 
 
 def _excluded(text: str, start: int, end: int, term: Term) -> bool:
-    """Whether the match [start, end) lies inside one of the term's ``not_in`` words."""
+    """Whether the match [start, end) overlaps one of the term's ``not_in`` words ("ساحل العاج" for
+    the token "العاج", whose match starts at its article). Only a window of the not_in word's length
+    around the match is searched, so each check is bounded whatever the text."""
     for w in term.not_in:
-        k = w.find(term.text)
-        while k >= 0:
-            s = start - k
-            if s >= 0 and text[s:s + len(w)] == w:
+        lo, hi = max(0, start - len(w)), end + len(w)
+        j = text.find(w, lo, hi)
+        while j >= 0:
+            if j < end and j + len(w) > start:
                 return True
-            k = w.find(term.text, k + 1)
+            j = text.find(w, j + 1, hi)
     return False
 
 
