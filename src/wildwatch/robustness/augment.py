@@ -57,7 +57,7 @@ def _night(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     gamma = R.night_gamma.draw(rng)
     w, h = img.size
     noise = torch.from_numpy(rng.normal(0, R.night_noise.draw(rng), (h, w)).astype(np.float32))
-    return _on_photo(img, lambda x: O.night_ir(x, gamma, noise))
+    return _on_photo(img, lambda x: O.night_ir(x, gamma, noise, uint8_steps=True))
 
 
 def _motion(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -156,7 +156,7 @@ def low_resolution(x: np.ndarray, severity: int, rng=None, px: int | None = None
 def night_ir(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Grey (as an IR camera sees it), darkened by a gamma curve, with sensor noise."""
     noise = rng.normal(0.0, NIGHT_NOISE[severity - 1], x.shape[:2]).astype(np.float32)
-    return O.to_uint8(O.night_ir(O.from_uint8(x), NIGHT_GAMMA[severity - 1], torch.from_numpy(noise)))
+    return O.to_uint8(O.night_ir(O.from_uint8(x), NIGHT_GAMMA[severity - 1], torch.from_numpy(noise), uint8_steps=True))
 
 
 def heavy_jpeg(x: np.ndarray, severity: int, rng=None) -> np.ndarray:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -80,10 +81,11 @@ def _nearest_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return m
 
 
+@lru_cache(maxsize=512)
 def resample_matrix(n_in: int, n_out: int, kind: str) -> torch.Tensor:
     """(n_out, n_in) float64 weights resampling one axis as Pillow does (``box``, ``bilinear``,
     ``bicubic``, ``nearest``): the filter widens by the scale when reducing, and each row is
-    normalised over the source pixels it covers."""
+    normalised over the source pixels it covers. Cached: do not modify the result."""
     if kind == "nearest":
         return _nearest_matrix(n_in, n_out)
     fn, support = _FILTERS[kind]
@@ -231,11 +233,18 @@ def motion_blur(x: torch.Tensor, kernels: torch.Tensor, border: str = "reflect")
     return per_image_conv(x, kernels, border)
 
 
-def night_ir(x: torch.Tensor, gamma: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+def night_ir(x: torch.Tensor, gamma: torch.Tensor | float, noise: torch.Tensor,
+             uint8_steps: bool = False) -> torch.Tensor:
     """Grey, as an infra-red camera sees it, darkened by a gamma curve, plus sensor noise (the
-    caller's draw, shape (N, 1, H, W) or (H, W), already scaled)."""
-    g = grey(x).clamp(0, 1) ** gamma + noise
-    return g.expand_as(x)
+    caller's draw, shape (N, 1, H, W) or (H, W), already scaled). ``uint8_steps`` (a photo on the
+    CPU, one ``gamma``): grey weighed on the 8-bit values and the curve in numpy's float32, as the
+    benchmark has always computed them; torch's power differs in the last bit, which moves a
+    pixel by a level now and then and, on ties of the int8 model, a benchmark answer."""
+    if not uint8_steps:
+        return (grey(x).clamp(0, 1) ** gamma + noise).expand_as(x)
+    g = (grey((x * 255).round()) / 255).cpu().numpy()
+    curved = torch.from_numpy(np.power(g, np.float32(gamma))).to(x.device)
+    return (curved + noise).expand_as(x)
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
