@@ -48,6 +48,16 @@ def draw_shape(label: str, rng: random.Random, size: int = 48) -> Image.Image:
     return img
 
 
+def smooth_photo(seed: int = 0, size: int = 96) -> np.ndarray:
+    """A smooth image with edges (noise alone would hide blur)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    a = np.stack([128 + 100 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in range(3)], -1)
+    a[size // 3: 2 * size // 3, size // 4: size // 2] = rng.integers(0, 255, 3)
+    a[: size // 2, size // 2:] += 60 * ((np.arange(size // 2) // 3) % 2)[:, None, None]  # fine stripes
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
 def make_shapes_folder(root: Path, per_class: int = 30, seed: int = 0, size: int = 48, duplicates: int = 0) -> Path:
     """An ImageFolder tree of synthetic shapes; ``duplicates`` near-copies (mirrored, re-saved) per class."""
     rng = random.Random(seed)

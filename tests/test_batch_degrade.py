@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import draw_shape
 
-from wildwatch.robustness.batch_degrade import OPS, BatchDegrade, gaussian_kernels, jpeg, line_kernels, per_image_conv
+from wildwatch.robustness.batch_degrade import OPS, BatchDegrade, jpeg
+from wildwatch.robustness.ops import gaussian_kernels, line_kernels, per_image_conv
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import OOD_DATA, REAL_DATA, make_shapes_folder
+from conftest import smooth_photo as photo
 from PIL import Image
 
 from wildwatch.robustness import corruptions as C
 from wildwatch.robustness.augment import OPS, Degrade
-
-
-def photo(seed: int = 0, size: int = 96) -> np.ndarray:
-    """A smooth image with edges (noise alone would hide blur)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    a = np.stack([128 + 100 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in range(3)], -1)
-    a[size // 3: 2 * size // 3, size // 4: size // 2] = rng.integers(0, 255, 3)
-    a[: size // 2, size // 2:] += 60 * ((np.arange(size // 2) // 3) % 2)[:, None, None]  # fine stripes
-    return np.clip(a, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ class TrainConfig(BaseModel):
     weight_decay: Optional[float] = Field(None, ge=0)
     ratios: Optional[tuple[float, float, float]] = None
     pool: Literal["max", "avg", "fuzzy", "fuzzy1"] = "max"
+    model_args: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="arguments of the model's builder (wildwatch.models), recorded in "
+        "the model file; image_size and pool have settings of their own")
     seed: int = 0
     workers: int = Field(2, ge=0)
     device: str = "auto"
@@ -57,11 +60,20 @@ class TrainConfig(BaseModel):
             raise ValueError(f"train/val/test ratios must be non-negative and sum to 1, got {v}")
         return v
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every recipe default filled in from the model registry."""
-        from wildwatch.models import get_entry
+    @field_validator("model_args")
+    @classmethod
+    def _model_args_not_settings(cls, v):
+        own = sorted({"image_size", "pool"} & set(v))
+        if own:
+            raise ValueError(f"{', '.join(own)}: set with their own settings (image_size, pool), not model_args")
+        return v
 
-        r = get_entry(self.model).recipe
+    def resolved(self) -> "TrainConfig":
+        """A copy with every training default filled in from the model registry; model arguments the
+        model's builder does not take are refused here, before any work."""
+        from wildwatch.models.registry import check_arguments
+
+        r = check_arguments(self.model, self.model_args).defaults
         fill = {
             "epochs": r.epochs, "image_size": r.image_size, "batch_size": r.batch_size, "lr": r.lr,
             "step_size": r.step_size, "gamma": r.gamma, "weight_decay": r.weight_decay, "ratios": r.ratios,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from wildwatch.data.datasets import ImageDataset, make_loader
 from wildwatch.data.transforms import eval_transform, train_transform
 from wildwatch.engine.fit import Best, Recipe, Run, fit, model_preprocess, seed_everything
-from wildwatch.models import create_model
+from wildwatch.models import create_model, get_entry
 from wildwatch.models.files import MODEL_FILENAME, save_model
 
 __all__ = ["FromScratch", "evaluate", "fit", "predict_logits", "train_one_epoch"]
@@ -94,7 +94,9 @@ class FromScratch(Recipe):
             val_ds = Subset(val_ds, shard(len(val_ds), dist))
         self.val_loader = make_loader(val_ds, cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
         seed_everything(cfg.seed)
-        self.model = create_model(cfg.model, len(split.classes), image_size=cfg.image_size, pool=cfg.pool).to(device)
+        # the input size and pooling where the model takes them, then the run's own model arguments
+        kwargs = {**get_entry(cfg.model).accepted({"image_size": cfg.image_size, "pool": cfg.pool}), **cfg.model_args}
+        self.model = create_model(cfg.model, len(split.classes), **kwargs).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         self.net = (DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -102,7 +104,7 @@ class FromScratch(Recipe):
         self.sampler = (DistributedSampler(self.train_ds, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
                                            drop_last=True) if dist.enabled else None)
         self.meta = {
-            "architecture": cfg.model, "model_kwargs": {"image_size": cfg.image_size, "pool": cfg.pool},
+            "architecture": cfg.model, "model_kwargs": kwargs,
             "classes": split.classes, "preprocess": pre.to_json(), "temperature": 1.0,
             "data_fingerprint": run.data_fingerprint,
             "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,

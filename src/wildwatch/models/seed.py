@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from wildwatch.models.pooling import make_pool
-from wildwatch.models.registry import Recipe, register_model
+from wildwatch.models.registry import TrainingDefaults, register_model
 
 
 def _conv_stack(channels: tuple[int, ...], pool: str) -> nn.Sequential:
@@ -53,8 +53,8 @@ class SeedCNN(nn.Module):
         return fmap, self.head(self.global_pool(fmap).flatten(1))
 
 
-@register_model(Recipe(lr=1e-3, batch_size=32, epochs=20, image_size=32))
-def seed_m0(num_classes: int, image_size: int = 32, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=32, epochs=20, image_size=32))
+def seed_m0(num_classes: int, image_size: int = 32, pool: str = "max") -> SeedCNN:
     """Seed model 0: two 4x4 convolutions, LeNet-like head (90, 61)."""
     features = nn.Sequential(
         nn.Conv2d(3, 6, 4), nn.ReLU(inplace=True), make_pool(pool, 2),
@@ -67,8 +67,8 @@ def seed_m0(num_classes: int, image_size: int = 32, pool: str = "max", **_) -> S
     return SeedCNN(features, head)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=32, epochs=20))
-def seed_m1(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=32, epochs=20))
+def seed_m1(num_classes: int, image_size: int = 224, pool: str = "max") -> SeedCNN:
     """Seed model 1: 4 conv blocks (32-64-128-256), dense 512-256 with dropout 0.5."""
     features = _conv_stack((32, 64, 128, 256), pool)
     n = _flat_features(features, image_size)
@@ -80,8 +80,8 @@ def seed_m1(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> 
     return SeedCNN(features, head)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=32, epochs=20))
-def seed_m2(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=32, epochs=20))
+def seed_m2(num_classes: int, image_size: int = 224, pool: str = "max") -> SeedCNN:
     """Seed model 2: 4 conv blocks (32-64-128-256), dense 512-256-64 with dropout 0.2."""
     features = _conv_stack((32, 64, 128, 256), pool)
     n = _flat_features(features, image_size)
@@ -108,20 +108,20 @@ def _m34(num_classes: int, image_size: int, pool: str) -> SeedCNN:
     return SeedCNN(features, _bn_head(_flat_features(features, image_size), (512, 256, 128), num_classes))
 
 
-@register_model(Recipe(lr=1e-4, batch_size=16, epochs=60, step_size=20, gamma=0.5))
-def seed_m3(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-4, batch_size=16, epochs=60, step_size=20, gamma=0.5))
+def seed_m3(num_classes: int, image_size: int = 224, pool: str = "max") -> SeedCNN:
     """Seed model 3: 4 conv blocks (64-128-128-256), BatchNorm head 512-256-128; Adam 1e-4."""
     return _m34(num_classes, image_size, pool)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=8, epochs=200, step_size=10, gamma=0.5))
-def seed_m4(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=8, epochs=200, step_size=10, gamma=0.5))
+def seed_m4(num_classes: int, image_size: int = 224, pool: str = "max") -> SeedCNN:
     """Seed model 4 (the seed's final model): m3's network with Adam 1e-3, StepLR(10, 0.5), batch 8."""
     return _m34(num_classes, image_size, pool)
 
 
-@register_model(Recipe(lr=1e-3, batch_size=32, epochs=30, step_size=10, gamma=0.5))
-def seed_m4_gap(num_classes: int, image_size: int = 224, pool: str = "max", **_) -> SeedCNN:
+@register_model(TrainingDefaults(lr=1e-3, batch_size=32, epochs=30, step_size=10, gamma=0.5))
+def seed_m4_gap(num_classes: int, image_size: int = 224, pool: str = "max") -> SeedCNN:
     """m4's convolutions with global average pooling and a small head (0.5M weights, not 26M)."""
     features = _conv_stack((64, 128, 128, 256), pool)
     return SeedCNN(features, _bn_head(256, (128,), num_classes), global_pool=True)

@@ -3,10 +3,11 @@
 ``Degrade`` is a PIL-to-PIL transform that applies either one chain of 1-3 degradations, or an
 AugMix-style mixture (Hendrycks et al., ICLR 2020): three chains blended with Dirichlet weights,
 then blended with the original by a Beta-distributed weight. The operations (blur, sensor noise,
-JPEG, low resolution, night/IR, motion blur, dim and flat light, occluding rectangles) are written
-here and are not the benchmark's code; weather (snow, frost, fog), elastic, glass and zoom blur,
-pixelation and pasted people or objects are never seen in training, so the benchmark also
-measures how the hardening carries over to conditions it was not trained on.
+JPEG, low resolution, night/IR, motion blur, dim and flat light, occluding rectangles) come from
+the corruption library (``ops``) with the ranges of ``ranges.DEGRADE``; weather (snow, frost,
+fog), elastic, glass and zoom blur, pixelation and pasted people or objects are never seen in
+training, so the benchmark also measures how the hardening carries over to conditions it was not
+trained on.
 
 Randomness comes from torch's generator (one draw per image), so cached training views are the
 same each time they are computed.
@@ -15,73 +16,73 @@ same each time they are computed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
+
+from wildwatch.robustness import ops as O
+from wildwatch.robustness.ranges import DEGRADE as R
+
+
+def _on_photo(img: Image.Image, fn: Callable[[torch.Tensor], torch.Tensor]) -> Image.Image:
+    """Run a library operation on a PIL photo."""
+    return Image.fromarray(O.to_uint8(fn(O.from_uint8(np.asarray(img)))))
 
 
 def _blur(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 3.0))))
+    sigma = torch.tensor([R.blur_sigma.draw(rng)])
+    return _on_photo(img, lambda x: O.gaussian_blur(x, sigma))
 
 
 def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    a = np.asarray(img, np.float32)
-    a = a + rng.normal(0, rng.uniform(0.02, 0.15) * 255, a.shape)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    sigma = R.noise_sigma.draw(rng)
+    w, h = img.size
+    noise = torch.from_numpy(rng.normal(0, sigma, (h, w, 3)).astype(np.float32)).permute(2, 0, 1)
+    return _on_photo(img, lambda x: O.gaussian_noise(x, noise))
 
 
 def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    from wildwatch.robustness.corruptions import jpeg
-
-    return Image.fromarray(jpeg(np.asarray(img), int(rng.integers(5, 41))))
+    return Image.fromarray(O.jpeg(np.asarray(img), R.jpeg_quality.draw_int(rng)))
 
 
 def _low_res(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    w, h = img.size
-    s = float(rng.uniform(28, 100)) / max(w, h)
-    small = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BOX)
-    return small.resize((w, h), Image.BICUBIC if rng.random() < 0.7 else Image.NEAREST)
+    px = R.low_res_px.draw(rng)
+    up = "bicubic" if rng.random() < R.low_res_bicubic else "nearest"
+    return _on_photo(img, lambda x: O.low_resolution(x, px, up, uint8_steps=True))
 
 
 def _night(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    g = np.asarray(img.convert("L"), np.float32) / 255.0
-    g = g ** rng.uniform(1.2, 3.0) + rng.normal(0, rng.uniform(0.01, 0.1), g.shape)
-    g = (np.clip(g, 0, 1) * 255).astype(np.uint8)
-    return Image.fromarray(g).convert("RGB")
+    gamma = R.night_gamma.draw(rng)
+    w, h = img.size
+    noise = torch.from_numpy(rng.normal(0, R.night_noise.draw(rng), (h, w)).astype(np.float32))
+    return _on_photo(img, lambda x: O.night_ir(x, gamma, noise, uint8_steps=True))
 
 
 def _motion(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    import cv2
-
-    from wildwatch.robustness.corruptions import motion_kernel
-
-    k = motion_kernel(int(rng.integers(5, 26)), float(rng.uniform(0, 180)))
-    return Image.fromarray(cv2.filter2D(np.asarray(img), -1, k, borderType=cv2.BORDER_REFLECT))
+    length = R.motion_px.draw_int(rng)
+    k = torch.from_numpy(O.motion_kernel(length, R.motion_angle_deg.draw(rng)))[None]
+    return _on_photo(img, lambda x: O.motion_blur(x, k, border="symmetric"))
 
 
 def _dim(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.2, 0.9)))
-    return ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.4, 1.3)))
+    c = R.dim_contrast.draw(rng)
+    light = R.dim_brightness.draw(rng)
+    return _on_photo(img, lambda x: O.dim(x, c, light))
 
 
 def _occlude(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A rectangle over 10-40% of the frame: flat colour, noise, or a flipped piece of the image."""
-    a = np.asarray(img).copy()
-    h, w = a.shape[:2]
-    frac = rng.uniform(0.1, 0.4)
-    aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
-    ph = int(min(h, round(math.sqrt(frac * h * w / aspect))))
-    pw = int(min(w, round(frac * h * w / max(ph, 1))))
+    w, h = img.size
+    frac = R.occluded.draw(rng)
+    aspect = math.exp(rng.uniform(math.log(R.occluder_aspect.low), math.log(R.occluder_aspect.high)))
+    ph, pw = O.occluder_size(frac, aspect, h, w)
     top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-    kind = rng.integers(3)
-    if kind == 0:
-        a[top:top + ph, left:left + pw] = rng.integers(0, 256, 3)
-    elif kind == 1:
-        a[top:top + ph, left:left + pw] = rng.integers(0, 256, (ph, pw, 3))
-    else:
-        a[top:top + ph, left:left + pw] = np.flipud(np.fliplr(a))[top:top + ph, left:left + pw]
-    return Image.fromarray(a)
+    kind = int(rng.integers(3))
+    colour = torch.from_numpy(rng.integers(0, 256, 3)).float() / 255 if kind == 0 else None
+    noise = torch.from_numpy(rng.integers(0, 256, (ph, pw, 3))).permute(2, 0, 1).float() / 255 if kind == 1 else None
+    return _on_photo(img, lambda x: O.occlude(x[0], (top, left, ph, pw), kind, colour, noise)[None])
 
 
 OPS = {"blur": _blur, "noise": _noise, "jpeg": _jpeg, "low_res": _low_res, "night": _night,

@@ -11,26 +11,29 @@ Every function takes a 224x224-style RGB ``uint8`` array (the model's eval crop)
   tables). ``corrupt-tta`` draws from numpy's global generator and, for impulse noise, from
   scikit-image's; both are seeded from ``rng`` around each call, so results are repeatable.
 - **CCTV**: low resolution (96/64/48/40/32 px, upsampled back), night/infra-red (grey, gamma
-  darkening, sensor noise), heavy JPEG (quality 20..5), motion blur along a random direction.
+  darkening, sensor noise), heavy JPEG (quality 20..5), motion blur along a random direction; the
+  operations are the corruption library's (``ops``), the ones training uses, at the severities
+  below.
 - **Context**: a person or another object pasted over part of the animal (10..50% of the frame),
   and the animal small in a larger scene (1/4 and 1/16 of the frame area).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wildwatch.errors import UnknownNameError, UsageError, require
+from wildwatch.robustness import ops as O
 
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -90,7 +93,7 @@ class Pastes:
     scenery: list[Path]
 
     @classmethod
-    def from_folder(cls, root: Path) -> "Pastes":
+    def from_folder(cls, root: Path) -> Pastes:
         """``root/person``, ``root/landscape`` and every other sub-folder as objects
         (the layout of ``ood_dev``)."""
         from wildwatch.data.discover import expand_paths
@@ -145,48 +148,24 @@ def imagenet_c(name: str, x: np.ndarray, severity: int, rng: np.random.Generator
 
 
 def low_resolution(x: np.ndarray, severity: int, rng=None, px: int | None = None) -> np.ndarray:
-    """Down to ``px`` on the long side (area filter), back up with bicubic: a small, soft image."""
+    """Down to ``px`` on the long side (box filter), back up with bicubic: a small, soft image."""
     px = px or LOW_RES_PX[severity - 1]
-    h, w = x.shape[:2]
-    s = px / max(h, w)
-    img = Image.fromarray(x).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BOX)
-    return np.asarray(img.resize((w, h), Image.BICUBIC))
+    return O.to_uint8(O.low_resolution(O.from_uint8(x), px, "bicubic", uint8_steps=True))
 
 
 def night_ir(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Grey (as an IR camera sees it), darkened by a gamma curve, with sensor noise."""
-    g = (x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
-    g = g ** NIGHT_GAMMA[severity - 1]
-    g = g + rng.normal(0.0, NIGHT_NOISE[severity - 1], g.shape).astype(np.float32)
-    g = (np.clip(g, 0, 1) * 255).round().astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2)
-
-
-def jpeg(x: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, format="JPEG", quality=int(quality))
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    noise = rng.normal(0.0, NIGHT_NOISE[severity - 1], x.shape[:2]).astype(np.float32)
+    return O.to_uint8(O.night_ir(O.from_uint8(x), NIGHT_GAMMA[severity - 1], torch.from_numpy(noise), uint8_steps=True))
 
 
 def heavy_jpeg(x: np.ndarray, severity: int, rng=None) -> np.ndarray:
-    return jpeg(x, HEAVY_JPEG_QUALITY[severity - 1])
-
-
-def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
-    """A normalised line kernel of ``length`` pixels at ``angle_deg``."""
-    k = np.zeros((length, length), np.float32)
-    c = (length - 1) / 2
-    a = math.radians(angle_deg)
-    for t in np.linspace(-c, c, 4 * length):
-        k[int(round(c + t * math.sin(a))), int(round(c + t * math.cos(a)))] = 1.0
-    return k / k.sum()
+    return O.jpeg(x, HEAVY_JPEG_QUALITY[severity - 1])
 
 
 def motion_blur_any(x: np.ndarray, severity: int, rng: np.random.Generator, length: int | None = None) -> np.ndarray:
-    import cv2
-
-    k = motion_kernel(length or MOTION_LENGTH[severity - 1], float(rng.uniform(0, 180)))
-    return cv2.filter2D(x, -1, k, borderType=cv2.BORDER_REFLECT)
+    k = O.motion_kernel(length or MOTION_LENGTH[severity - 1], float(rng.uniform(0, 180)))
+    return O.to_uint8(O.motion_blur(O.from_uint8(x), torch.from_numpy(k)[None], border="symmetric"))
 
 
 def paste_over(x: np.ndarray, patch_source: Callable[[tuple[int, int]], np.ndarray], fraction: float,
@@ -195,8 +174,7 @@ def paste_over(x: np.ndarray, patch_source: Callable[[tuple[int, int]], np.ndarr
     frame, where the animal usually is."""
     h, w = x.shape[:2]
     aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-    ph = int(round(min(h, math.sqrt(fraction * h * w / aspect))))
-    pw = int(round(min(w, fraction * h * w / max(ph, 1))))
+    ph, pw = O.occluder_size(fraction, aspect, h, w)
     cy = rng.uniform(0.25, 0.75) * h
     cx = rng.uniform(0.25, 0.75) * w
     top = int(np.clip(round(cy - ph / 2), 0, h - ph))
