@@ -156,7 +156,8 @@ def classify(
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
     output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
     format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, megadetector (batch-output JSON "
-                                         "for Timelapse) or camtrapdp (a Camtrap DP folder). Default: from --output."),
+                                         "for Timelapse), camtrapdp (a Camtrap DP folder), addaxai (AddaxAI's "
+                                         "per-detection CSV) or coco (COCO Camera Traps). Default: from --output."),
     country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
@@ -169,10 +170,20 @@ def classify(
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
-    detections: Optional[Path] = typer.Option(None, help="A MegaDetector (or SpeciesNet) batch file: classify its "
-                                              "animal boxes and write it back to --output with the species."),
-    detection_threshold: float = typer.Option(0.2, min=0, max=1, help="With --detections: the animal boxes "
-                                              "classified are those at least this confident."),
+    detections: Optional[Path] = typer.Option(None, help="A MegaDetector, AddaxAI or SpeciesNet results file: "
+                                              "classify its animal boxes and write it back to --output (MegaDetector "
+                                              "format) with the species."),
+    image_root: Optional[str] = typer.Option(None, help="With --detections: the folder its absolute image paths "
+                                             "were under (on the detector's machine); they are read under PATHS."),
+    detect: bool = typer.Option(False, "--detect", help="Camera-trap photos: the built-in animal detector finds "
+                                "boxes, each box is classified at full detail, rows gain detections and counts."),
+    detector_size: int = typer.Option(416, help="With --detect: the detector's input side in pixels (a multiple "
+                                      "of 32; 640 finds more small animals, at 2.4x the cost)."),
+    detection_threshold: Optional[float] = typer.Option(None, min=0, max=1, help="The boxes that count: at least "
+                                                        "this confident (default 0.2 with --detections, 0.3 with "
+                                                        "--detect)."),
+    event_gap: float = typer.Option(60.0, min=0, help="Photos of one camera less than this many seconds apart "
+                                    "are one event (megadetector, camtrapdp, addaxai and coco outputs)."),
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
                                            "without EXIF GPS (a deployment needs its coordinates)."),
 ):
@@ -180,6 +191,7 @@ def classify(
     from wildwatch.inference.batch import ClassifyOptions, classify_files, parse_location
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
+                           image_root=image_root, detect=detect, detector_size=detector_size, event_gap=event_gap,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
                            explain=explain, engine=engine, address=address, resume=resume)
@@ -200,6 +212,7 @@ def _print_prediction(p) -> None:
     label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
+    where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
     typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
 
 
