@@ -216,6 +216,37 @@ def _print_prediction(p) -> None:
     typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
 
 
+@app.command("sort")
+@friendly_errors
+def sort_command(
+    results: Path = typer.Argument(..., help="Results of classify: a MegaDetector file (--format megadetector or "
+                                   "--detections; other tools' files too) or rows (.csv, .jsonl, .json)."),
+    dest: Path = typer.Argument(..., help="The folder to sort into: one sub-folder per species, unsure, unknown, "
+                                "person, vehicle, empty."),
+    root: Optional[Path] = typer.Option(None, help="The folder the results' paths are under (default: the one a "
+                                        "MegaDetector file names, else the current folder); photos outside it are "
+                                        "refused."),
+    min_confidence: float = typer.Option(0.5, min=0, max=1, help="A species named less surely than this goes to "
+                                         "unsure/."),
+    species: Optional[str] = typer.Option(None, help="Only these species by name (e.g. lion,jaguars); others go "
+                                          "to not_on_list/."),
+    link: bool = typer.Option(False, "--link", help="Hard-link instead of copying (same file system)."),
+    blur_people: bool = typer.Option(False, "--blur-people", help="Blur people (their boxes, or the whole photo "
+                                     "when a person was seen without a box) in the copies; blurred copies carry "
+                                     "no EXIF."),
+    detection_threshold: float = typer.Option(0.2, min=0, max=1, help="MegaDetector files: boxes at least this "
+                                              "confident count."),
+):
+    """Copy (or hard-link) photos into folders by answer, optionally with people blurred."""
+    from wildwatch.inference.sort import parse_species, sort_photos
+
+    summary = sort_photos(results, dest, root, min_confidence, parse_species(species), link, blur_people,
+                          detection_threshold)
+    typer.echo(summary.line(dest), err=True)
+    if summary.errors:
+        raise typer.Exit(1)
+
+
 @app.command()
 @friendly_errors
 def serve(

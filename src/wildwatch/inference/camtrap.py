@@ -111,10 +111,14 @@ def counts(detections: Iterable[dict]) -> dict[str, int]:
 
 
 def photo_answer(p: Prediction) -> PhotoAnswer:
-    """What a photo says, for grouping it with its sequence."""
-    label, _ = label_of(p)
-    return PhotoAnswer(label or "empty", bool(label) and not p.unknown, 0.0 if p.unknown else float(p.confidence),
-                       counts(photo_detections(p)))
+    """What a photo says, for grouping it with its sequence: its species, else what its boxes show
+    (an unnamed animal before a person before a vehicle), else empty."""
+    dets = photo_detections(p)
+    n = counts(dets)
+    if not p.unknown and not p.error:
+        return PhotoAnswer(p.species, True, float(p.confidence), n)
+    label = next((k for k in ("unknown", "person", "vehicle") if k in n), "empty")
+    return PhotoAnswer(label, False, 0.0, n)
 
 
 def with_boxes(base: Prediction, detections: list[dict]) -> DetectedPrediction:

@@ -102,8 +102,8 @@ def md_detection(d: dict, index: dict) -> dict:
     out = {"category": CATEGORY_OF_KIND.get(d["kind"], "1"), "conf": round(float(conf), 4), "bbox": list(d["bbox"])}
     if d["species"]:
         out["classifications"] = _classifications(d["top_k"], index)
-    elif d["looks_like"]:
-        out["looks_like"] = d["looks_like"]
+    else:  # what the classifier saw instead: an animal it names, a person, a vehicle, a scene or an object
+        out |= {k: d[k] for k in ("looks_like", "looks_like_kind") if d.get(k)}
     return out
 
 
@@ -186,8 +186,8 @@ def classify_detections(doc: dict, root: Path, predictor, threshold: float = DEF
         for (im, det, _), p in zip(pending, preds):
             if not p.unknown:
                 det["classifications"] = _classifications(p.top_k, index)
-            elif p.looks_like:
-                det["looks_like"] = p.looks_like
+            else:
+                det |= {k: v for k, v in (("looks_like", p.looks_like), ("looks_like_kind", p.looks_like_kind)) if v}
             answers.setdefault(id(im), []).append(p)
             summary.boxes_classified += 1
         pending.clear()

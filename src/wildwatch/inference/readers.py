@@ -126,16 +126,18 @@ def common_name(label: str) -> str:
     return label.strip()
 
 
-def read_results(path: Path, image_root: str | None = None) -> dict:
+def read_results(path: Path, keep_classifications: bool = False) -> dict:
     """Any of the three formats as a MegaDetector-shaped document (see the module). Raises DataError
-    when the file as a whole cannot be read as one of them."""
+    when the file as a whole cannot be read as one of them. ``keep_classifications``: leave the
+    file's own classifications where they are (to read its answers rather than replace them);
+    ``classification_categories`` then holds their readable names."""
     doc = load_json(path)
     if isinstance(doc, dict) and isinstance(doc.get("predictions"), list) and "images" not in doc:
         doc = from_speciesnet(doc, path)
-    return normalise(doc, path)
+    return normalise(doc, path, keep_classifications)
 
 
-def normalise(doc: Any, path: Path) -> dict:
+def normalise(doc: Any, path: Path, keep_classifications: bool = False) -> dict:
     if not isinstance(doc, dict):
         raise DataError(f"{path}: not a MegaDetector, AddaxAI or SpeciesNet results file (its top level is a "
                         f"{type(doc).__name__}, not an object)")
@@ -146,11 +148,12 @@ def normalise(doc: Any, path: Path) -> dict:
                         "'detection_categories' (or SpeciesNet's 'predictions')") from None
     names = {k: common_name(v) for k, v in top.classification_categories.items()}
     for k, v in top.classification_category_descriptions.items():
-        if k in names and common_name(v):
-            names[k] = common_name(v)
+        if k in names and common_name(v) and (names[k].isdigit() or not names[k]):
+            names[k] = common_name(v)  # a category named by a number: its description's common name
     det_names = {k: v.strip().lower() for k, v in top.detection_categories.items()}
     classifier = str(top.info.get("classifier") or ("AddaxAI" if _is_addaxai(doc, det_names) else "a classifier"))
-    images = [_image(entry, i, det_names, names, classifier) for i, entry in enumerate(top.images)]
+    images = [_image(entry, i, det_names, names, classifier, keep_classifications)
+              for i, entry in enumerate(top.images)]
     if not any(n in ANIMAL_NAMES for n in det_names.values()) and not _is_addaxai(doc, det_names):
         raise DataError(f"{path}: its detection_categories {sorted(set(det_names.values()))[:5]} have no 'animal'")
     out = {k: v for k, v in doc.items() if k not in ("images", "classification_categories",
@@ -158,6 +161,8 @@ def normalise(doc: Any, path: Path) -> dict:
     out["info"] = dict(top.info)
     out["detection_categories"] = dict(CATEGORIES)
     out["images"] = images
+    if keep_classifications:
+        out["classification_categories"] = names
     return out
 
 
@@ -165,7 +170,7 @@ def _is_addaxai(doc: dict, det_names: dict) -> bool:
     return "unidentified animal" in det_names.values() or "forbidden_classes" in doc
 
 
-def _image(entry: Any, i: int, det_names: dict, names: dict, classifier: str) -> dict:
+def _image(entry: Any, i: int, det_names: dict, names: dict, classifier: str, keep: bool = False) -> dict:
     try:
         im = ImageEntry.model_validate(entry)
     except ValidationError as exc:
@@ -179,14 +184,14 @@ def _image(entry: Any, i: int, det_names: dict, names: dict, classifier: str) ->
         return out
     dets = []
     for det in im.detections or []:
-        d = _detection(det.model_dump(), det_names, names, classifier)
+        d = _detection(det.model_dump(), det_names, names, classifier, keep)
         if d is not None:
             dets.append(d)
     out["detections"] = dets
     return out
 
 
-def _detection(det: dict, det_names: dict, names: dict, classifier: str) -> dict | None:
+def _detection(det: dict, det_names: dict, names: dict, classifier: str, keep: bool = False) -> dict | None:
     """A box with its category mapped to animal/person/vehicle and another classifier's answers kept.
     AddaxAI moves a classified box into a species category (its confidence becomes the species'
     and the detector's moves to ``prev_conf``): both are put back. A category the file does not
@@ -204,7 +209,7 @@ def _detection(det: dict, det_names: dict, names: dict, classifier: str) -> dict
             return None
     det.pop("prev_category", None)
     det.pop("prev_conf", None)
-    for c in det.pop("classifications", None) or []:
+    for c in (det.get("classifications") if keep else det.pop("classifications", None)) or []:
         if isinstance(c, (list, tuple)) and len(c) >= 2 and isinstance(c[1], (int, float)):
             name = names.get(str(c[0]), str(c[0]))[:200]
             if not original or original[0][0] != name:
@@ -217,6 +222,12 @@ def _detection(det: dict, det_names: dict, names: dict, classifier: str) -> dict
         det["category"] = "3"
     else:
         return None
+    if keep:
+        det["classifications"] = [[str(c[0]), float(c[1])] for c in det.get("classifications") or []
+                                  if isinstance(c, (list, tuple)) and len(c) >= 2 and isinstance(c[1], (int, float))]
+        if original and not det["classifications"]:  # AddaxAI's species category, as a classification
+            det["classifications_by_name"] = original
+        return det
     if original:
         det["classifications_original"] = {"classifier": classifier[:200], "classifications": original[:20]}
     return det

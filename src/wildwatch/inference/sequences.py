@@ -166,5 +166,6 @@ def decide(event: Event, answers: Sequence[PhotoAnswer]) -> Event:
     else:
         kinds = Counter(a.label for _, a in own if a.label in KIND_ORDER)
         event.label = max(kinds, key=lambda k: (kinds[k], -KIND_ORDER.index(k))) if kinds else "empty"
-    event.count = max((a.counts.get(event.label, 1 if a.label == event.label else 0) for _, a in own), default=0)
+    if event.label != "empty":
+        event.count = max((a.counts.get(event.label, 1 if a.label == event.label else 0) for _, a in own), default=0)
     return event
