@@ -25,6 +25,7 @@ DETECTOR_FILE = "resources/detector/animal_detector.onnx"
 DEFAULT_SIZE = 416  # the network's input side; 640 finds more small animals at 2.4x the cost
 DEFAULT_THRESHOLD = 0.3  # detector confidence (objectness x class score) of a box that counts
 NMS_IOU = 0.45  # boxes overlapping a more confident one by more than this are the same animal
+CONTAINED = 0.85  # ... and so are boxes lying this much within a more confident one
 PAD_VALUE = 114  # the grey YOLOX is trained to see around a letterboxed photo
 STRIDES = (8, 16, 32)
 MAX_BOXES = 100  # per photo, most confident first: a herd is counted, a broken file cannot flood the output
@@ -80,8 +81,11 @@ def decode(raw: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([centre - half, centre + half], 1), raw[:, 4] * raw[:, 5]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, limit: int = MAX_BOXES) -> list[int]:
-    """Greedy non-maximum suppression: indices kept, most confident first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, limit: int = MAX_BOXES,
+        contained: float = CONTAINED) -> list[int]:
+    """Greedy non-maximum suppression: indices kept, most confident first. A box that overlaps a
+    kept one by more than ``iou``, or lies within it for more than ``contained`` of its own area
+    (a part of the same animal: its head, its front half), is the same animal."""
     order = np.argsort(-scores, kind="stable")
     area = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
     keep: list[int] = []
@@ -92,7 +96,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, limit: int 
         w = np.maximum(0, np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]))
         h = np.maximum(0, np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]))
         inter = w * h
-        order = rest[inter / np.maximum(area[i] + area[rest] - inter, 1e-9) <= iou]
+        same = (inter / np.maximum(area[i] + area[rest] - inter, 1e-9) > iou) | (
+            inter / np.maximum(area[rest], 1e-9) > contained)
+        order = rest[~same]
     return keep
 
 
@@ -134,7 +140,7 @@ class Detector:
         boxes, scores = decode(raw, self.size)
         boxes, scores = boxes[keep], scores[keep]
         out = []
-        for i in nms(boxes, scores, self.nms_iou):
+        for i in nms(boxes, scores, self.nms_iou, contained=CONTAINED):
             x1, y1, x2, y2 = (boxes[i] / ratio).tolist()
             x1, y1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
             x2, y2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)

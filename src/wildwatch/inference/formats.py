@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from wildwatch import __version__
+from wildwatch.data.discover import IMAGE_MEDIA_TYPES
 from wildwatch.errors import UsageError
 from wildwatch.inference.predictor import Prediction
 from wildwatch.species import species_info
@@ -41,10 +42,7 @@ OBSERVATION_FIELDS = ("observationID", "deploymentID", "mediaID", "eventID", "ev
                       "observationComments")
 LICENCE_NOT_SET = "not set: the package's owner chooses it before publishing"
 
-MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
-               ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
-               ".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".ppm": "image/x-portable-pixmap",
-               ".pgm": "image/x-portable-graymap"}
+MEDIA_TYPES = IMAGE_MEDIA_TYPES
 
 
 def media_type(path: str) -> str:

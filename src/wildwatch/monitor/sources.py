@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 from PIL import Image
 
+from wildwatch.data.discover import IMAGE_EXTENSIONS
 from wildwatch.errors import DataError, UsageError, require
 from wildwatch.monitor.fetch import Fetcher
 
@@ -175,9 +176,6 @@ class VideoSource:
             failures = 1
             log.warning("%s: stream ended or dropped; reopening", self.uri)
             self.stop.wait(self.retry_s)
-
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif"}
 
 
 class FolderSource:
