@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 from conftest import OOD_DATA, REAL_DATA, camtrap_dp_errors
 from PIL import Image
 
-from wildwatch.inference.batch import ClassifyOptions, classify_files, write_batch
+from wildwatch.inference.batch import ClassifyOptions, write_batch
 
 MAKE, MODEL, SERIAL = 0x010F, 0x0110, 0xA431
 
@@ -26,7 +25,7 @@ def camera_photo(path: Path, animal: str | None, when: str | None, serial: str =
     scenes = sorted((OOD_DATA / "landscape").glob("*.jpg"))
     img = Image.open(scenes[scene]).convert("RGB").resize((1600, 1200))
     if animal:
-        img.paste(Image.open(sorted((REAL_DATA / animal).glob("*.jpg"))[0]).convert("RGB").resize(size), at)
+        img.paste(Image.open(min((REAL_DATA / animal).glob("*.jpg"))).convert("RGB").resize(size), at)
     exif = Image.Exif()
     exif[MAKE], exif[MODEL] = "Reconyx", "HC600"
     exif.get_ifd(0x8769)[SERIAL] = serial
@@ -91,9 +90,8 @@ def test_boxes_are_found_classified_and_counted(detected):
 
 
 def test_megadetector_output_passes_every_tool_and_carries_the_sequences(detected, card, tmp_path):
-    from test_formats import md_smooth_and_convert
-
     from megadetector.postprocessing.validate_batch_results import ValidateBatchResultsOptions, validate_batch_results
+    from test_formats import md_smooth_and_convert
 
     out = write(detected, tmp_path, "megadetector", "md.json")
     options = ValidateBatchResultsOptions()
