@@ -246,15 +246,16 @@ def from_speciesnet(doc: dict, path: Path) -> dict:
                            "failure": f"malformed entry in the results file: {_problem(exc)}", "detections": None})
             continue
         im: dict = {"file": p.filepath}
+        name = f"SpeciesNet {p.model_version or ''}".strip()
         if p.failures and p.detections is None:
             im |= {"failure": "SpeciesNet failed: " + ", ".join(f[:100] for f in p.failures[:5]), "detections": None}
-        else:
-            im["detections"] = [d.model_dump() for d in p.detections or []]
+        else:  # newer files classify each box (and the whole image as category "0"): those answers are kept
+            im["detections"] = [_speciesnet_box(d.model_dump(), name) for d in p.detections or []
+                                if d.category != "0"]
         if p.prediction:
             classes = p.classifications or SpeciesNetClasses()
             im["classifications_original"] = {
-                "classifier": f"SpeciesNet {p.model_version or ''}".strip(),
-                "prediction": common_name(p.prediction), "score": p.prediction_score,
+                "classifier": name, "prediction": common_name(p.prediction), "score": p.prediction_score,
                 "source": p.prediction_source,
                 "classifications": [[common_name(c), round(float(s), 5)]
                                     for c, s in zip(classes.classes, classes.scores)][:5]}
@@ -263,6 +264,25 @@ def from_speciesnet(doc: dict, path: Path) -> dict:
     return {"info": {"format_version": "1.4", "detector": "SpeciesNet's detector (MegaDetector)",
                      "classifier": "SpeciesNet " + ", ".join(sorted(versions)[:3])},
             "detection_categories": {"1": "animal", "2": "human", "3": "vehicle"}, "images": images}
+
+
+def _speciesnet_box(det: dict, classifier: str) -> dict:
+    """A SpeciesNet box with its own classification (processed, then raw) moved aside, by name."""
+    answers = []
+    processed, raw = det.pop("processed_classification", None), det.pop("raw_classifications", None)
+    if isinstance(processed, dict) and isinstance(processed.get("class"), str):
+        answers.append([common_name(processed["class"])[:200], _score(processed.get("score"))])
+    if isinstance(raw, dict) and isinstance(raw.get("classes"), list) and isinstance(raw.get("scores"), list):
+        answers += [[common_name(str(c))[:200], _score(v)] for c, v in zip(raw["classes"][:5], raw["scores"][:5])]
+    for key in [k for k in det if k not in ("category", "conf", "bbox")]:
+        det.pop(key)
+    if answers:
+        det["classifications_original"] = {"classifier": classifier, "classifications": answers}
+    return det
+
+
+def _score(v) -> float | None:
+    return round(float(v), 5) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:/")
