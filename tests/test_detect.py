@@ -39,8 +39,23 @@ def test_suppression_keeps_one_box_per_object_most_confident_first():
 def test_letterbox_keeps_the_aspect_and_pads_right_and_bottom():
     img = Image.new("RGB", (800, 400), (10, 20, 30))
     arr, ratio = letterbox(img, 416)
-    assert arr.shape == (3, 416, 416) and ratio == pytest.approx(0.52)
-    assert tuple(arr[:, 100, 100]) == (10, 20, 30) and tuple(arr[:, 300, 100]) == (114, 114, 114)
+    assert arr.shape == (3, 224, 416) and ratio == pytest.approx(0.52)  # 208 rows, padded to a multiple of 32
+    assert tuple(arr[:, 100, 100]) == (10, 20, 30) and tuple(arr[:, 215, 100]) == (114, 114, 114)
+    square, _ = letterbox(img, 416, square=True)
+    assert square.shape == (3, 416, 416) and tuple(square[:, 300, 100]) == (114, 114, 114)
+
+
+def test_a_rectangular_canvas_gives_the_boxes_of_the_square_one():
+    scene = min((OOD_DATA / "landscape").glob("*.jpg"))
+    lion = min((REAL_DATA / "lion").glob("*.jpg"))
+    img = pasted(scene, lion, (880, 540), (480, 360))
+    det = Detector()
+    [rect] = det.detect([img])
+    arr, ratio = letterbox(img, 416, square=True)
+    square = det._boxes(det.raw(arr[None])[0], ratio, img.width, img.height)
+    assert len(rect) == len(square) >= 1
+    for a, b in zip(rect, square):  # the padding the network sees differs, not the photo: close, not equal
+        assert abs(a.conf - b.conf) < 0.1 and max(abs(x - y) for x, y in zip(a.bbox, b.bbox)) < 0.02
 
 
 def test_the_shipped_file_and_its_record():
@@ -51,7 +66,8 @@ def test_the_shipped_file_and_its_record():
     assert "DrivenData" in (path.parent / "LICENSE-zamba.txt").read_text()
     for size in ("416", "640"):
         parity = record["box_parity_shipped"][size]
-        assert parity["max_abs_conf_diff"] < 0.01 and parity["min_iou_of_matching_boxes"] > 0.99
+        assert parity["max_abs_conf_diff"] < 0.01 and parity["min_iou_of_matching_boxes"] > 0.95
+        assert parity["photos_with_another_box_count"] <= 1
     import onnxruntime as ort
 
     meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map

@@ -125,7 +125,7 @@ def photo_inputs(files: list[Path], size: int) -> np.ndarray | None:
     from wildwatch.data.loading import load_image
     from wildwatch.inference.detect import letterbox
 
-    return np.stack([letterbox(load_image(f, draft_size=(size, size)), size)[0] for f in files]) if files else None
+    return np.stack([letterbox(load_image(f, draft_size=(size, size)), size, square=True)[0] for f in files]) if files else None
 
 
 def raw_parity(model, session, files: list[Path]) -> dict:

@@ -3,7 +3,8 @@ the photo's answer combines the boxes and the whole photo.
 
 Per photo: one decode at a JPEG draft scale near the detector's input (for the detector and the
 whole-photo answer), the detector, and, when it found boxes, one more decode at the scale the
-smallest box needs (``crops.decode_for_crops``) for the crops. Each box is named like a photo:
+smallest box needs (``crops.decode_for_crops``; none when the first decode has the detail) for
+the crops; the whole photo is classified only when there is no box. Each box is named like a photo:
 a species, or unknown with what it looks like (an animal of another species, a person, a
 vehicle). The photo's answer: the most confident species named on a box; with boxes but no
 species named, unknown, shown by the most telling box (an animal before a person before a
@@ -126,8 +127,9 @@ def with_boxes(base: Prediction, detections: list[dict]) -> DetectedPrediction:
     return DetectedPrediction(**values, detections=tuple(detections), count=counts(detections))
 
 
-def combine(whole: Prediction, boxes: Sequence[Box], box_preds: Sequence[Prediction]) -> DetectedPrediction:
-    """The photo's answer from its boxes and the whole photo (see the module's rule)."""
+def combine(whole: Prediction | None, boxes: Sequence[Box], box_preds: Sequence[Prediction]) -> DetectedPrediction:
+    """The photo's answer from its boxes, or from the whole photo when there are none (see the
+    module's rule)."""
     if not boxes:
         # the detector saw nothing: a whole-photo box only for a species, or for what the classifier
         # is sure the photo shows; a vague "some animal" on a frame the detector found empty is empty
@@ -141,8 +143,7 @@ def combine(whole: Prediction, boxes: Sequence[Box], box_preds: Sequence[Predict
         kinds = [label_of(p)[1] for p in box_preds]
         rank = [KIND_PRECEDENCE.index(k) if k in KIND_PRECEDENCE else len(KIND_PRECEDENCE) for k in kinds]
         best = box_preds[rank.index(min(rank))]
-    place = {k: getattr(whole, k) for k in ("source", "country", "latitude", "longitude", "taken_at")}
-    return with_boxes(dataclasses.replace(best, **place), dets)
+    return with_boxes(best, dets)
 
 
 class DetectPipeline:
@@ -160,7 +161,8 @@ class DetectPipeline:
         return self.predictor
 
     def predict_file(self, path: str | Path, predictor=None) -> DetectedPrediction:
-        """One photo through the detector and the classifier; an unreadable one gets its ``error``."""
+        """One photo through the detector and the classifier; an unreadable one gets its ``error``.
+        The whole photo is classified only when the detector found nothing in it."""
         pred = predictor or self.predictor
         src = str(path)
         side = max(self.detector.size, pred.preprocess.resize_size)
@@ -168,18 +170,21 @@ class DetectPipeline:
             img, exif = load_photo(path, self.max_pixels, (side, side))
             place = place_from_exif(exif) if pred.use_exif else None
             boxes = self.detector.detect([img])[0]
-            images = [img]
             if boxes:
-                full = decode_for_crops(path, [b.bbox for b in boxes], pred.preprocess.image_size, self.max_pixels)
-                images += crops(full, [b.bbox for b in boxes])
+                bboxes = [b.bbox for b in boxes]
+                img = decode_for_crops(path, bboxes, pred.preprocess.image_size, self.max_pixels, decoded=img)
+                images = crops(img, bboxes)
+            else:
+                images = [img]
         except ImageLoadError as exc:
             return DetectedPrediction(src, error=str(exc))
         preds = pred.predict_images(images, [src] * len(images), [place] * len(images))
-        return combine(preds[0], boxes, preds[1:])
+        return combine(None, boxes, preds) if boxes else combine(preds[0], [], [])
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[DetectedPrediction]:
         """Every photo under ``paths``, in input order, ``workers`` (default: one per core) at a time."""
-        workers = max(1, workers or os.cpu_count() or 1)
+        workers = max(1, workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else workers or os.cpu_count() or 1)
         local = {}
 
         def work(path: Path) -> DetectedPrediction:

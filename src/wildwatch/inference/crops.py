@@ -45,9 +45,10 @@ def crop_scale(bboxes: Sequence[Sequence[float]], width: int, height: int, input
 
 
 def decode_for_crops(path: str | Path, bboxes: Sequence[Sequence[float]], input_side: int,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The photo (EXIF orientation applied) decoded at ``crop_scale`` for these boxes. Raises
-    ImageLoadError."""
+                     max_pixels: int = DEFAULT_MAX_PIXELS, decoded: Image.Image | None = None) -> Image.Image:
+    """The photo (EXIF orientation applied) decoded at ``crop_scale`` for these boxes; ``decoded``
+    (the same photo decoded already, perhaps at a draft scale) is used as it is when it has the
+    detail. Raises ImageLoadError."""
     try:
         with Image.open(path) as img:
             raw_w, raw_h = img.size
@@ -56,6 +57,8 @@ def decode_for_crops(path: str | Path, bboxes: Sequence[Sequence[float]], input_
         raise ImageLoadError(path, f"cannot read the image header ({exc})") from None
     w, h = (raw_h, raw_w) if turned else (raw_w, raw_h)
     scale = crop_scale(bboxes, w, h, input_side)
+    if decoded is not None and decoded.width * scale >= w:
+        return decoded
     draft = None if scale == 1 else (-(-raw_w // scale), -(-raw_h // scale))
     return load_photo(path, max_pixels, draft)[0]
 
