@@ -255,3 +255,74 @@ def test_the_folder_of_a_card_keeps_each_camera_s_events_apart_and_a_long_burst_
     unsure = group_events(["c", "c"], [(t0, False), (t0, False)])
     assert decide(unsure[0], [PhotoAnswer("rhino", True, 0.3), PhotoAnswer("person", False)]).unsure
     assert group_events(["a", "b"], [(t0, False), (t0, False)])[0].id != group_events(["b"], [(t0, False)])[0].id
+
+
+# ---------------------------------------------------------------- the monitor and the server
+
+
+def test_monitor_records_a_burst_as_one_sighting_at_its_exif_time_and_place(tmp_path):
+    """Folder photos: the sighting's times are the EXIF capture times (not when they were
+    processed), its position the EXIF GPS, and a burst of one camera is one sighting."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_field import _dms
+    from test_monitor import BLUE, RED, colour_classifier, config
+
+    from wildwatch.monitor.events import EventStore
+    from wildwatch.monitor.run import Monitor
+
+    folder = tmp_path / "card"
+    folder.mkdir()
+
+    def shot(name: str, colour, when: str | None, serial: str = "A1", gps=(-2.3333, 34.8333)):
+        exif = Image.Exif()
+        exif[MAKE], exif[MODEL] = "Reconyx", "HC600"
+        exif.get_ifd(0x8769)[SERIAL] = serial
+        if when:
+            exif.get_ifd(0x8769)[0x9003] = when
+            exif.get_ifd(0x8769)[0x9011] = "+03:00"
+        g = exif.get_ifd(0x8825)
+        g[1], g[2], g[3], g[4] = "S", _dms(gps[0]), "E", _dms(gps[1])
+        Image.new("RGB", (64, 48), colour).save(folder / name, exif=exif)
+
+    for k in range(3):  # a burst of lions, a second apart
+        shot(f"IMG_000{k}.JPG", BLUE, f"2024:03:05 06:41:0{k}")
+    shot("IMG_0003.JPG", BLUE, "2024:03:05 06:55:00")  # the same camera, 14 minutes later: another sighting
+    shot("IMG_0004.JPG", BLUE, "2024:03:05 06:41:01", serial="B7")  # another camera, the same second
+    shot("IMG_0005.JPG", RED, "2024:03:05 06:41:02")  # a rhino in the middle of the lions' burst
+    store = EventStore(tmp_path / "events.db")
+    stats = Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False).run([str(folder)])
+    assert stats["errors"] == []
+    rows = sorted(store.list(), key=lambda s: (s.species, s.wall_start))
+    lions = [s for s in rows if s.species == "lion"]
+    assert len(lions) == 3 and len([s for s in rows if s.species == "rhino"]) == 1
+    burst = next(s for s in lions if s.source.endswith("IMG_0000.JPG"))
+    assert burst.wall_start.startswith("2024-03-05T03:41:00") and burst.wall_end.startswith("2024-03-05T03:41:02")
+    assert burst.latitude == pytest.approx(-2.3333, abs=1e-3) and burst.longitude == pytest.approx(34.8333, abs=1e-3)
+
+
+def test_monitor_and_server_with_the_detector(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from wildwatch.inference.detect import Detector
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.monitor.events import EventStore
+    from wildwatch.monitor.run import Monitor, MonitorConfig, frame_classifier
+    from wildwatch.service.app import create_app
+
+    photo = camera_photo(tmp_path / "card" / "IMG_0001.JPG", "lion", "2024:03:05 06:41:00")
+    predictor = Predictor.from_file(None)
+    cfg = MonitorConfig(db=tmp_path / "events.db", sinks=[], once=True, detect=True, drain_s=0)
+    store = EventStore(cfg.db)
+    Monitor(cfg, frame_classifier(predictor, cfg), store=store, status=False).run([str(photo.parent)])
+    [sighting] = store.list()
+    assert sighting.species == "lion" and sighting.wall_start.startswith("2024-03-05T06:41:00")
+    with TestClient(create_app(predictor, detector=Detector())) as client:
+        r = client.post("/v1/classify", files=[("files", ("a.jpg", photo.read_bytes(), "image/jpeg")),
+                                               ("files", ("b.jpg", b"not a photo", "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    good, bad = r.json()["predictions"]
+    assert good["species"] == "lion" and good["count"] == {"lion": good["count"]["lion"]} and good["detections"]
+    assert good["detections"][0]["conf"] >= 0.3 and good["status_colour"]
+    assert bad["error"] and "b.jpg" in bad["error"]

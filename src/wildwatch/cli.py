@@ -201,6 +201,12 @@ def classify(
         raise typer.Exit(1)
 
 
+def _detector():
+    from wildwatch.inference.detect import Detector
+
+    return Detector()
+
+
 def _print_prediction(p) -> None:
     """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
     from wildwatch.inference.predictor import describe_other
@@ -269,6 +275,8 @@ def serve(
                                          "longer than this many seconds (slow clients)."),
     body_timeout: float = typer.Option(60.0, min=0.1, help="Answer 408 to a request whose body takes longer "
                                        "than this many seconds."),
+    detect: bool = typer.Option(False, "--detect", help="Camera-trap photos: the built-in animal detector finds "
+                                "boxes in each upload, each box is classified (answers gain detections, count)."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     require("fastapi", "serve", "serve")
@@ -285,7 +293,8 @@ def serve(
     limits = Limits(header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
                       events_db=events_db, default_country=country, limits=limits,
-                      allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None))
+                      allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None),
+                      detector=_detector() if detect else None)
     protocol = type("Protocol", (GuardedH11Protocol,), {"header_timeout_s": header_timeout})
     uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol, timeout_keep_alive=5,
                 limit_concurrency=256)
@@ -356,6 +365,8 @@ def monitor(
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     status: bool = typer.Option(True, help="Show the live status line."),
+    detect: bool = typer.Option(False, "--detect", help="The built-in animal detector finds boxes in each frame "
+                                "or photo; each box is classified (small animals in large frames)."),
 ):
     """Watch videos, streams, folders and feeds; record sightings; send alerts."""
     import logging
@@ -366,7 +377,7 @@ def monitor(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
-                             tiles=tiles)
+                             tiles=tiles, detect=detect or None)
     if not (sources or cfg.sources):
         raise UsageError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_photo
-from wildwatch.field import place_from_exif
+from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_photo, load_photo_bytes
+from wildwatch.field import Place, place_from_exif
 from wildwatch.inference.crops import crops, decode_for_crops
 from wildwatch.inference.detect import Box, Detector
 from wildwatch.inference.predictor import Prediction, one_blas_thread
@@ -160,24 +160,44 @@ class DetectPipeline:
             return dataclasses.replace(self.predictor, runner=runner.single_threaded())
         return self.predictor
 
-    def predict_file(self, path: str | Path, predictor=None) -> DetectedPrediction:
-        """One photo through the detector and the classifier; an unreadable one gets its ``error``.
-        The whole photo is classified only when the detector found nothing in it."""
+    def predict_file(self, path: str | Path | bytes, predictor=None, name: str | None = None,
+                     country: str | None = None) -> DetectedPrediction:
+        """One photo (a path, or an upload's bytes named ``name``) through the detector and the
+        classifier; an unreadable one gets its ``error``. The whole photo is classified only when
+        the detector found nothing in it. ``country``: the photos' country, over their EXIF GPS."""
         pred = predictor or self.predictor
-        src = str(path)
+        upload = isinstance(path, (bytes, bytearray, memoryview))
+        src = (name or "upload") if upload else str(path)
         side = max(self.detector.size, pred.preprocess.resize_size)
         try:
-            img, exif = load_photo(path, self.max_pixels, (side, side))
-            place = place_from_exif(exif) if pred.use_exif else None
+            if upload:
+                img, exif = load_photo_bytes(bytes(path), src, self.max_pixels, (side, side))
+            else:
+                img, exif = load_photo(path, self.max_pixels, (side, side))
+            place = place_from_exif(exif) if pred.use_exif else Place()
+            if country:
+                place = dataclasses.replace(place or Place(), country=country.upper(), country_source="given")
             boxes = self.detector.detect([img])[0]
             if boxes:
                 bboxes = [b.bbox for b in boxes]
-                img = decode_for_crops(path, bboxes, pred.preprocess.image_size, self.max_pixels, decoded=img)
-                images = crops(img, bboxes)
-            else:
-                images = [img]
+                img = decode_for_crops(path, bboxes, pred.preprocess.image_size, self.max_pixels, decoded=img, name=src)
         except ImageLoadError as exc:
             return DetectedPrediction(src, error=str(exc))
+        return self._answer(pred, img, boxes, src, place)
+
+    def predict_images(self, images: Sequence, sources: Sequence[str] | None = None,
+                       places: Sequence | None = None) -> list[DetectedPrediction]:
+        """Decoded images (video frames, photos the monitor read): boxes, crops from the same image."""
+        sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
+        out = []
+        for i, img in enumerate(images):
+            place = places[i] if places is not None else None
+            out.append(self._answer(self.predictor, img, self.detector.detect([img])[0], sources[i], place))
+        return out
+
+    @staticmethod
+    def _answer(pred, img, boxes: list[Box], src: str, place) -> DetectedPrediction:
+        images = crops(img, [b.bbox for b in boxes]) if boxes else [img]
         preds = pred.predict_images(images, [src] * len(images), [place] * len(images))
         return combine(None, boxes, preds) if boxes else combine(preds[0], [], [])
 

@@ -10,12 +10,13 @@ same, to the classifier, as one cut from the full-resolution decode.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_photo
+from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_photo, load_photo_bytes
 
 CROP_MARGIN = 0.1  # each side of a box grows by this fraction of its longer side before squaring
 CROP_DETAIL = 2.0  # a crop keeps at least this many times the classifier's input side, where the photo has it
@@ -44,22 +45,27 @@ def crop_scale(bboxes: Sequence[Sequence[float]], width: int, height: int, input
     return next((s for s in JPEG_SCALES if smallest / s >= need), 1)
 
 
-def decode_for_crops(path: str | Path, bboxes: Sequence[Sequence[float]], input_side: int,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, decoded: Image.Image | None = None) -> Image.Image:
-    """The photo (EXIF orientation applied) decoded at ``crop_scale`` for these boxes; ``decoded``
-    (the same photo decoded already, perhaps at a draft scale) is used as it is when it has the
-    detail. Raises ImageLoadError."""
+def decode_for_crops(path: str | Path | bytes, bboxes: Sequence[Sequence[float]], input_side: int,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, decoded: Image.Image | None = None,
+                     name: str = "upload") -> Image.Image:
+    """The photo (a path, or an upload's bytes named ``name``; EXIF orientation applied) decoded at
+    ``crop_scale`` for these boxes; ``decoded`` (the same photo decoded already, perhaps at a draft
+    scale) is used as it is when it has the detail. Raises ImageLoadError."""
+    upload = isinstance(path, (bytes, bytearray, memoryview))
+    label = name if upload else path
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(bytes(path)) if upload else path) as img:
             raw_w, raw_h = img.size
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(path, f"cannot read the image header ({exc})") from None
+        raise ImageLoadError(label, f"cannot read the image header ({exc})") from None
     w, h = (raw_h, raw_w) if turned else (raw_w, raw_h)
     scale = crop_scale(bboxes, w, h, input_side)
     if decoded is not None and decoded.width * scale >= w:
         return decoded
     draft = None if scale == 1 else (-(-raw_w // scale), -(-raw_h // scale))
+    if upload:
+        return load_photo_bytes(bytes(path), name, max_pixels, draft)[0]
     return load_photo(path, max_pixels, draft)[0]
 
 

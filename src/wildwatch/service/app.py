@@ -79,17 +79,25 @@ async def read_uploads(files: list[UploadFile], limits: Limits, results: list) -
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
                max_wait_ms: float = 5.0, events_db: str | Path | None = None,
-               default_country: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+               default_country: str | None = None, allowed_hosts: list[str] | None = None,
+               detector=None) -> FastAPI:
     """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call;
     ``events_db`` (a monitor database) enables /v1/events and the page's events tab;
     ``allowed_hosts`` (None: any) are the Host header values it answers. ``service.guard.Guard``
-    checks the Host, the key and the request size before the body is read."""
+    checks the Host, the key and the request size before the body is read. ``detector``
+    (``inference.detect.Detector``): every upload goes through ``classify --detect``'s pipeline
+    (boxes, crops at full detail, ``detections`` and ``count`` in each answer)."""
     from wildwatch.monitor.events import EventStore
 
     store = EventStore.open_existing(events_db) if events_db else None
     cases = None  # the media watch's case book in that database, opened on first use
     api_key = api_key or os.environ.get("WILDWATCH_API_KEY") or None
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms)
+    pipe = None
+    if detector is not None:
+        from wildwatch.inference.camtrap import DetectPipeline
+
+        pipe = DetectPipeline(predictor, detector, max_pixels=limits.max_pixels)
     explain_lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -141,6 +149,13 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
 
         results: list = [None] * len(files)
         uploads = await read_uploads(files, limits, results)
+        if pipe is not None:  # the built-in detector: boxes, and crops decoded at the detail they need
+            for i in list(uploads):
+                name, data = uploads.pop(i)
+                p = await asyncio.get_running_loop().run_in_executor(None, pipe.predict_file, data, None, name,
+                                                                     country or default_country)
+                results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | (
+                    {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)} if p.unknown else {})
         images, names, places, slots = [], [], [], []
         for i in list(uploads):
             name, data = uploads.pop(i)  # each upload's bytes are let go once decoded
