@@ -96,11 +96,19 @@ def score(ref: dict, image_label: dict, real: dict, found: dict, threshold: floa
             "false_boxes_on_15_empty_frames": false_empty, "extra_boxes_on_other_frames": extra}
 
 
-def species_per_box(root: Path, ref: dict, real: dict, pipe: DetectPipeline) -> dict:
-    """What classify --detect says for each real reference box its detector found, against the label by eye."""
+def species_per_box(root: Path, ref: dict, real: dict, pipe: DetectPipeline, image_label: dict,
+                    in_11: dict) -> dict:
+    """What classify --detect says for each real reference box its detector found, against the label by
+    eye, and per photo: the species it names (right or wrong), and whether it saw something."""
     tally, per_photo = Counter(), Counter()
     for im in ref["images"]:
         p = pipe.predict_file(root / im["file"])
+        truth, seen = in_11.get(im["file"], set()), bool(p.detections)
+        if not p.unknown:
+            per_photo["photo named a species, rightly" if p.species in truth else "photo named a species wrongly"] += 1
+        elif truth:
+            per_photo["photo of one of the 11 not named"] += 1
+        per_photo[f"{image_label[im['file']]} by eye, {'something' if seen else 'nothing'} seen"] += 1
         dets = [d for d in p.detections if not d["whole_photo"]]
         pairs = match([b for b, _ in real.get(im["file"], [])], [d["bbox"] for d in dets])
         for i, (_, row) in enumerate(real.get(im["file"], [])):
@@ -116,9 +124,7 @@ def species_per_box(root: Path, ref: dict, real: dict, pipe: DetectPipeline) -> 
                     f"unplaced: {d['looks_like_kind'] or 'nothing sure'}")
                 tally[f"not named ({seen}{', looks like ' + d['looks_like'] if d['looks_like'] else ''})"
                       + (" but it is one of the 11" if truth != "other" else "")] += 1
-        label, _ = label_of(p)
-        per_photo[f"{'species' if not p.unknown else label or 'nothing'}"] += 1
-    return {"boxes": dict(sorted(tally.items(), key=lambda kv: -kv[1])), "photos": dict(per_photo)}
+    return {"boxes": dict(sorted(tally.items(), key=lambda kv: -kv[1])), "photos": dict(sorted(per_photo.items()))}
 
 
 def crop_agreement(root: Path, ref: dict, real: dict, predictor: Predictor) -> str:
@@ -149,7 +155,12 @@ def main() -> None:
             report[f"{size} px, threshold {threshold}"] = score(ref, image_label, real, found, threshold)
     predictor = Predictor.from_file(None)
     pipe = DetectPipeline(predictor, Detector())
-    report["classify --detect at 416 px, 0.3: per reference box"] = species_per_box(args.root, ref, real, pipe)
+    in_11 = {}
+    for boxes in real.values():
+        for _, row in boxes:
+            if row["in_11"] != "other":
+                in_11.setdefault(row["file"], set()).add(row["in_11"])
+    report["classify --detect at 416 px, 0.3"] = species_per_box(args.root, ref, real, pipe, image_label, in_11)
     report["same answer on crops at the chosen scale as at full resolution"] = crop_agreement(
         args.root, ref, real, predictor)
     print(json.dumps(report, indent=2))
