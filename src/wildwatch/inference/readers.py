@@ -260,7 +260,8 @@ def from_speciesnet(doc: dict, path: Path) -> dict:
                 "classifications": [[common_name(c), round(float(s), 5)]
                                     for c, s in zip(classes.classes, classes.scores)][:5]}
         images.append(im)
-    versions = {str(e.get("model_version")) for e in doc["predictions"] if isinstance(e, dict) and e.get("model_version")}
+    versions = {str(e.get("model_version")) for e in doc["predictions"]
+                if isinstance(e, dict) and e.get("model_version")}
     return {"info": {"format_version": "1.4", "detector": "SpeciesNet's detector (MegaDetector)",
                      "classifier": "SpeciesNet " + ", ".join(sorted(versions)[:3])},
             "detection_categories": {"1": "animal", "2": "human", "3": "vehicle"}, "images": images}

@@ -92,7 +92,8 @@ def parse_species(text: str | None) -> set[str] | None:
 # ---------------------------------------------------------------- reading the results
 
 
-def read_items(results: Path, root: Path | None, threshold: float = DEFAULT_BOX_THRESHOLD) -> tuple[list[SortItem], Path]:
+def read_items(results: Path, root: Path | None,
+               threshold: float = DEFAULT_BOX_THRESHOLD) -> tuple[list[SortItem], Path]:
     """The photos of a results file and the folder their paths are under (``root``, else the one
     the results name, else the current folder)."""
     results = Path(results)
@@ -231,7 +232,8 @@ def blur_people(img: Image.Image, boxes: Sequence[Sequence[float]], whole: bool)
     for x, y, w, h in boxes:
         mx, my = w * PERSON_MARGIN, h * PERSON_MARGIN
         left, top = max(0, round((x - mx) * img.width)), max(0, round((y - my) * img.height))
-        right, bottom = min(img.width, round((x + w + mx) * img.width)), min(img.height, round((y + h + my) * img.height))
+        right = min(img.width, round((x + w + mx) * img.width))
+        bottom = min(img.height, round((y + h + my) * img.height))
         if right > left and bottom > top:
             regions.append((left, top, right, bottom))
     for region in regions:
