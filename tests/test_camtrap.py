@@ -326,3 +326,26 @@ def test_monitor_and_server_with_the_detector(tmp_path):
     assert good["species"] == "lion" and good["count"] == {"lion": good["count"]["lion"]} and good["detections"]
     assert good["detections"][0]["conf"] >= 0.3 and good["status_colour"]
     assert bad["error"] and "b.jpg" in bad["error"]
+
+
+def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):
+    from wildwatch.inference.camtrap import sequences
+    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.writers import coco_camera_traps
+
+    card = tmp_path / "burst"
+    card.mkdir()
+    preds = []
+    for i in range(200):
+        exif = Image.Exif()
+        exif[MAKE], exif[MODEL] = "Reconyx", "HC600"
+        exif.get_ifd(0x8769)[0x9003] = f"2024:03:05 06:{41 + i // 60:02d}:{i % 60:02d}"
+        Image.new("RGB", (32, 24), (120, 110, 90)).save(card / f"IMG_{i:04d}.JPG", exif=exif)
+        species = "lion" if i % 10 else "cheetahs"  # every tenth photo disagrees
+        preds.append(Prediction(str(card / f"IMG_{i:04d}.JPG"), species, 0.9, top_k=({"species": species,
+                                "probability": 0.9},), taken_at=f"2024-03-05T06:{41 + i // 60:02d}:{i % 60:02d}"))
+    seqs = sequences(preds)
+    [event] = seqs.events
+    assert len(event.members) == 200 and event.label == "lion" and len(event.disagrees) == 20
+    coco = coco_camera_traps(preds, card, seqs, "test")
+    assert {im["seq_id"] for im in coco["images"]} == {event.id} and coco["images"][-1]["frame_num"] == 199
