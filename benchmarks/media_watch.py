@@ -1,17 +1,25 @@
-"""The media watch on a generated corpus, served on loopback: how many of the cases it flags for
-review are trade or hunting posts (precision), how many of those it finds (recall), whether
-reposts of one photo become one case, and how many posts per second it reads.
+"""The media watch on its labelled corpus, end to end: the posts of benchmarks/media_corpus served
+on loopback as an RSS feed (with authors), a JSON Feed, a Mastodon tag timeline, a Reddit listing,
+a Telegram channel page and single web pages, read once by ``wildwatch monitor`` (the CLI, the
+bundled model), and scored from the events database it writes.
 
-    python benchmarks/media_watch.py --data ../shared/data/endangered11 --ood ../shared/data/ood_dev [--out runs/media_watch]
+    python benchmarks/media_watch.py --mode text  [--part heldout_v2|heldout_v1] [--out runs/media_watch]
+    python benchmarks/media_watch.py --mode photo --data ../shared/data/endangered11 --ood ../shared/data/ood_dev
 
-The corpus (seeded): trade posts in nine languages, each with a photo of a threatened species
-from the bundled model's test split (never trained on); hunting posts; reposts of some trade
-photos by other accounts on other sources, re-encoded and resized; harmless posts with the same
-species' photos (zoo, safari, photography), harmless selling posts without animals, posts with
-photos of other animals and scenes (ood_dev), and a few hard negatives (a camera for sale with a
-lion photo taken with it). They are served as an RSS feed, a Mastodon tag timeline, a Reddit
-listing and a Telegram channel page, and read once by `Monitor` with the bundled model.
-Writes results.json and cases.csv.
+- ``--mode text``: posts without photos (the text alone decides);
+- ``--mode photo``: each post carries a photo: a test-split photo (never trained on) of the class it
+  names (a live animal, as sellers and harmless posts alike show), an ood_dev photo for posts of no
+  class (pangolin scales, market posts);
+- reposts: 20 trade posts of the part are reposted three times each on other sources by other
+  accounts, text-only with small edits (another price, an emoji, "REPOST:", another contact), and
+  (photo mode) 10 more reposted with the same photo re-encoded and resized under a new text;
+- figures per language on the part's own posts: post precision, recall, hard harmless posts
+  flagged (every harmless post of the corpus is a hard one: seizure news, anti-poaching, zoo births,
+  safari prices, documentaries, word traps, other goods for sale); groups of reposts in one case;
+  cases in the queue and distinct scores; posts/s of the whole run and of the text model alone;
+  peak memory (RSS) of the monitor process.
+
+Writes results.json and cases.csv under --out. The held-out part is only scored here.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import argparse
 import io
 import json
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,37 +38,17 @@ from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).parent))
 
-PRODUCTS = {  # class -> product words per language
-    "rhino": {"en": "rhino horn", "zh": "犀牛角", "vi": "sừng tê giác", "th": "นอแรด", "id": "cula badak",
-              "fr": "corne de rhinocéros", "es": "cuerno de rinoceronte", "pt": "chifre de rinoceronte",
-              "sw": "pembe ya kifaru"},
-    "african_elephant": {"en": "ivory tusks", "zh": "象牙", "vi": "ngà voi", "th": "งาช้าง", "id": "gading",
-                         "fr": "ivoire", "es": "marfil", "pt": "marfim", "sw": "pembe za ndovu"},
-    "lion": {"en": "lion bone", "zh": "骨头", "vi": "cao hổ", "th": "กระดูกเสือ", "id": "kulit harimau",
-             "fr": "os de lion", "es": "hueso de tigre", "pt": "osso de onça", "sw": "mifupa ya simba"},
-    "amur_leopard": {"en": "leopard skin", "zh": "豹皮", "vi": "da báo", "th": "หนังเสือ", "id": "kulit macan",
-                     "fr": "peau de léopard", "es": "piel de tigre", "pt": "pele de onça", "sw": "ngozi ya chui"},
-    "orangutan": {"en": "baby orangutan", "zh": "猩猩宝宝", "vi": "con non", "th": "ลูกลิง", "id": "bayi orangutan",
-                  "fr": "petit singe", "es": "cachorro", "pt": "filhote", "sw": "mtoto wa simba"},
-}
-SELL = {"en": "{p} for sale, DM for price {price}", "zh": "{p} 出售 价格私聊 {price}", "vi": "Bán {p} giá {price}",
-        "th": "ขาย{p} ราคา {price}", "id": "{p} dijual, harga nego {price}", "fr": "{p} à vendre, prix {price}",
-        "es": "Se vende {p}, precio {price}", "pt": "Vende-se {p}, preço no privado", "sw": "{p} inauzwa, bei {price}"}
-PRICES = ["$4,500", "5000元", "20 triệu", "฿30000", "Rp 2.000.000", "900 €", "1.200 €", "R$ 900", "ksh 30000"]
-HUNT = ["Trophy hunt success this season, great guide", "Săn bắn mùa này thành công", "Caza de trofeo esta temporada",
-        "Uwindaji wa simba msimu huu"]
-HARMLESS_PHOTO = ["Amazing day at the safari park!", "Look at this beautiful animal at the zoo",
-                  "Wildlife photography workshop this weekend", "Hermoso animal en el zoológico",
-                  "Un magnifique animal au parc national", "动物园里的美丽动物", "Vườn quốc gia tuyệt đẹp hôm nay",
-                  "Siku nzuri katika hifadhi ya taifa", "Conservation team counted them this morning"]
-HARMLESS_TEXT = ["Car for sale, low mileage, $4,500", "Selling my bike, DM me", "Apartment for rent near the park",
-                 "Bán xe máy giá tốt", "Se vende bicicleta, precio 900 €", "Good morning everyone", "Meeting at 5 pm"]
-HARD = ["Selling my old camera, took this shot with it, $200", "Ivory-coloured wedding dress for sale"]
+from media_corpus.corpus import CorpusPost, load  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SOURCES = ("feed", "jsonfeed", "mastodon", "reddit", "telegram")
+EDITS = (lambda t: t + " 🔥🔥", lambda t: "REPOST: " + t, lambda t: t.replace("0", "5", 1) + " !!",
+         lambda t: t + " (still available)", lambda t: t.upper(), lambda t: "✅ " + t + " ✅")
 
 
-def photos_of(data: Path, classes: list[str]) -> dict[str, list[Path]]:
+def photos_of(data: Path, classes: set[str]) -> dict[str, list[Path]]:
     """Test-split photos (never trained on) of each class, by the bundled model's own split."""
     from wildwatch.data.splits import split_for_model
     from wildwatch.inference.predictor import Predictor, bundled_model_path
@@ -72,8 +62,9 @@ def photos_of(data: Path, classes: list[str]) -> dict[str, list[Path]]:
     return out
 
 
-def reencode(path: Path, scale: float = 1.0, quality: int = 88) -> bytes:
+def jpeg(path: Path, scale: float = 1.0, quality: int = 88) -> bytes:
     img = Image.open(path).convert("RGB")
+    img.thumbnail((640, 640))
     if scale != 1.0:
         img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))))
     buf = io.BytesIO()
@@ -81,70 +72,76 @@ def reencode(path: Path, scale: float = 1.0, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
-def corpus(data: Path, ood: Path, seed: int = 0) -> tuple[list[dict], dict[str, bytes]]:
-    """Posts ({id, text, image, account, truth, group}) and the images they point at."""
+def build(posts: list[CorpusPost], mode: str, data: Path | None, ood: Path | None, seed: int = 0):
+    """The served posts ({id, text, account, image, lang, label, kind, group}) and their images."""
     rng = random.Random(seed)
-    photos = photos_of(data, list(PRODUCTS))
-    others = sorted(p for p in ood.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images: dict[str, bytes] = {}
-    posts: list[dict] = []
+    photos = photos_of(data, {p.species for p in posts if p.species}) if mode == "photo" else {}
+    others = sorted(x for x in ood.rglob("*") if x.suffix.lower() in (".jpg", ".jpeg", ".png")) if mode == "photo" else []
+    served: list[dict] = []
+    decks: dict[str, list[Path]] = {}
 
-    def add(text, image_path=None, truth=False, group=None, scale=1.0, quality=88, account=None):
-        n = len(posts)
+    def draw(cls: str) -> Path:
+        """A photo of the class, each used once before any is used again (a photo shared by two posts
+        would make them one case, as it should in a real market)."""
+        if not decks.get(cls):
+            decks[cls] = rng.sample(photos[cls] if cls else others, len(photos[cls] if cls else others))
+        return decks[cls].pop()
+
+    def add(p: CorpusPost, text: str, group: str = "", photo: Path | None = None, scale=1.0, quality=88, ident=None):
+        n = len(served)
         name = None
-        if image_path is not None:
+        if mode == "photo":
+            photo = photo or draw(p.species if p.species and photos.get(p.species) else "")
             name = f"/img/{n}.jpg"
-            images[name] = reencode(image_path, scale, quality)
-        posts.append({"id": f"p{n}", "text": text, "image": name, "account": account or f"user{rng.randrange(10_000)}",
-                      "truth": truth, "group": group})
+            images[name] = jpeg(photo, scale, quality)
+        served.append({"id": ident or p.id, "text": text, "account": f"user{rng.randrange(100_000)}", "image": name,
+                       "lang": p.lang, "label": p.label, "kind": p.kind, "group": group, "photo": photo})
+        return photo
 
-    langs = list(SELL)
-    for i in range(90):  # trade posts, nine languages, five species
-        cls = list(PRODUCTS)[i % len(PRODUCTS)]
-        lang = langs[i % len(langs)]
-        add(SELL[lang].format(p=PRODUCTS[cls][lang], price=PRICES[i % len(PRICES)]), rng.choice(photos[cls]), True)
-    for i in range(20):  # hunting posts with a lion or leopard photo
-        add(HUNT[i % len(HUNT)], rng.choice(photos["lion" if i % 2 else "amur_leopard"]), True)
-    for g in range(10):  # reposts: one trade photo, four accounts, re-encoded and resized
-        cls = list(PRODUCTS)[g % len(PRODUCTS)]
-        photo = rng.choice(photos[cls])
-        for k in range(4):
-            lang = langs[(g + k) % len(langs)]
-            add(SELL[lang].format(p=PRODUCTS[cls][lang], price=PRICES[(g + k) % len(PRICES)]), photo, True,
-                group=f"g{g}", scale=[1.0, 0.7, 0.5, 0.85][k], quality=[90, 60, 40, 75][k])
-    for i in range(150):  # harmless posts with the same species' photos
-        cls = list(PRODUCTS)[i % len(PRODUCTS)]
-        add(HARMLESS_PHOTO[i % len(HARMLESS_PHOTO)], rng.choice(photos[cls]))
-    for i in range(60):  # harmless selling and chatter, no photo
-        add(HARMLESS_TEXT[i % len(HARMLESS_TEXT)])
-    for i in range(60):  # other animals and scenes
-        add(HARMLESS_PHOTO[i % len(HARMLESS_PHOTO)], rng.choice(others))
-    for i in range(10):  # hard negatives
-        add(HARD[i % len(HARD)], rng.choice(photos["lion"]) if i % 2 == 0 else None)
-    rng.shuffle(posts)
-    return posts, images
+    for p in posts:
+        add(p, p.text)
+    trade = [p for p in posts if p.label == 1]
+    rng.shuffle(trade)
+    for g, p in enumerate(trade[:20]):  # text-only reposts (no photo even in photo mode)
+        for k in range(3):
+            n = len(served)
+            served.append({"id": f"{p.id}-r{k}", "text": EDITS[(g + k) % len(EDITS)](p.text),
+                           "account": f"reposter{g}-{k}", "image": None, "lang": p.lang, "label": 1,
+                           "kind": "repost", "group": f"text{g}", "photo": None})
+            served[n]["orig"] = p.id
+        next(s for s in served if s["id"] == p.id)["group"] = f"text{g}"
+    if mode == "photo":
+        for g, p in enumerate(trade[20:30]):  # photo reposts: the same photo re-encoded, a new text
+            orig = next(s for s in served if s["id"] == p.id)
+            orig["group"] = f"photo{g}"
+            for k in range(3):
+                other = trade[(20 + g + k + 1) % len(trade)]
+                add(p, other.text + " " + EDITS[k](""), f"photo{g}", orig["photo"], [0.7, 0.5, 0.85][k],
+                    [60, 40, 75][k], f"{p.id}-p{k}")
+    rng.shuffle(served)
+    return served, images
 
 
 class Internet:
-    """The corpus as four sources on one loopback server."""
+    """The posts as six kinds of sources on one loopback server."""
 
-    def __init__(self, posts: list[dict], images: dict[str, bytes]):
-        self.posts, self.images = posts, images
-        self.parts = {k: posts[i::4] for i, k in enumerate(("feed", "mastodon", "reddit", "telegram"))}
+    def __init__(self, served: list[dict], images: dict[str, bytes], pages: int = 6):
+        self.images = images
+        self.pages = served[:pages]
+        rest = served[pages:]
+        self.parts = {k: rest[i::len(SOURCES)] for i, k in enumerate(SOURCES)}
         outer = self
 
         class H(BaseHTTPRequestHandler):
             def do_GET(self):
-                body, ctype = outer.route(self.path)
-                if body is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                body, ctype = outer.route(self.path.split("?")[0])
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", ctype or "text/plain")
+                self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
-                self.wfile.write(body)
+                if body:
+                    self.wfile.write(body)
 
             def log_message(self, *a):
                 pass
@@ -156,21 +153,29 @@ class Internet:
     def img(self, p):
         return f"{self.base}{p['image']}" if p["image"] else None
 
-    def route(self, path: str):
+    def route(self, path: str):  # noqa: C901 - one branch per kind of source
         b = self.base
-        path = path.split("?")[0]
         if path in self.images:
             return self.images[path], "image/jpeg"
+        if path == "/robots.txt":
+            return b"User-agent: *\nAllow: /\n", "text/plain"
         if path == "/feed.xml":
-            items = "".join(f"<item><guid>{p['id']}</guid><title>{escape(p['text'])}</title><author>{p['account']}</author>"
-                            f"<link>{b}/post/{p['id']}</link>"
-                            + (f'<enclosure url="{self.img(p)}" type="image/jpeg" length="1"/>' if p["image"] else "")
-                            + "</item>" for p in self.parts["feed"])
-            return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'.encode(), \
-                "application/rss+xml"
+            items = "".join(
+                f"<item><guid>{p['id']}</guid><title>{escape(p['text'][:60])}</title>"
+                f"<description>{escape(p['text'])}</description><author>{p['account']}@example.org ({p['account']})"
+                f"</author><link>{b}/post/{p['id']}</link>"
+                + (f'<enclosure url="{self.img(p)}" type="image/jpeg" length="1"/>' if p["image"] else "") + "</item>"
+                for p in self.parts["feed"])
+            return (f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>{items}'
+                    "</channel></rss>").encode(), "application/rss+xml"
+        if path == "/feed.json":
+            return json.dumps({"version": "https://jsonfeed.org/version/1.1", "title": "j", "items": [
+                {"id": p["id"], "url": f"{b}/j/{p['id']}", "content_html": f"<p>{escape(p['text'])}</p>",
+                 "authors": [{"name": p["account"]}], **({"image": self.img(p)} if p["image"] else {})}
+                for p in self.parts["jsonfeed"]]}).encode(), "application/json"
         if path == "/api/v1/timelines/tag/wildlife":
-            return json.dumps([{"id": p["id"], "url": f"{b}/@{p['account']}/{p['id']}", "content": escape(p["text"]),
-                                "account": {"acct": p["account"]},
+            return json.dumps([{"id": p["id"], "url": f"{b}/@{p['account']}/{p['id']}",
+                                "content": f"<p>{escape(p['text'])}</p>", "account": {"acct": p["account"]},
                                 "media_attachments": [{"type": "image", "url": self.img(p)}] if p["image"] else []}
                                for p in self.parts["mastodon"]]).encode(), "application/json"
         if path == "/r/market/new.json":
@@ -185,87 +190,192 @@ class Internet:
                    if p["image"] else "")
                 + f'<div class="tgme_widget_message_text">{escape(p["text"])}</div></div></div>'
                 for p in self.parts["telegram"])
-            return f"<html><body>{blocks}</body></html>".encode(), "text/html"
+            return f"<html><body>{blocks}</body></html>".encode(), "text/html; charset=utf-8"
+        if path.startswith("/page/"):
+            p = next((x for x in self.pages if x["id"] == path[6:]), None)
+            if p is None:
+                return None, ""
+            img = f'<img src="{self.img(p)}" alt="">' if p["image"] else ""
+            return (f"<html><head><title>{escape(p['text'][:50])}</title><meta name='author' content='{p['account']}'>"
+                    f"<meta property='og:description' content='{escape(p['text'])}'></head><body><p>"
+                    f"{escape(p['text'])}</p>{img}</body></html>").encode(), "text/html; charset=utf-8"
         return None, ""
 
     def specs(self) -> list[str]:
         b = self.base
-        return [f"feed:{b}/feed.xml", f"mastodon:{b}/tags/wildlife", f"reddit:{b}/r/market", f"telegram:{b}/s/market"]
+        return [f"feed:{b}/feed.xml", f"feed:{b}/feed.json", f"mastodon:{b}/tags/wildlife", f"reddit:{b}/r/market",
+                f"telegram:{b}/s/market", *(f"page:{b}/page/{p['id']}" for p in self.pages)]
 
 
-def post_id_of(key: str) -> str:
-    return key.rsplit("#", 1)[-1].replace("market/", "")
+def post_id(key: str) -> str:
+    tail = key.rsplit("#", 1)[-1]
+    return tail.replace("market/", "").rsplit("/page/", 1)[-1]
+
+
+def run_monitor(specs: list[str], db: Path) -> tuple[float, float, str]:
+    """``wildwatch monitor`` once over the sources: seconds, peak RSS (MiB) of that process, stderr."""
+    cfg = db.parent / "watch.yaml"
+    cfg.write_text("host_interval_s: 0\ndrain_s: 0\nsinks: []\nbatch_size: 16\n")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "wildwatch", "monitor", *specs, "--once", "--no-status", "--db", str(db),
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=3600, check=False)
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"wildwatch monitor failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return seconds, peak, p.stderr
+
+
+def repost_groups(served: list[dict], cases: list[dict]) -> dict[str, set]:
+    """Each repost group -> the cases its posts are in (None for a post in no case)."""
+    groups: dict[str, set] = {}
+    case_of = {post_id(p["key"]): c["id"] for c in cases for p in c["posts"]}
+    for s in served:
+        if s["group"]:
+            groups.setdefault(s["group"], set()).add(case_of.get(s["id"]))
+    return groups
+
+
+def figures(rows: list[dict]) -> dict:
+    pos = [r for r in rows if r["label"] == 1]
+    neg = [r for r in rows if r["label"] == 0]
+    tp = sum(r["flagged"] for r in pos)
+    fp = sum(r["flagged"] for r in neg)
+    return {"posts": len(rows), "trade": len(pos), "harmless": len(neg), "flagged": tp + fp,
+            "precision": round(tp / max(1, tp + fp), 3), "recall": round(tp / max(1, len(pos)), 3),
+            "hard_harmless_flagged": round(fp / max(1, len(neg)), 3)}
+
+
+def text_model_rate(posts: list[CorpusPost]) -> float:
+    from wildwatch.monitor.evidence import post_evidence
+
+    texts = [p.text for p in posts] * max(1, 2000 // max(1, len(posts)))
+    post_evidence(texts[0], [])
+    t0 = time.perf_counter()
+    for t in texts:
+        post_evidence(t, [])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def hostile_timings() -> dict[str, float]:
+    """Seconds to read and score one hostile post (parse and evidence), for the inputs that froze
+    the monitor before the text scanners were made linear, and for the largest item a fetch may
+    bring (the text work of a post is bounded by its caps, not by the item budget)."""
+    from wildwatch.monitor.cases import text_signature
+    from wildwatch.monitor.evidence import post_evidence
+    from wildwatch.monitor.social import next_link
+    from wildwatch.monitor.sources import parse_feed
+    from wildwatch.monitor.textscan import scan_html
+
+    def rss(body: str) -> bytes:
+        return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>x</guid>'
+                f"<title>x</title><description>{body}</description></item></channel></rss>").encode()
+
+    big_json = json.dumps({"items": [{"id": "x", "title": "1 " * 12_000_000, "summary": "ivory " * 1_000_000,
+                                      "content_html": "<img" * 3_000_000}]}).encode()
+    big_rss = rss("&lt;img" * 3_000_000).replace(b"<title>x</title>", b"<title>" + b"1 " * 10_000_000 + b"</title>")
+    cases = {
+        "RSS post of 100 KB of '1 1 1'": lambda: [post_evidence(p.text, []) for p in parse_feed(rss("1 " * 50_000))],
+        "JSON Feed content_html of 240 KB of '<img'": lambda: [post_evidence(p.text, []) for p in parse_feed(
+            json.dumps({"items": [{"id": "x", "content_html": "<img" * 60_000}]}).encode())],
+        "page of 270 KB of '<a href=x'": lambda: post_evidence(" ".join(scan_html("<a href=x" * 30_000).text), []),
+        "Link header of 64 KB of '<'": lambda: next_link("<" * 65_536),
+        # the largest item a fetch may bring, through every text step of one post (parse, score, sign)
+        "JSON Feed item of 42 MB (title of '1 ', body of '<img'), parsed, scored, signed": lambda: [
+            (post_evidence(p.text, []), text_signature(p.text)) for p in parse_feed(big_json)],
+        "RSS item of 41 MB (title of '1 ', body of '&lt;img'), parsed (feedparser) and scored": lambda: [
+            post_evidence(p.text, []) for p in parse_feed(big_rss)],
+        "post of 8,000 characters of '美甲片虎皮青椒' (not_in traps), scored and signed": lambda: (
+            post_evidence("美甲片虎皮青椒" * 20_000, []), text_signature("美甲片虎皮青椒" * 20_000)),
+        "post of 8,000 characters of 'والعاج ساحل' (Arabic articles), scored and signed": lambda: (
+            post_evidence("والعاج ساحل " * 20_000, []), text_signature("والعاج ساحل " * 20_000)),
+    }
+    out = {}
+    for name, fn in cases.items():
+        t0 = time.perf_counter()
+        fn()
+        out[name] = round(time.perf_counter() - t0, 4)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--ood", type=Path, required=True)
+    ap.add_argument("--mode", choices=("text", "photo"), default="text")
+    ap.add_argument("--part", choices=("heldout_v2", "heldout_v1", "heldout", "train", "all"), default="heldout_v2",
+                    help="heldout_v2: written in round two, blind; heldout_v1: round one's, read after round one")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/endangered11"))
+    ap.add_argument("--ood", type=Path, default=Path("../shared/data/ood_dev"))
     ap.add_argument("--out", type=Path, default=Path("runs/media_watch"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from wildwatch.inference.predictor import Predictor
-    from wildwatch.monitor.cases import cases_text
-    from wildwatch.monitor.run import Monitor, MonitorConfig, frame_classifier
+    from wildwatch.monitor.cases import CaseBook, cases_text
+    from wildwatch.monitor.events import EventStore
+    from wildwatch.monitor.evidence import review_threshold
 
-    posts, images = corpus(args.data, args.ood, args.seed)
-    web = Internet(posts, images)
-    truth = {p["id"]: p for p in posts}
-    args.out.mkdir(parents=True, exist_ok=True)
+    posts = load(None if args.part == "all" else args.part)
+    served, images = build(posts, args.mode, args.data, args.ood, args.seed)
+    web = Internet(served, images)
+    out = args.out / args.part / args.mode
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = MonitorConfig.model_validate({"db": Path(tmp) / "events.db", "once": True, "sinks": [{"type": "console"}],
-                                            "host_interval_s": 0.0, "drain_s": 0})
-        predictor = Predictor.from_file(None)
-        mon = Monitor(cfg, frame_classifier(predictor, cfg), sinks={}, status=False)
-        t0 = time.perf_counter()
-        stats = mon.run(web.specs())
-        seconds = time.perf_counter() - t0
-        cases = mon.cases.list(limit=100_000)
-        (args.out / "cases.csv").write_text(cases_text(cases, "csv"))
+        db = Path(tmp) / "watch.db"
+        seconds, peak_mib, stderr = run_monitor(web.specs(), db)
+        store = EventStore(db)
+        cases = CaseBook(store).list(limit=1_000_000)
+        (out / "cases.csv").write_text(cases_text(cases, "csv"))
+        filed = {post_id(k): s for k, s in store.db.execute("SELECT key, score FROM case_posts")}
+        done = {post_id(k) for (k,) in store.db.execute("SELECT key FROM done_items WHERE key LIKE 'post:%'")}
     web.server.shutdown()
-    from wildwatch.monitor.evidence import REVIEW_THRESHOLD
-
-    positives = {k for k, p in truth.items() if p["truth"]}
-    in_cases = {post_id_of(p["key"]) for c in cases for p in c["posts"]}
-    flagged = {post_id_of(p["key"]) for c in cases for p in c["posts"] if p["score"] >= REVIEW_THRESHOLD}
-    tp = len(flagged & positives)
-    right_cases = sum(1 for c in cases if any(post_id_of(p["key"]) in positives for p in c["posts"]))
-    groups: dict[str, set] = {}
-    for c in cases:
-        for p in c["posts"]:
-            g = truth[post_id_of(p["key"])]["group"]
-            if g:
-                groups.setdefault(g, set()).add(c["id"])
-    n_groups = len({p["group"] for p in posts if p["group"]})
+    th = review_threshold()
+    by_id = {s["id"]: s for s in served}
+    rows = [{**by_id[p.id], "flagged": filed.get(p.id, 0.0) >= th} for p in posts]
+    langs = sorted({p.lang for p in posts})
+    groups = repost_groups(served, cases)
+    text_groups = [g for g in groups if g.startswith("text")]
+    photo_groups = [g for g in groups if g.startswith("photo")]
+    one = lambda gs: sum(1 for g in gs if len(groups[g]) == 1 and None not in groups[g])  # noqa: E731
+    queued = lambda gs: [g for g in gs if groups[g] - {None}]  # noqa: E731 - groups with a post in the queue
     results = {
-        "posts": len(posts), "trade_or_hunting_posts": len(positives),
-        # what an analyst sees: cases; one is right when it holds a trade or hunting post
-        "case_precision": round(right_cases / max(1, len(cases)), 4),
-        "recall": round(len(in_cases & positives) / max(1, len(positives)), 4),
-        # post by post, on each post's own evidence (a harmless post that reuses a trade photo joins its case
-        # without being flagged itself)
-        "flagged_posts": len(flagged), "post_precision": round(tp / max(1, len(flagged)), 4),
-        "post_recall": round(tp / max(1, len(positives)), 4),
-        "harmless_posts_in_cases": len(in_cases - positives),
-        "false_positives": sorted(truth[k]["text"] for k in flagged - positives),
-        "missed_examples": sorted(truth[k]["text"] for k in positives - in_cases)[:15],
-        "cases": len(cases), "repost_groups": n_groups,
-        "repost_groups_in_one_case": sum(1 for g, ids in groups.items() if len(ids) == 1 and len(
-            [p for c in cases if c["id"] in ids for p in c["posts"] if truth[post_id_of(p["key"])]["group"] == g]) == 4),
-        "seconds": round(seconds, 2), "posts_per_second": round(len(posts) / seconds, 1),
-        "frames": stats["frames"], "errors": len(stats["errors"]),
+        "mode": args.mode, "part": args.part, "threshold": round(th, 4), "served_posts": len(served),
+        "read_posts": len(done), "overall": figures(rows), "per_language": {lang: figures(
+            [r for r in rows if r["lang"] == lang]) for lang in langs},
+        "per_kind_flagged": {k: f"{sum(r['flagged'] for r in rows if r['kind'] == k)}/"
+                                f"{sum(1 for r in rows if r['kind'] == k)}" for k in sorted({r['kind'] for r in rows})},
+        # of the groups that reached the queue (a post the model misses and no repost of it reaches it is a miss of
+        # recall, not of grouping), and of all groups
+        "text_repost_groups_in_one_case": f"{one(text_groups)}/{len(queued(text_groups))} ({len(text_groups)} groups)",
+        "photo_repost_groups_in_one_case": f"{one(photo_groups)}/{len(queued(photo_groups))} ({len(photo_groups)} "
+                                           "groups)" if photo_groups else "",
+        "repost_groups_split": {g: [s["text"][:80] for s in served if s["group"] == g] for g in groups
+                                if len(groups[g]) != 1 or None in groups[g]},
+        "cases": len(cases), "distinct_case_scores": len({c["score"] for c in cases}),
+        "seconds": round(seconds, 2), "posts_per_second_end_to_end": round(len(served) / seconds, 1),
+        "text_model_posts_per_second": round(text_model_rate(posts), 1), "peak_rss_mib": round(peak_mib, 1),
+        "false_positives": [r["text"] for r in rows if r["flagged"] and not r["label"]],
+        "misses": [r["text"] for r in rows if r["label"] and not r["flagged"]],
+        "errors": [ln for ln in stderr.splitlines() if "skipped" in ln or "cannot" in ln][:20],
+        "hostile_post_seconds": hostile_timings(),
     }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    print(f"{results['posts']} posts ({results['trade_or_hunting_posts']} trade or hunting), {results['cases']} cases")
-    print(f"cases: precision {results['case_precision']:.3f} (cases holding a trade or hunting post), recall "
-          f"{results['recall']:.3f} (trade and hunting posts in a case)")
-    print(f"posts on their own evidence: precision {results['post_precision']:.3f}, recall "
-          f"{results['post_recall']:.3f} ({len(flagged)} flagged, {len(results['false_positives'])} false positives; "
-          f"{results['harmless_posts_in_cases']} harmless posts joined a case by sharing its photo)")
-    print(f"reposts: {results['repost_groups_in_one_case']} of {n_groups} groups of 4 in one case")
-    print(f"{results['posts_per_second']} posts/s ({results['seconds']} s, {results['frames']} photos classified)")
-    if results["errors"]:
-        print(f"{results['errors']} fetch errors", file=sys.stderr)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    report(results, len(served), th, seconds, peak_mib, bool(photo_groups))
+
+
+def report(results: dict, served: int, th: float, seconds: float, peak_mib: float, photo_groups: bool) -> None:
+    o = results["overall"]
+    print(f"{results['mode']} mode, {results['part']} part: {o['posts']} posts ({o['trade']} trade, {o['harmless']} "
+          f"hard harmless), {served} served with reposts; threshold {th:.3f}")
+    print(f"overall: precision {o['precision']:.3f}  recall {o['recall']:.3f}  hard harmless flagged "
+          f"{o['hard_harmless_flagged']:.3f}")
+    print("lang  posts  precision  recall  harmless_flagged")
+    for lang, f in results["per_language"].items():
+        print(f"{lang:4}  {f['posts']:5}  {f['precision']:9.3f}  {f['recall']:6.3f}  {f['hard_harmless_flagged']:16.3f}")
+    print(f"reposts in one case: text {results['text_repost_groups_in_one_case']}"
+          + (f", photo {results['photo_repost_groups_in_one_case']}" if photo_groups else ""))
+    print(f"cases {results['cases']}, distinct scores {results['distinct_case_scores']}")
+    print(f"{results['posts_per_second_end_to_end']} posts/s end to end ({seconds:.1f} s, model load included), "
+          f"text model alone {results['text_model_posts_per_second']} posts/s; peak RSS {peak_mib:.0f} MiB")
+    for name, sec in results["hostile_post_seconds"].items():
+        print(f"hostile: {name}: {sec:.3f} s to read and score")
 
 
 if __name__ == "__main__":

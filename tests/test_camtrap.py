@@ -238,6 +238,21 @@ def test_crops_are_cut_with_the_detail_of_the_full_resolution_photo(tmp_path):
     assert seen and min(seen[0]) >= 448  # 0.08 x 4800 px, grown by the margin: about 460 px
 
 
+def test_crop_decodes_keep_full_detail_only_in_narrow_modes(tmp_path):
+    """The loader reduces every decode to 4 Mpx (a wide mode is copied several times over while it
+    is converted); a crop decode keeps a JPEG's full detail, never a wide mode's full size."""
+    from wildwatch.data.loading import KEEP_PIXELS, load_photo
+    from wildwatch.inference.crops import decode_for_crops
+
+    Image.new("RGB", (3000, 2000), (90, 120, 60)).save(tmp_path / "rgb.jpg", quality=80)
+    Image.new("RGBA", (3000, 2000), (90, 120, 60, 128)).save(tmp_path / "rgba.png", compress_level=1)
+    small_box = [0.5, 0.5, 0.05, 0.05]
+    assert load_photo(tmp_path / "rgb.jpg")[0].size == (1500, 1000)  # the usual decode: within 4 Mpx
+    assert decode_for_crops(tmp_path / "rgb.jpg", [small_box], 224).size == (3000, 2000)
+    wide = decode_for_crops(tmp_path / "rgba.png", [small_box], 224)
+    assert wide.mode == "RGB" and wide.width * wide.height <= KEEP_PIXELS
+
+
 def test_the_folder_of_a_card_keeps_each_camera_s_events_apart_and_a_long_burst_together(tmp_path):
     from datetime import datetime, timedelta
 
@@ -326,6 +341,93 @@ def test_monitor_and_server_with_the_detector(tmp_path):
     assert good["species"] == "lion" and good["count"] == {"lion": good["count"]["lion"]} and good["detections"]
     assert good["detections"][0]["conf"] >= 0.3 and good["status_colour"]
     assert bad["error"] and "b.jpg" in bad["error"]
+
+
+def test_the_server_s_detector_runs_on_the_decoder_threads_within_the_limits(tmp_path):
+    """serve --detect goes through the bounded decoder pool (never the event loop, nor an unbounded
+    executor), and a photo's limit counts its full size: its crops may be cut from the full decode."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from wildwatch.inference.detect import Detector
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.service.app import create_app
+    from wildwatch.service.guard import Limits
+
+    threads = []
+
+    class Recording(Detector):
+        def detect(self, images):
+            threads.append(threading.current_thread().name)
+            return super().detect(images)
+
+    photo = camera_photo(tmp_path / "IMG_0001.JPG", "lion", "2024:03:05 06:41:00").read_bytes()  # 1600 x 1200
+    files = [("files", ("a.jpg", photo, "image/jpeg"))]
+    predictor, small = Predictor.from_file(None), Limits(max_pixels=1_000_000)
+    with TestClient(create_app(predictor, limits=small)) as client:
+        assert client.post("/v1/classify", files=files).status_code == 200  # read at draft scale: within 1 Mpx
+    with TestClient(create_app(predictor, limits=small, detector=Recording())) as client:
+        refused = client.post("/v1/classify", files=files)
+    assert refused.status_code == 413 and "1600x1200" in refused.json()["detail"] and not threads
+    with TestClient(create_app(predictor, detector=Recording())) as client:
+        r = client.post("/v1/classify?explain=true", files=files)
+        health = client.get("/health").json()
+    assert r.status_code == 200, r.text
+    [answer] = r.json()["predictions"]
+    assert answer["species"] == "lion" and answer["detections"] and answer.get("heatmap_png_base64") is None
+    assert r.json()["notice"] and health["explain"] is False  # the page offers no heatmap it cannot draw
+    assert threads and all(name.startswith("decode") for name in threads), threads
+
+
+def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp_path):
+    """classify --detect and the camera-trap formats keep the output rules: an output with rows is
+    refused without --overwrite (or --resume, for rows), a batch format is written whole at the
+    end, a .json of rows resumes from its partial rows, a CSV resumes only with its own columns."""
+    from wildwatch.errors import UsageError
+    from wildwatch.inference.batch import ClassifyInterrupted, classify_files
+    from wildwatch.inference.writers import addaxai_files_path, partial_path
+
+    cam = card / "cam_a"  # five photos
+    coco = tmp_path / "coco.json"
+    classify_files(ClassifyOptions(paths=[cam], detect=True, format="coco", output=coco))
+    before = coco.read_bytes()
+    with pytest.raises(UsageError, match="--overwrite") as refused:
+        classify_files(ClassifyOptions(paths=[cam], detect=True, format="coco", output=coco))
+    assert "--resume" not in str(refused.value) and coco.read_bytes() == before
+
+    def ctrl_c(p):
+        raise KeyboardInterrupt
+
+    with pytest.raises(ClassifyInterrupted) as stop:
+        classify_files(ClassifyOptions(paths=[cam], detect=True, format="coco", output=coco, overwrite=True), ctrl_c)
+    assert stop.value.rows == 0 and "run again" in stop.value.line() and coco.read_bytes() == before
+    addax = tmp_path / "addax.csv"
+    addaxai_files_path(addax).write_text("absolute_path\n/elsewhere/x.jpg\n")  # its per-photo table counts too
+    with pytest.raises(UsageError, match="--overwrite"):
+        classify_files(ClassifyOptions(paths=[cam], detect=True, format="addaxai", output=addax))
+    classify_files(ClassifyOptions(paths=[cam], detect=True, format="addaxai", output=addax, overwrite=True))
+    assert len(addaxai_files_path(addax).read_text().splitlines()) == 1 + 5 and addax.exists()
+    doc, seen = tmp_path / "rows.json", []
+
+    def ctrl_c_after_two(p):
+        seen.append(p.source)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ClassifyInterrupted) as stop:
+        classify_files(ClassifyOptions(paths=[cam], detect=True, output=doc), ctrl_c_after_two)
+    assert stop.value.rows == 2 and "--resume" in stop.value.line() and not doc.exists()
+    summary = classify_files(ClassifyOptions(paths=[cam], detect=True, output=doc, resume=True))
+    assert summary.already_done == 2 and summary.files == 3 and not partial_path(doc).exists()
+    rows = json.loads(doc.read_text())
+    assert len(rows) == 5 and all("detections" in r and "count" in r for r in rows)
+    plain = tmp_path / "plain.csv"
+    classify_files(ClassifyOptions(paths=[cam / "IMG_0000.JPG"], output=plain))
+    before = plain.read_bytes()
+    with pytest.raises(UsageError, match="without --detect"):
+        classify_files(ClassifyOptions(paths=[cam], detect=True, output=plain, resume=True))
+    assert plain.read_bytes() == before
 
 
 def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):

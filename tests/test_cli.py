@@ -162,8 +162,9 @@ def test_classify_options_take_the_format_from_the_output():
     with pytest.raises(UsageError, match="make them agree"):
         ClassifyOptions(paths=["."], output="rows.csv", format="jsonl").check()
     ClassifyOptions(paths=["."], output="rows.csv", resume=True).check()
+    ClassifyOptions(paths=["."], output="rows.json", resume=True).check()  # a .json output resumes too
     with pytest.raises(UsageError, match="--resume needs"):
-        ClassifyOptions(paths=["."], output="rows.json", resume=True).check()
+        ClassifyOptions(paths=["."], output="out.json", format="megadetector", resume=True).check()
 
 
 def test_output_files_follow_the_format_and_failed_rows_are_empty(cli_run, broken_dir, tmp_path):

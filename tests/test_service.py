@@ -140,6 +140,8 @@ def test_page_in_a_real_browser(live_server, tmp_path):
         refused = []  # what the page's Content-Security-Policy blocked: nothing of its own may be
         page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(live_server)
+        page.locator("#explain-option").wait_for()  # a server with PyTorch offers heatmaps
+        assert page.is_checked("#explain")
         uploads = [str(photo), str(grey)]
         lion = sorted((REAL_DATA / "lion").glob("*.jpg"))[-1:] if REAL_DATA.exists() else []
         uploads += [str(p) for p in lion]
@@ -147,7 +149,12 @@ def test_page_in_a_real_browser(live_server, tmp_path):
         # the page runs under its Content-Security-Policy (no eval): wait with locators, not JS strings
         page.locator(".card").nth(len(uploads) - 1).wait_for(timeout=60_000)
         assert page.locator(".card").count() == len(uploads)
-        assert len(page.query_selector_all(".card .bar")) == 3 * len(uploads)  # top-3 bars on each card
+        # the photos in the order they were chosen (the newest upload first)
+        assert [c.inner_text() for c in page.query_selector_all(".card .file")] == [Path(u).name for u in uploads]
+        for c in page.query_selector_all(".card"):  # top-3 bars on each card of a species, none on an unknown
+            unknown = "unknown" in c.get_attribute("class")
+            assert len(c.query_selector_all(".bar")) == (0 if unknown else 3)
+            assert ("Confidence" in c.inner_text()) != unknown
         grey_card = page.query_selector(f".card:has(.file:text-is('{grey.name}'))")
         assert "unknown" in grey_card.get_attribute("class")
         grey_text = grey_card.inner_text()  # says it is none of the species, never "Unknown animal" for a blank frame
@@ -187,3 +194,55 @@ def test_country_from_upload_exif_and_from_the_request(predictor):
         r = client.post("/v1/classify?country=br", files=[("files", ("ke.jpg", data, "image/jpeg"))]).json()
         assert r["predictions"][0]["country"] == "BR"
         assert client.post("/v1/classify?country=Kenya", files=[("files", ("a.jpg", data, "image/jpeg"))]).status_code == 422
+
+
+def test_error_cards_keep_words_whole_and_name_no_library(live_server, tmp_path):
+    # issue 28 item 16: an error card broke words mid-word and said "Pillow"
+    from playwright.sync_api import sync_playwright
+
+    bad = tmp_path / "holiday-notes.jpg"
+    bad.write_text("not a photo at all " * 20)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(live_server)
+        page.set_input_files("#files", [str(bad)])
+        page.locator(".card.error").wait_for(timeout=30_000)
+        reason = page.query_selector(".card.error .reason")
+        text = reason.inner_text()
+        assert "Pillow" not in text and "JPEG" in text and bad.name not in text
+        # every line of the reason ends at a space or a punctuation mark: no word is cut
+        lines = page.evaluate("""(el) => { const r = document.createRange(); const out = []; let top = null, line = '';
+            for (const node of el.childNodes) for (let i = 0; i < node.length; i++) {
+              r.setStart(node, i); r.setEnd(node, i + 1); const y = Math.round(r.getBoundingClientRect().top);
+              if (top !== null && y !== top) { out.push(line); line = ''; } top = y; line += node.data[i]; }
+            out.push(line); return out; }""", reason)
+        assert len(lines) > 1 and all(ln[-1] in " ,.;:)?" for ln in lines[:-1]), lines
+        assert page.request.get(live_server + "/favicon.ico").headers["content-type"].startswith("image/")
+        browser.close()
+
+
+def test_the_api_docs_work_offline(live_server):
+    # issue 28 item 13: /docs loaded Swagger UI from a CDN, a blank page without the internet
+    from urllib.parse import urlsplit
+
+    from playwright.sync_api import sync_playwright
+
+    outside = []
+
+    def only_local(route):
+        if urlsplit(route.request.url).hostname != "127.0.0.1":
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.route("**/*", only_local)
+        refused = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(live_server + "/docs")
+        page.locator(".opblock-summary-path:has-text('/v1/classify')").first.wait_for(timeout=30_000)
+        browser.close()
+    assert outside == [] and refused == []

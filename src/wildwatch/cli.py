@@ -19,6 +19,20 @@ app.add_typer(data_app, name="data")
 benchmark_app = typer.Typer(no_args_is_help=True, help="Measure a model under hard conditions.")
 app.add_typer(benchmark_app, name="benchmark")
 
+def _print_version(value: bool) -> None:
+    if value:
+        from wildwatch import __version__
+
+        typer.echo(f"wildwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Tell which endangered species is in a photo, how threatened it is, and alert people."""
+
+
 ROBUST_HELP = ("Name species with the bundled network fine-tuned on degraded photos (blur, noise, weather, "
                "night); the model still decides unknown. Twice the compute.")
 
@@ -165,11 +179,13 @@ def classify(
                                              "fastest (4 for PyTorch on a CPU, 8 for ONNX Runtime, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal (the progress bar and the "
+                               "summary stay)."),
     explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it already has rows."),
     detections: Optional[Path] = typer.Option(None, help="A MegaDetector, AddaxAI or SpeciesNet results file: "
                                               "classify its animal boxes and write it back to --output (MegaDetector "
                                               "format) with the species."),
@@ -188,14 +204,18 @@ def classify(
                                            "without EXIF GPS (a deployment needs its coordinates)."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
-    from wildwatch.inference.batch import ClassifyOptions, classify_files, parse_location
+    from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files, parse_location
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
                            image_root=image_root, detect=detect, detector_size=detector_size, event_gap=event_gap,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
-                           explain=explain, engine=engine, address=address, resume=resume)
-    summary = classify_files(opts, None if quiet else _print_prediction, progress=not quiet)
+                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite)
+    try:  # -q leaves out the table, not the progress bar (on a terminal) nor the summary
+        summary = classify_files(opts, None if quiet else _print_prediction, progress=True)
+    except ClassifyInterrupted as stop:
+        typer.secho(stop.line(), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     typer.echo(summary.line(output), err=True)
     if summary.errors:  # exit 1: some files could not be classified (their rows say why); 2 is a usage error
         raise typer.Exit(1)
@@ -214,12 +234,14 @@ def _print_prediction(p) -> None:
     if p.error:
         typer.echo(f"{p.source}\tERROR\t{p.error}")
         return
-    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
-    label = "unknown — " + describe_other(p.looks_like, p.looks_like_kind) if p.unknown else p.species
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
     where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
-    typer.echo(f"{p.source}\t{label}\t{p.confidence:.3f}\t{status}{where}")
+    if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
+        typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
+        return
+    status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
+    typer.echo(f"{p.source}\t{p.species}\t{p.confidence:.3f}\t{status}{where}")
 
 
 @app.command("sort")
@@ -311,7 +333,8 @@ def events(
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
                                            "without GPS."),
     cases: bool = typer.Option(False, "--cases", help="The media watch's cases instead (csv or json), with the "
-                               "analysts' marks."),
+                               "analysts' marks; --format labels: the marked posts as labelled JSON lines for "
+                               "benchmarks/train_relevance.py --extra."),
 ):
     """List recorded sightings (or, with --cases, the media watch's cases)."""
     from wildwatch.monitor.events import EventStore, sightings_text

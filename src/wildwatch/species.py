@@ -1,4 +1,5 @@
-"""The species table: display name, scientific names and IUCN Red List status of each class."""
+"""The species table: display name, scientific names, IUCN Red List status and CITES Appendix of
+each class."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ class SpeciesInfo:
     taxon: str = ""  # the narrowest name that covers every species the class may show
     taxon_rank: str = ""
     taxonomy: str = ""  # "class;order;family;genus;species", lowercase, as MegaDetector and Wildlife Insights write it
+    cites_appendix: str = ""  # "I", "II" or "" (not listed): what trade in the species is allowed, by CITES
+    cites_note: str = ""
+    cites_source: str = ""
+
+    @property
+    def cites_listed(self) -> bool:
+        """On CITES Appendix I or II: international commercial trade is banned or controlled."""
+        return self.cites_appendix in ("I", "II")
 
     @property
     def worst_category(self) -> str:
@@ -37,7 +46,8 @@ class SpeciesInfo:
         return {"key": self.key, "common_name": self.common_name, "scientific_names": list(self.scientific_names),
                 "iucn_status": self.iucn_status, "threatened": self.threatened, "note": self.note,
                 "source": self.source, "assessments": list(self.assessments), "taxon": self.taxon,
-                "taxon_rank": self.taxon_rank, "taxonomy": self.taxonomy}
+                "taxon_rank": self.taxon_rank, "taxonomy": self.taxonomy, "cites_appendix": self.cites_appendix,
+                "cites_note": self.cites_note, "cites_source": self.cites_source}
 
 
 UNKNOWN = SpeciesInfo("unknown", "Unknown (none of the known species)", (), "", False,
@@ -50,7 +60,8 @@ def species_table() -> dict[str, SpeciesInfo]:
     return {
         k: SpeciesInfo(k, v["common_name"], tuple(v["scientific_names"]), v["iucn_status"], bool(v["threatened"]),
                        v.get("note", ""), v.get("source", ""), tuple(v.get("assessments", ())),
-                       v.get("taxon", ""), v.get("taxon_rank", ""), v.get("taxonomy", ""))
+                       v.get("taxon", ""), v.get("taxon_rank", ""), v.get("taxonomy", ""), v.get("cites_appendix", ""),
+                       v.get("cites_note", ""), v.get("cites_source", ""))
         for k, v in raw.items() if not k.startswith("_")
     }
 

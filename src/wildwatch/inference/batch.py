@@ -14,9 +14,9 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wildwatch.errors import UsageError, require
+from wildwatch.errors import DataError, UsageError, require
 from wildwatch.inference.predictor import Prediction
-from wildwatch.inference.writers import SUFFIX_FORMATS, format_of
+from wildwatch.inference.writers import SUFFIX_FORMATS, addaxai_files_path, format_of, has_content, write_atomic
 
 FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "addaxai", "coco", "parquet")
 ROW_FORMATS = ("csv", "jsonl", "json", "parquet")  # one row per file (the others describe the whole batch)
@@ -48,6 +48,7 @@ class ClassifyOptions(BaseModel):
     engine: str = "local"
     address: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False  # replace an output that has rows (without it: refused, unless --resume)
     location: Optional[tuple[float, float]] = None  # Camtrap DP: the camera's latitude, longitude
 
     @property
@@ -73,8 +74,10 @@ class ClassifyOptions(BaseModel):
         if fmt in BATCH_FORMATS and output is None:
             raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector and coco, a .csv file for "
                              "addaxai, a folder for camtrapdp)")
-        if self.resume and (output is None or fmt not in ("csv", "jsonl")):
-            raise UsageError("--resume needs --output FILE.csv or FILE.jsonl: it skips the files already written there")
+        if self.resume and (output is None or fmt not in ("csv", "jsonl", "json")):
+            raise UsageError("--resume needs --output FILE.csv, FILE.jsonl or FILE.json: it skips the files already "
+                             "written there")
+        self._check_overwrite(fmt)
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise UsageError(f"--country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
         if self.engine not in ("local", "ray"):
@@ -97,9 +100,21 @@ class ClassifyOptions(BaseModel):
         if self.image_root is not None:
             raise UsageError("--image-root goes with --detections: it re-roots the results file's absolute paths")
 
+    def _check_overwrite(self, fmt: str | None) -> None:
+        """An output that has rows is never replaced silently (AddaxAI's: either of its two tables)."""
+        if self.output is None or self.resume or self.overwrite:
+            return
+        companion = addaxai_files_path(self.output) if fmt == "addaxai" else None
+        if not has_content(self.output, fmt) and not (companion is not None and has_content(companion)):
+            return
+        resumable = fmt in ("csv", "jsonl", "json") and self.detections is None
+        raise UsageError(f"{self.output} already exists and is not empty; add "
+                         f"{'--resume to go on after the rows in it, or ' if resumable else ''}--overwrite to replace it")
+
     def _check_detections(self) -> None:
         if self.output is None:
             raise UsageError("--detections needs --output: the MegaDetector file to write with the classifications")
+        self._check_overwrite("megadetector")
         if self.format not in (None, "megadetector"):
             raise UsageError("--detections writes MegaDetector batch output: leave out --format or use megadetector")
         if len(self.paths) > 1:
@@ -124,6 +139,20 @@ def parse_location(text: str | None) -> tuple[float, float] | None:
         raise UsageError(f"--location {text!r}: give latitude,longitude in degrees, e.g. -1.29,36.82") from None
     check_location((lat, lon))
     return lat, lon
+
+
+class ClassifyInterrupted(Exception):
+    """Ctrl-C during ``classify_files``: ``rows`` were written (and kept) before it."""
+
+    def __init__(self, rows: int, output: Path | None, resumable: bool):
+        super().__init__(rows)
+        self.rows, self.output, self.resumable = rows, output, resumable
+
+    def line(self) -> str:
+        if self.output is None:
+            return f"interrupted after {self.rows} files"
+        again = "; rerun with --resume to go on" if self.resumable else "; run again to write it"
+        return f"interrupted: {self.rows} rows written to {self.output}{again}"
 
 
 @dataclass
@@ -168,20 +197,28 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     pipe = _detect_pipeline(opts, predictor) if opts.detect else None
     stream = pipe.predict_paths(todo()) if pipe else predictor.predict_paths(todo(), batch_size=opts.batch_size)
     n = n_err = 0
-    with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt,
-                     fields=_row_fields(opts.detect)) as write:
-        for p in tqdm(stream, unit="img", desc="classifying", disable=not (progress and sys.stderr.isatty())):
-            write(p)
-            if collected is not None:
-                collected.append(p)
-            if opts.explain is not None and p.error is None:
-                _write_overlay(predictor, p, opts.explain, n)
-            n += 1
-            n_err += p.error is not None
-            if on_prediction is not None:
-                on_prediction(p)
-    if collected is not None:
-        write_batch(opts, collected, predictor, pipe)
+    try:
+        with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt,
+                         fields=_row_fields(opts.detect)) as write:
+            for p in tqdm(stream, unit="img", desc="classifying", disable=not (progress and sys.stderr.isatty())):
+                write(p)
+                n += 1  # counted at once: the row is in the file
+                n_err += p.error is not None
+                if collected is not None:
+                    collected.append(p)
+                if opts.explain is not None and p.error is None:
+                    _write_overlay(predictor, p, opts.explain, n - 1)
+                if on_prediction is not None:
+                    on_prediction(p)
+        if collected:  # the batch formats are written, atomically, once every photo is in
+            write_batch(opts, collected, predictor, pipe)
+    except KeyboardInterrupt:  # the rows written so far stay; --resume goes on after them
+        raise ClassifyInterrupted(n if collected is None else 0, output, collected is None) from None
+    if n == 0 and skipped[0] == 0:
+        from wildwatch.data.loading import FORMATS_READ
+
+        raise DataError(f"no photos found in {', '.join(map(str, opts.paths))}: wildwatch reads {FORMATS_READ} "
+                        "files (folders are searched recursively)")
     how = f"{predictor.backend} backend" + (f", built-in detector at {pipe.detector.size} px" if pipe else "")
     return ClassifySummary(n, n_err, skipped[0], how)
 
@@ -229,7 +266,7 @@ def write_batch(opts: ClassifyOptions, preds: list, predictor, pipe=None) -> Non
 
         doc = predictions_json(preds, predictor.classes, model_name, opts.paths, detector, seqs.md_by_photo())
         doc["info"]["classifier_metadata"]["event_gap_s"] = opts.event_gap
-        output.write_text(json.dumps(doc, indent=1))
+        write_atomic(output, json.dumps(doc, indent=1))
     elif fmt == "camtrapdp":
         from wildwatch.inference.formats import write_camtrap_dp
 
@@ -242,7 +279,7 @@ def write_batch(opts: ClassifyOptions, preds: list, predictor, pipe=None) -> Non
     elif fmt == "coco":
         from wildwatch.inference.writers import coco_camera_traps
 
-        output.write_text(json.dumps(coco_camera_traps(preds, root, seqs, model_name), indent=1))
+        write_atomic(output, json.dumps(coco_camera_traps(preds, root, seqs, model_name), indent=1))
 
 
 def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
@@ -264,8 +301,7 @@ def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySumma
               disable=not (progress and sys.stderr.isatty())) as bar:
         doc, summary = classify_detections(doc, Path(root), predictor, threshold, opts.batch_size or 32,
                                            predictor.meta["architecture"], bar.update, opts.image_root)
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text(json.dumps(doc, indent=1))
+    write_atomic(opts.output, json.dumps(doc, indent=1))
     return ClassifySummary(summary.images, summary.images_failed, 0,
                            f"{predictor.backend} backend, {summary.boxes_classified} animal boxes")
 

@@ -64,9 +64,11 @@ def decode_for_crops(path: str | Path | bytes, bboxes: Sequence[Sequence[float]]
     if decoded is not None and decoded.width * scale >= w:
         return decoded
     draft = None if scale == 1 else (-(-raw_w // scale), -(-raw_h // scale))
+    # kept at the scale chosen (a JPEG, or any photo in a narrow mode), not reduced to the loader's
+    # usual 4 Mpx: a small box's crop needs the detail
     if upload:
-        return load_photo_bytes(bytes(path), name, max_pixels, draft)[0]
-    return load_photo(path, max_pixels, draft)[0]
+        return load_photo_bytes(bytes(path), name, max_pixels, draft, keep_pixels=max_pixels)[0]
+    return load_photo(path, max_pixels, draft, keep_pixels=max_pixels)[0]
 
 
 def crops(img: Image.Image, bboxes: Sequence[Sequence[float]]) -> list[Image.Image]:

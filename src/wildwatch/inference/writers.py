@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from wildwatch.errors import UsageError
 from wildwatch.inference.predictor import ROW_FIELDS, Prediction
 
 
+def partial_path(path: Path) -> Path:
+    """Where the rows of a ``.json`` output go while the run lasts (JSON lines, resumable); the JSON
+    document is written from them, atomically, at the end."""
+    return path.with_name(path.name + ".partial.jsonl")
+
+
 def done_sources(path: Path | None, fmt: str | None = None) -> set[str]:
-    """Sources already written to an output file (complete rows only), for ``--resume``."""
-    if path is None or not path.exists():
+    """Sources already written to an output file (complete rows only), for ``--resume``; for a
+    ``.json`` output, those of the finished document and of its partial rows."""
+    if path is None:
+        return set()
+    fmt = format_of(path, fmt)
+    if fmt == "json":
+        done = done_sources(partial_path(path), "jsonl")
+        if path.exists() and path.stat().st_size:
+            try:
+                done |= {r["source"] for r in json.loads(path.read_text(encoding="utf-8"))}
+            except (ValueError, TypeError, KeyError):
+                raise UsageError(f"{path}: not a JSON list of rows written by wildwatch; cannot resume it") from None
+        return done
+    if not path.exists():
         return set()
     done = set()
     with open(path, newline="", encoding="utf-8") as f:
-        if format_of(path, fmt) == "csv":
+        if fmt == "csv":
             for row in csv.DictReader(f):
                 if row.get("source") and None not in row.values():
                     done.add(row["source"])
@@ -28,6 +48,25 @@ def done_sources(path: Path | None, fmt: str | None = None) -> set[str]:
                 except (ValueError, KeyError):
                     pass  # a line cut by an interruption is written again
     return done
+
+
+def has_content(path: Path, fmt: str | None = None) -> bool:
+    """Whether writing ``path`` would replace something: a non-empty file, a non-empty folder, or
+    the partial rows of an interrupted ``.json`` run."""
+    if path.is_dir():
+        return any(path.iterdir())
+    if format_of(path, fmt) == "json" and partial_path(path).exists():
+        return True
+    return path.exists() and path.stat().st_size > 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``path`` holds either its old content or all of ``text``, never a part (an interruption
+    while writing leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _truncate_partial_line(path: Path) -> None:
@@ -51,17 +90,28 @@ def format_of(path: Path | None, given: str | None = None) -> str | None:
 def open_writer(path: Path | None, append: bool = False, fmt: str | None = None,
                 fields: list[str] | None = None) -> Iterator[Callable[[Prediction], None]]:
     """A function that writes one Prediction: CSV or JSON lines, flushed per row so an interrupted
-    run keeps them (``append``: after the rows already there, for ``--resume``); or one JSON
-    document (a list of rows), complete when the run ends. ``fields``: the CSV columns (default
+    run keeps them (``append``: after the rows already there, for ``--resume``). A ``.json``
+    output (one JSON document, a list of rows) is written as JSON lines beside it while the run
+    lasts, and as the document, atomically, when it ends; an interrupted run leaves the earlier
+    document as it was and its partial rows for ``--resume``. ``fields``: the CSV columns (default
     ``ROW_FIELDS``; ``classify --detect`` adds its own)."""
     if path is None:
         yield lambda p: None
         return
     fmt = format_of(path, fmt)
+    if fmt == "json":
+        partial = partial_path(path)
+        with open_writer(partial, append=append, fmt="jsonl") as write:
+            yield write
+        _finish_json(path, partial, keep=append)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    append = append and fmt != "json" and path.exists() and path.stat().st_size > 0
+    append = append and path.exists() and path.stat().st_size > 0
     if append:
         _truncate_partial_line(path)
+        append = path.stat().st_size > 0  # a header cut by an interruption is written again
+        if append and fmt == "csv":
+            _same_columns(path, fields or ROW_FIELDS)
     with open(path, "a" if append else "w", newline="", encoding="utf-8") as f:
         if fmt == "csv":
             w = csv.DictWriter(f, fieldnames=fields or ROW_FIELDS)
@@ -71,13 +121,6 @@ def open_writer(path: Path | None, append: bool = False, fmt: str | None = None,
             def write(p: Prediction) -> None:
                 w.writerow(p.to_row())
                 f.flush()
-        elif fmt == "json":
-            f.write("[")
-            first = [True]
-
-            def write(p: Prediction) -> None:
-                f.write(("\n" if first[0] else ",\n") + json.dumps(p.to_json()))
-                first[0] = False
         else:
 
             def write(p: Prediction) -> None:
@@ -85,8 +128,27 @@ def open_writer(path: Path | None, append: bool = False, fmt: str | None = None,
                 f.flush()
 
         yield write
-        if fmt == "json":
-            f.write("\n]\n")
+
+
+def _same_columns(path: Path, fields: list[str]) -> None:
+    """A resumed CSV gets rows of the columns it has (``--detect`` adds its own), or none at all."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if header != list(fields):
+        ran = "with" if "detections" in header else "without"
+        raise UsageError(f"{path}: its columns are not this run's (it was written {ran} --detect, or by another "
+                         "wildwatch version); resume it with the options it was written with, or add --overwrite "
+                         "to replace it")
+
+
+def _finish_json(path: Path, partial: Path, keep: bool) -> None:
+    """The JSON document: the rows already in ``path`` (``keep``, a resumed run) and the partial rows."""
+    rows = json.loads(path.read_text(encoding="utf-8")) if keep and path.exists() and path.stat().st_size else []
+    if partial.exists():
+        with open(partial, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.endswith("\n")]
+    write_atomic(path, "[" + ",\n".join(json.dumps(r) for r in rows) + ("\n]\n" if rows else "]\n"))
+    partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- batch exports: AddaxAI's CSV, COCO Camera Traps
@@ -116,51 +178,59 @@ def addaxai_label(d: dict) -> str:
     return d["species"] or {"unknown": "animal"}.get(d["label"], d["label"])
 
 
+def addaxai_files_path(path: Path) -> Path:
+    """AddaxAI's per-photo table, beside the per-detection one at ``path``."""
+    return path.with_name(f"{path.stem}_files.csv")
+
+
 def write_addaxai_csv(preds, path: Path, root: Path, seqs) -> tuple[Path, Path]:
     """AddaxAI's two result tables: ``path`` one row per detection (pixel box, label, confidence:
     the species' probability where one is named, else the detector's), and ``<stem>_files.csv``
     one row per photo (detections, the largest confidence, an unreadable photo's error), with
-    EXIF date, GPS, make and model. Photos in which nothing was seen are only in the second."""
+    EXIF date, GPS, make and model. Photos in which nothing was seen are only in the second. Both
+    are written atomically when the run ends: an interruption leaves the earlier tables whole."""
+    import io
     import os
 
     from wildwatch.inference.camtrap import photo_detections
     from wildwatch.species import species_info
 
     path, root = Path(path), Path(root).resolve()
-    files_path = path.with_name(f"{path.stem}_files.csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fd, open(files_path, "w", newline="", encoding="utf-8") as ff:
-        det_w = csv.DictWriter(fd, fieldnames=list(ADDAXAI_DETECTION_FIELDS), restval="")
-        file_w = csv.DictWriter(ff, fieldnames=list(ADDAXAI_FILE_FIELDS), restval="")
-        det_w.writeheader()
-        file_w.writeheader()
-        for i, p in enumerate(preds):
-            facts = seqs.facts[i] if seqs is not None and seqs.facts[i] is not None else None
-            event = seqs.by_photo.get(i) if seqs is not None else None
-            base = {"absolute_path": str(Path(p.source).resolve()), "data_type": "img",
-                    "relative_path": Path(os.path.relpath(Path(p.source).resolve(), root)).as_posix(),
-                    "human_verified": "False", "file_height": facts.height if facts else "",
-                    "file_width": facts.width if facts else "", "DateTimeOriginal": _addaxai_time(p.taken_at),
-                    "Latitude": p.latitude if p.latitude is not None else "",
-                    "Longitude": p.longitude if p.longitude is not None else "",
-                    "Make": facts.make if facts else "", "Model": facts.model if facts else "",
-                    "event_id": event.id if event else ""}
-            dets = [] if p.error else photo_detections(p)
-            confs = []
-            for d in dets:
-                conf = d["confidence"] if d["species"] else d["conf"]
-                confs.append(conf if conf is not None else "")
-                box = _pixel_box(d["bbox"], facts)
-                det_w.writerow(base | box | {
-                    "label": addaxai_label(d), "confidence": "" if conf is None else conf,
-                    "common_name": species_info(d["species"]).common_name if d["species"] else "",
-                    "iucn_status": species_info(d["species"]).iucn_status if d["species"] else "",
-                    "detector_confidence": "" if d["conf"] is None else d["conf"],
-                    "looks_like": d["looks_like"], "whole_photo": str(d["whole_photo"])})
-            numeric = [c for c in confs if c != ""]
-            file_w.writerow(base | {"n_detections": len(dets), "max_confidence": max(numeric) if numeric else "",
-                                    "label": "error" if p.error else (addaxai_label(dets[0]) if dets else "empty"),
-                                    "event_label": event.label if event else "", "error": p.error or ""})
+    files_path = addaxai_files_path(path)
+    fd, ff = io.StringIO(newline=""), io.StringIO(newline="")
+    det_w = csv.DictWriter(fd, fieldnames=list(ADDAXAI_DETECTION_FIELDS), restval="")
+    file_w = csv.DictWriter(ff, fieldnames=list(ADDAXAI_FILE_FIELDS), restval="")
+    det_w.writeheader()
+    file_w.writeheader()
+    for i, p in enumerate(preds):
+        facts = seqs.facts[i] if seqs is not None and seqs.facts[i] is not None else None
+        event = seqs.by_photo.get(i) if seqs is not None else None
+        base = {"absolute_path": str(Path(p.source).resolve()), "data_type": "img",
+                "relative_path": Path(os.path.relpath(Path(p.source).resolve(), root)).as_posix(),
+                "human_verified": "False", "file_height": facts.height if facts else "",
+                "file_width": facts.width if facts else "", "DateTimeOriginal": _addaxai_time(p.taken_at),
+                "Latitude": p.latitude if p.latitude is not None else "",
+                "Longitude": p.longitude if p.longitude is not None else "",
+                "Make": facts.make if facts else "", "Model": facts.model if facts else "",
+                "event_id": event.id if event else ""}
+        dets = [] if p.error else photo_detections(p)
+        confs = []
+        for d in dets:
+            conf = d["confidence"] if d["species"] else d["conf"]
+            confs.append(conf if conf is not None else "")
+            box = _pixel_box(d["bbox"], facts)
+            det_w.writerow(base | box | {
+                "label": addaxai_label(d), "confidence": "" if conf is None else conf,
+                "common_name": species_info(d["species"]).common_name if d["species"] else "",
+                "iucn_status": species_info(d["species"]).iucn_status if d["species"] else "",
+                "detector_confidence": "" if d["conf"] is None else d["conf"],
+                "looks_like": d["looks_like"], "whole_photo": str(d["whole_photo"])})
+        numeric = [c for c in confs if c != ""]
+        file_w.writerow(base | {"n_detections": len(dets), "max_confidence": max(numeric) if numeric else "",
+                                "label": "error" if p.error else (addaxai_label(dets[0]) if dets else "empty"),
+                                "event_label": event.label if event else "", "error": p.error or ""})
+    write_atomic(files_path, ff.getvalue())
+    write_atomic(path, fd.getvalue())
     return path, files_path
 
 

@@ -208,11 +208,12 @@ class EmailSink:
 
     def message(self, payload: dict, key: str, snapshot: bytes | None) -> EmailMessage:
         m = EmailMessage()
-        m["Subject"] = (f"[wildwatch] {payload['common_name'] or payload['species']} ({payload['iucn_status']}) "
-                        f"at {payload['source']}")
+        # the source and names may come from a feed: no line breaks (header injection) reach a header
+        m["Subject"] = header_text(f"[wildwatch] {payload['common_name'] or payload['species']} "
+                                   f"({payload['iucn_status']}) at {payload['source']}")
         m["From"] = self.cfg.sender
         m["To"] = ", ".join(self.cfg.to)
-        m["Message-ID"] = f"<{key}@wildwatch>"
+        m["Message-ID"] = f"<{header_text(key, 200).replace(' ', '')}@wildwatch>"
         lines = [f"{k}: {v}" for k, v in payload.items() if v not in (None, "") and not k.endswith("_base64")]
         m.set_content("A sighting that the alert policy asks to report.\n\n" + "\n".join(lines) + "\n")
         if snapshot:
@@ -238,6 +239,14 @@ class EmailSink:
                                 retry=exc.smtp_code >= 400 and exc.smtp_code < 500) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"{self.cfg.host}:{self.cfg.port}: {exc}") from exc
+
+
+def header_text(value: str, limit: int = 300) -> str:
+    """``value`` fit for an email header: control characters (CR, LF, tabs ...) become spaces, runs
+    of spaces one, and at most ``limit`` characters."""
+    cleaned = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(value))
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
 def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, object]:
@@ -268,12 +277,18 @@ class Outbox:
         with self._stats_lock:  # one delivery thread per sink
             self.stats[what] += 1
 
-    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float, tag: str | None = None) -> None:
-        """Inside the store's transaction that wrote the sighting (or the case: ``tag`` names the
-        alert, e.g. "case3-1", and so its idempotency key)."""
+    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float, tag: str | None = None,
+                content: str | None = None) -> None:
+        """Inside the store's transaction that wrote the sighting (or the case). ``content`` says what
+        the alert is about (source, item, species, time): the idempotency key is derived from it, so
+        the same sighting gets the same key even in a new database (a receiver de-duplicates it).
+        Without it, ``tag`` (or the sighting's id) and the database's instance name the alert."""
         now = time.time()
         for name in self.sinks:
-            key = f"ww-{self.store.instance[:12]}-{tag or sighting_id}-{name}"
+            if content is not None:
+                key = f"ww-{hashlib.sha256(content.encode()).hexdigest()[:24]}-{name}"
+            else:
+                key = f"ww-{self.store.instance[:12]}-{tag or sighting_id}-{name}"
             self.store.db.execute(
                 "INSERT OR IGNORE INTO outbox (sighting_id, sink, idempotency_key, payload, priority, next_attempt_at, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -309,7 +324,9 @@ class Outbox:
                     snapshot = self.store.snapshot(sighting_id)
             try:
                 sink.send(json.loads(payload), key, snapshot)
-            except DeliveryError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a sink raises, the alert backs off and is kept
+                if not isinstance(exc, DeliveryError):
+                    exc = DeliveryError(f"{type(exc).__name__}: {exc}")
                 attempts += 1
                 with self.store.transaction() as db:
                     if exc.retry:

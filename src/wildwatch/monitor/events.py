@@ -114,6 +114,10 @@ class EventStoreError(WildwatchError):
     """The events database cannot be used as it is; the message says how to recover."""
 
 
+class _Damaged(sqlite3.DatabaseError):
+    """quick_check found damaged pages."""
+
+
 def _check_file(path: Path) -> None:
     """Refuse an empty or foreign file before SQLite touches it (SQLite would turn an empty file
     into a new, empty database: every sighting silently gone)."""
@@ -130,6 +134,32 @@ def _check_file(path: Path) -> None:
     if head != SQLITE_MAGIC:
         raise EventStoreError(f"{path}: not an SQLite database (damaged, or another file); nothing was changed. "
                               f"Restore it from a backup, or move it away to start a new database")
+
+
+def explain_sqlite(path: Path, exc: sqlite3.Error) -> EventStoreError:
+    """What an SQLite error means for the events database, in words, with what to do."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(exc).lower()
+    if code == 8 or "readonly" in text or "read-only" in text:  # SQLITE_READONLY
+        why = ("the database is read-only for this user; nothing was changed. Give it write access to the file "
+               "and its folder (SQLite writes its -wal and -shm files beside it), or use another --db")
+    elif code == 13 or "disk is full" in text:  # SQLITE_FULL
+        why = ("the disk is full; what was recorded before is intact. Free some space and run again: the "
+               "monitor goes on where it stopped")
+    elif code in (3, 23) or "permission" in text:  # SQLITE_PERM, SQLITE_AUTH
+        why = "permission denied; nothing was changed. Give this user access to the file and its folder"
+    elif code == 14 or "unable to open" in text:  # SQLITE_CANTOPEN
+        why = "cannot open the database file: does its folder exist, and may this user write there?"
+    elif code in (5, 6) or "locked" in text:  # SQLITE_BUSY, SQLITE_LOCKED
+        why = "the database is locked by another program; try again when it is done"
+    elif code == 10:  # SQLITE_IOERR
+        why = "the disk could not be read or written (an input/output error); check the disk, then run again"
+    elif code in (11, 26) or "malformed" in text or "not a database" in text:  # SQLITE_CORRUPT, SQLITE_NOTADB
+        why = (f"the events database is damaged; nothing was changed. Recover what can be read with: sqlite3 "
+               f"{path} .recover | sqlite3 recovered.db, then use --db recovered.db; or restore it from a backup")
+    else:
+        why = "cannot use the events database"
+    return EventStoreError(f"{path}: {why} ({exc})")
 
 
 class WriterLock:
@@ -172,22 +202,38 @@ class EventStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _check_file(self.path)
+        self.created = not self.path.exists()  # a new database: discard() may remove it again
         self.writer = WriterLock(self.path) if writer else None
         try:
             self._open(check=writer)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             if self.writer:
                 self.writer.release()
-            raise EventStoreError(f"{self.path}: the events database is damaged ({exc}); nothing was changed. "
-                                  f"Recover what can be read with: sqlite3 {self.path} .recover | sqlite3 "
-                                  f"recovered.db, then use --db recovered.db; or restore it from a backup") from None
+            damaged = isinstance(exc, _Damaged)
+            raise explain_sqlite(self.path, sqlite3.DatabaseError(f"database disk image is malformed: {exc}")
+                                 if damaged else exc) from None
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)  # to notice the file being deleted or replaced under us
+
+    def check_file(self) -> None:
+        """Raise EventStoreError if the database file was deleted or replaced since it was opened
+        (writes would go to a file nobody can read again)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self.identity:
+            raise EventStoreError(f"{self.path}: the events database was {'deleted' if st is None else 'replaced'} "
+                                  "while the monitor was writing to it; stopped, so that nothing more is lost. "
+                                  "Restore it from a backup, or start again with a new database (alerts keep "
+                                  "their idempotency keys, so receivers can drop the ones sent before)")
 
     def _open(self, check: bool) -> None:
         self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         if check:
             result = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
-                raise sqlite3.DatabaseError(result)
+                raise _Damaged(result)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.lock = threading.RLock()
@@ -277,28 +323,30 @@ class EventStore:
         with self.lock:
             return int(self.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0])
 
-    def list(self, since: str | None = None, species: str | None = None, limit: int | None = None) -> list[Sighting]:
-        """Sightings, oldest first; ``since`` is an ISO date or time (UTC)."""
-        query, args = "SELECT * FROM sightings WHERE 1=1", []
+    def list(self, since: str | None = None, species: str | None = None, limit: int | None = None,
+             newest: bool = False) -> list[Sighting]:
+        """Sightings, oldest first; ``since`` is an ISO date or time (UTC). ``limit`` pages in SQL: the
+        first ``limit`` sightings, or with ``newest`` the last ``limit`` (still oldest first). Snapshots
+        are never read: a listing costs the rows' text, whatever the database holds."""
+        cols = list(Sighting.__dataclass_fields__)
+        query, args = f"SELECT {', '.join(cols)} FROM sightings WHERE 1=1", []
         if since:
             query += " AND wall_start >= ?"
             args.append(since)
         if species:
             query += " AND species = ?"
             args.append(species)
-        query += " ORDER BY wall_start, id"
+        query += " ORDER BY wall_start DESC, id DESC" if newest else " ORDER BY wall_start, id"
         if limit:
             query += " LIMIT ?"
             args.append(int(limit))
         with self.lock:
-            cur = self.db.execute(query, args)
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
+            rows = self.db.execute(query, args).fetchall()
+        if newest:
+            rows.reverse()
         out = []
         for row in rows:
-            d = dict(zip(names, row))
-            d.pop("snapshot", None)
-            d.pop("open", None)
+            d = dict(zip(cols, row))
             d["threatened"] = bool(d["threatened"])
             out.append(Sighting(**d))
         return out
@@ -316,6 +364,17 @@ class EventStore:
         if self.writer:
             self.writer.release()
 
+    def discard(self) -> None:
+        """Close; and when this store made a new database that holds nothing yet (a run that could
+        not start), remove it and its lock, so a mistyped source leaves no files behind."""
+        with self.lock:
+            empty = self.created and not any(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                                             for table in ("sightings", "source_progress", "done_items", "outbox"))
+        self.close()
+        if empty:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
 
 def sightings_text(rows: list[Sighting], fmt: str) -> str:
     """Sightings as CSV (one column per field) or a JSON list."""
@@ -329,5 +388,8 @@ def sightings_text(rows: list[Sighting], fmt: str) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
     w.writeheader()
-    w.writerows(r.to_json() for r in rows)
+    from wildwatch.monitor.cases import spreadsheet_text
+
+    # text that came from a feed or a camera's name never becomes a spreadsheet formula
+    w.writerows({k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in r.to_json().items()} for r in rows)
     return buf.getvalue()

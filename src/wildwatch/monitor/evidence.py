@@ -1,118 +1,135 @@
-"""The evidence of a media post: what its photos show and what its text says, as a score and a
-reason in words ("rhino horn (zh: 犀牛角) + price + rhino photo 0.97").
+"""The evidence of a media post: does it offer, seek or advertise wildlife or wildlife products,
+as a calibrated probability and a reason in words.
 
-The terms come from ``resources/trade_terms.yaml`` (products, selling, hunting, in nine
-languages, with their sources); prices are a number with a currency. The score combines:
+- The text: the learned relevance model (``monitor.relevance``) gives a calibrated log-odds; the
+  term list (``monitor.terms``) says which words carried it (products and code words, offers,
+  buyer requests, contact channels, prices with their units, news or zoo words that point the
+  other way) and in which language.
+- The photos: the most confident species among them that is on CITES Appendix I or II (the
+  Convention's listing is what makes trade in it illegal or controlled; the Red List category is
+  about extinction risk and stays in the answers). It adds a fixed, small log-odds, more when the
+  text names a product of that species; a photo alone never makes a post trade, because sellers of
+  carvings, slices and skins show products, not live animals, and harmless posts show animals.
 
-- the photo: the most confident threatened species among the post's photos (the open-set
-  answer included: a photo of none of the species adds nothing);
-- the text: a product (+0.45, +0.15 more when it is a product of the species in the photo),
-  selling intent or a price (+0.3, +0.1 for both), hunting (+0.3), at most 1.
+    score = sigmoid(text_logodds + photo_logodds)
 
-    score = 1 - (1 - 0.4 * photo) * (1 - 0.8 * text)   with a species photo
-    score = 0.7 * text                                  without
-
-so a species photo alone (0.39 at 0.97), selling alone (0.28) or a product word alone (0.32)
-stays under the review threshold (0.5), while a species photo with a product or selling words,
-or a product offered for a price, goes over it.
+The post is flagged for review at the model's threshold (chosen out of fold on the training
+corpus). Scores keep their full precision: two different posts practically never tie.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+import math
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 
-import yaml
+from wildwatch.monitor.relevance import bundled_model, featurise
+from wildwatch.monitor.terms import CATEGORY_WORDS, LANGUAGE_NAMES, Term, guess_language
+from wildwatch.monitor.textscan import Budget
+from wildwatch.species import species_info
 
-LANGUAGES = ("en", "zh", "vi", "th", "id", "fr", "es", "pt", "sw")
-NO_SPACES = ("zh", "th")  # scripts written without spaces between words: terms match anywhere
-REVIEW_THRESHOLD = 0.5
+PHOTO_LOGODDS = 0.6  # a confident CITES-listed species photo: about +0.15 at an even text score
+PRODUCT_PHOTO_LOGODDS = 0.6  # more when the text names a product of that species (horn with a rhino photo)
+REASON_ORDER = ("code", "product", "request", "offer", "contact", "price_word", "hunting", "news", "conservation",
+                "leisure")
 
 
-@dataclass(frozen=True)
-class Term:
-    meaning: str
-    category: str  # product, trade, hunting
-    lang: str
-    text: str
-    species: tuple[str, ...] = ()
+def review_threshold() -> float:
+    return bundled_model().threshold
 
 
 @dataclass
 class Evidence:
-    score: float
+    score: float  # calibrated probability that the post offers, seeks or advertises wildlife (products)
     reason: str
     terms: list[Term] = field(default_factory=list)
     price: str = ""
-    species: str = ""  # the species in the photo, or ""
+    species: str = ""  # the CITES-listed species in the photo, or ""
     photo_confidence: float = 0.0
     iucn_status: str = ""
+    cites_appendix: str = ""
+    language: str = ""
+    text_score: float = 0.0  # the text's own probability
+    photo_kind: str = ""  # "animal", "product or other", "" (no photo)
+    threshold: float = 0.5
 
     @property
     def flagged(self) -> bool:
-        return self.score >= REVIEW_THRESHOLD
+        return self.score >= self.threshold
 
 
-def _fold(text: str) -> str:
-    return unicodedata.normalize("NFC", text).casefold()
+def _photo(predictions):
+    """The most confident prediction of a CITES-listed species, and what the photos show in words."""
+    ok = [p for p in predictions if not p.error]
+    listed = [p for p in ok if not p.unknown and species_info(p.species).cites_listed]
+    best = max(listed, key=lambda p: p.confidence) if listed else None
+    if best is not None:
+        return best, "animal"
+    other = next((p for p in ok if p.unknown), None)
+    if other is not None:
+        kind = getattr(other, "looks_like_kind", "") or "other"
+        return None, "an animal of no listed species" if kind == "animal" else f"not an animal ({kind})"
+    return None, ""
 
 
-@lru_cache(maxsize=1)
-def term_list() -> tuple[list[Term], re.Pattern]:
-    doc = yaml.safe_load(resources.files("wildwatch").joinpath("resources/trade_terms.yaml").read_text("utf-8"))
-    terms = [Term(t["meaning"], t["category"], lang, _fold(str(w)), tuple(t.get("species", ())))
-             for t in doc["terms"] for lang in LANGUAGES for w in t.get(lang, [])]
-    cur = "|".join(sorted((re.escape(_fold(c)) for c in doc["currencies"]), key=len, reverse=True))
-    number = r"\d[\d.,' ]*\d|\d"
-    price = re.compile(rf"(?:(?:{cur})\s?(?:{number}))|(?:(?:{number})\s?(?:k\s?)?(?:{cur}))(?![\w])")
-    return terms, price
-
-
-def find_terms(text: str) -> tuple[list[Term], str]:
-    """The terms found in ``text`` (one per meaning: the longest match, non-English preferred at
-    equal length) and the first price, if any."""
-    terms, price = term_list()
-    low = _fold(text)
-    best: dict[str, Term] = {}
-    for t in terms:
-        found = (t.text in low) if t.lang in NO_SPACES else re.search(r"(?<![\w])" + re.escape(t.text), low)
-        if not found:
+def _terms_in_words(hits) -> tuple[list[str], list[Term]]:
+    """The matched terms by category ("code word: ivory '白料'", "contact channel '微信', 'dm'"), as
+    the reason lists them."""
+    by_cat: dict[str, list[Term]] = {}
+    for h in hits:
+        if h.term.category == "animal":
             continue
-        old = best.get(t.meaning)  # the longest match is the most specific; at equal length, not English
-        if old is None or (len(t.text), t.lang != "en") > (len(old.text), old.lang != "en"):
-            best[t.meaning] = t
-    m = price.search(low)
-    return list(best.values()), (m.group(0).strip() if m else "")
+        group = by_cat.setdefault(h.term.category, [])
+        if all(t.text != h.term.text for t in group):
+            group.append(h.term)
+    parts, terms = [], []
+    for cat in REASON_ORDER:
+        group = by_cat.get(cat, [])[:4]
+        if not group:
+            continue
+        terms += group
+        if cat in ("code", "product"):
+            meanings: dict[str, list[str]] = {}
+            for t in group:
+                meanings.setdefault(t.meaning.replace(" (code word)", ""), []).append(f"'{t.text}'")
+            parts.append(f"{CATEGORY_WORDS[cat]}: " + ", ".join(f"{m} {' '.join(w)}" for m, w in meanings.items()))
+        else:
+            parts.append(f"{CATEGORY_WORDS[cat]} " + ", ".join(f"'{t.text}'" for t in group))
+    return parts, terms
 
 
-def post_evidence(text: str, predictions) -> Evidence:
+def post_evidence(text: str, predictions, budget: Budget | None = None) -> Evidence:
     """Score a post from its text and the Predictions of its photos."""
-    terms, price = find_terms(text)
-    named = [p for p in predictions if not p.error and not p.unknown and p.threatened]
-    photo = max(named, key=lambda p: p.confidence) if named else None
-    products = [t for t in terms if t.category == "product"]
-    selling = [t for t in terms if t.category == "trade"]
-    hunting = [t for t in terms if t.category == "hunting"]
-    text_score = 0.0
-    if products:
-        text_score += 0.45 + (0.15 if photo is not None and any(photo.species in t.species for t in products) else 0)
-    if selling or price:
-        text_score += 0.3 + (0.1 if selling and price else 0)
-    if hunting:
-        text_score += 0.3
-    text_score = min(1.0, text_score)
+    model = bundled_model()
+    f = featurise(text)
+    if budget is not None:
+        budget.check()
+    text_logit = model.logit(f)
+    photo, photo_kind = _photo(predictions)
+    logit = text_logit
+    commodity_match = False
     if photo is not None:
-        score = 1 - (1 - 0.4 * float(photo.confidence)) * (1 - 0.8 * text_score)
-    else:
-        score = 0.7 * text_score
-    parts = [t.meaning + ("" if t.lang == "en" else f" ({t.lang}: {t.text})") for t in products + hunting + selling]
-    if price:
-        parts.append(f"price {price}")
+        commodity_match = any(photo.species in h.term.species for h in f.hits if h.term.category in ("product", "code"))
+        logit += PHOTO_LOGODDS * float(photo.confidence) + (PRODUCT_PHOTO_LOGODDS if commodity_match else 0.0)
+    score = 1.0 / (1.0 + math.exp(-logit))
+    text_score = 1.0 / (1.0 + math.exp(-text_logit))
+    lang = guess_language(text, f.hits)
+    words, terms = _terms_in_words(f.hits)
+    price = f.prices[0] if f.prices else None
+    if price is not None:
+        words.append(f"price {price.text}" + (f" ({price.unit})" if price.unit else ""))
+    verdict = "trade" if score >= model.threshold else "talk about wildlife"
+    kind = "buyer request" if any(t.category == "request" for t in terms) and not any(
+        t.category == "offer" for t in terms) and verdict == "trade" else verdict
+    reason = f"{kind} {score:.2f}: text {text_score:.2f} in {LANGUAGE_NAMES.get(lang, lang)}"
+    if words:
+        reason += " (" + "; ".join(words) + ")"
     if photo is not None:
-        parts.append(f"{photo.species} photo {photo.confidence:.2f}")
-    return Evidence(round(score, 4), " + ".join(parts) if parts else "nothing of note", terms, price,
-                    photo.species if photo else "", round(float(photo.confidence), 4) if photo else 0.0,
-                    photo.iucn_status if photo else "")
+        info = species_info(photo.species)
+        reason += (f"; photo: {info.common_name} {photo.confidence:.2f}, an animal, CITES Appendix "
+                   f"{info.cites_appendix}" + (", the species of the product named" if commodity_match else ""))
+    elif photo_kind:
+        reason += f"; photo: {photo_kind}"
+    info = species_info(photo.species) if photo is not None else None
+    return Evidence(score, reason, terms, price.text if price else "", photo.species if photo else "",
+                    round(float(photo.confidence), 4) if photo else 0.0, info.iucn_status if info else "",
+                    info.cites_appendix if info else "", lang, text_score, photo_kind, model.threshold)

@@ -55,10 +55,22 @@ def origin(url: str) -> tuple[str, int]:
     return (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: NAT64 (well-known and
+# local-use) and IPv4-compatible (::a.b.c.d); ::ffff:a.b.c.d (mapped) has its own attribute
+_EMBEDS_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+                ipaddress.ip_network("::/96"))
+
+
 def _is_public(ip: str) -> bool:
+    """A global unicast address; an IPv6 address that embeds an IPv4 one (mapped, compatible, NAT64,
+    6to4, Teredo) is judged by that IPv4 address, so ``::127.0.0.1`` or ``64:ff9b::7f00:1`` is loopback."""
     addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if inner is None and any(addr in net for net in _EMBEDS_IPV4):
+            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if inner is not None:
+            addr = inner
     return addr.is_global and not addr.is_multicast
 
 
@@ -118,7 +130,7 @@ class Fetcher:
         if not url.lower().startswith(("http://", "https://")):
             raise UsageError(f"{url}: only http and https URLs are fetched")
         sockets: list[socket.socket] = []
-        opener = urllib.request.build_opener(_Handler(self, sockets))
+        opener = _opener(self, sockets)
         timer = threading.Timer(self.deadline_s, _shut, args=(sockets,))
         timer.daemon = True
         start = time.monotonic()
@@ -223,6 +235,25 @@ class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     def https_open(self, req):
         return self.do_open(_connection(http.client.HTTPSConnection, self.fetcher, self.sockets), req,
                             context=self._context)
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only: urllib would also follow one to ftp:// (and log in there)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise FetchRefused(f"{req.full_url}: redirects to {newurl}; only http and https URLs are fetched")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(fetcher: Fetcher, sockets: list) -> urllib.request.OpenerDirector:
+    """An opener that speaks http and https through guarded connections and nothing else (no ftp:,
+    file: or data: handlers, which ``build_opener`` would add)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (_Handler(fetcher, sockets), _HttpOnlyRedirects(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
+        opener.add_handler(handler)
+    return opener
 
 
 class PoliteFetcher:

@@ -13,6 +13,7 @@ import io
 import logging
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from wildwatch.data.splits import dhash64
 from wildwatch.errors import UsageError
 from wildwatch.monitor.alerts import AlertPolicy, ConsoleSinkConfig, Outbox, SinkConfig, make_sinks
 from wildwatch.monitor.cases import CaseBook, Post
-from wildwatch.monitor.events import EventStore, Sighting
+from wildwatch.monitor.events import EventStore, Sighting, explain_sqlite
 from wildwatch.monitor.evidence import post_evidence
 from wildwatch.monitor.sources import DEFAULT_KEYWORDS, Frame, VideoSource, iso, open_source
 from wildwatch.monitor.tracker import Change, Sample, Track, Tracker
@@ -109,6 +110,18 @@ def jpeg_bytes(img: Image.Image, quality: int = 85, max_side: int = 1280) -> byt
 
 
 _END = object()
+
+
+def alert_content(t: Track) -> str:
+    """What a sighting's alert is about, independent of any database row: its source, species and
+    item (a photo or post image: its index and perceptual hash; a video: the stream time of its
+    first sample; a live stream: that wall time). Its idempotency key is derived from this."""
+    first = t.first
+    if first.single:
+        seen = f"{first.frame_index}:{dhash64(t.best.image):016x}" if t.best.image is not None else str(first.frame_index)
+    else:
+        seen = f"{first.clock:.3f}"
+    return f"sighting\0{t.source}\0{t.species}\0{seen}"
 
 
 def frame_classifier(predictor, cfg: MonitorConfig):
@@ -206,7 +219,7 @@ class Monitor:
                            "keywords": list(frame.keywords), "link": frame.link, "text": frame.text,
                            "instance": self.store.instance}
                 self.outbox.enqueue(t.sighting_id, payload, frame.priority,
-                                    pol.not_before(time.time(), s.iucn_status, frame.priority))
+                                    pol.not_before(time.time(), s.iucn_status, frame.priority), content=alert_content(t))
                 return True
             return False
         if t.sighting_id is None:
@@ -255,13 +268,16 @@ class Monitor:
             return False
         case = self.cases.get(update.case_id)
         pol = self.cfg.alerts
-        if case["species"] and not pol.wants(case["species"], case["iucn_status"], 1.0, max(first.priority, 1)):
-            return False
         info = species_info(case["species"]) if case["species"] else None
+        # trade risk is about CITES listing (a jaguar, Near Threatened, is on Appendix I), not the Red List
+        if info is not None and not info.cites_listed and not pol.wants(case["species"], case["iucn_status"], 1.0,
+                                                                        max(first.priority, 1)):
+            return False
         payload = {"case_id": case["id"], "sighting_id": 0, "why": update.alert, "score": case["score"],
                    "reason": case["reason"], "species": case["species"] or "unknown",
                    "common_name": info.common_name if info else "", "iucn_status": case["iucn_status"],
                    "threatened": bool(info and info.threatened), "confidence": case["score"],
+                   "cites_appendix": info.cites_appendix if info else "",
                    "source": first.source, "link": first.link, "text": first.text,
                    "links": sorted({p["link"] for p in case["posts"] if p["link"]}),
                    "accounts": case["accounts"], "sites": case["sites"], "terms": case["terms"],
@@ -270,7 +286,7 @@ class Monitor:
                    "queued_at": time.time(), "instance": self.store.instance,
                    "snapshot_jpeg_base64": base64.b64encode(thumb).decode() if thumb else None}
         self.outbox.enqueue(0, payload, max(first.priority, 1), pol.not_before(time.time(), case["iucn_status"], 1),
-                            tag=f"case{case['id']}-{case['alerts']}")
+                            content=f"case\0{key}\0{update.alert}\0{case['alerts']}")
         return True
 
     def _process(self, frames: list[Frame]) -> None:
@@ -351,15 +367,28 @@ class Monitor:
 
     def run(self, specs: Sequence[str] | None = None) -> dict:
         specs = list(specs if specs is not None else self.cfg.sources)
+        try:
+            sources = self._open_sources(specs)
+        except Exception:
+            self.store.discard()  # a run that cannot start leaves no new, empty database behind
+            raise
+        try:
+            return self._run(specs, sources)
+        except sqlite3.Error as exc:  # the disk is full, the file turned read-only ...: in words
+            raise explain_sqlite(self.store.path, exc) from None
+
+    def _open_sources(self, specs: list[str]) -> list:
         if not specs:
             raise UsageError("no sources: give video files, stream URLs, folders or feeds")
-        sources = [open_source(s, progress=self.store, stop=self.stop, every_s=self.cfg.sample_every_s,
+        return [open_source(s, progress=self.store, stop=self.stop, every_s=self.cfg.sample_every_s,
                                motion=self.cfg.motion, once=self.cfg.once, poll_s=self.cfg.folder_poll_s,
                                feed_poll_s=self.cfg.feed_poll_s, keywords=tuple(self.cfg.keywords),
                                max_retries=self.cfg.max_retries, allow_hosts=tuple(self.cfg.allow_hosts),
                                fetch_deadline_s=self.cfg.fetch_deadline_s, fetch_max_bytes=self.cfg.fetch_max_bytes,
                                host_interval_s=self.cfg.host_interval_s, follow_links=self.cfg.follow_links)
-                   for s in specs]
+                for s in specs]
+
+    def _run(self, specs: list[str], sources: list) -> dict:
         q: queue.Queue = queue.Queue(maxsize=4 * self.cfg.batch_size)
         readers = [threading.Thread(target=self._reader, args=(spec, src, q), daemon=True, name=f"source {spec}")
                    for spec, src in zip(specs, sources)]
@@ -367,7 +396,7 @@ class Monitor:
         restore = {}
         if threading.current_thread() is threading.main_thread():
             restore = {sig: signal.signal(sig, lambda *_: self.stop.set()) for sig in (signal.SIGTERM,)}
-        t0 = last_status = time.time()
+        t0 = last_status = last_check = time.time()
         frames_at_status = 0
         active = len(readers)
         sender.start()
@@ -392,6 +421,9 @@ class Monitor:
                 if batch:
                     self._process(batch)
                 now = time.time()
+                if now - last_check >= 1.0:  # the database deleted or replaced under us: stop now
+                    self.store.check_file()
+                    last_check = now
                 if self.status and now - last_status >= 1.0:
                     self._status_line(active, len(readers), (self.frames - frames_at_status) / (now - last_status))
                     last_status, frames_at_status = now, self.frames

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import html
 import json
-import re
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
 from wildwatch.errors import DataError, UsageError
 from wildwatch.monitor.fetch import PoliteFetcher
-from wildwatch.monitor.sources import FeedSource, Post
+from wildwatch.monitor.sources import MAX_ITEMS, FeedSource, Post, item_error
+from wildwatch.monitor.textscan import join_unique, scan_html, strip_tags
 
 MAX_TEXT = 4000
+MAX_PAGE_BYTES = 2 << 20  # bytes of a page that are read for its post: past it, the rest is left with an error
 
 
 def _base(spec: str, default_scheme: str = "https") -> str:
@@ -34,44 +36,32 @@ def _base(spec: str, default_scheme: str = "https") -> str:
 
 
 def strip_html(text: str) -> str:
-    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text or ""))).strip()
+    return strip_tags(text or "")
 
 
-class _PageParser(HTMLParser):
-    """Title, og: metadata, images (with alt text), paragraph text and links of an HTML page."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.title, self.meta, self.images, self.links, self.text = "", {}, [], [], []
-        self._in_title = False
-        self._skip = 0
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "title":
-            self._in_title = True
-        elif tag in ("script", "style", "noscript"):
-            self._skip += 1
-        elif tag == "meta" and (a.get("property") or a.get("name")):
-            self.meta[(a.get("property") or a.get("name")).lower()] = a.get("content") or ""
-        elif tag == "img" and a.get("src"):
-            self.images.append(a["src"])
-            if a.get("alt"):
-                self.text.append(a["alt"])
-        elif tag == "a" and a.get("href"):
-            self.links.append(a["href"])
-
-    def handle_endtag(self, tag):
-        if tag == "title":
-            self._in_title = False
-        elif tag in ("script", "style", "noscript"):
-            self._skip = max(0, self._skip - 1)
-
-    def handle_data(self, data):
-        if self._in_title:
-            self.title += data
-        elif not self._skip and data.strip():
-            self.text.append(data.strip())
+def decode_page(body: bytes, content_type: str = "", where: str = "", problems: list[str] | None = None) -> str:
+    """A page's text: the charset its Content-Type or ``<meta charset>`` names, else UTF-8; bytes
+    that are not valid in it (a page of mixed encodings) are replaced and reported once."""
+    charset = ""
+    low_ct = content_type.lower()
+    if "charset=" in low_ct:
+        charset = low_ct.split("charset=", 1)[1].split(";")[0].strip(" \"'")
+    if not charset:
+        head = body[:2048].decode("ascii", "replace").lower()
+        k = head.find("charset=")
+        if k >= 0:
+            charset = head[k + 8:k + 40].strip(" \"'").split('"')[0].split("'")[0].split(">")[0].split(";")[0].strip()
+    try:
+        "".encode(charset or "utf-8")
+    except LookupError:
+        charset = ""
+    try:
+        return body.decode(charset or "utf-8")
+    except UnicodeDecodeError as exc:
+        if problems is not None:
+            problems.append(f"{where}: not valid {charset or 'UTF-8'} at byte {exc.start:,} (mixed encodings?); "
+                            "the bytes that are not were replaced")
+        return body.decode(charset or "utf-8", "replace")
 
 
 class PageSource(FeedSource):
@@ -87,17 +77,26 @@ class PageSource(FeedSource):
         if self.local and not Path(target).is_file():
             raise FileNotFoundError(f"{target}: saved page not found")
 
+    def _fetch(self, url: str) -> tuple[bytes, str]:
+        if self.local or not isinstance(self.fetcher, PoliteFetcher):
+            return self.fetcher.fetch(url, allow_local=self.local), ""
+        got = self.fetcher.fetch_full(url)
+        return got.body, got.header("Content-Type")
+
     def _page(self, url: str) -> tuple[Post, list[str]]:
-        body = self.fetcher.fetch(url, allow_local=self.local)
-        p = _PageParser()
-        p.feed(body.decode("utf-8", "replace"))
+        body, ctype = self._fetch(url)
+        if len(body) > MAX_PAGE_BYTES:
+            self.errors.append(f"{url}: page of {len(body):,} bytes; only the first {MAX_PAGE_BYTES:,} are read")
+            body = body[:MAX_PAGE_BYTES]
+        p = scan_html(decode_page(body, ctype, url, self.errors))
         base = url if not self.local else str(Path(url).resolve())
-        images = [m for m in (p.meta.get("og:image"),) if m] + p.images
+        images = [m for m in (p.meta.get("og:image"),) if m] + [src for src, _ in p.images]
         join = (lambda u: str((Path(base).parent / u).resolve())) if self.local else (lambda u: urljoin(url, u))
         images = [join(u) for u in dict.fromkeys(images) if not u.startswith("data:")]
-        text = " ".join([p.title.strip(), p.meta.get("og:title", ""), p.meta.get("og:description", ""),
-                         p.meta.get("description", ""), *p.text])[:MAX_TEXT]
-        return Post(url, p.title.strip(), text, url if not self.local else "", images, p.meta.get("author", "")), \
+        title = " ".join(p.title.split())
+        text = join_unique([title, p.meta.get("og:title", ""), p.meta.get("og:description", ""),
+                            p.meta.get("description", ""), *(alt for _, alt in p.images), *p.text], MAX_TEXT)
+        return Post(url, title, text, url if not self.local else "", images, p.meta.get("author", "")[:200]), \
             [join(h) for h in p.links]
 
     def posts(self) -> list[Post]:
@@ -115,6 +114,16 @@ class PageSource(FeedSource):
         return out
 
 
+def next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of an HTTP Link header, read without a regular expression."""
+    for part in header[:8192].split(","):
+        if 'rel="next"' in part or "rel=next" in part:
+            lt, gt = part.find("<"), part.find(">")
+            if 0 <= lt < gt:
+                return part[lt + 1:gt].strip()
+    return None
+
+
 class _Paged(FeedSource):
     """A JSON API read page by page, at most ``max_pages`` per poll (an endless listing ends there)."""
 
@@ -127,6 +136,45 @@ class _Paged(FeedSource):
             return json.loads(body), got
         except ValueError as exc:
             raise DataError(f"{url}: not JSON ({exc})") from None
+
+    def _items(self, url: str, items, model, limit: int = MAX_ITEMS) -> list:
+        """Each item of a listing validated by ``model``; a bad one is an error row, the rest go on."""
+        if not isinstance(items, list):
+            raise DataError(f"{url}: expected a list of posts, got {type(items).__name__}")
+        out = []
+        for i, raw in enumerate(items[:limit]):
+            try:
+                out.append(model.model_validate(raw))
+            except ValidationError as exc:
+                self.errors.append(item_error(url, i, raw, exc))
+        return out
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class MastodonAccount(_Loose):
+    acct: StrictStr = ""
+
+
+class MastodonMedia(_Loose):
+    type: StrictStr = ""
+    url: StrictStr | None = None
+    preview_url: StrictStr | None = None
+
+
+class MastodonStatus(_Loose):
+    """A status of Mastodon's REST API, typed: an account that is a list, a content that is a
+    number, makes this status an error row."""
+
+    id: StrictStr | StrictInt
+    url: StrictStr | None = None
+    uri: StrictStr | None = None
+    content: StrictStr = ""
+    account: MastodonAccount | None = None
+    media_attachments: list[MastodonMedia] = Field(default_factory=list)
+    reblog: MastodonStatus | None = None
 
 
 class MastodonSource(_Paged):
@@ -148,25 +196,51 @@ class MastodonSource(_Paged):
     def _start(self) -> str:
         if self.api is None:
             found, _ = self._json(f"{self.root}/api/v1/accounts/lookup?acct={self.account}")
-            self.api = f"{self.root}/api/v1/accounts/{found['id']}/statuses?limit=40"
+            ident = found.get("id") if isinstance(found, dict) else None
+            if not isinstance(ident, (str, int)):
+                raise DataError(f"{self.root}: account lookup for {self.account!r} gave no id")
+            self.api = f"{self.root}/api/v1/accounts/{ident}/statuses?limit=40"
         return self.api
 
     def posts(self) -> list[Post]:
         url, out = self._start(), []
         for _ in range(self.max_pages):
             items, got = self._json(url)
-            for s in items if isinstance(items, list) else []:
-                s = s.get("reblog") or s
-                imgs = [m.get("url") or m.get("preview_url") for m in s.get("media_attachments", [])
-                        if m.get("type") in ("image", "gifv")]
-                out.append(Post(str(s.get("id")), "", strip_html(s.get("content", ""))[:MAX_TEXT],
-                                s.get("url") or s.get("uri") or "", [i for i in imgs if i],
-                                (s.get("account") or {}).get("acct", "")))
-            nxt = re.search(r'<([^>]+)>;\s*rel="next"', got.header("Link")) if got is not None else None
+            for st in self._items(url, items, MastodonStatus):
+                s = st.reblog or st
+                imgs = [m.url or m.preview_url for m in s.media_attachments if m.type in ("image", "gifv")]
+                out.append(Post(str(s.id), "", strip_html(s.content)[:MAX_TEXT], s.url or s.uri or "",
+                                [i for i in imgs if i], s.account.acct if s.account else ""))
+            nxt = next_link(got.header("Link")) if got is not None else None
             if not nxt or not items:
                 break
-            url = nxt.group(1)
+            url = nxt
         return out
+
+
+class _RedditImage(_Loose):
+    source: dict = Field(default_factory=dict)
+
+
+class _RedditPreview(_Loose):
+    images: list[_RedditImage] = Field(default_factory=list)
+
+
+class RedditPost(_Loose):
+    """A post of Reddit's JSON listing, typed: an author that is a list makes it an error row."""
+
+    id: StrictStr | StrictInt
+    title: StrictStr = ""
+    selftext: StrictStr = ""
+    author: StrictStr = ""
+    permalink: StrictStr = ""
+    url: StrictStr | None = None
+    url_overridden_by_dest: StrictStr | None = None
+    preview: _RedditPreview | None = None
+
+
+class _RedditChild(_Loose):
+    data: RedditPost
 
 
 class RedditSource(_Paged):
@@ -183,27 +257,44 @@ class RedditSource(_Paged):
         url, out = self.listing, []
         for _ in range(self.max_pages):
             doc, _ = self._json(url)
-            data = (doc or {}).get("data", {})
-            for child in data.get("children", []):
-                d = child.get("data", {})
-                imgs = [html.unescape(i["source"]["url"]) for i in (d.get("preview") or {}).get("images", [])
-                        if i.get("source", {}).get("url")]
-                link = d.get("url_overridden_by_dest") or d.get("url") or ""
-                if re.search(r"\.(jpe?g|png|webp|gif)$", link.lower()):
+            data = doc.get("data") if isinstance(doc, dict) else None
+            if not isinstance(data, dict):
+                raise DataError(f"{url}: not a Reddit listing (no 'data' object)")
+            for child in self._items(url, data.get("children", []), _RedditChild):
+                d = child.data
+                imgs = [html.unescape(str(i.source["url"])) for i in (d.preview.images if d.preview else [])
+                        if isinstance(i.source.get("url"), str)]
+                link = d.url_overridden_by_dest or d.url or ""
+                if link.lower().endswith((".jpg", ".jpeg", ".png", ".webp", ".gif")):
                     imgs.insert(0, link)
-                permalink = urljoin(self.listing, d.get("permalink", "")) if d.get("permalink") else link
-                out.append(Post(str(d.get("id")), d.get("title", ""),
-                                f"{d.get('title', '')} {d.get('selftext', '')}"[:MAX_TEXT], permalink,
-                                list(dict.fromkeys(imgs)), d.get("author", "")))
+                permalink = urljoin(self.listing, d.permalink) if d.permalink else link
+                out.append(Post(str(d.id), d.title, join_unique([d.title, d.selftext], MAX_TEXT), permalink,
+                                list(dict.fromkeys(imgs)), d.author))
             after = data.get("after")
-            if not after:
+            if not isinstance(after, str) or not after:
                 break
             url = f"{self.listing}&after={after}"
         return out
 
 
+def _between(s: str, start: str, end: str, at: int = 0) -> tuple[str, int]:
+    """The text between the next ``start`` (from ``at``) and the ``end`` after it, and where it
+    ended; ("", -1) when either is missing."""
+    i = s.find(start, at)
+    if i < 0:
+        return "", -1
+    j = s.find(end, i + len(start))
+    if j < 0:
+        return "", -1
+    return s[i + len(start):j], j + len(end)
+
+
 class TelegramSource(FeedSource):
-    """A public channel's web preview (t.me/s/CHANNEL): each message's text and photos."""
+    """A public channel's web preview (t.me/s/CHANNEL): each message's text and photos, read with
+    ``str.find`` (linear in the page, whatever it holds)."""
+
+    max_messages = 200
+    max_block = 64 << 10
 
     def __init__(self, spec: str, **kw):
         page = _base(spec) if "/" in spec else f"https://t.me/s/{spec}"
@@ -211,16 +302,35 @@ class TelegramSource(FeedSource):
         super().__init__(page, **kw)
 
     def posts(self) -> list[Post]:
-        page = self.fetcher.fetch(self.url).decode("utf-8", "replace")
+        body = self.fetcher.fetch(self.url)[:MAX_PAGE_BYTES]
+        page = decode_page(body, "", self.url, self.errors)
+        marker = '<div class="tgme_widget_message_wrap'
+        starts, at = [], page.find(marker)
+        while at >= 0 and len(starts) < self.max_messages:
+            starts.append(at)
+            at = page.find(marker, at + len(marker))
         out = []
-        for block in re.split(r'(?=<div class="tgme_widget_message_wrap)', page)[1:]:
-            post_id = re.search(r'data-post="([^"]+)"', block)
+        for k, s0 in enumerate(starts):
+            block = page[s0:min(starts[k + 1] if k + 1 < len(starts) else len(page), s0 + self.max_block)]
+            post_id, _ = _between(block, 'data-post="', '"')
             if not post_id:
                 continue
-            text = re.search(r'<div class="tgme_widget_message_text[^"]*"[^>]*>(.*?)</div>', block, re.S)
-            photos = re.findall(r"tgme_widget_message_photo_wrap[^>]*background-image:url\('([^']+)'\)", block)
-            out.append(Post(post_id.group(1), "", strip_html(text.group(1) if text else "")[:MAX_TEXT],
-                            urljoin(self.url, f"/{post_id.group(1)}"), photos, self.channel))
+            text = ""
+            t = block.find('<div class="tgme_widget_message_text')
+            if t >= 0:
+                text, _ = _between(block, ">", "</div>", t)
+            photos, at = [], 0
+            while True:
+                wrap = block.find("tgme_widget_message_photo_wrap", at)
+                if wrap < 0:
+                    break
+                url, end = _between(block, "background-image:url('", "')", wrap)
+                if end < 0:
+                    break
+                photos.append(url)
+                at = end
+            out.append(Post(post_id, "", strip_html(text)[:MAX_TEXT], urljoin(self.url, f"/{post_id}"), photos,
+                            self.channel))
         return out
 
 

@@ -6,8 +6,11 @@ No endpoint fetches a URL given by a client; uploads are checked by decoding the
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import hmac
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -19,10 +22,10 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from wildwatch import __version__
-from wildwatch.data.loading import ImageLoadError, declared_size
+from wildwatch.data.loading import ImageLoadError, header_info, too_large
 from wildwatch.errors import installed
 from wildwatch.inference.predictor import describe_other
-from wildwatch.service.batching import MicroBatcher
+from wildwatch.service.batching import MemoryBudget, MicroBatcher
 from wildwatch.service.guard import Guard, Limits
 from wildwatch.service.schemas import (
     CaseMark,
@@ -40,41 +43,108 @@ from wildwatch.service.schemas import (
 key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key, when it has one")
 from wildwatch.species import CATEGORY_COLOURS, species_table
 
-# a decoded photo larger than this is shrunk at once (to KEEP_SIDE on its longest side): what the
-# model (256 px) and a heatmap overlay need, so a request's photos hold little memory while it runs
-KEEP_PIXELS = 4_000_000
+# a decoded photo is kept at most this large on its longest side: what the model (256 px) and a
+# heatmap overlay need, so a request's photos hold little memory while it runs
 KEEP_SIDE = 1600
+NO_DETECT_HEATMAPS = ("no heatmaps: this server runs the animal detector (serve --detect), whose answers come "
+                      "from several crops per photo; each answer has its boxes instead")
+NO_HEATMAPS = ("no heatmaps: they are drawn with PyTorch, which comes with wildwatch[train] (pip install "
+               "'wildwatch[train]'); the photos were classified without them")
 
 
-async def read_uploads(files: list[UploadFile], limits: Limits, results: list) -> dict[int, tuple[str, bytes]]:
-    """The bytes of each upload, after every limit that can be checked before decoding: the number
-    of files, each file's size, each image's pixels and the request's pixels as their headers
-    declare them (413 beyond any of them). A file whose header cannot be read gets its error in
+async def check_uploads(files: list[UploadFile], limits: Limits, draft: tuple[int, int] | None,
+                        results: list) -> dict[int, tuple[str, UploadFile, int]]:
+    """The uploads that pass every limit that can be checked before decoding: the number of files,
+    each file's size, each image's pixels and the request's pixels as decoding will produce them
+    (a JPEG at its reduced draft scale), read from the headers (413 beyond any of them). Their bytes
+    stay in the upload's spooled file until a decoder takes them; each comes with the bound on
+    the memory its decoding takes. A file whose header cannot be read gets its error in
     ``results`` and is left out."""
     if len(files) > limits.max_files:
         raise HTTPException(413, f"too many files: {len(files)} sent, at most {limits.max_files} per request")
     uploads, total = {}, 0
     for i, f in enumerate(files):
         name = f.filename or f"upload{i}"
-        data = await f.read(limits.max_file_bytes + 1)
-        if len(data) > limits.max_file_bytes:
+        size = f.size if f.size is not None else f.file.seek(0, 2)
+        f.file.seek(0)
+        if size > limits.max_file_bytes:
             raise HTTPException(413, f"{name}: file larger than {limits.max_file_bytes:,} bytes")
         try:
-            w, h = declared_size(data, name)
+            w, h, cost = header_info(f.file, name, draft)
         except ImageLoadError as exc:
             if exc.too_large:
-                raise HTTPException(413, f"{exc}; at most {limits.max_pixels:,} pixels per image") from None
+                raise HTTPException(413, f"{exc}") from None
             results[i] = {"source": name, "error": str(exc)}
             continue
         if w * h > limits.max_pixels:
-            raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
-                                     f"{limits.max_pixels:,} per image")
+            raise HTTPException(413, str(too_large(name, w, h, limits.max_pixels)))
         total += w * h
         if total > limits.max_request_pixels:
             raise HTTPException(413, f"the images of this request have more than {limits.max_request_pixels:,} "
                                      "pixels in all; send them in several requests")
-        uploads[i] = (name, data)
+        uploads[i] = (name, f, cost)
     return uploads
+
+
+def decode_upload(predictor, f: UploadFile, name: str, max_pixels: int):
+    """On a decoder thread: one upload's bytes read from its spooled file, decoded, and shrunk to
+    what the model and an overlay need (so only the small copy outlives this call)."""
+    f.file.seek(0)
+    try:
+        img, place = predictor.read(f.file.read(), name, max_pixels=max_pixels)
+    finally:
+        release_freed_memory()
+    if max(img.size) > KEEP_SIDE:
+        img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BILINEAR, reducing_gap=2.0)
+    return img, place
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a decode freed back to the system (glibc keeps freed blocks in per-thread
+    arenas: each decoder thread would otherwise hold on to its largest image's worth for good)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def detect_upload(pipe, f: UploadFile, name: str, country: str | None):
+    """On a decoder thread: one upload through ``classify --detect``'s pipeline (its decodes, the
+    detector, the classifier on each box); an unreadable photo comes back with its ``error``."""
+    f.file.seek(0)
+    try:
+        return pipe.predict_file(f.file.read(), None, name, country)
+    finally:
+        release_freed_memory()
+
+
+def docs_routes(app: FastAPI, favicon: str) -> None:
+    """The interactive API docs (Swagger UI) with its script served from here (the fastapi-offline
+    package's copy): it works without the internet. (ReDoc is left out: it loads its logo from a CDN.)"""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        assets = Path(str(resources.files("fastapi_offline").joinpath("static")))
+    except ModuleNotFoundError:  # an install without it: the docs say which package they need
+        assets = None
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        if assets is None:
+            raise HTTPException(501, "the API docs page needs fastapi-offline, which comes with wildwatch[serve]")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="wildwatch API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url=favicon)
+
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
@@ -99,14 +169,20 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
 
         pipe = DetectPipeline(predictor, detector, max_pixels=limits.max_pixels)
     explain_lock = asyncio.Lock()
+    # decoding runs on its own few threads, never on the event loop: /health and light requests are
+    # answered while large uploads decode, and at most this many images are decoded (in memory) at once
+    decoders = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="decode")
+    budget = MemoryBudget(limits.decode_memory_bytes)
+    draft = (predictor.preprocess.resize_size, predictor.preprocess.resize_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
         yield
         await batcher.stop()
+        decoders.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="wildwatch", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="wildwatch", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Which endangered species is in a photo, how sure the model is, and how threatened it is.")
     app.state.batcher = batcher
     if cors_origins:
@@ -128,7 +204,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     def health():
         return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
                 "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None,
-                "events": store is not None, "explain": installed("torch")}
+                "events": store is not None, "explain": installed("torch") and pipe is None}
 
     @app.get("/v1/species", dependencies=[Depends(check_key)], response_model=SpeciesResponse,
              responses=problems(400, 401))
@@ -136,36 +212,51 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         return {"species": [info.to_json() | {"colour": CATEGORY_COLOURS.get(info.worst_category, "#999")}
                             for key, info in species_table().items() if key in predictor.classes]}
 
+    async def classify_detected(uploads: dict, where: str | None, results: list) -> None:
+        """``--detect``: each upload through the detector's pipeline on a decoder thread, within the
+        memory budget (the detector and the classifier run there too, never on the event loop)."""
+        loop = asyncio.get_running_loop()
+        for i, (name, f, cost) in uploads.items():
+            # a crop decode is kept at full size, so its turned and RGB copies are full size too
+            held = await budget.acquire(3 * cost)
+            try:
+                p = await loop.run_in_executor(decoders, detect_upload, pipe, f, name, where)
+            finally:
+                await budget.release(held)
+            results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | (
+                {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)} if p.unknown else {})
+
     @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse,
-              responses=problems(400, 401, 408, 413, 501))
+              responses=problems(400, 401, 408, 413, 503))
     async def classify(files: list[UploadFile] = File(..., description="one or more photos"),
                        explain: bool = Query(False, description="add a Grad-CAM heatmap overlay (PNG, base64)"),
                        country: str | None = Query(None, min_length=2, max_length=2, pattern="^[A-Za-z]{2}$",
                                                    description="ISO country code of the photos (default: EXIF GPS)")):
-        if explain and not installed("torch"):
-            raise HTTPException(501, "explain=true draws Grad-CAM heatmaps with PyTorch, which comes with "
-                                     "wildwatch[train]: pip install 'wildwatch[train]'")
+        notice = None
+        if explain and not installed("torch"):  # a missing extra never fails a classification
+            explain, notice = False, NO_HEATMAPS
         from wildwatch.field import Place
 
         results: list = [None] * len(files)
-        uploads = await read_uploads(files, limits, results)
+        # with the detector a photo may be decoded at full resolution for its crops: its limits and its
+        # memory bound are those of the full decode, not of a draft
+        uploads = await check_uploads(files, limits, draft if pipe is None else None, results)
         if pipe is not None:  # the built-in detector: boxes, and crops decoded at the detail they need
-            for i in list(uploads):
-                name, data = uploads.pop(i)
-                p = await asyncio.get_running_loop().run_in_executor(None, pipe.predict_file, data, None, name,
-                                                                     country or default_country)
-                results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | (
-                    {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)} if p.unknown else {})
+            if explain:
+                explain, notice = False, NO_DETECT_HEATMAPS
+            await classify_detected(uploads, country or default_country, results)
+            uploads = {}
         images, names, places, slots = [], [], [], []
-        for i in list(uploads):
-            name, data = uploads.pop(i)  # each upload's bytes are let go once decoded
-            try:  # one photo decoded at a time, and kept no larger than the model and the heatmap need
-                img, place = predictor.read(data, name, max_pixels=limits.max_pixels)
+        loop = asyncio.get_running_loop()
+        for i, (name, f, cost) in uploads.items():
+            held = await budget.acquire(cost)  # memory first: a wide image waits for room
+            try:  # one photo of this request decoded at a time, on a decoder thread
+                img, place = await loop.run_in_executor(decoders, decode_upload, predictor, f, name, limits.max_pixels)
             except ImageLoadError as exc:
                 results[i] = {"source": name, "error": str(exc)}
                 continue
-            if img.width * img.height > KEEP_PIXELS:
-                img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BILINEAR, reducing_gap=2.0)
+            finally:
+                await budget.release(held)
             place = place or Place()
             where = country or default_country
             if where:
@@ -191,7 +282,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             if r.get("error") is None and r.get("species"):
                 colour_key = species_table().get(r["species"])
                 r["status_colour"] = CATEGORY_COLOURS.get(colour_key.worst_category, "#999") if colour_key else "#999"
-        return {"predictions": results}
+        return {"predictions": results, "notice": notice}
 
     def require_store():
         if store is None:
@@ -202,11 +293,11 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
              responses=problems(400, 401, 404))
     def events(since: str | None = Query(None, description="ISO date or time (UTC)"),
                species: str | None = None, limit: int = Query(200, ge=1, le=10_000)):
-        rows = require_store().list(since=since, species=species)
+        rows = require_store().list(since=since, species=species, limit=limit, newest=True)
         table = species_table()
         return {"events": [s.to_json() | {"snapshot_url": f"/v1/events/{s.id}/snapshot",
                                           "status_colour": CATEGORY_COLOURS.get(table[s.species].worst_category, "#999")
-                                          if s.species in table else "#999"} for s in rows[-limit:]]}
+                                          if s.species in table else "#999"} for s in rows]}
 
     @app.get("/v1/events/{event_id}/snapshot", dependencies=[Depends(check_key)], response_class=Response,
              responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
@@ -260,6 +351,12 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(static / "index.html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(static / "favicon.svg", media_type="image/svg+xml")
+
+    docs_routes(app, "/favicon.ico")
 
     @app.exception_handler(ImageLoadError)
     async def bad_image(request: Request, exc: ImageLoadError):

@@ -18,6 +18,31 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+class MemoryBudget:
+    """Bytes that decoding may hold at once, shared by every request: a decode waits until its
+    bound fits (one larger than the whole budget runs alone)."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self.changed: asyncio.Condition | None = None
+        self._loop = None
+
+    async def acquire(self, cost: int) -> int:
+        cost = min(cost, self.total)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a condition belongs to one event loop (a test client may use several)
+            self.changed, self._loop = asyncio.Condition(), loop
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.used + cost <= self.total)
+            self.used += cost
+        return cost
+
+    async def release(self, cost: int) -> None:
+        async with self.changed:
+            self.used -= cost
+            self.changed.notify_all()
+
+
 class MicroBatcher:
     """Collects images from concurrent requests for up to ``max_wait_ms`` (or ``max_batch`` images)
     and classifies them in one call on a worker thread."""
@@ -28,20 +53,22 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
+        self.started_on = None
         self.calls = 0
         self.images = 0
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
         self.task = asyncio.create_task(self._loop())
+        self.started_on = asyncio.get_running_loop()
 
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
 
     async def classify(self, images: list[Image.Image], names: list[str], places: list | None = None):
-        if self.queue is None:
-            await self.start()
+        if self.queue is None or self.started_on is not asyncio.get_running_loop():
+            await self.start()  # first use, or another event loop (a test client without its lifespan)
         fut = asyncio.get_running_loop().create_future()
         await self.queue.put(_Job(images, names, places or [None] * len(images), fut))
         return await fut

@@ -23,8 +23,12 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer"), (b"cross-origin-resource-policy", b"same-origin")]
-# the interactive API docs load their script from a CDN: they keep their own policy
-NO_CSP_PATHS = ("/docs", "/redoc")
+# the interactive API docs start Swagger UI with an inline script; its script and styles are served
+# from here, so nothing outside is allowed either
+DOCS_PATHS = ("/docs",)
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class Limits:
     max_request_pixels: int = 160_000_000  # all images of a request
     body_timeout_s: float = 60.0  # the whole body must arrive within this
     header_timeout_s: float = 10.0  # the request line and headers must arrive within this
+    decode_workers: int = 2  # images decoded at once, on threads beside the event loop
+    decode_memory_bytes: int = 512 << 20  # what decoding may hold at once (each image's bound from its header)
+    max_classify_requests: int = 16  # classify requests in progress at once; beyond: 503 with Retry-After
+    retry_after_s: int = 2
 
 
 def host_of(value: str) -> str:
@@ -63,6 +71,7 @@ class Guard:
     def __init__(self, app, limits: Limits, api_key: str | None = None, allowed_hosts: list[str] | None = None):
         self.app, self.limits, self.api_key = app, limits, api_key
         self.allowed_hosts = None if allowed_hosts is None else {host_of(h) for h in allowed_hosts}
+        self.classifying = 0  # classify requests in progress (this event loop's only: no lock needed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -72,6 +81,19 @@ class Guard:
         refusal = self._refusal(scope["method"], scope["path"], headers)
         if refusal is not None:
             return await _answer(send, *refusal)
+        if scope["method"] == "POST" and scope["path"] == "/v1/classify":
+            if self.classifying >= self.limits.max_classify_requests:  # before the body is read
+                return await _answer(send, 503, f"busy: {self.classifying} classify requests in progress; "
+                                     f"try again in {self.limits.retry_after_s} s",
+                                     [(b"retry-after", str(self.limits.retry_after_s).encode())])
+            self.classifying += 1
+            try:
+                return await self._guarded(scope, receive, send)
+            finally:
+                self.classifying -= 1
+        return await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope, receive, send):
         state = {"received": 0, "answered": False, "deadline": time.monotonic() + self.limits.body_timeout_s}
 
         async def guarded_receive():
@@ -121,8 +143,8 @@ class Guard:
     @staticmethod
     def _with_headers(send, path: str):
         extra = list(SECURITY_HEADERS)
-        if not path.startswith(NO_CSP_PATHS):
-            extra.append((b"content-security-policy", CSP.encode()))
+        policy = DOCS_CSP if path in DOCS_PATHS else CSP
+        extra.append((b"content-security-policy", policy.encode()))
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
@@ -132,11 +154,11 @@ class Guard:
         return send_with_headers
 
 
-async def _answer(send, status: int, detail: str) -> None:
+async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

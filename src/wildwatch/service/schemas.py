@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Problem(BaseModel):
-    """Any refusal: 400, 401, 404, 408, 413, 501."""
+    """Any refusal: 400, 401, 404, 408, 413, 501, 503."""
 
     detail: str
 
@@ -51,6 +51,7 @@ class PredictionOut(BaseModel):
 
 class ClassifyResponse(BaseModel):
     predictions: list[PredictionOut]
+    notice: Optional[str] = Field(None, description="what was left out, e.g. heatmaps on a server without PyTorch")
 
 
 class SpeciesOut(BaseModel):
@@ -126,6 +127,7 @@ class CaseOut(BaseModel):
     sites: list[str]
     posts: list[CasePost]
     thumbnail_url: str
+    rank: Optional[int] = Field(None, description="place in the review queue (1 = review first)")
 
 
 class CasesResponse(BaseModel):
@@ -140,7 +142,7 @@ def problems(*codes: int) -> dict:
     """The ``responses=`` of a route: each refusal it may give, with its meaning."""
     meaning = {400: "a Host that is not served, or an unreadable request", 401: "missing or wrong API key",
                404: "not found", 408: "the request body took too long", 413: "over a limit (files, bytes, pixels)",
-               501: "needs an optional part (explain=true needs wildwatch[train])"}
+               501: "needs an optional part of the install", 503: "busy: try again after Retry-After seconds"}
     return {c: {"model": Problem, "description": meaning[c]} for c in codes}
 
 

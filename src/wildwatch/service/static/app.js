@@ -42,14 +42,17 @@ function sentence(text) {
 function card(pred, file) {
   const url = URL.createObjectURL(file);
   if (pred.error) {
+    // the reason without the file name it starts with (shown once, below it)
+    const reason = pred.error.startsWith(pred.source + ": ") ? pred.error.slice(pred.source.length + 2) : pred.error;
     return el("article", { class: "card error" },
       el("div", { class: "body" }, el("h2", { text: "Could not read this file" }),
-        el("p", { class: "file", text: pred.error })));
+        el("p", { class: "reason", text: sentence(reason) }), el("div", { class: "file", text: pred.source })));
   }
   const img = el("img", { src: url, alt: pred.common_name || pred.species });
   const body = el("div", { class: "body" });
   const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") }, el("div", { class: "photo" }, img), body);
   if (pred.unknown) {
+    // no confidence and no bars: the 11-class probabilities say nothing about a photo of none of them
     body.append(el("h2", { text: "Not one of the 11 species" }),
       el("p", { class: "note", text: sentence(pred.looks_like_text || "it does not look like any of the species the model knows") }));
   } else {
@@ -59,8 +62,9 @@ function card(pred, file) {
     body.append(el("h2", { text: pred.common_name }),
       el("div", { text: "Confidence " + Math.round(pred.confidence * 100) + "%" }), badge);
     if (pred.note) body.append(el("p", { class: "note", text: pred.note }));
+    body.append(bars(pred.top_k));
   }
-  body.append(bars(pred.top_k), el("div", { class: "file", text: pred.source }));
+  body.append(el("div", { class: "file", text: pred.source }));
   if (pred.heatmap_png_base64) {
     const heat = "data:image/png;base64," + pred.heatmap_png_base64;
     const button = el("button", { class: "toggle", type: "button", text: "Show heatmap" });
@@ -85,8 +89,11 @@ async function upload(files) {
     const res = await fetch("/v1/classify" + explain, { method: "POST", body: form, headers: headers() });
     const data = await res.json();
     if (!res.ok) { $("#message").textContent = "Error " + res.status + ": " + data.detail; return; }
-    data.predictions.forEach((p, i) => $("#cards").prepend(card(p, files[i])));
-    $("#message").textContent = "";
+    // the newest upload first, its photos in the order they were chosen
+    const batch = document.createDocumentFragment();
+    data.predictions.forEach((p, i) => batch.append(card(p, files[i])));
+    $("#cards").prepend(batch);
+    $("#message").textContent = data.notice ? sentence(data.notice) : "";
   } catch (err) {
     $("#message").textContent = "Could not reach the server: " + err;
   }
@@ -167,7 +174,7 @@ async function loadCases() {
     list.append(el("article", { class: "card case", id: "case-" + c.id, "data-status": c.status },
       el("div", { class: "photo" }, img),
       el("div", { class: "body" },
-        el("h2", { text: "Case " + c.id + " · score " + c.score.toFixed(2) + (c.species ? " · " + c.species.replace(/_/g, " ") + " (" + c.iucn_status + ")" : "") }),
+        el("h2", { text: (c.rank ? "#" + c.rank + " · " : "") + "Case " + c.id + " · score " + c.score.toFixed(3) + (c.species ? " · " + c.species.replace(/_/g, " ") + " (" + c.iucn_status + ")" : "") }),
         el("p", { class: "note", text: c.reason }),
         highlighted(first.text.slice(0, 400), c.terms),
         el("div", { class: "file", text: c.posts.length + " posts · " + c.accounts.length + " accounts · " + c.sites.join(", ") + " · " + c.status.replace("_", " ") }),
@@ -198,6 +205,9 @@ function setup() {
   fetch("/health").then((r) => r.json()).then((h) => {
     keyRequired = h.api_key_required;
     $("#keybox").hidden = !keyRequired;
+    // heatmaps only where the server can draw them (PyTorch installed)
+    $("#explain-option").hidden = !h.explain;
+    $("#explain").checked = h.explain;
     $("#apikey").value = localStorage.getItem("wildwatch-key") || "";
   });
 }
