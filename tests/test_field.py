@@ -184,7 +184,10 @@ def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
     assert camtrap_dp_errors(dp) == []
     media = list(csv.DictReader(open(dp / "media.csv")))
     obs = list(csv.DictReader(open(dp / "observations.csv")))
+    events = [o for o in obs if o["observationLevel"] == "event"]
+    obs = [o for o in obs if o["observationLevel"] == "media"]
     assert len(media) == 2 and len(obs) == 2  # the broken file has no media record
+    assert len(events) == 2 and {o["eventID"] for o in obs} == {o["eventID"] for o in events}  # hours apart
     a = next(m for m in media if m["fileName"] == "a.jpg")
     assert a["filePath"] == "a.jpg"  # relative to the folder classified
     assert a["timestamp"] == "2024-03-05T06:41:09+00:00" and a["mediaComments"].startswith("EXIF time without")

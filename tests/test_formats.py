@@ -122,8 +122,9 @@ def test_megadetector_boxes_are_classified_and_written_back(tmp_path):
     lion_det, rhino_det, faint = files["two.jpg"]["detections"]
     assert cats[lion_det["classifications"][0][0]] == "lion" and lion_det["conf"] == 0.93  # detector conf kept
     assert cats[rhino_det["classifications"][0][0]] == "rhino"
-    assert "classifications" not in faint  # the other classifier's answer is gone with its categories
-    assert doc["info"]["classifier_metadata"]["replaced_classifier"] == "another classifier"
+    assert "classifications" not in faint  # the other classifier's answer is kept, by name, with its classifier
+    assert faint["classifications_original"] == {"classifier": "another classifier", "classifications": [["boar", 0.6]]}
+    assert doc["info"]["classifier_metadata"]["previous_classifier"] == "another classifier"
     animal, person = files["lion_and_person.jpg"]["detections"]
     assert cats[animal["classifications"][0][0]] == "lion" and "classifications" not in person
     assert files["lion_and_person.jpg"]["wildwatch"]["species"] == "lion"

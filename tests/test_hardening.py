@@ -218,6 +218,14 @@ def test_the_api_key_help_recommends_the_environment():
 # ---------------------------------------------------------------- alerts and feeds
 
 
+def apart(folder: Path, gap_s: float = 600) -> None:
+    """The photos' file times ``gap_s`` apart, so that each is a sighting of its own: photos of one
+    camera less than the monitor's ``burst_gap_s`` apart are one burst, and one sighting."""
+    start = time.time() - gap_s * (len(list(folder.iterdir())) + 1)
+    for i, p in enumerate(sorted(folder.iterdir())):
+        os.utime(p, (start + i * gap_s, start + i * gap_s))
+
+
 def test_a_hanging_webhook_does_not_hold_back_the_console(tmp_path):
     # row 7: a webhook receiver that hangs made every other alert wait behind it (5 of 20 in 45 s)
     release = threading.Event()
@@ -239,6 +247,7 @@ def test_a_hanging_webhook_does_not_hold_back_the_console(tmp_path):
     folder.mkdir()
     for i in range(20):
         (folder / f"{i:02d}.jpg").write_bytes(jpeg(RED))
+    apart(folder)
     t0 = time.monotonic()
     try:
         mon = Monitor(config(tmp_path, once=True, drain_s=3), colour_classifier, sinks=sinks, status=False)
@@ -573,6 +582,7 @@ def test_a_database_deleted_under_the_monitor_stops_it_and_alert_keys_follow_the
     folder.mkdir()
     for i in range(2):
         (folder / f"red{i}.jpg").write_bytes(jpeg(RED))
+    apart(folder)
     db = tmp_path / "live.db"
     mon = Monitor(config(tmp_path, db=db, folder_poll_s=0.2), colour_classifier, status=False)
     raised = []
@@ -668,15 +678,19 @@ def test_health_answers_at_once_while_large_uploads_decode(open_server):
     assert health[len(health) // 2] < 0.2 and health[int(0.95 * len(health))] < 1.0, health
 
 
-def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp_path):
+@pytest.mark.parametrize("detect", [False, True], ids=["classify", "detect"])
+def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp_path, detect):
     # issue 28 item 8: decoding has a queue limit; beyond it 503 and Retry-After, before the body is read
+    # (serve --detect too: its uploads go through the same decoder pool)
     import uvicorn
 
     from wildwatch.inference import Predictor
+    from wildwatch.inference.detect import Detector
     from wildwatch.service.app import Limits, create_app
 
     port = free_port()
-    app = create_app(Predictor.from_file(None), limits=Limits(max_classify_requests=1))
+    app = create_app(Predictor.from_file(None), limits=Limits(max_classify_requests=1),
+                     detector=Detector() if detect else None)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     for _ in range(100):

@@ -170,7 +170,8 @@ def classify(
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
     output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
     format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, megadetector (batch-output JSON "
-                                         "for Timelapse) or camtrapdp (a Camtrap DP folder). Default: from --output."),
+                                         "for Timelapse), camtrapdp (a Camtrap DP folder), addaxai (AddaxAI's "
+                                         "per-detection CSV) or coco (COCO Camera Traps). Default: from --output."),
     country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
@@ -185,10 +186,20 @@ def classify(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it already has rows."),
-    detections: Optional[Path] = typer.Option(None, help="A MegaDetector (or SpeciesNet) batch file: classify its "
-                                              "animal boxes and write it back to --output with the species."),
-    detection_threshold: float = typer.Option(0.2, min=0, max=1, help="With --detections: the animal boxes "
-                                              "classified are those at least this confident."),
+    detections: Optional[Path] = typer.Option(None, help="A MegaDetector, AddaxAI or SpeciesNet results file: "
+                                              "classify its animal boxes and write it back to --output (MegaDetector "
+                                              "format) with the species."),
+    image_root: Optional[str] = typer.Option(None, help="With --detections: the folder its absolute image paths "
+                                             "were under (on the detector's machine); they are read under PATHS."),
+    detect: bool = typer.Option(False, "--detect", help="Camera-trap photos: the built-in animal detector finds "
+                                "boxes, each box is classified at full detail, rows gain detections and counts."),
+    detector_size: int = typer.Option(416, help="With --detect: the detector's input side in pixels (a multiple "
+                                      "of 32; 640 finds more small animals, at 2.4x the cost)."),
+    detection_threshold: Optional[float] = typer.Option(None, min=0, max=1, help="The boxes that count: at least "
+                                                        "this confident (default 0.2 with --detections, 0.3 with "
+                                                        "--detect)."),
+    event_gap: float = typer.Option(60.0, min=0, help="Photos of one camera less than this many seconds apart "
+                                    "are one event (megadetector, camtrapdp, addaxai and coco outputs)."),
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
                                            "without EXIF GPS (a deployment needs its coordinates)."),
 ):
@@ -196,6 +207,7 @@ def classify(
     from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files, parse_location
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
+                           image_root=image_root, detect=detect, detector_size=detector_size, event_gap=event_gap,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
                            explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite)
@@ -209,6 +221,12 @@ def classify(
         raise typer.Exit(1)
 
 
+def _detector():
+    from wildwatch.inference.detect import Detector
+
+    return Detector()
+
+
 def _print_prediction(p) -> None:
     """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
     from wildwatch.inference.predictor import describe_other
@@ -218,11 +236,43 @@ def _print_prediction(p) -> None:
         return
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
+    where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
     if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
         typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
         return
     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
     typer.echo(f"{p.source}\t{p.species}\t{p.confidence:.3f}\t{status}{where}")
+
+
+@app.command("sort")
+@friendly_errors
+def sort_command(
+    results: Path = typer.Argument(..., help="Results of classify: a MegaDetector file (--format megadetector or "
+                                   "--detections; other tools' files too) or rows (.csv, .jsonl, .json)."),
+    dest: Path = typer.Argument(..., help="The folder to sort into: one sub-folder per species, unsure, unknown, "
+                                "person, vehicle, empty."),
+    root: Optional[Path] = typer.Option(None, help="The folder the results' paths are under (default: the one a "
+                                        "MegaDetector file names, else the current folder); photos outside it are "
+                                        "refused."),
+    min_confidence: float = typer.Option(0.5, min=0, max=1, help="A species named less surely than this goes to "
+                                         "unsure/."),
+    species: Optional[str] = typer.Option(None, help="Only these species by name (e.g. lion,jaguars); others go "
+                                          "to not_on_list/."),
+    link: bool = typer.Option(False, "--link", help="Hard-link instead of copying (same file system)."),
+    blur_people: bool = typer.Option(False, "--blur-people", help="Blur people (their boxes, or the whole photo "
+                                     "when a person was seen without a box) in the copies; blurred copies carry "
+                                     "no EXIF."),
+    detection_threshold: float = typer.Option(0.2, min=0, max=1, help="MegaDetector files: boxes at least this "
+                                              "confident count."),
+):
+    """Copy (or hard-link) photos into folders by answer, optionally with people blurred."""
+    from wildwatch.inference.sort import parse_species, sort_photos
+
+    summary = sort_photos(results, dest, root, min_confidence, parse_species(species), link, blur_people,
+                          detection_threshold)
+    typer.echo(summary.line(dest), err=True)
+    if summary.errors:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -247,6 +297,8 @@ def serve(
                                          "longer than this many seconds (slow clients)."),
     body_timeout: float = typer.Option(60.0, min=0.1, help="Answer 408 to a request whose body takes longer "
                                        "than this many seconds."),
+    detect: bool = typer.Option(False, "--detect", help="Camera-trap photos: the built-in animal detector finds "
+                                "boxes in each upload, each box is classified (answers gain detections, count)."),
 ):
     """Serve the web page and the REST API (OpenAPI docs at /docs)."""
     require("fastapi", "serve", "serve")
@@ -263,7 +315,8 @@ def serve(
     limits = Limits(header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     app_ = create_app(predictor, api_key=api_key, cors_origins=cors_origin or None, max_wait_ms=batch_wait_ms,
                       events_db=events_db, default_country=country, limits=limits,
-                      allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None))
+                      allowed_hosts=serving_hosts(host, allowed_host, keyed=api_key is not None),
+                      detector=_detector() if detect else None)
     protocol = type("Protocol", (GuardedH11Protocol,), {"header_timeout_s": header_timeout})
     uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol, timeout_keep_alive=5,
                 limit_concurrency=256)
@@ -335,6 +388,8 @@ def monitor(
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     status: bool = typer.Option(True, help="Show the live status line."),
+    detect: bool = typer.Option(False, "--detect", help="The built-in animal detector finds boxes in each frame "
+                                "or photo; each box is classified (small animals in large frames)."),
 ):
     """Watch videos, streams, folders and feeds; record sightings; send alerts."""
     import logging
@@ -345,7 +400,7 @@ def monitor(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MonitorConfig.load(config, db=db, country=country, sample_every_s=sample_every, once=once or None,
-                             tiles=tiles)
+                             tiles=tiles, detect=detect or None)
     if not (sources or cfg.sources):
         raise UsageError("no sources: give video files, stream URLs, folders or feeds (or sources: in --config)")
     if webhook:

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".heic", ".heif"}
-)
+# the one list of photo types wildwatch reads (folder scans, watch-folders) and their media types
+# (Camtrap DP's media.fileMediatype); AVIF and HEIC/HEIF through Pillow's plugins
+IMAGE_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
+                     ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff",
+                     ".webp": "image/webp", ".ppm": "image/x-portable-pixmap", ".pgm": "image/x-portable-graymap",
+                     ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
+IMAGE_EXTENSIONS = frozenset(IMAGE_MEDIA_TYPES)
 
 
 @dataclass(frozen=True)

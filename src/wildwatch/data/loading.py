@@ -27,7 +27,10 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # mode): the model needs 256 px, overlays and snapshots at most ~2000, and a wide mode (RGBA, 16-bit,
 # float) at full size would otherwise be copied several times over while it is converted
 KEEP_PIXELS = 4_000_000
-FORMATS_READ = "JPEG, PNG, HEIC/HEIF, TIFF, WebP, BMP or GIF"
+# modes whose change to RGB makes at most one copy: only these may be kept larger than KEEP_PIXELS
+# (crops of small detector boxes need the full detail of a camera-trap JPEG)
+NARROW_MODES = ("RGB", "L", "CMYK", "YCbCr")
+FORMATS_READ = "JPEG, PNG, HEIC/HEIF, AVIF, TIFF, WebP, BMP or GIF"
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
@@ -155,10 +158,11 @@ def load_image(
     return load_photo(path, max_pixels, draft_size)[0]
 
 
-def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Exif]:
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None,
+               keep_pixels: int = KEEP_PIXELS) -> tuple[Image.Image, Image.Exif]:
     """``load_image`` and the photo's EXIF block (GPS, capture time), read from the same open
-    file: one open and one parse of the header per photo instead of two."""
+    file: one open and one parse of the header per photo instead of two. ``keep_pixels``: the
+    decode is reduced beyond this (a larger value keeps more detail in ``NARROW_MODES`` only)."""
     path = Path(path)
     if not path.exists():
         raise ImageLoadError(path, "file not found")
@@ -166,7 +170,7 @@ def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageLoadError(path, "is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
-    return _decode(path, path, max_pixels, draft_size)
+    return _decode(path, path, max_pixels, draft_size, keep_pixels)
 
 
 def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -177,11 +181,12 @@ def load_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
 
 
 def load_photo_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Exif]:
+                     draft_size: tuple[int, int] | None = None,
+                     keep_pixels: int = KEEP_PIXELS) -> tuple[Image.Image, Image.Exif]:
     """``load_image_bytes`` and the EXIF block, from one parse (as ``load_photo``)."""
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels, draft_size)
+    return _decode(io.BytesIO(data), name, max_pixels, draft_size, keep_pixels)
 
 
 def _decode(source, label, max_pixels: int, draft_size, keep_pixels: int = KEEP_PIXELS) -> tuple[Image.Image, Image.Exif]:
@@ -194,6 +199,8 @@ def _decode(source, label, max_pixels: int, draft_size, keep_pixels: int = KEEP_
                 raise too_large(label, w, h, max_pixels)
             img.load()
             exif = img.getexif()  # the EXIF block: parsed once, kept for GPS and time
+            if img.mode not in NARROW_MODES:  # a wide mode is copied several times over while it is converted
+                keep_pixels = min(keep_pixels, KEEP_PIXELS)
             small = shrink(img, keep_pixels)  # before any conversion: wide modes are never copied at full size
             turn = _ORIENTATION.get(exif.get(0x0112))
             if turn is not None:

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import DataError, UsageError, require
 from wildwatch.inference.predictor import Prediction
-from wildwatch.inference.writers import SUFFIX_FORMATS, format_of, has_content, write_atomic
+from wildwatch.inference.writers import SUFFIX_FORMATS, addaxai_files_path, format_of, has_content, write_atomic
 
-FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "parquet")
+FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "addaxai", "coco", "parquet")
 ROW_FORMATS = ("csv", "jsonl", "json", "parquet")  # one row per file (the others describe the whole batch)
+BATCH_FORMATS = ("megadetector", "camtrapdp", "addaxai", "coco")  # written when the run ends, with sequences
 
 
 class ClassifyOptions(BaseModel):
@@ -29,8 +30,12 @@ class ClassifyOptions(BaseModel):
 
     paths: list[Path] = Field(default_factory=list)
     model: Optional[Path] = None
-    detections: Optional[Path] = None  # a MegaDetector batch file: classify its animal boxes
-    detection_threshold: float = Field(0.2, ge=0, le=1)
+    detections: Path | None = None  # a MegaDetector, AddaxAI or SpeciesNet file: classify its animal boxes
+    image_root: str | None = None  # --detections: the folder its absolute paths were under
+    detect: bool = False  # the built-in detector proposes boxes
+    detector_size: int = Field(416, ge=128, le=1280)
+    detection_threshold: float | None = Field(None, ge=0, le=1)  # default: 0.2 (--detections), 0.3 (--detect)
+    event_gap: float = Field(60.0, ge=0, le=86_400)  # seconds between photos of one event
     top_k: int = Field(3, ge=1)
     output: Optional[Path] = None
     format: Optional[str] = None
@@ -60,13 +65,15 @@ class ClassifyOptions(BaseModel):
         if not self.paths:
             raise UsageError("give the photos to classify: files or folders (or --detections md.json)")
         if fmt not in (None, *FORMATS):
-            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, json, megadetector or camtrapdp")
+            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, json, megadetector, camtrapdp, "
+                             "addaxai or coco")
         implied = SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
         if self.format in ROW_FORMATS and implied is not None and implied != self.format:
             raise UsageError(f"--format {self.format} but --output {output.name} is a {implied} file name; "
                              "make them agree")
-        if fmt in ("megadetector", "camtrapdp") and output is None:
-            raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector, a folder for camtrapdp)")
+        if fmt in BATCH_FORMATS and output is None:
+            raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector and coco, a .csv file for "
+                             "addaxai, a folder for camtrapdp)")
         if self.resume and (output is None or fmt not in ("csv", "jsonl", "json")):
             raise UsageError("--resume needs --output FILE.csv, FILE.jsonl or FILE.json: it skips the files already "
                              "written there")
@@ -86,11 +93,19 @@ class ClassifyOptions(BaseModel):
             require("torch", "train", "--explain (Grad-CAM)")
         if self.location is not None:
             check_location(self.location)
-
+        if self.detect and (self.engine != "local" or self.explain is not None):
+            raise UsageError("--detect runs with the local engine, without --explain")
+        if self.detector_size % 32:
+            raise UsageError(f"--detector-size {self.detector_size}: use a multiple of 32 (e.g. 416 or 640)")
+        if self.image_root is not None:
+            raise UsageError("--image-root goes with --detections: it re-roots the results file's absolute paths")
 
     def _check_overwrite(self, fmt: str | None) -> None:
-        """An output that has rows is never replaced silently."""
-        if self.output is None or self.resume or self.overwrite or not has_content(self.output, fmt):
+        """An output that has rows is never replaced silently (AddaxAI's: either of its two tables)."""
+        if self.output is None or self.resume or self.overwrite:
+            return
+        companion = addaxai_files_path(self.output) if fmt == "addaxai" else None
+        if not has_content(self.output, fmt) and not (companion is not None and has_content(companion)):
             return
         resumable = fmt in ("csv", "jsonl", "json") and self.detections is None
         raise UsageError(f"{self.output} already exists and is not empty; add "
@@ -104,8 +119,8 @@ class ClassifyOptions(BaseModel):
             raise UsageError("--detections writes MegaDetector batch output: leave out --format or use megadetector")
         if len(self.paths) > 1:
             raise UsageError("with --detections, give at most one folder: the one the detector ran on")
-        if self.engine != "local" or self.resume or self.explain is not None:
-            raise UsageError("--detections runs with the local engine, without --resume or --explain")
+        if self.engine != "local" or self.resume or self.explain is not None or self.detect:
+            raise UsageError("--detections runs with the local engine, without --resume, --explain or --detect")
 
 
 def check_location(location: tuple[float, float]) -> None:
@@ -164,15 +179,11 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     from tqdm import tqdm
 
     from wildwatch.data.discover import expand_paths
-    from wildwatch.inference.predictor import Predictor
     from wildwatch.inference.writers import done_sources, open_writer
 
     fmt, output = opts.fmt, opts.output
-    predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
-                                    species_model="bundled" if opts.robust else None)
-    predictor.country = opts.country.upper() if opts.country else None
-    predictor.use_exif = opts.use_exif
-    collected = [] if fmt in ("megadetector", "camtrapdp") else None
+    predictor = _predictor(opts)
+    collected = [] if fmt in BATCH_FORMATS else None
     done = {_resolved(s) for s in done_sources(output, fmt)} if opts.resume else set()
     skipped = [0]
 
@@ -183,12 +194,13 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
                 continue
             yield p
 
+    pipe = _detect_pipeline(opts, predictor) if opts.detect else None
+    stream = pipe.predict_paths(todo()) if pipe else predictor.predict_paths(todo(), batch_size=opts.batch_size)
     n = n_err = 0
     try:
-        with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt) as write:
-            bar = tqdm(predictor.predict_paths(todo(), batch_size=opts.batch_size), unit="img", desc="classifying",
-                       disable=not (progress and sys.stderr.isatty()))
-            for p in bar:
+        with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt,
+                         fields=_row_fields(opts.detect)) as write:
+            for p in tqdm(stream, unit="img", desc="classifying", disable=not (progress and sys.stderr.isatty())):
                 write(p)
                 n += 1  # counted at once: the row is in the file
                 n_err += p.error is not None
@@ -198,6 +210,8 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
                     _write_overlay(predictor, p, opts.explain, n - 1)
                 if on_prediction is not None:
                     on_prediction(p)
+        if collected:  # the batch formats are written, atomically, once every photo is in
+            write_batch(opts, collected, predictor, pipe)
     except KeyboardInterrupt:  # the rows written so far stay; --resume goes on after them
         raise ClassifyInterrupted(n if collected is None else 0, output, collected is None) from None
     if n == 0 and skipped[0] == 0:
@@ -205,39 +219,88 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
 
         raise DataError(f"no photos found in {', '.join(map(str, opts.paths))}: wildwatch reads {FORMATS_READ} "
                         "files (folders are searched recursively)")
-    if fmt == "megadetector":
-        from wildwatch.inference.megadetector import whole_image_json
-
-        write_atomic(output, json.dumps(whole_image_json(collected, predictor.classes, predictor.meta["architecture"],
-                                                         opts.paths), indent=1))
-    elif fmt == "camtrapdp":
-        from wildwatch.inference.formats import write_camtrap_dp
-        from wildwatch.inference.megadetector import image_root
-
-        write_camtrap_dp(collected, output, predictor.meta["architecture"], image_root(opts.paths), opts.location)
-    return ClassifySummary(n, n_err, skipped[0], f"{predictor.backend} backend")
+    how = f"{predictor.backend} backend" + (f", built-in detector at {pipe.detector.size} px" if pipe else "")
+    return ClassifySummary(n, n_err, skipped[0], how)
 
 
-def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
-    """Classify the animal boxes of a MegaDetector batch file; write it back with the answers."""
-    from tqdm import tqdm
-
-    from wildwatch.inference.megadetector import classify_detections, read_batch_file
+def _predictor(opts: ClassifyOptions):
     from wildwatch.inference.predictor import Predictor
 
-    doc = read_batch_file(opts.detections)
-    root = opts.paths[0] if opts.paths else opts.detections.parent
-    if not Path(root).is_dir():
-        raise UsageError(f"{root}: not a folder (give the folder the detector ran on, which its file names are "
-                         "relative to)")
     predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
                                     species_model="bundled" if opts.robust else None)
     predictor.country = opts.country.upper() if opts.country else None
     predictor.use_exif = opts.use_exif
+    return predictor
+
+
+def _detect_pipeline(opts: ClassifyOptions, predictor):
+    from wildwatch.inference.camtrap import DetectPipeline
+    from wildwatch.inference.detect import DEFAULT_THRESHOLD, Detector
+
+    threshold = DEFAULT_THRESHOLD if opts.detection_threshold is None else opts.detection_threshold
+    return DetectPipeline(predictor, Detector(size=opts.detector_size, threshold=threshold))
+
+
+def _row_fields(detect: bool):
+    if not detect:
+        return None
+    from wildwatch.inference.camtrap import DETECT_ROW_FIELDS
+
+    return DETECT_ROW_FIELDS
+
+
+def write_batch(opts: ClassifyOptions, preds: list, predictor, pipe=None) -> None:
+    """The formats that describe the whole batch, with the photos grouped into sequences."""
+    from wildwatch.inference.camtrap import sequences
+    from wildwatch.inference.megadetector import image_root
+
+    fmt, output, model_name = opts.fmt, opts.output, predictor.meta["architecture"]
+    seqs = sequences(preds, opts.event_gap)
+    detector = None if pipe is None else {
+        "detector": "wildwatch built-in (DrivenData's YOLOX-tiny MegadetectorLite, zamba 2.7.2, MIT)",
+        "detector_input_px": pipe.detector.size, "detection_threshold": pipe.detector.threshold}
+    root = image_root(opts.paths)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "megadetector":
+        from wildwatch.inference.megadetector import predictions_json
+
+        doc = predictions_json(preds, predictor.classes, model_name, opts.paths, detector, seqs.md_by_photo())
+        doc["info"]["classifier_metadata"]["event_gap_s"] = opts.event_gap
+        write_atomic(output, json.dumps(doc, indent=1))
+    elif fmt == "camtrapdp":
+        from wildwatch.inference.formats import write_camtrap_dp
+
+        write_camtrap_dp(preds, output, model_name, root, opts.location, seqs,
+                         detector["detector"] if detector else None)
+    elif fmt == "addaxai":
+        from wildwatch.inference.writers import write_addaxai_csv
+
+        write_addaxai_csv(preds, output, root, seqs)
+    elif fmt == "coco":
+        from wildwatch.inference.writers import coco_camera_traps
+
+        write_atomic(output, json.dumps(coco_camera_traps(preds, root, seqs, model_name), indent=1))
+
+
+def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
+    """Classify the animal boxes of a MegaDetector, AddaxAI or SpeciesNet file; write it back (as
+    MegaDetector batch output) with the answers."""
+    from tqdm import tqdm
+
+    from wildwatch.inference.megadetector import DEFAULT_THRESHOLD, classify_detections
+    from wildwatch.inference.readers import read_results
+
+    doc = read_results(opts.detections)
+    root = opts.paths[0] if opts.paths else opts.detections.parent
+    if not Path(root).is_dir():
+        raise UsageError(f"{root}: not a folder (give the folder the detector ran on, which its file names are "
+                         "relative to)")
+    predictor = _predictor(opts)
+    threshold = DEFAULT_THRESHOLD if opts.detection_threshold is None else opts.detection_threshold
     with tqdm(total=len(doc["images"]), unit="img", desc="classifying boxes",
               disable=not (progress and sys.stderr.isatty())) as bar:
-        doc, summary = classify_detections(doc, Path(root), predictor, opts.detection_threshold,
-                                           opts.batch_size or 32, predictor.meta["architecture"], bar.update)
+        doc, summary = classify_detections(doc, Path(root), predictor, threshold, opts.batch_size or 32,
+                                           predictor.meta["architecture"], bar.update, opts.image_root)
     write_atomic(opts.output, json.dumps(doc, indent=1))
     return ClassifySummary(summary.images, summary.images_failed, 0,
                            f"{predictor.backend} backend, {summary.boxes_classified} animal boxes")

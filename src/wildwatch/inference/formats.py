@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from wildwatch import __version__
+from wildwatch.data.discover import IMAGE_MEDIA_TYPES
 from wildwatch.errors import UsageError
 from wildwatch.inference.predictor import Prediction
 from wildwatch.species import species_info
@@ -39,14 +40,9 @@ OBSERVATION_FIELDS = ("observationID", "deploymentID", "mediaID", "eventID", "ev
                       "individualSpeed", "bboxX", "bboxY", "bboxWidth", "bboxHeight", "classificationMethod",
                       "classifiedBy", "classificationTimestamp", "classificationProbability", "observationTags",
                       "observationComments")
-# what an unknown photo shows, as Camtrap DP's observationType says it
-OBSERVATION_TYPE = {"person": "human", "vehicle": "vehicle", "scene": "blank", "object": "blank", "animal": "unknown"}
 LICENCE_NOT_SET = "not set: the package's owner chooses it before publishing"
 
-MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
-               ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
-               ".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".ppm": "image/x-portable-pixmap",
-               ".pgm": "image/x-portable-graymap"}
+MEDIA_TYPES = IMAGE_MEDIA_TYPES
 
 
 def media_type(path: str) -> str:
@@ -115,20 +111,27 @@ def _deployments(preds: list[Prediction], location: tuple[float, float] | None) 
 
 
 def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str, root: Path,
-                     location: tuple[float, float] | None = None) -> Path:
+                     location: tuple[float, float] | None = None, seqs=None, detector: str | None = None) -> Path:
     """A Camtrap DP 1.0.2 package: datapackage.json, deployments.csv, media.csv, observations.csv.
 
-    One media-level observation per readable photo. ``media.filePath`` is relative to ``root``
-    (the folder classified, which the package description names). Capture times come from EXIF
-    (with its offset); where that is missing or has no time zone, the deployment says
-    ``timestampIssues`` and the media record why. Unreadable photos are left out (they have no
-    media record to describe) and listed in the package description."""
+    Per readable photo, media-level observations: one per box (``bboxX``... and ``count`` 1; a
+    whole-photo answer has no box and no count), or one ``blank`` observation when nothing was
+    seen. With ``seqs`` (``camtrap.sequences``), each carries its event's ``eventID``, and each
+    event gets one event-level observation (its species, ``count``: the most individuals in one
+    photo) whose ``eventStart``/``eventEnd`` span its photos. ``classificationProbability`` is
+    given only for a named species. ``media.filePath`` is relative to ``root`` (the folder
+    classified, which the package description names). Capture times come from EXIF (with its
+    offset); where that is missing or has no time zone, the deployment says ``timestampIssues``
+    and the media record why. Unreadable photos are left out (they have no media record to
+    describe) and listed in the package description."""
+    from wildwatch.inference.camtrap import photo_detections
+
     preds = list(preds)
     folder, root = Path(folder), Path(root).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     deployments = _deployments(preds, location)
-    now = _now()
-    media, obs, failed = [], [], []
+    now, by = _now(), f"wildwatch {__version__} ({model_name})"
+    media, obs, failed, stamps = [], [], [], {}
     for i, p in enumerate(preds):
         if p.error:
             failed.append(f"{p.source}: {p.error}")
@@ -136,6 +139,7 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
         dep = deployments[i]
         mid = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(p.source).resolve())).hex[:16]
         ts, issue = capture_time(p)
+        stamps[i] = (dep.id, ts, mid)
         dep.times.append(ts)
         dep.issues |= bool(issue)
         media.append({"mediaID": mid, "deploymentID": dep.id, "captureMethod": "activityDetection", "timestamp": ts,
@@ -144,31 +148,92 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
                       "exifData": json.dumps({k: v for k, v in {"latitude": p.latitude, "longitude": p.longitude,
                                                                   "country": p.country}.items() if v is not None}),
                       "favorite": "", "mediaComments": issue})
-        obs.append(_observation(p, f"{mid}-1", dep.id, mid, ts, model_name, now))
-    description = (f"Whole-image species classifications by wildwatch ({model_name}) of the photos under {root} "
+        event = seqs.by_photo.get(i) if seqs is not None else None
+        base = {"deploymentID": dep.id, "mediaID": mid, "eventID": event.id if event else "", "eventStart": ts,
+                "eventEnd": ts, "observationLevel": "media", "classificationMethod": "machine", "classifiedBy": by,
+                "classificationTimestamp": now}
+        dets = photo_detections(p) or [None]
+        for k, d in enumerate(dets, 1):
+            obs.append(base | {"observationID": f"{mid}-{k}"} | _media_observation(p, d, event, i))
+    if seqs is not None:
+        obs += _event_observations(seqs, stamps, by, now)
+    description = (f"Species classifications by wildwatch ({model_name}"
+                   + (f", boxes from {detector}" if detector else ", whole photos") + f") of the photos under {root} "
                    "(media.filePath is relative to it). "
                    + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""))
-    taxa = sorted({p.species for p in preds if not p.error and not p.unknown})
+    taxa = sorted({p.species for p in preds if not p.error and not p.unknown}
+                  | {d["species"] for p in preds if not p.error for d in photo_detections(p) if d["species"]})
     return _write_package(folder, list({d.id: d for d in deployments.values()}.values()), media, obs, taxa,
-                          description, "media")
+                          description, ["media", "event"] if seqs is not None else ["media"])
 
 
-def _observation(p: Prediction, oid: str, dep: str, mid: str, ts: str, model_name: str, now: str) -> dict:
-    info = species_info(p.species)
-    return {"observationID": oid, "deploymentID": dep, "mediaID": mid, "eventStart": ts, "eventEnd": ts,
-            "observationLevel": "media",
-            "observationType": OBSERVATION_TYPE.get(p.looks_like_kind, "unknown") if p.unknown else "animal",
-            "scientificName": "" if p.unknown else info.taxon, "classificationMethod": "machine",
-            "classifiedBy": f"wildwatch {__version__} ({model_name})", "classificationTimestamp": now,
-            "classificationProbability": round(float(p.confidence), 4),
-            "observationTags": f"wildwatch:species:{p.species}|iucn:{p.iucn_status}"
-                               + ("|out_of_range" if p.out_of_range else "")
-                               + (f"|looks_like:{p.looks_like}" if p.looks_like else ""),
-            "observationComments": p.describe() if p.unknown else p.note}
+def observation_type(label: str, looks_like_kind: str = "animal") -> str:
+    """Camtrap DP's observationType of a wildwatch label: a species or an animal of another species is
+    ``animal``, a person ``human``, a vehicle ``vehicle``, nothing seen ``blank``, and a box the
+    classifier could not place (a scene, an object) ``unknown``."""
+    if label == "empty":
+        return "blank"
+    if label in ("person", "vehicle"):
+        return {"person": "human", "vehicle": "vehicle"}[label]
+    if label == "unknown":
+        return "animal" if looks_like_kind in ("animal", "") else "unknown"
+    return "animal"
+
+
+def _media_observation(p: Prediction, d: dict | None, event, i: int) -> dict:
+    if d is None:
+        return {"observationType": "blank", "observationTags": f"wildwatch:seen:nothing|looks_like:{p.looks_like}"
+                if p.looks_like else "wildwatch:seen:nothing", "observationComments": p.describe()}
+    info = species_info(d["species"]) if d["species"] else None
+    kind = d["looks_like_kind"] if d["label"] == "unknown" else "animal"
+    out = {"observationType": observation_type(d["label"], kind),
+           "scientificName": info.taxon if info else "", "count": "" if d["whole_photo"] else 1,
+           "classificationProbability": d["confidence"] if d["species"] else ""}
+    if not d["whole_photo"]:
+        x, y, w, h = (min(max(float(v), 0.0), 1.0) for v in d["bbox"])
+        out |= {"bboxX": round(x, 4), "bboxY": round(y, 4), "bboxWidth": round(max(min(w, 1 - x), 1e-4), 4),
+                "bboxHeight": round(max(min(h, 1 - y), 1e-4), 4)}
+    tags = [f"wildwatch:label:{d['label']}"]
+    if d["species"]:
+        tags.append(f"iucn:{species_info(d['species']).iucn_status}")
+    if d["conf"] is not None:
+        tags.append(f"detector_conf:{d['conf']}")
+    if d["looks_like"]:
+        tags.append(f"looks_like:{d['looks_like']}")
+    if d["whole_photo"]:
+        tags.append("whole_photo")
+    if event is not None and i in event.disagrees:
+        tags.append(f"disagrees_with_event:{event.label}")
+    out["observationTags"] = "|".join(tags)
+    out["observationComments"] = p.note if d["species"] else ""
+    return out
+
+
+def _event_observations(seqs, stamps: dict, by: str, now: str) -> list[dict]:
+    """One event-level observation per event: its species (or kind), count, and time span."""
+    out = []
+    for ev in seqs.events:
+        members = [i for i in ev.members if i in stamps]
+        if not members:
+            continue
+        times = sorted(stamps[i][1] for i in members)
+        info = species_info(ev.label) if ev.label not in ("empty", "unknown", "person", "vehicle") else None
+        tags = [f"wildwatch:event_label:{ev.label}", f"photos:{len(members)}"]
+        tags += ["unsure"] if ev.unsure else []
+        tags += ["time_from_file"] if ev.time_from_file else []
+        tags += [f"disagreeing_photos:{len(ev.disagrees)}"] if ev.disagrees else []
+        out.append({"observationID": f"{ev.id}-event", "deploymentID": stamps[members[0]][0], "mediaID": "",
+                    "eventID": ev.id, "eventStart": times[0], "eventEnd": times[-1], "observationLevel": "event",
+                    "observationType": observation_type(ev.label), "scientificName": info.taxon if info else "",
+                    "count": ev.count if ev.count >= 1 and ev.label != "empty" else "",
+                    "classificationMethod": "machine", "classifiedBy": by, "classificationTimestamp": now,
+                    "classificationProbability": ev.confidence if info and ev.confidence is not None else "",
+                    "observationTags": "|".join(tags)})
+    return out
 
 
 def _write_package(folder: Path, deployments: list[Deployment], media: list[dict], obs: list[dict],
-                   taxa: list[str], description: str, level: str) -> Path:
+                   taxa: list[str], description: str, level: str | list[str]) -> Path:
     now = _now()
     rows = []
     for d in deployments:
@@ -194,7 +259,8 @@ def _write_package(folder: Path, deployments: list[Deployment], media: list[dict
         "description": description,
         "contributors": [{"title": "wildwatch", "role": "contributor"}],
         "project": {"title": "wildwatch classifications", "samplingDesign": "opportunistic",
-                    "captureMethod": ["activityDetection"], "individualAnimals": False, "observationLevel": [level]},
+                    "captureMethod": ["activityDetection"], "individualAnimals": False,
+                    "observationLevel": [level] if isinstance(level, str) else list(level)},
         "licenses": [{"title": LICENCE_NOT_SET, "path": "https://camtrap-dp.tdwg.org/metadata/#licenses",
                       "scope": scope} for scope in ("data", "media")],
         "spatial": ({"type": "Point", "coordinates": points[0]} if len(points) == 1

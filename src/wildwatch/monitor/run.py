@@ -50,9 +50,13 @@ class MonitorConfig(BaseModel):
     n: int = Field(3, ge=1, description="... of n consecutive samples")
     threshold: float = Field(0.6, ge=0, le=1, description="minimum probability for a sample to count")
     cooldown_s: float = Field(30.0, ge=0, description="absence that ends a sighting")
+    burst_gap_s: float = Field(60.0, ge=0, description="folder photos: the same species from the same camera "
+                               "taken less than this many seconds apart (EXIF time) is one sighting")
     batch_size: int = Field(16, ge=1)
     tiles: int = Field(0, ge=0, description=">= 2: frames without a confident answer get a second look at "
                        "tiles x tiles overlapping tiles (small or distant animals)")
+    detect: bool = Field(False, description="the built-in animal detector finds boxes in each frame; each box "
+                         "is classified on its own (camera-trap photos, small animals in large frames)")
     country: Optional[str] = None
     keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS))
     folder_poll_s: float = Field(2.0, gt=0)
@@ -125,6 +129,10 @@ def frame_classifier(predictor, cfg: MonitorConfig):
     with ``tiles`` >= 2, a second look at tiles of frames without a confident answer."""
     if cfg.country:
         predictor.country = cfg.country.upper()
+    if cfg.detect:
+        from wildwatch.inference.camtrap import DetectPipeline
+
+        return DetectPipeline(predictor).predict_images
     if cfg.tiles < 2:
         return predictor.predict_images
 
@@ -154,6 +162,7 @@ class Monitor:
         self.errors: list[str] = []
         self.known_sources: set[str] = set()
         self.meta: dict[tuple[str, str], dict] = {}  # (source, species) -> prediction fields of the sighting
+        self.bursts: dict[tuple[str, str], dict] = {}  # (camera, species) -> the sighting of its last burst
 
     # -- tracker state across restarts
 
@@ -225,6 +234,20 @@ class Monitor:
         self.store.update_sighting(t.sighting_id, **values)
         return False
 
+    def _same_burst(self, f: Frame, s: Sample) -> bool:
+        """A folder photo of the species its camera's last sighting is of, taken within ``burst_gap_s``
+        of it (EXIF time): that sighting grows (end time, best photo) instead of a new one opening."""
+        b = self.bursts.get((f.camera, s.species)) if f.camera and s.species else None
+        if b is None or abs(s.wall_time - b["last"]) > self.cfg.burst_gap_s:
+            return False
+        values = {"wall_end": iso(max(s.wall_time, b["last"]))}
+        if s.confidence > b["peak"]:
+            values |= {"peak_confidence": round(s.confidence, 5), "snapshot": jpeg_bytes(s.image)}
+            b["peak"] = s.confidence
+        b["last"] = max(s.wall_time, b["last"])
+        self.store.update_sighting(b["id"], **values)
+        return True
+
     def _file_post(self, key: str) -> bool:
         """A post's photos are all classified: its evidence, its case, and the case's alert if due."""
         items = self._posts.pop(key)
@@ -280,19 +303,25 @@ class Monitor:
                 if not f.skip:
                     p = by_id[id(f)]
                     species = self.tracker.label(p.species, p.confidence, p.unknown or bool(p.error))
+                    place = f.place  # a photo's own EXIF position, where the classifier had none
                     if species and (f.source, species) not in self.tracker.open:
                         self.meta[(f.source, species)] = {
                             "common_name": p.common_name, "iucn_status": p.iucn_status, "threatened": p.threatened,
-                            "country": getattr(p, "country", None), "latitude": getattr(p, "latitude", None),
-                            "longitude": getattr(p, "longitude", None)}
+                            "country": getattr(p, "country", None) or getattr(place, "country", None),
+                            "latitude": getattr(p, "latitude", None) or getattr(place, "latitude", None),
+                            "longitude": getattr(p, "longitude", None) or getattr(place, "longitude", None)}
                     clock = f.wall_time if f.stream_time_s is None or getattr(f, "live", False) else f.stream_time_s
-                    changes = self.tracker.update(Sample(f.source, clock, f.stream_time_s, f.wall_time, f.frame_index,
-                                                         species, float(p.confidence), f.image, f.single))
+                    sample = Sample(f.source, clock, f.stream_time_s, f.wall_time, f.frame_index, species,
+                                    float(p.confidence), f.image, f.single)
+                    changes = [] if self._same_burst(f, sample) else self.tracker.update(sample)
                     self.frames += 1
                 if f.ends_source:
                     changes += self.tracker.close_source(f.source)
                 for ch in changes:
                     alerted |= self._apply(ch, f)
+                    if ch.kind == "open" and f.camera and ch.track.sighting_id is not None:
+                        self.bursts[(f.camera, ch.track.species)] = {"id": ch.track.sighting_id,
+                                                                     "last": f.wall_time, "peak": ch.track.peak}
                 if f.post_key:
                     self._posts.setdefault(f.post_key, []).append((f, None if f.skip else by_id[id(f)]))
                     if f.done_key == f.post_key:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from wildwatch.data.discover import IMAGE_EXTENSIONS
 from wildwatch.errors import DataError, UsageError, require
 from wildwatch.monitor.fetch import Fetcher
 from wildwatch.monitor.textscan import Budget, BudgetExceeded, img_sources, join_unique, strip_tags
@@ -55,6 +56,8 @@ class Frame:
     skip: bool = False  # nothing to classify: only marks ``done_key`` finished
     ends_source: bool = False  # the video ``source`` has ended: its open sightings close
     live: bool = False  # a live stream: time is wall-clock time
+    place: object = None  # a photo's EXIF GPS and time (field.Place); ``wall_time`` is then its capture time
+    camera: str = ""  # a photo's camera (folder, EXIF make, model, serial): its bursts are one sighting
 
 
 class Progress(Protocol):
@@ -179,9 +182,6 @@ class VideoSource:
             self.stop.wait(self.retry_s)
 
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif"}
-
-
 class FolderSource:
     """A watch-folder: photos and videos that appear in it (for instance camera-trap cards being
     copied). A file is taken once its size has stopped changing for ``settle_s``; each file is
@@ -204,7 +204,7 @@ class FolderSource:
                       and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
     def __iter__(self) -> Iterator[Frame]:
-        from wildwatch.data.loading import ImageLoadError, load_image
+        from wildwatch.data.loading import ImageLoadError, load_photo
 
         sizes: dict[Path, tuple[int, float]] = {}
         while not self.stop.is_set():
@@ -234,13 +234,13 @@ class FolderSource:
                     yield from self._mark_done(key, str(p), video=True)
                     continue
                 try:
-                    img = load_image(p)
+                    img, exif = load_photo(p)
                 except ImageLoadError as exc:
                     log.error("%s", exc)
                     self.errors.append(str(exc))
                     yield from self._mark_done(key)
                     continue
-                yield Frame(str(p), img, None, None, single=True, done_key=key)
+                yield photo_frame(p, img, exif, key)
             if self.once:
                 return
             self.stop.wait(self.poll_s)
@@ -249,6 +249,25 @@ class FolderSource:
         """A file is finished (an empty frame tells the monitor so; for a video, its sightings close)."""
         yield Frame(source or key, Image.new("RGB", (1, 1)), None, None, single=not video, done_key=key, skip=True,
                     ends_source=video)
+
+
+def photo_frame(path: Path, img: Image.Image, exif, key: str) -> Frame:
+    """A camera-trap photo as a frame: its capture time from EXIF (an offset when it has one, else
+    read as UTC; the file's time without one), its GPS position, and its camera."""
+    from wildwatch.field import place_from_exif
+    from wildwatch.inference.sequences import PhotoFacts, camera_key
+
+    place = place_from_exif(exif)
+    when = None
+    if place.taken_at:
+        t = datetime.fromisoformat(place.taken_at)
+        when = (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    ifd = exif.get_ifd(0x8769) if exif else {}
+    facts = PhotoFacts(make=str(exif.get(0x010F, "")).strip("\x00 ")[:64] if exif else "",
+                       model=str(exif.get(0x0110, "")).strip("\x00 ")[:64] if exif else "",
+                       serial=str(ifd.get(0xA431, "")).strip("\x00 ")[:64])
+    return Frame(str(path), img, None, None, wall_time=when if when is not None else path.stat().st_mtime,
+                 single=True, done_key=key, place=place, camera=camera_key(path, facts))
 
 
 # ---------------------------------------------------------------- feeds

@@ -46,11 +46,13 @@ from wildwatch.species import CATEGORY_COLOURS, species_table
 # a decoded photo is kept at most this large on its longest side: what the model (256 px) and a
 # heatmap overlay need, so a request's photos hold little memory while it runs
 KEEP_SIDE = 1600
+NO_DETECT_HEATMAPS = ("no heatmaps: this server runs the animal detector (serve --detect), whose answers come "
+                      "from several crops per photo; each answer has its boxes instead")
 NO_HEATMAPS = ("no heatmaps: they are drawn with PyTorch, which comes with wildwatch[train] (pip install "
                "'wildwatch[train]'); the photos were classified without them")
 
 
-async def check_uploads(files: list[UploadFile], limits: Limits, draft: tuple[int, int],
+async def check_uploads(files: list[UploadFile], limits: Limits, draft: tuple[int, int] | None,
                         results: list) -> dict[int, tuple[str, UploadFile, int]]:
     """The uploads that pass every limit that can be checked before decoding: the number of files,
     each file's size, each image's pixels and the request's pixels as decoding will produce them
@@ -113,6 +115,16 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+def detect_upload(pipe, f: UploadFile, name: str, country: str | None):
+    """On a decoder thread: one upload through ``classify --detect``'s pipeline (its decodes, the
+    detector, the classifier on each box); an unreadable photo comes back with its ``error``."""
+    f.file.seek(0)
+    try:
+        return pipe.predict_file(f.file.read(), None, name, country)
+    finally:
+        release_freed_memory()
+
+
 def docs_routes(app: FastAPI, favicon: str) -> None:
     """The interactive API docs (Swagger UI) with its script served from here (the fastapi-offline
     package's copy): it works without the internet. (ReDoc is left out: it loads its logo from a CDN.)"""
@@ -137,17 +149,25 @@ def docs_routes(app: FastAPI, favicon: str) -> None:
 
 def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(), cors_origins: list[str] | None = None,
                max_wait_ms: float = 5.0, events_db: str | Path | None = None,
-               default_country: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+               default_country: str | None = None, allowed_hosts: list[str] | None = None,
+               detector=None) -> FastAPI:
     """The app over a loaded Predictor. ``api_key`` (or $WILDWATCH_API_KEY) protects every /v1 call;
     ``events_db`` (a monitor database) enables /v1/events and the page's events tab;
     ``allowed_hosts`` (None: any) are the Host header values it answers. ``service.guard.Guard``
-    checks the Host, the key and the request size before the body is read."""
+    checks the Host, the key and the request size before the body is read. ``detector``
+    (``inference.detect.Detector``): every upload goes through ``classify --detect``'s pipeline
+    (boxes, crops at full detail, ``detections`` and ``count`` in each answer)."""
     from wildwatch.monitor.events import EventStore
 
     store = EventStore.open_existing(events_db) if events_db else None
     cases = None  # the media watch's case book in that database, opened on first use
     api_key = api_key or os.environ.get("WILDWATCH_API_KEY") or None
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms)
+    pipe = None
+    if detector is not None:
+        from wildwatch.inference.camtrap import DetectPipeline
+
+        pipe = DetectPipeline(predictor, detector, max_pixels=limits.max_pixels)
     explain_lock = asyncio.Lock()
     # decoding runs on its own few threads, never on the event loop: /health and light requests are
     # answered while large uploads decode, and at most this many images are decoded (in memory) at once
@@ -184,13 +204,27 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     def health():
         return {"status": "ok", "version": __version__, "model": predictor.meta.get("architecture"),
                 "backend": predictor.backend, "classes": len(predictor.classes), "api_key_required": api_key is not None,
-                "events": store is not None, "explain": installed("torch")}
+                "events": store is not None, "explain": installed("torch") and pipe is None}
 
     @app.get("/v1/species", dependencies=[Depends(check_key)], response_model=SpeciesResponse,
              responses=problems(400, 401))
     def species():
         return {"species": [info.to_json() | {"colour": CATEGORY_COLOURS.get(info.worst_category, "#999")}
                             for key, info in species_table().items() if key in predictor.classes]}
+
+    async def classify_detected(uploads: dict, where: str | None, results: list) -> None:
+        """``--detect``: each upload through the detector's pipeline on a decoder thread, within the
+        memory budget (the detector and the classifier run there too, never on the event loop)."""
+        loop = asyncio.get_running_loop()
+        for i, (name, f, cost) in uploads.items():
+            # a crop decode is kept at full size, so its turned and RGB copies are full size too
+            held = await budget.acquire(3 * cost)
+            try:
+                p = await loop.run_in_executor(decoders, detect_upload, pipe, f, name, where)
+            finally:
+                await budget.release(held)
+            results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | (
+                {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)} if p.unknown else {})
 
     @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse,
               responses=problems(400, 401, 408, 413, 503))
@@ -204,7 +238,14 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
         from wildwatch.field import Place
 
         results: list = [None] * len(files)
-        uploads = await check_uploads(files, limits, draft, results)
+        # with the detector a photo may be decoded at full resolution for its crops: its limits and its
+        # memory bound are those of the full decode, not of a draft
+        uploads = await check_uploads(files, limits, draft if pipe is None else None, results)
+        if pipe is not None:  # the built-in detector: boxes, and crops decoded at the detail they need
+            if explain:
+                explain, notice = False, NO_DETECT_HEATMAPS
+            await classify_detected(uploads, country or default_country, results)
+            uploads = {}
         images, names, places, slots = [], [], [], []
         loop = asyncio.get_running_loop()
         for i, (name, f, cost) in uploads.items():
