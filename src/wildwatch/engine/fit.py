@@ -158,9 +158,12 @@ def write_history(path: Path, history: list[dict]) -> None:
 def strategy_for(cfg: TrainConfig) -> Strategy:
     """The recipe ``cfg`` asks for: fine-tuning, the cached-feature recipe of pretrained backbones, or from scratch."""
     pretrained = bool(get_entry(cfg.model).preprocess)
-    if cfg.negatives is not None and (cfg.finetune or not pretrained):
-        raise UsageError("--negatives fits the learned open-set decision of the cached-feature recipe of "
+    if (cfg.negatives is not None or cfg.field is not None) and (cfg.finetune or not pretrained):
+        raise UsageError("--field and --negatives fit the decision of the cached-feature recipe of "
                          "pretrained backbones (effnet_lite0 without --finetune)")
+    if (cfg.negatives is None) != (cfg.field is None) and not cfg.finetune and pretrained:
+        raise UsageError("--field and --negatives go together: the decision is fitted on photos of the classes "
+                         "and of other things from the same kind of source")
     if cfg.finetune:
         if not pretrained:
             raise UsageError(f"--finetune is for pretrained backbones (effnet_lite0); {cfg.model} trains with "

@@ -1,7 +1,7 @@
 """Find probable label errors: out-of-fold predictions and confident learning.
 
-Features come from a model's label-independent part (the frozen ImageNet head of a pretrained
-backbone), so no photo is judged by a classifier that was trained on its own label. A linear
+Features come from a model's label-independent part (the logits of the frozen ImageNet-1k classifier
+of a pretrained backbone), so no photo is judged by a classifier that was trained on its own label. A linear
 classifier is trained on k-1 folds (folds never split a near-duplicate group) and predicts the
 k-th. Confident learning (Northcutt, Jiang & Chuang, JAIR 2021) then sets a per-class threshold
 t_j = mean predicted probability of class j over the photos labelled j, counts the confident
@@ -40,8 +40,9 @@ def extract_features(predictor, root: Path, samples, batch_size: int = 32) -> tu
             except ImageLoadError:
                 ok[i + j] = False
                 images.append(blank)
-        logits, f = predictor.outputs(predictor.pixels(images))
-        feats.append(f if f is not None else logits)
+        out = predictor.outputs(predictor.pixels(images))
+        # the backbone's ImageNet logits know nothing of the labels; a network without them gives its own logits
+        feats.append(out.imagenet if out.imagenet is not None else out.logits)
     return np.concatenate(feats), ok
 
 

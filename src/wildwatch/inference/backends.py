@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from wildwatch.errors import NeedsExtraError, UnknownNameError
+from wildwatch.models.decision import Outputs
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -27,27 +28,39 @@ class Runner(Protocol):
     species_digest: str | None  # which separate species network it runs, if any
     per_core: bool  # whether ``single_threaded`` gives a runner to run one batch per core on
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, unknown-detector features or None)."""
+    def __call__(self, batch: np.ndarray) -> Outputs:
+        """(species logits, open-set score or None, ImageNet logits or None)."""
 
     def single_threaded(self) -> "Runner":
         """A runner on one core (only called when ``per_core``)."""
 
 
+OUTPUT_NAMES = ("logits", "unknown", "imagenet")  # an exported file's outputs, as far as the model has them
+
+
 def _outputs(model: "nn.Module") -> "nn.Module":
-    """A module giving the logits, plus the unknown-detector features when the model has them."""
+    """A module giving the outputs the model has, in ``OUTPUT_NAMES`` order (the logits alone for a seed CNN)."""
     import torch.nn as nn
 
-    class Outputs(nn.Module):
+    class NetworkOutputs(nn.Module):
         def __init__(self, model: nn.Module):
             super().__init__()
             self.model = model
 
         def forward(self, x):
-            logits, feats = self.model.predict_outputs(x)
-            return logits if feats is None else (logits, feats)
+            outs = tuple(o for o in self.model.predict_outputs(x) if o is not None)
+            return outs[0] if len(outs) == 1 else outs
 
-    return Outputs(model)
+    return NetworkOutputs(model)
+
+
+def output_names(model: "nn.Module") -> list[str]:
+    """The names of the outputs ``_outputs(model)`` gives (what an exported file calls them)."""
+    import torch
+
+    with torch.no_grad():
+        outs = model.eval().predict_outputs(torch.zeros(1, 3, 32, 32))
+    return [n for n, o in zip(OUTPUT_NAMES, outs) if o is not None]
 
 
 def cache_dir() -> Path:
@@ -64,10 +77,10 @@ def file_digest(path: Path) -> str:
 
 
 def export_model_onnx(model: nn.Module, out: Path, image_size: int) -> Path:
-    """Export the model (logits and unknown features) with a dynamic batch, in one file."""
+    """Export the model (species logits, open-set score, ImageNet logits) with a dynamic batch, in one file."""
     from wildwatch.inference.onnx_export import export_onnx
 
-    return export_onnx(_outputs(model), out, image_size)
+    return export_onnx(_outputs(model), out, image_size, output_names=output_names(model))
 
 
 def ort_session(path: str | Path, threads: int | None = None):
@@ -95,18 +108,15 @@ class TorchRunner:
 
     def __init__(self, model: "nn.Module", device):
         self.model, self.device = model, device
-        self.outputs = _outputs(model)
         # PyTorch eager runs this kind of network faster in small batches on a CPU (cache-bound)
         self.batch_size = 4 if _on_cpu(device) else 32
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, batch: np.ndarray) -> Outputs:
         import torch
 
         with torch.no_grad():
-            out = self.outputs(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-        if isinstance(out, tuple):
-            return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
-        return out.float().cpu().numpy(), None
+            outs = self.model.predict_outputs(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        return Outputs(*(None if o is None else o.float().cpu().numpy() for o in outs))
 
 
 class OnnxRunner:
@@ -149,16 +159,19 @@ class OnnxRunner:
             if self._session is None:
                 self._session = ort_session(self.path, self.threads)
                 self.input = self._session.get_inputs()[0].name
+                self.names = [o.name for o in self._session.get_outputs()]
             return self._session
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, batch: np.ndarray) -> Outputs:
         session = self.session
-        outs = session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
-        return outs[0], (outs[1] if len(outs) > 1 else None)
+        outs = dict(zip(self.names, session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})))
+        if "unknown" not in outs:  # a file with the species logits alone (or from an earlier version)
+            return Outputs(next(iter(outs.values())))
+        return Outputs(outs["logits"], outs["unknown"], outs.get("imagenet"))
 
 
 class DualRunner:
-    """Species from one network, the unknown detector's features from another, on the same batch.
+    """Species from one network, the open-set score and ImageNet logits from another, on the same batch.
 
     A network fine-tuned end to end on degraded photos names species better (and holds up under
     blur, noise, weather and night light) but pulls other animals towards the known species; the
@@ -180,10 +193,9 @@ class DualRunner:
                                       self.species_digest)
         return self._single
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        _, feats = self.main(batch)
-        logits, _ = self.species(batch)
-        return logits, feats
+    def __call__(self, batch: np.ndarray) -> Outputs:
+        main = self.main(batch)
+        return Outputs(self.species(batch).logits, main.unknown, main.imagenet)
 
 
 def onnx_available() -> bool:

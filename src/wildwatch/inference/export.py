@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from wildwatch.data.loading import load_image
 from wildwatch.errors import UsageError, WildwatchError
-from wildwatch.inference import unknown as ood
+from wildwatch.reports.metrics import auroc
 from wildwatch.inference.backends import (
     OnnxRunner,
     TorchRunner,
@@ -21,6 +22,7 @@ from wildwatch.inference.backends import (
     int8_path,
 )
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
+from wildwatch.models.decision import Decision, Outputs
 from wildwatch.models.files import resolve_model_path
 
 
@@ -38,29 +40,23 @@ def calibration_samples(train: list, size: int = 500) -> list:
     return train[:: max(1, len(train) // size)][:size]
 
 
-def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str, tuple]:
-    """Per ONNX file (by key): (predicted class, unknown score or None) per photo. Each batch is
-    decoded once and run through every file."""
+def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str, Outputs]:
+    """Per ONNX file (by key): the network's outputs for the photos. Each batch is decoded once and run
+    through every file."""
     runners = {k: OnnxRunner(f) for k, f in paths.items()}
-    logits: dict[str, list] = {k: [] for k in paths}
-    feats: dict[str, list] = {k: [] for k in paths}
+    parts: dict[str, list[Outputs]] = {k: [] for k in paths}
     for i in range(0, len(samples), 64):
         batch = _batch(predictor, root, samples[i:i + 64], 64)
         for k, runner in runners.items():
-            lg, ft = runner(batch)
-            logits[k].append(lg)
-            feats[k].append(ft)
-    out = {}
-    for k in paths:
-        lg = np.concatenate(logits[k])
-        ft = None if feats[k][0] is None else np.concatenate(feats[k])
-        out[k] = (lg.argmax(1), predictor.unknown_scores(lg, ft))
-    return out
+            parts[k].append(runner(batch))
+    return {k: Outputs(*(None if v[0][j] is None else np.concatenate([o[j] for o in v]) for j in range(3)))
+            for k, v in parts.items()}
 
 
-def _compare(fp32, int8, y: np.ndarray, name: str, thresholds: dict) -> dict:
-    """Top-1 agreement, accuracy of each, and the share of photos each rejects as unknown."""
-    (r32, s32), (r8, s8) = fp32, int8
+def _compare(fp32: Outputs, int8: Outputs, y: np.ndarray, name: str, decisions: dict[str, Decision]) -> dict:
+    """Top-1 agreement, accuracy of each, the share of photos each calls unknown, and how often the whole
+    answer (species, uncertain or unknown) is the same."""
+    r32, r8 = fp32.logits.argmax(1), int8.logits.argmax(1)
     report = {
         f"int8_top1_agreement_{name}": round(float((r32 == r8).mean()), 5),
         f"{name}_accuracy_fp32": round(float((r32 == y).mean()), 5),
@@ -68,10 +64,20 @@ def _compare(fp32, int8, y: np.ndarray, name: str, thresholds: dict) -> dict:
     }
     report[f"int8_{name}_accuracy_change_points"] = round(
         100 * (report[f"{name}_accuracy_int8"] - report[f"{name}_accuracy_fp32"]), 3)
-    if s32 is not None and thresholds.get("fp32") is not None:
-        report[f"{name}_rejected_as_unknown_fp32"] = round(float((s32 > thresholds["fp32"]).mean()), 5)
-        report[f"{name}_rejected_as_unknown_int8"] = round(float((s8 > thresholds["int8"]).mean()), 5)
+    v32, v8 = decisions["fp32"].decide(fp32), decisions["int8"].decide(int8)
+    report[f"int8_same_answer_{name}"] = round(float(np.mean([(a.kind, a.top) == (b.kind, b.top)
+                                                              for a, b in zip(v32, v8)])), 5)
+    for key, v in (("fp32", v32), ("int8", v8)):
+        report[f"{name}_rejected_as_unknown_{key}"] = round(float(np.mean([x.kind == "unknown" for x in v])), 5)
     return report
+
+
+def _int8_threshold(decision: Decision, val: dict[str, Outputs]) -> float | None:
+    """int8 moves the open-set score a little: its own threshold, rejecting as many validation photos as fp32."""
+    if decision.unknown_threshold is None or val["int8"].unknown is None:
+        return None
+    share = float((val["fp32"].unknown > decision.unknown_threshold).mean())
+    return float(np.quantile(val["int8"].unknown, 1 - share)) if share > 0 else decision.unknown_threshold
 
 
 def export(model: str | Path | None, out: Path | None = None, int8: bool = False, data: Path | None = None,
@@ -102,13 +108,13 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         check = _batch(pred, data, split.test, 32)
     else:
         check = np.random.default_rng(0).normal(0, 1, (8, 3, size, size)).astype(np.float32)
-    ref, _ = TorchRunner(pred.model, torch.device("cpu"))(check)
-    got, _ = OnnxRunner(fp32)(check)
-    diff = float(np.abs(ref - got).max())
+    ref = TorchRunner(pred.model, torch.device("cpu"))(check)
+    got = OnnxRunner(fp32)(check)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got) if a is not None)
     report["fp32_max_abs_logit_diff"] = diff
-    report["fp32_same_top1"] = bool((ref.argmax(1) == got.argmax(1)).all())
+    report["fp32_same_top1"] = bool((ref.logits.argmax(1) == got.logits.argmax(1)).all())
     if diff > 1e-4 or not report["fp32_same_top1"]:
-        raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δlogit| {diff:.2e}); not using it")
+        raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δ| {diff:.2e}); not using it")
     stamp_metadata(fp32, onnx_metadata(pred))
 
     if int8:
@@ -123,21 +129,21 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
         files = {"fp32": fp32, "int8": target}
         val = _outputs(pred, files, data, split.val)
         test = _outputs(pred, files, data, split.test)
-        thresholds = {"fp32": (pred.meta.get("unknown") or {}).get("threshold")}
-        if val["int8"][1] is not None and thresholds["fp32"] is not None:
-            # int8 moves the detector's features a little: its own threshold, chosen the same way
-            thresholds["int8"] = float(np.quantile(val["int8"][1], ood.REJECT_QUANTILE))
-            report["unknown_threshold"] = thresholds["int8"]
+        decisions = {"fp32": pred.decision, "int8": pred.decision}
+        int8_threshold = _int8_threshold(pred.decision, val)
+        if int8_threshold is not None:
+            report["unknown_threshold"] = int8_threshold
+            decisions["int8"] = dataclasses.replace(pred.decision, unknown_threshold=int8_threshold)
         for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
             y = np.array([classes.index(s.label) for s in split_samples])
-            report.update(_compare(outs["fp32"], outs["int8"], y, name, thresholds))
-        if ood_dir is not None and test["fp32"][1] is not None:
+            report.update(_compare(outs["fp32"], outs["int8"], y, name, decisions))
+        if ood_dir is not None and test["fp32"].unknown is not None:
             from wildwatch.data.discover import Sample, ood_images
 
             others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
-            for key, (_, scores) in _outputs(pred, files, Path(ood_dir), others).items():
-                report[f"unknown_auroc_{key}"] = round(ood.auroc(test[key][1], scores), 5)
-                report[f"unknown_caught_{key}"] = round(float((scores > thresholds[key]).mean()), 5)
+            for key, o in _outputs(pred, files, Path(ood_dir), others).items():
+                report[f"unknown_auroc_{key}"] = round(auroc(test[key].unknown, o.unknown), 5)
+                report[f"unknown_caught_{key}"] = round(float(np.mean([v.kind == "unknown" for v in decisions[key].decide(o)])), 5)
             report["unknown_photos"] = len(others)
         # the file's own decision rule reads these keys
         report["int8_accuracy_change_points"] = report["int8_val_accuracy_change_points"]
@@ -151,7 +157,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
                  "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
                  "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
         target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
-        stamp_metadata(target, onnx_metadata(pred, report.get("unknown_threshold")))
+        stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
     return report
 
 

@@ -24,25 +24,28 @@ class Trunk(nn.Module):
         return self.model.trunk(x)
 
 
-def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True) -> Path:
-    """Export with a dynamic batch dimension into one file. The module is put in eval mode
-    (and left there: the exporter would otherwise switch BatchNorm back to training)."""
+def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True,
+                output_names: list[str] | None = None) -> Path:
+    """Export with a dynamic batch dimension into one file, its outputs named ``output_names`` (default:
+    one ``output``). The module is put in eval mode (and left there: the exporter would otherwise switch
+    BatchNorm back to training)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     # written beside, then renamed: processes that export the same model at once never read half a file
     path = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     module = module.eval()
     x = torch.randn(2, 3, image_size, image_size)
+    names = list(output_names or ["output"])
     quiet = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
+            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=names,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)
         else:
-            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=names,
+                              dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
     module.eval()
     os.replace(path, final)
     return final
@@ -70,13 +73,20 @@ def stamp_metadata(path: str | Path, values: dict) -> None:
     os.replace(tmp, path)
 
 
-def onnx_metadata(pred, unknown_threshold: float | None = None) -> dict:
-    """What ``stamp_metadata`` writes for a Predictor's model."""
+def onnx_metadata(pred, decision=None) -> dict:
+    """What ``stamp_metadata`` writes for a Predictor's model: with the file's outputs, these reproduce
+    wildwatch's answer (``wildwatch.models.decision``) without wildwatch."""
     from wildwatch import __version__
 
-    return {"classes": pred.classes, "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
-            "unknown_threshold": unknown_threshold if unknown_threshold is not None else pred.unknown_threshold,
+    decision = decision or pred.decision
+    return {"classes": pred.classes, "preprocess": pred.meta["preprocess"], "temperature": decision.temperature,
+            "unknown_threshold": decision.unknown_threshold, "decision": decision.to_meta(),
             "architecture": pred.meta.get("architecture"), "version": __version__,
-            "outputs": ["logits (softmax(logits / temperature) gives the probabilities of classes)",
-                        "features of the unknown detector (Mahalanobis distance to class means)"],
+            "outputs": {"logits": "species logits; softmax(logits / temperature) gives the probabilities of classes",
+                        "unknown": "open-set score: above unknown_threshold the photo shows none of the classes",
+                        "imagenet": "logits of the backbone's ImageNet-1k classifier: what an unknown photo looks like"},
+            "rules": "unknown if unknown > unknown_threshold; else confidence = sigmoid(calibration[:3] . "
+                     "(logit p1, log p1/p2, unknown) + calibration[3]) with p = softmax(logits / temperature) "
+                     "sorted (p1 >= p2), or p1 without a calibration; uncertain (the top two) below uncertain_below; "
+                     "else the top class",
             "input": "float32 NCHW, RGB, resized and centre-cropped, then (x / 255 - mean) / std of preprocess"}

@@ -19,11 +19,8 @@ from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_phot
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.errors import require
 from wildwatch.field import place_from_exif
-from wildwatch.inference import unknown as ood
-from wildwatch.models.files import load_extras, read_model_meta
-from wildwatch.models.imagenet import ImageNetHead
-from wildwatch.models.open_set import OpenSet, combiner_features, looks_like
-from wildwatch.reports.metrics import softmax
+from wildwatch.models.decision import Decision, Outputs, Verdict
+from wildwatch.models.files import ModelFileError, read_model_meta
 from wildwatch.species import species_info
 
 if TYPE_CHECKING:
@@ -31,11 +28,6 @@ if TYPE_CHECKING:
 
 BUNDLED_SPECIES = "resources/bundled_species.int8.onnx"
 BUNDLED_MODEL = "resources/bundled_model.safetensors"
-# Outside the range table's countries, a photo-only answer at least this sure stays (and is flagged
-# as out of range: a zoo, a market, a trafficked animal); a less sure one is re-ranked among the
-# species that live there.
-PHOTO_SURE = 0.9
-OUT_OF_RANGE_NOTE = "outside its wild range: captive or traded?"
 
 
 def bundled_species_path() -> Path:
@@ -72,6 +64,15 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("wildwatch").joinpath(BUNDLED_MODEL)))
 
 
+def model_decision(meta: dict, path: Path | None = None) -> Decision:
+    """The decision a model file carries. A pretrained-backbone file made before the decision lived in
+    one place has no ``decision``: it would never call anything unknown, so it is refused."""
+    if "decision" not in meta and meta.get("unknown"):
+        raise ModelFileError(f"{path or 'model'}: made by an earlier wildwatch (no species/unknown decision in its "
+                             "metadata); train it again with this version")
+    return Decision.from_meta(meta)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """What the model says about one image. ``error`` is set (and species empty) when it failed."""
@@ -93,26 +94,40 @@ class Prediction:
     latitude: float | None = None
     longitude: float | None = None
     taken_at: str | None = None
-    looks_like: str = ""  # when unknown: the ImageNet class the photo most looks like, if it is sure
+    looks_like: str = ""  # when unknown: what the photo looks like instead, in plain words, if it is sure
     looks_like_kind: str = ""  # when unknown: animal, person, vehicle, scene or object
     note: str = ""  # a plain-words remark: out of range, an ignored GPS position
+    uncertain: bool = False  # not sure enough to name one species: ``candidates`` names the two it is between
+    candidates: tuple[str, ...] = ()
+
+    @property
+    def named(self) -> bool:
+        """Whether the answer names one species (not unknown, not uncertain, not failed)."""
+        return not (self.error or self.unknown or self.uncertain)
 
     def describe(self) -> str:
-        """One line for people: the species, or what the photo shows instead."""
+        """One line for people: the species, "leopard or jaguar?", or what the photo shows instead."""
         if self.error:
             return f"error: {self.error}"
+        if self.uncertain:
+            return f"{self.common_name}? ({self.confidence:.0%} sure of {species_info(self.candidates[0]).common_name})"
         if not self.unknown:
             return f"{self.common_name or self.species} ({self.confidence:.0%})"
         return "Not one of the 11 species — " + describe_other(self.looks_like, self.looks_like_kind)
 
     def to_json(self) -> dict:
         """The row as JSON values. A photo that could not be classified has its ``error`` and empty
-        (null) answers: no confidence of 0.0, no "not unknown", for a photo nobody looked at."""
+        (null) answers: no confidence of 0.0, no "not unknown", for a photo nobody looked at. An unknown
+        photo has no confidence and no top-k: the species' probabilities say nothing about a photo of
+        none of them."""
         d = dataclasses.asdict(self)
         d["top_k"] = [dict(t) for t in self.top_k]
         d["top_k_original"] = [dict(t) for t in self.top_k_original]
+        d["candidates"] = list(self.candidates)
         if self.error:
             d.update({k: None for k in FAILED_EMPTY})
+        elif self.unknown:
+            d.update(confidence=None, top_k=[])
         return d
 
     def to_row(self) -> dict:
@@ -120,11 +135,12 @@ class Prediction:
         d = self.to_json()
         d["top_k"] = json.dumps(d["top_k"])
         d["top_k_original"] = json.dumps(d["top_k_original"]) if d["top_k_original"] else ""
+        d["candidates"] = ",".join(d["candidates"])
         return d
 
 
 ROW_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
-FAILED_EMPTY = ("confidence", "threatened", "unknown", "out_of_range")  # no answer for a photo that failed
+FAILED_EMPTY = ("confidence", "threatened", "unknown", "out_of_range", "uncertain")  # no answer for a photo that failed
 
 
 def describe_other(name: str, kind: str) -> str:
@@ -158,26 +174,30 @@ def one_blas_thread():
 
 @dataclass
 class Predictor:
-    """A loaded model with its preprocessing, temperature and unknown detector.
+    """A loaded model with its preprocessing and its decision (``wildwatch.models.decision``).
 
     The PyTorch model is built only when something needs it (the torch backend, an export,
-    Grad-CAM): with an ONNX backend, classifying never imports PyTorch, which keeps start-up short."""
+    Grad-CAM): with an ONNX backend, classifying never imports PyTorch, which keeps start-up short.
+    ``decision`` is the model file's own unless one is given (it can be swapped)."""
 
     meta: dict
     model_path: Path | None = None
-    extras: dict = field(default_factory=dict)
     device: str = "cpu"
     top_k: int = 3
     runner: "Runner | None" = None
     country: str | None = None  # a fixed ISO country code for every photo, else EXIF GPS decides
     use_exif: bool = True
+    decision: Decision | None = None
     _model: object = field(default=None, repr=False)
-    _mahalanobis: object = field(default=None, repr=False)
-    _open_set: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.decision is None:
+            self.decision = model_decision(self.meta, self.model_path)
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
-                  backend: str = "auto", species_model: str | Path | None = None) -> "Predictor":
+                  backend: str = "auto", species_model: str | Path | None = None,
+                  decision: Decision | None = None) -> "Predictor":
         """Load a model file or run folder (``None``: the bundled model) and pick a backend:
         ``torch``, ``onnx`` (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available).
 
@@ -188,7 +208,7 @@ class Predictor:
         from wildwatch.models.files import resolve_model_path
 
         path = resolve_model_path(bundled_model_path() if path is None else path)
-        pred = cls(read_model_meta(path), path, load_extras(path), str(device), top_k)
+        pred = cls(read_model_meta(path), path, str(device), top_k, decision=decision)
         pred.runner = make_runner(backend, lambda: pred.model, path, pred.preprocess.image_size, pred.device)
         if species_model is not None:
             pred.runner = species_runner(pred, species_model, backend)
@@ -219,122 +239,77 @@ class Predictor:
     @property
     def temperature(self) -> float:
         """The calibration of the network that gives the species (a species model's own, if set)."""
-        own = self.runner.temperature if self.runner is not None else None
-        return float(own) if own is not None else float(self.meta.get("temperature", 1.0))
+        return self.active_decision.temperature
 
     @property
     def unknown_threshold(self) -> float | None:
-        """Scores above this are "unknown": the model's, or the backend's own (an int8 file's)."""
-        own = self.runner.unknown_threshold if self.runner is not None else None
-        return own if own is not None else (self.meta.get("unknown") or {}).get("threshold")
+        """Open-set scores above this are "unknown": the decision's, or the backend's own (an int8 file's)."""
+        return self.active_decision.unknown_threshold
+
+    @property
+    def active_decision(self) -> Decision:
+        """The decision as this backend runs it: an int8 file's own threshold, a species network's own temperature."""
+        d = self.decision
+        own_t = self.runner.temperature if self.runner is not None else None
+        own_u = self.runner.unknown_threshold if self.runner is not None else None
+        if own_t is not None:
+            d = dataclasses.replace(d, temperature=float(own_t))
+        if own_u is not None:
+            d = dataclasses.replace(d, unknown_threshold=float(own_u))
+        return d
 
     def transform(self):
         return FastEvalTransform(self.preprocess)
 
-    def forward(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, unknown-detector features or None) for a normalised NCHW batch (numpy or a CPU tensor)."""
+    def forward(self, batch) -> Outputs:
+        """The network's outputs for a normalised NCHW batch (numpy or a CPU tensor)."""
         if self.runner is None:
             from wildwatch.inference.backends import TorchRunner
 
             self.runner = TorchRunner(self.model, self.device)
         return self.runner(np.asarray(batch))
 
-    def unknown_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
-        spec = self.meta.get("unknown") or {}
-        method = spec.get("method")
-        if method == "mahalanobis" and feats is not None and "ood_means" in self.extras:
-            if self._mahalanobis is None:
-                self._mahalanobis = ood.Mahalanobis(self.extras["ood_means"], self.extras["ood_precision"])
-            return self._mahalanobis(feats)
-        if method == "energy":
-            return ood.energy_score(logits, self.temperature)
-        if method == "msp":
-            return ood.msp_score(logits, self.temperature)
-        return None
-
-    @property
-    def open_set(self) -> tuple[ImageNetHead, OpenSet] | None:
-        """The ImageNet classifier and the thresholds of its evidence, when the model file has them."""
-        if self._open_set is None:
-            head, rule = ImageNetHead.from_extras(self.extras), OpenSet.from_extras(self.extras)
-            self._open_set = (head, rule) if head is not None and rule is not None else ()
-        return self._open_set or None
-
-    def open_set_scores(self, logits: np.ndarray, feats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(unknown score, ImageNet probabilities) per photo. With the open-set decision the score is the
-        learned decision on the Mahalanobis distance and the ImageNet evidence, or the largest of the parts
-        each over its threshold (``wildwatch.models.open_set``), so 1.0 is the threshold; without it, the
-        raw detector score."""
-        scores = self.unknown_scores(logits, feats)
-        parts = self.open_set
-        if parts is None or scores is None or feats is None or self.unknown_threshold is None:
-            return scores, None
-        q = parts[0](feats)
-        return parts[1].unknown(scores / self.unknown_threshold, q, logits.argmax(1),
-                                softmax(logits, self.temperature)), q
-
-    def combiner_inputs(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray | None:
-        """The inputs of the learned open-set decision (``open_set.combiner_features``) for raw outputs, or
-        None when the model has no open-set decision: what refitting that decision on other photos needs."""
-        scores, parts = self.unknown_scores(logits, feats), self.open_set
-        if parts is None or scores is None or self.unknown_threshold is None:
-            return None
-        return combiner_features(scores / self.unknown_threshold, parts[0](feats), logits.argmax(1),
-                                 softmax(logits, self.temperature), parts[1])
-
-    def decision_threshold(self) -> float | None:
-        """What ``open_set_scores`` are compared with: 1.0 with the open-set decision, else the detector's threshold."""
-        return 1.0 if self.open_set is not None else self.unknown_threshold
-
     def _top(self, p: np.ndarray) -> tuple[dict, ...]:
         order = np.argsort(-p)[: self.top_k]
         return tuple({"species": self.classes[j], "probability": round(float(p[j]), 5)} for j in order)
 
-    def from_outputs(self, sources: Sequence[str], logits: np.ndarray, feats: np.ndarray | None,
-                     places: Sequence | None = None) -> list[Prediction]:
-        """Predictions from the runner's outputs (logits, unknown-detector features) for a batch:
-        temperature, the open-set decision, place (``field.Place`` per photo) and IUCN status."""
-        from wildwatch.field import Place, local_status, possible_in
+    def from_outputs(self, sources: Sequence[str], outputs: Outputs, places: Sequence | None = None) -> list[Prediction]:
+        """Predictions from the network's outputs for a batch: the decision (with the place of each
+        photo, ``field.Place``, where known) and the IUCN status."""
+        from wildwatch.field import Place
 
-        probs = softmax(logits, self.temperature)
-        scores, q = self.open_set_scores(logits, feats)
-        threshold = self.decision_threshold()
+        places = [places[i] if places is not None and places[i] is not None else Place() for i in range(len(sources))]
+        if self.country:
+            places = [dataclasses.replace(pl, country=self.country.upper(), country_source="given") for pl in places]
+        decision = self.active_decision
+        verdicts = decision.decide(outputs, [pl.country for pl in places])
+        scores = None
+        if outputs.unknown is not None and decision.unknown_threshold is not None:
+            scores = np.exp(np.clip(np.asarray(outputs.unknown, np.float64) - decision.unknown_threshold, -50, 50))
+        return [self._prediction(src, v, pl, None if scores is None else float(scores[i]))
+                for i, (src, v, pl) in enumerate(zip(sources, verdicts, places))]
+
+    def _prediction(self, src: str, v: Verdict, place, score: float | None) -> Prediction:
+        """One row from a verdict: names, status (local where the place is known), place and notes."""
+        from wildwatch.field import local_status
+
         classes = self.classes
-        out = []
-        for i, src in enumerate(sources):
-            place = places[i] if places is not None and places[i] is not None else Place()
-            if self.country:
-                place = dataclasses.replace(place, country=self.country.upper(), country_source="given")
-            p = probs[i]
-            top, original, out_of_range, note = self._top(p), (), False, place.warning or ""
-            score = None if scores is None else float(scores[i])
-            is_unknown = bool(score is not None and threshold is not None and score > threshold)
-            if place.country and not is_unknown:
-                possible = np.array([possible_in(c, place.country) is not False for c in classes])
-                if not possible[int(p.argmax())]:
-                    out_of_range = True
-                    note = OUT_OF_RANGE_NOTE
-                    if possible.any() and float(p.max()) < PHOTO_SURE:
-                        # not sure from the photo alone: re-rank among the species that live there,
-                        # keeping what the photo alone said
-                        original = top
-                        p = p * possible / max(float((p * possible).sum()), 1e-12)
-                        top = self._top(p)
-                        note = f"re-ranked among the species of {place.country}: the photo alone said {original[0]['species']}"
-            best = classes[int(p.argmax())]
-            key = "unknown" if is_unknown else best
-            seen, kind = ("", "")
-            if is_unknown and q is not None:
-                seen, kind, _ = looks_like(q[i:i + 1])[0]
-            info = species_info(key)
-            local = local_status(key, place.country) if not is_unknown else None
-            out.append(Prediction(
-                src, key, round(float(p.max()), 5), top, info.common_name,
-                local["status"] if local else info.iucn_status, info.threatened, is_unknown,
-                None if score is None else round(score, 5), None, place.country, out_of_range, original,
-                local["population"] if local else "", place.latitude, place.longitude, place.taken_at,
-                seen, kind, note))
-        return out
+        key = {"unknown": "unknown", "uncertain": "uncertain"}.get(v.kind, classes[v.top])
+        info = species_info(key)
+        candidates = tuple(classes[j] for j in v.candidates)
+        common, status, threatened = info.common_name, info.iucn_status, info.threatened
+        if v.kind == "uncertain":
+            infos = [species_info(c) for c in candidates]
+            common = " or ".join(i.common_name for i in infos)
+            status = " or ".join(dict.fromkeys(i.iucn_status for i in infos))
+            threatened = any(i.threatened for i in infos)
+        local = local_status(key, place.country) if v.kind == "species" else None
+        return Prediction(
+            src, key, round(float(v.confidence if v.confidence is not None else v.probs.max()), 5), self._top(v.probs),
+            common, local["status"] if local else status, threatened, v.kind == "unknown",
+            None if score is None else round(score, 5), None, place.country, v.out_of_range, (),
+            local["population"] if local else "", place.latitude, place.longitude, place.taken_at,
+            v.looks_like, v.looks_like_kind, v.note or place.warning or "", v.kind == "uncertain", candidates)
 
     def read(self, source: str | Path | bytes, name: str | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, object]:
@@ -353,8 +328,8 @@ class Predictor:
         t = self.transform()
         return np.stack([t.uint8(im.convert("RGB")) for im in images])
 
-    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The runner's raw outputs (logits, unknown-detector features or None) for a uint8 NHWC
+    def outputs(self, pixels: np.ndarray) -> Outputs:
+        """The network's outputs (species logits, open-set score, ImageNet logits) for a uint8 NHWC
         batch at the model's input size: what evaluation and benchmarks score."""
         with one_blas_thread():
             return self.forward(self.transform().normalise(pixels))
@@ -367,7 +342,7 @@ class Predictor:
             return []
         sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(pixels))]
         with one_blas_thread():
-            return self.from_outputs(sources, *self.outputs(pixels), places)
+            return self.from_outputs(sources, self.outputs(pixels), places)
 
     def predict_images(self, images: Sequence[Image.Image], sources: Sequence[str] | None = None,
                        places: Sequence | None = None) -> list[Prediction]:
@@ -379,14 +354,14 @@ class Predictor:
     def refine_with_tiles(self, images: Sequence[Image.Image], preds: list[Prediction], grid: int = 3,
                           min_confidence: float = 0.6) -> list[Prediction]:
         """A second look for small animals (a CCTV frame, a wide camera-trap shot): where the whole
-        image gave no confident answer (unknown, or below ``min_confidence``), classify
+        image gave no confident answer (unknown, uncertain, or below ``min_confidence``), classify
         ``grid`` x ``grid`` overlapping tiles, each half the width and height of the image, and take
-        the most confident tile that is not unknown, if it reaches ``min_confidence``. Confident
+        the most confident tile that names a species, if it reaches ``min_confidence``. Confident
         answers on the whole image are kept as they are."""
         if grid < 2:
             return list(preds)
         out = list(preds)
-        todo = [i for i, p in enumerate(preds) if not p.error and (p.unknown or p.confidence < min_confidence)]
+        todo = [i for i, p in enumerate(preds) if not p.error and (not p.named or p.confidence < min_confidence)]
         if not todo:
             return out
         tiles, owner = [], []
@@ -404,7 +379,7 @@ class Predictor:
             tile_preds += self.predict_images(tiles[k:k + 32], [preds[owner[j]].source for j in range(k, min(k + 32, len(tiles)))])
         best: dict[int, Prediction] = {}
         for i, tp in zip(owner, tile_preds):
-            if not tp.unknown and tp.confidence >= min_confidence and (i not in best or tp.confidence > best[i].confidence):
+            if tp.named and tp.confidence >= min_confidence and (i not in best or tp.confidence > best[i].confidence):
                 best[i] = tp
         for i, tp in best.items():
             out[i] = dataclasses.replace(tp, country=preds[i].country, latitude=preds[i].latitude,
@@ -495,6 +470,6 @@ class Predictor:
             batch = t.normalise(np.stack([decoded[i][0] for i in ok]))
             places = [decoded[i][2] for i in ok]
             outputs = runner(batch) if runner is not None else self.forward(batch)
-            for i, p in zip(ok, self.from_outputs([str(chunk[i]) for i in ok], *outputs, places)):
+            for i, p in zip(ok, self.from_outputs([str(chunk[i]) for i in ok], outputs, places)):
                 preds[i] = p
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

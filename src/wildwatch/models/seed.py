@@ -43,9 +43,9 @@ class SeedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.global_pool(self.features(x)).flatten(1))
 
-    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """(logits, None): the seed CNNs have no separate unknown-detector features."""
-        return self(x), None
+    def predict_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        """(logits, None, None): the seed CNNs have no open-set score and no ImageNet classifier."""
+        return self(x), None, None
 
     def last_conv_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the last conv block's activations, logits), for Grad-CAM."""

@@ -99,3 +99,18 @@ class Results:
             "per_class": pc,
             "counts": {c: int((self.targets == i).sum()) for i, c in enumerate(self.classes)},
         }
+
+
+def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """Probability that an unknown input scores higher than a known one (ties count half)."""
+    s = np.concatenate([scores_in, scores_out])
+    order = s.argsort(kind="mergesort")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    # average ranks over ties
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inv, ranks)
+    ranks = (sums / counts)[inv]
+    n_in, n_out = len(scores_in), len(scores_out)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))

@@ -124,7 +124,6 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     classes = predictor.classes
     targets = np.array([classes.index(s.label) for s in samples])
     pre = predictor.preprocess
-    threshold = predictor.decision_threshold()
 
     settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
                 "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
@@ -171,17 +170,14 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             refill()
             if k == 0:
                 Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
-            logits, feats = predictor.outputs(batch)
+            outputs = predictor.outputs(batch)
+            found = predictor.from_outputs([""] * len(batch), outputs)  # the decision every command uses
             if tiles >= 2:
-                found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch],
-                                                    predictor.from_outputs([""] * len(batch), logits, feats), tiles)
-                preds.append(np.array([classes.index(f.top_k[0]["species"]) for f in found]))
-                unknown.append(np.array([f.unknown for f in found]))
+                found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch], found, tiles)
+                preds.append(np.array([classes.index(f.top_k[0]["species"]) if f.top_k else -1 for f in found]))
             else:
-                preds.append(logits.argmax(1))
-                scores, _ = predictor.open_set_scores(logits, feats)
-                unknown.append(scores > threshold if scores is not None and threshold is not None
-                               else np.zeros(len(batch), bool))
+                preds.append(outputs.logits.argmax(1))
+            unknown.append(np.array([f.unknown for f in found]))
             bar.update(len(batch))
             if k == len(chunks) - 1:
                 p, u = np.concatenate(preds), np.concatenate(unknown)
