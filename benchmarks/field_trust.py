@@ -17,6 +17,7 @@ species name, ECE of the named answers on the mix (and a reliability diagram), t
 field_dev (PNG), camera-trap boxes: other animals given one of the 11 names, the 11 named right per
 class. The network's outputs per set are cached in --out (by model digest and backend), so an
 interrupted run resumes and the decision can be refitted without running the network again.
+``--rows`` scores the CSV rows of ``wildwatch classify`` instead (an earlier release, say).
 
     .venv/bin/python benchmarks/field_trust.py --out runs/field_trust
 """
@@ -207,8 +208,7 @@ def write_pictures(out: Path, pred, field: dict) -> None:
     cm = np.zeros((len(classes), len(cols)), int)
     for a, y in zip(cross_k, kl):
         cm[classes.index(y), cols.index(a["species"])] += 1
-    plot_confusion_rect(cm, classes, cols, out / "confusion_field_dev.png",
-                        "field_dev, cross-fitted answers (rows: true class)")
+    plot_confusion(cm, classes, out / "confusion_field_dev.png", "field_dev, cross-fitted answers", columns=cols)
     t = field["all, cross-fitted"]
     plot_reliability(t["reliability"], out / "reliability_field.png", t["ece_named_50_50"])
     with open(out / "ood_field_answers.csv", "w", newline="") as f:
@@ -217,28 +217,6 @@ def write_pictures(out: Path, pred, field: dict) -> None:
         for (label, ans, seen), n in sorted(collections.Counter((y, a["species"], a["looks_like"])
                                                                 for a, y in zip(cross_o, ol)).items()):
             w.writerow([label, ans, seen, n])
-
-
-def plot_confusion_rect(cm: np.ndarray, rows: list[str], cols: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(cols), 0.8 + 0.55 * len(rows)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def test_split_figures(pred, args, cache_key: str, out: Path) -> dict:
@@ -266,6 +244,53 @@ def test_split_figures(pred, args, cache_key: str, out: Path) -> dict:
                                        f" of {labels.count('amur_leopard')}"}
 
 
+def rows_answers(csv_path: Path, root: Path) -> tuple[list[dict], list[str], list[str]]:
+    """(answers, labels, ids) from the rows of ``wildwatch classify --output F.csv`` on a folder of label
+    folders (any version): how an earlier release, or another classifier writing the same columns, does."""
+    answers_, labels, ids = [], [], []
+    with open(csv_path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("error"):
+                continue
+            rel = Path(r["source"]).resolve().relative_to(root.resolve()).as_posix()
+            uncertain, unknown = r.get("uncertain") == "True", r.get("unknown") == "True"
+            kind = "unknown" if unknown else "uncertain" if uncertain else "species"
+            answers_.append({"kind": kind, "species": r["species"], "looks_like": r.get("looks_like", ""),
+                             "confidence": float(r["confidence"]) if r.get("confidence") else None, "candidates": []})
+            labels.append(rel.split("/")[0])
+            ids.append(rel)
+    return answers_, labels, ids
+
+
+def score_rows(args) -> None:
+    """--rows: the figures of classify outputs written by any version (no cross-fitting: answers as given)."""
+    given = dict(v.split("=", 1) for v in args.rows)
+    k, kl, kid = rows_answers(Path(given["field_dev"]), args.shared / "field_dev")
+    o, ol, oid = rows_answers(Path(given["ood_field"]), args.shared / "ood_field")
+    hk, ho = halves_of(kid), halves_of(oid)
+    tables = {"held_out": trust_table(pick(k, hk == "held_out"), pick(kl, hk == "held_out"),
+                                      pick(o, ho == "held_out"), pick(ol, ho == "held_out")),
+              "all": trust_table(k, kl, o, ol)}
+    out = {"field": tables}
+    if "test" in given:
+        t, tl, _ = rows_answers(Path(given["test"]), args.data)
+        right = np.array([a["species"] == y for a, y in zip(t, tl)])
+        named = np.array([a["kind"] == "species" for a in t])
+        out["test_split"] = {"photos": len(t), "named_right": float(right.mean()),
+                             "named_wrong": float((named & ~right).mean()),
+                             "rejected": float(np.mean([a["kind"] == "unknown" for a in t])),
+                             "uncertain": float(np.mean([a["kind"] == "uncertain" for a in t])),
+                             "leopards_called_jaguars": f"{sum(a['species'] == 'jaguars' for a, y in zip(t, tl) if y == 'amur_leopard')}"
+                                                        f" of {tl.count('amur_leopard')}"}
+    (args.out / "results_rows.json").write_text(json.dumps(out, indent=2, default=float))
+    for name, t in tables.items():
+        print(f"\n{name}: " + ", ".join(f"{key} {t[key]:.3f}" for key in (
+            "precision_50_50", "named_right", "rejected", "uncertain", "leopards_called_jaguars", "lookalikes_not_named",
+            "lookalikes_rejected", "other_not_named", "ece_named_50_50") if t[key] is not None))
+    if "test_split" in out:
+        print("test split:", json.dumps(out["test_split"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model file or run folder (default: the bundled model)")
@@ -274,7 +299,13 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=SHARED, help="the folder holding field_dev, ood_field, camtrap_dev")
     ap.add_argument("--data", type=Path, default=SHARED / "endangered11", help="the training data (its test split)")
     ap.add_argument("--out", type=Path, default=Path("runs/field_trust"))
+    ap.add_argument("--rows", nargs="+", metavar="SET=CSV", help="score classify outputs instead of running a model: "
+                    "field_dev=F.csv ood_field=G.csv [test=H.csv] (photos of the test split in one folder tree)")
     args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.rows:
+        score_rows(args)
+        return
 
     from wildwatch.inference.backends import file_digest
     from wildwatch.inference.predictor import Predictor

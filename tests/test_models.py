@@ -31,8 +31,8 @@ def test_every_model_runs_at_two_sizes(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_keeps_the_contract(name, tmp_path):
-    """What the rest of wildwatch asks of a network (models/interface.py): outputs, the unknown
-    detector's features, Grad-CAM's last convolution, and an ONNX export that gives the same answers."""
+    """What the rest of wildwatch asks of a network (models/interface.py): outputs, the open-set score and
+    ImageNet logits where it has them, Grad-CAM's last convolution, and an ONNX export that gives the same answers."""
     import onnxruntime as ort
 
     from wildwatch.inference.backends import export_model_onnx
@@ -43,17 +43,19 @@ def test_every_model_keeps_the_contract(name, tmp_path):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(x)
-        out, feats = model.predict_outputs(x)
+        out, unknown, imagenet = model.predict_outputs(x)
         fmap, map_logits = model.last_conv_map(x)
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
     assert torch.allclose(out, logits, atol=1e-5) and torch.allclose(map_logits, logits, atol=1e-5)
     assert fmap.dim() == 4 and fmap.shape[0] == 2
-    assert feats is None or (feats.dim() == 2 and feats.shape[0] == 2)
+    assert (unknown is None) == (imagenet is None)
+    assert unknown is None or (unknown.shape == (2,) and imagenet.shape == (2, 1000))
     if is_backbone(model):
         with torch.no_grad():
             t = model.trunk(x)
             assert torch.allclose(model.classify_pooled(model.head_features(t)), logits, atol=1e-5)
-            assert torch.allclose(model.ood_features(t), feats, atol=1e-5)
+            u, z = model.open_set_outputs(logits, model.ood_features(t))
+            assert torch.allclose(u, unknown, atol=1e-5) and torch.allclose(z, imagenet, atol=1e-5)
 
     cam, idx = gradcam(model, x[0])
     assert cam.shape == (size, size) and np.isfinite(cam).all() and 0 <= cam.min() and cam.max() <= 1
@@ -61,10 +63,11 @@ def test_every_model_keeps_the_contract(name, tmp_path):
 
     path = export_model_onnx(model, tmp_path / f"{name}.onnx", size)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
-    assert len(got) == (1 if feats is None else 2)
+    assert len(got) == (1 if unknown is None else 3)
     np.testing.assert_allclose(got[0], logits.numpy(), atol=1e-4)
-    if feats is not None:
-        np.testing.assert_allclose(got[1], feats.numpy(), atol=1e-4)
+    if unknown is not None:
+        np.testing.assert_allclose(got[1], unknown.numpy(), atol=1e-4)
+        np.testing.assert_allclose(got[2], imagenet.numpy(), atol=1e-3)
 
 
 def test_seed_first_dense_layer_matches_the_seed_at_224():
@@ -93,7 +96,7 @@ def test_seed_recipes_follow_the_seed():
 def test_model_arguments_pass_through_and_unknown_ones_are_refused():
     m = create_model("seed_m4_gap", 3, image_size=48, pool="avg")
     assert any(isinstance(mod, torch.nn.AvgPool2d) for mod in m.features)
-    with pytest.raises(ValueError, match=r"'effnet_lite0' takes no argument 'image_size' \(its arguments: pretrained\)"):
+    with pytest.raises(ValueError, match=r"'effnet_lite0' takes no argument 'image_size' \(its arguments: pretrained, absorbed\)"):
         create_model("effnet_lite0", 3, image_size=64)
     with pytest.raises(ValueError, match="takes no argument 'widht'"):
         create_model("seed_m0", 3, widht=2)
@@ -131,7 +134,7 @@ class Toy(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
     def predict_outputs(self, x):
-        return self(x), None
+        return self(x), None, None
 
     def last_conv_map(self, x):
         fmap = self.features(x)

@@ -96,6 +96,8 @@ def train(
     clean_labels: bool = typer.Option(True, help="Pretrained backbones: leave out the training photos whose "
                                       "label the ImageNet classifier contradicts or confident learning flags "
                                       "(listed in label_cleaning.csv)."),
+    int8_view: bool = typer.Option(True, help="Pretrained backbones: also train on the int8-quantised network's "
+                                   "features, so the int8 copy keeps the model's answers."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     distributed: bool = typer.Option(False, "--distributed", help="Require a torchrun launch (DDP; the "
                                      "batch size is per process)."),
@@ -117,7 +119,8 @@ def train(
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
              "field": field, "negatives": negatives, "negatives_half": negatives_half,
-             "degrade_views": degrade_views, "clean_labels": clean_labels, "finetune": finetune or None,
+             "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view,
+             "finetune": finetune or None,
              "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -244,6 +247,9 @@ def _print_prediction(p) -> None:
     where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
     if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
         typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
+        return
+    if p.uncertain:
+        typer.echo(f"{p.source}\tuncertain — {' or '.join(p.candidates)}?\t{p.confidence:.3f}{where}")
         return
     status = f"{p.iucn_status}{' threatened' if p.threatened else ''}"
     typer.echo(f"{p.source}\t{p.species}\t{p.confidence:.3f}\t{status}{where}")

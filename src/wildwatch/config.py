@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
     clean_labels: bool = Field(True, description="pretrained backbones (cached-feature recipe): leave out of "
                                "training the photos whose folder label the ImageNet classifier contradicts or "
                                "out-of-fold confident learning flags")
+    int8_view: bool = Field(True, description="pretrained backbones (cached-feature recipe): also train on the "
+                            "features of the network quantised to int8 as the int8 export quantises it, so "
+                            "that the int8 copy of the model keeps the fp32 model's answers")
     max_train_batches: Optional[int] = Field(None, ge=1, description="cap per epoch, for smoke runs")
     finetune: bool = Field(False, description="pretrained backbones: train the whole network on batch-degraded "
                            "images (wildwatch.engine.finetune; meant for a GPU) instead of the cached-feature recipe")

@@ -274,7 +274,8 @@ class FineTune(Recipe):
         """The weights and their moving average are both scored; the better one stands for the epoch."""
         scored = {}
         for which, net in (("weights", self.model), ("average", self.ema.module)):
-            vl, _, vy = model_outputs(net, self.val_batches, self.norm, self.run.device, progress=False)
+            out, vy = model_outputs(net, self.val_batches, self.norm, self.run.device, progress=False)
+            vl = out.logits
             scored[which] = (float((vl.argmax(1) == vy).mean()),
                              float(F.cross_entropy(torch.from_numpy(vl), torch.from_numpy(vy))))
         self.which = max(scored, key=lambda k: scored[k][0])

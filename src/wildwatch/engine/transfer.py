@@ -300,6 +300,8 @@ class CachedFeatureTransfer(Recipe):
                                  desc="mirrored training view", flip=True)]
         self.views += [cache_view(runner, root, train, train_transform(pre), cache / f"train_aug{v}.npy",
                                   cfg.seed * 1000 + v, desc=f"train view {v + 1}/{cfg.views}") for v in range(cfg.views)]
+        if cfg.int8_view:
+            self.views.append(self._int8_view(train))
         if cfg.degrade_views:
             from wildwatch.robustness.augment import degraded_train_transform
 
@@ -307,6 +309,22 @@ class CachedFeatureTransfer(Recipe):
                                       cache / f"train_degraded{v}.npy", cfg.seed * 1000 + 500 + v,
                                       desc=f"degraded view {v + 1}/{cfg.degrade_views}")
                            for v in range(cfg.degrade_views)]
+
+    def _int8_view(self, train: Sequence[Sample]) -> np.ndarray:
+        """Features of the training photos through the network quantised to int8 with the calibration that
+        ``wildwatch export --int8`` uses: training on them too keeps the head's answers when the int8 copy
+        runs it (the trunk's rounding moves photos near a class boundary; the head stays in float)."""
+        from wildwatch.data.transforms import FastEvalTransform
+        from wildwatch.inference.backends import OnnxRunner
+        from wildwatch.inference.export import calibration_samples, photo_batch, quantize_int8
+
+        root = Path(self.run.cfg.data)
+        target = self.cache / f"{self.runner.path.stem}.int8.onnx"
+        if not target.exists():
+            quantize_int8(self.runner.path, target,
+                          photo_batch(FastEvalTransform(self.pre), root, calibration_samples(list(train))))
+        return cache_view(OnnxRunner(target, "onnx-int8"), root, train, eval_transform(self.pre),
+                          self.cache / "train_int8.npy", 0, desc="int8 training view")
 
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.run.cfg
@@ -398,7 +416,8 @@ class CachedFeatureTransfer(Recipe):
                    "training_photos_left_out": int((~self.keep).sum()),
                    "seconds_caching": round(self.seconds_caching, 1),
                    "seconds_total": round(time.perf_counter() - run.started, 1)}
-        recipe = {"views": cfg.views, "degrade_views": cfg.degrade_views, "epochs": cfg.epochs, "lr": cfg.lr,
+        recipe = {"views": cfg.views, "degrade_views": cfg.degrade_views, "int8_view": cfg.int8_view,
+                  "epochs": cfg.epochs, "lr": cfg.lr,
                   "batch_size": cfg.batch_size, "prior_pull": cfg.weight_decay, "trainable": ["species head"],
                   "clean_labels": cfg.clean_labels, "field": Path(cfg.field).name if cfg.field else None,
                   "negatives": Path(cfg.negatives).name if cfg.negatives else None,

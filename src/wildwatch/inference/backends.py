@@ -256,8 +256,8 @@ def _report(onnx_path: Path) -> dict:
 
 def int8_is_accurate(report: Path | dict) -> bool:
     """True when an int8 file's export report (or the file, whose report sits beside it) shows
-    at most 0.3 points of validation accuracy lost and, where it was measured, the unknown
-    detector's AUROC at most 0.01 lower than with fp32."""
+    at most 0.3 points of accuracy lost on the validation and test photos together and, where it was
+    measured, the open-set score's AUROC at most 0.01 lower than with fp32."""
     r = report if isinstance(report, dict) else _report(report)
     change = r.get("int8_accuracy_change_points")
     if change is None or change < -MAX_INT8_LOSS_POINTS:

@@ -68,13 +68,13 @@ DETECT_ROW_FIELDS = [f.name for f in dataclasses.fields(DetectedPrediction)]
 
 
 def label_of(p: Prediction) -> tuple[str, str]:
-    """(label, kind) of an answer: a species key and "animal"; "unknown" and "animal" for an animal of
-    none of the species; "person" or "vehicle"; or ("", "") when it shows none of these (a scene,
-    an object, nothing sure)."""
+    """(label, kind) of an answer: a species key and "animal"; "uncertain" and "animal" for an animal
+    between two species; "unknown" and "animal" for an animal of none of the species; "person" or
+    "vehicle"; or ("", "") when it shows none of these (a scene, an object, nothing sure)."""
     if p.error:
         return "", ""
     if not p.unknown:
-        return p.species, "animal"
+        return ("uncertain" if p.uncertain else p.species), "animal"
     if p.looks_like_kind in ("person", "vehicle"):
         return p.looks_like_kind, p.looks_like_kind
     return ("unknown", "animal") if p.looks_like_kind == "animal" else ("", "")
@@ -88,8 +88,8 @@ def box_entry(p: Prediction, bbox: Sequence[float], conf: float | None, whole_ph
     if not label:
         label, kind = "unknown", "animal"
     return {"bbox": [round(float(v), 4) for v in bbox], "conf": None if conf is None else round(float(conf), 4),
-            "label": label, "kind": kind, "species": "" if p.unknown else p.species,
-            "confidence": None if p.unknown else round(float(p.confidence), 4),
+            "label": label, "kind": kind, "species": p.species if p.named else "",
+            "candidates": list(p.candidates), "confidence": None if p.unknown else round(float(p.confidence), 4),
             "looks_like": p.looks_like, "looks_like_kind": p.looks_like_kind,
             "top_k": [dict(t) for t in p.top_k] if not p.unknown else [], "whole_photo": whole_photo}
 
@@ -116,9 +116,9 @@ def photo_answer(p: Prediction) -> PhotoAnswer:
     (an unnamed animal before a person before a vehicle), else empty."""
     dets = photo_detections(p)
     n = counts(dets)
-    if not p.unknown and not p.error:
+    if p.named:
         return PhotoAnswer(p.species, True, float(p.confidence), n)
-    label = next((k for k in ("unknown", "person", "vehicle") if k in n), "empty")
+    label = next((k for k in ("uncertain", "unknown", "person", "vehicle") if k in n), "empty")
     return PhotoAnswer(label, False, 0.0, n)
 
 
@@ -136,7 +136,7 @@ def combine(whole: Prediction | None, boxes: Sequence[Box], box_preds: Sequence[
         sure = not whole.unknown or bool(whole.looks_like)
         return with_boxes(whole, photo_detections(whole) if sure else [])
     dets = [box_entry(p, b.bbox, b.conf) for b, p in zip(boxes, box_preds)]
-    named = [p for p in box_preds if not p.unknown]
+    named = [p for p in box_preds if p.named] or [p for p in box_preds if p.uncertain]
     if named:
         best = max(named, key=lambda p: p.confidence)
     else:

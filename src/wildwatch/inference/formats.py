@@ -161,7 +161,7 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
                    + (f", boxes from {detector}" if detector else ", whole photos") + f") of the photos under {root} "
                    "(media.filePath is relative to it). "
                    + (f"{len(failed)} unreadable files left out: " + "; ".join(failed[:20]) if failed else ""))
-    taxa = sorted({p.species for p in preds if not p.error and not p.unknown}
+    taxa = sorted({p.species for p in preds if p.named}
                   | {d["species"] for p in preds if not p.error for d in photo_detections(p) if d["species"]})
     return _write_package(folder, list({d.id: d for d in deployments.values()}.values()), media, obs, taxa,
                           description, ["media", "event"] if seqs is not None else ["media"])
@@ -200,12 +200,14 @@ def _media_observation(p: Prediction, d: dict | None, event, i: int) -> dict:
         tags.append(f"detector_conf:{d['conf']}")
     if d["looks_like"]:
         tags.append(f"looks_like:{d['looks_like']}")
+    if d.get("candidates") and d["label"] == "uncertain":
+        tags.append("wildwatch:between:" + ",".join(d["candidates"]))
     if d["whole_photo"]:
         tags.append("whole_photo")
     if event is not None and i in event.disagrees:
         tags.append(f"disagrees_with_event:{event.label}")
     out["observationTags"] = "|".join(tags)
-    out["observationComments"] = p.note if d["species"] else ""
+    out["observationComments"] = p.note if d["species"] else (p.describe() if d["label"] == "uncertain" else "")
     return out
 
 
@@ -217,7 +219,7 @@ def _event_observations(seqs, stamps: dict, by: str, now: str) -> list[dict]:
         if not members:
             continue
         times = sorted(stamps[i][1] for i in members)
-        info = species_info(ev.label) if ev.label not in ("empty", "unknown", "person", "vehicle") else None
+        info = species_info(ev.label) if ev.label not in ("empty", "unknown", "uncertain", "person", "vehicle") else None
         tags = [f"wildwatch:event_label:{ev.label}", f"photos:{len(members)}"]
         tags += ["unsure"] if ev.unsure else []
         tags += ["time_from_file"] if ev.time_from_file else []

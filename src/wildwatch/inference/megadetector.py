@@ -91,7 +91,8 @@ def image_answer(p: Prediction | None, human: bool = False) -> dict:
             answer |= {"looks_like": p.looks_like, "looks_like_kind": p.looks_like_kind}
         return answer
     return {"species": p.species, "common_name": p.common_name, "confidence": round(float(p.confidence), 4),
-            "iucn_status": p.iucn_status, "threatened": p.threatened, **({"note": p.note} if p.note else {})}
+            "iucn_status": p.iucn_status, "threatened": p.threatened, **({"note": p.note} if p.note else {}),
+            **({"candidates": list(p.candidates)} if p.uncertain else {})}
 
 
 def md_detection(d: dict, index: dict) -> dict:
@@ -100,7 +101,7 @@ def md_detection(d: dict, index: dict) -> dict:
     if conf is None:  # a whole-photo box: no detector measured it
         conf = d["confidence"] if d["confidence"] is not None else WHOLE_PHOTO_UNNAMED_CONF
     out = {"category": CATEGORY_OF_KIND.get(d["kind"], "1"), "conf": round(float(conf), 4), "bbox": list(d["bbox"])}
-    if d["species"]:
+    if d["species"] or d["label"] == "uncertain":  # uncertain: both species it is between, with their probabilities
         out["classifications"] = _classifications(d["top_k"], index)
     else:  # what the classifier saw instead: an animal it names, a person, a vehicle, a scene or an object
         out |= {k: d[k] for k in ("looks_like", "looks_like_kind") if d.get(k)}
@@ -226,7 +227,8 @@ def _image_answers(doc: dict, answers: dict, threshold: float) -> None:
     for im in doc["images"]:
         if "wildwatch" in im or im.get("failure"):
             continue
-        found = [p for p in answers.get(id(im), []) if not p.unknown]
+        mine = answers.get(id(im), [])
+        found = [p for p in mine if p.named] or [p for p in mine if p.uncertain]
         human = any(d["category"] == "2" and float(d["conf"]) >= threshold for d in im.get("detections") or [])
         best = max(found, key=lambda p: p.confidence) if found else None
         im["wildwatch"] = image_answer(best if best else (answers[id(im)][0] if id(im) in answers else None), human)

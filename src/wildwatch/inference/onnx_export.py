@@ -87,6 +87,6 @@ def onnx_metadata(pred, decision=None) -> dict:
                         "imagenet": "logits of the backbone's ImageNet-1k classifier: what an unknown photo looks like"},
             "rules": "unknown if unknown > unknown_threshold; else confidence = sigmoid(calibration[:3] . "
                      "(logit p1, log p1/p2, unknown) + calibration[3]) with p = softmax(logits / temperature) "
-                     "sorted (p1 >= p2), or p1 without a calibration; uncertain (the top two) below uncertain_below; "
-                     "else the top class",
+                     "in float64, sorted (p1 >= p2), p1 clipped to [1e-9, 1 - 1e-9], or p1 without a calibration; "
+                     "uncertain (the top two) below uncertain_below; else the top class",
             "input": "float32 NCHW, RGB, resized and centre-cropped, then (x / 255 - mean) / std of preprocess"}

@@ -50,7 +50,7 @@ class SortItem:
     path: Path | None
     species: str = ""  # the most confident species named
     confidence: float = 0.0
-    kinds: set = field(default_factory=set)  # "unknown", "person", "vehicle" seen
+    kinds: set = field(default_factory=set)  # "uncertain", "unknown", "person", "vehicle" seen
     person_boxes: list = field(default_factory=list)  # people, and boxes the classifier could not place
     person_without_box: bool = False
     error: str = ""
@@ -74,7 +74,9 @@ def folder_of(item: SortItem, min_confidence: float, species: set[str] | None) -
         if species is not None and item.species not in species:
             return "not_on_list"
         return item.species if item.confidence >= min_confidence else "unsure"
-    return next((k for k in ("unknown", "person", "vehicle") if k in item.kinds), "empty")
+    # an answer between two species goes with the unsure ones
+    return next((k.replace("uncertain", "unsure") for k in ("uncertain", "unknown", "person", "vehicle")
+                 if k in item.kinds), "empty")
 
 
 def parse_species(text: str | None) -> set[str] | None:
@@ -175,7 +177,7 @@ def folder_name(name: str) -> str:
 def _add_detection(item: SortItem, label, kind, bbox, whole_photo, species: str, confidence,
                    looks_like_kind: str = "") -> None:
     species = folder_name(species) if isinstance(species, str) else ""
-    if species in ("unknown", "empty", "blank", "animal", "person", "human", "vehicle"):
+    if species in ("unknown", "uncertain", "empty", "blank", "animal", "person", "human", "vehicle"):
         label, species = {"human": "person", "blank": "empty", "animal": "unknown"}.get(species, species), ""
     if species:
         try:
@@ -184,7 +186,7 @@ def _add_detection(item: SortItem, label, kind, bbox, whole_photo, species: str,
             conf = 0.0
         if conf >= item.confidence or not item.species:
             item.species, item.confidence = species, conf
-    elif label in ("unknown", "person", "vehicle"):
+    elif label in ("uncertain", "unknown", "person", "vehicle"):
         item.kinds.add(label)
     unplaced = kind == "animal" and not species and looks_like_kind not in ("", "animal") and not whole_photo
     if kind == "person" or label == "person" or unplaced:

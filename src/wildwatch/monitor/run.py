@@ -255,7 +255,7 @@ class Monitor:
         shown = [(f.image, p) for f, p in items if p is not None]
         preds = [p for _, p in shown]
         ev = post_evidence(first.post_text, preds)
-        named = [(im, p) for im, p in shown if not p.unknown and not p.error]
+        named = [(im, p) for im, p in shown if p.named]
         best = max(named, key=lambda x: x[1].confidence)[0] if named else (shown[0][0] if shown else None)
         thumb = None
         if best is not None:
@@ -302,7 +302,7 @@ class Monitor:
                 changes: list[Change] = []
                 if not f.skip:
                     p = by_id[id(f)]
-                    species = self.tracker.label(p.species, p.confidence, p.unknown or bool(p.error))
+                    species = self.tracker.label(p.species, p.confidence, not p.named)
                     place = f.place  # a photo's own EXIF position, where the classifier had none
                     if species and (f.source, species) not in self.tracker.open:
                         self.meta[(f.source, species)] = {

@@ -65,7 +65,8 @@ class Tracker:
         self.open: dict[tuple[str, str], Track] = {}
 
     def label(self, species: str, confidence: float, unknown: bool) -> str:
-        """The species this sample counts for, or "" (unknown, people, low confidence)."""
+        """The species this sample counts for, or "" (``unknown``: no species named, e.g. unknown or
+        uncertain; people; low confidence)."""
         return species if species and not unknown and species != "unknown" and confidence >= self.threshold else ""
 
     def window_state(self, source: str) -> list[str]:

@@ -31,20 +31,22 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str = "Confusion matrix") -> None:
-    """Counts, with rows (true class) shaded by recall."""
+def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str = "Confusion matrix",
+                   columns: list[str] | None = None) -> None:
+    """Counts, with rows (true class) shaded by recall; ``columns`` names the answers when they are not the
+    classes (e.g. the classes plus "uncertain" and "unknown")."""
+    columns = columns or classes
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(columns), 0.8 + 0.55 * len(classes)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
+    for i in range(len(classes)):
+        for j in range(len(columns)):
             if cm[i, j]:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="answer", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

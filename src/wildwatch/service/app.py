@@ -86,6 +86,16 @@ async def check_uploads(files: list[UploadFile], limits: Limits, draft: tuple[in
     return uploads
 
 
+def in_words(p) -> dict:
+    """What the page shows instead of a species, worded once: what an unknown photo looks like, or the two
+    species an uncertain answer is between."""
+    if p.unknown:
+        return {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)}
+    if p.uncertain:
+        return {"uncertain_text": p.describe()}
+    return {}
+
+
 def decode_upload(predictor, f: UploadFile, name: str, max_pixels: int):
     """On a decoder thread: one upload's bytes read from its spooled file, decoded, and shrunk to
     what the model and an overlay need (so only the small copy outlives this call)."""
@@ -223,8 +233,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
                 p = await loop.run_in_executor(decoders, detect_upload, pipe, f, name, where)
             finally:
                 await budget.release(held)
-            results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | (
-                {"looks_like_text": describe_other(p.looks_like, p.looks_like_kind)} if p.unknown else {})
+            results[i] = {"source": name, "error": p.error} if p.error else p.to_json() | in_words(p)
 
     @app.post("/v1/classify", dependencies=[Depends(check_key)], response_model=ClassifyResponse,
               responses=problems(400, 401, 408, 413, 503))
@@ -267,9 +276,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
             slots.append(i)
         preds = await batcher.classify(images, names, places) if images else []
         for i, img, p in zip(slots, images, preds):
-            row = p.to_json()
-            if p.unknown:  # what the page shows instead of a species, worded once (Prediction.describe)
-                row["looks_like_text"] = describe_other(p.looks_like, p.looks_like_kind)
+            row = p.to_json() | in_words(p)
             if explain:
                 from wildwatch.inference.explain import explain_image, explained_class, png_base64
 

@@ -45,6 +45,9 @@ class PredictionOut(BaseModel):
     looks_like_kind: Optional[str] = None
     looks_like_text: Optional[str] = Field(None, description="for a photo of none of the species, in words")
     note: Optional[str] = None
+    uncertain: Optional[bool] = Field(None, description="not sure enough to name one species: candidates names two")
+    candidates: list[str] = Field(default_factory=list, description="uncertain: the two species it is between")
+    uncertain_text: Optional[str] = Field(None, description="for an uncertain answer, in words")
     status_colour: Optional[str] = None
     heatmap_png_base64: Optional[str] = Field(None, description="with explain=true: the Grad-CAM overlay")
 

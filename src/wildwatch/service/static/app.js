@@ -50,8 +50,16 @@ function card(pred, file) {
   }
   const img = el("img", { src: url, alt: pred.common_name || pred.species });
   const body = el("div", { class: "body" });
-  const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") }, el("div", { class: "photo" }, img), body);
-  if (pred.unknown) {
+  const article = el("article", { class: "card" + (pred.unknown ? " unknown" : "") + (pred.uncertain ? " uncertain" : "") },
+    el("div", { class: "photo" }, img), body);
+  if (pred.uncertain) {
+    // not sure enough to name one: the two it is between, in words, and how sure of the first
+    body.append(el("h2", { text: "Not sure: " + pred.common_name + "?" }),
+      el("p", { class: "note", text: "The model cannot tell these two apart on this photo; " +
+        Math.round(pred.confidence * 100) + "% likely to be the first. Look at the photo before acting on it." }));
+    if (pred.note) body.append(el("p", { class: "note", text: pred.note }));
+    body.append(bars(pred.top_k));
+  } else if (pred.unknown) {
     // no confidence and no bars: the 11-class probabilities say nothing about a photo of none of them
     body.append(el("h2", { text: "Not one of the 11 species" }),
       el("p", { class: "note", text: sentence(pred.looks_like_text || "it does not look like any of the species the model knows") }));
