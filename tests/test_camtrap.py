@@ -386,7 +386,8 @@ def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp
     end, a .json of rows resumes from its partial rows, a CSV resumes only with its own columns."""
     from wildwatch.errors import UsageError
     from wildwatch.inference.batch import ClassifyInterrupted, classify_files
-    from wildwatch.inference.writers import addaxai_files_path, partial_path
+    from wildwatch.inference.writers import partial_path
+    from wildwatch.inference.writers.addaxai_tables import addaxai_files_path
 
     cam = card / "cam_a"  # five photos
     coco = tmp_path / "coco.json"
@@ -433,7 +434,7 @@ def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp
 def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):
     from wildwatch.inference.camtrap import sequences
     from wildwatch.inference.predictor import Prediction
-    from wildwatch.inference.writers import coco_camera_traps
+    from wildwatch.inference.writers.coco_camera_traps import coco_camera_traps
 
     card = tmp_path / "burst"
     card.mkdir()

