@@ -28,15 +28,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
-from wildwatch.inference.predictor import Prediction
+
+if TYPE_CHECKING:  # the registry loads without the model code: the command line's help reads it
+    from wildwatch.inference.predictor import Prediction
 
 ENTRY_POINT_GROUP = "wildwatch.writers"
 _MARKER = "@register_writer"
 
-Write = Callable[[Prediction], None]
+Write = Callable[["Prediction"], None]
 
 
 class DuplicateWriterError(WildwatchError, ValueError):
@@ -215,8 +217,11 @@ def done_sources(path: Path | None, fmt: str | None = None) -> set[str]:
     return set() if path is None else get_writer(format_of(path, fmt)).done(path)
 
 
-def columns_of(kind: type = Prediction) -> list[str]:
-    """The table columns of a Prediction class: its fields, in order (subclasses add theirs)."""
+def columns_of(kind: type | None = None) -> list[str]:
+    """The table columns of a dataclass (default: ``Prediction``): its fields, in order
+    (subclasses add theirs)."""
+    if kind is None:
+        from wildwatch.inference.predictor import Prediction as kind
     return [f.name for f in dataclasses.fields(kind)]
 
 
