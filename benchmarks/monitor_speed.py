@@ -98,10 +98,11 @@ class Receiver:
 def speed(video: Path, duration: float, out: Path) -> dict:
     from wildwatch.inference.predictor import Predictor
     from wildwatch.monitor.run import Monitor, MonitorConfig
-    from wildwatch.monitor.sources import VideoSource
+    from wildwatch.monitor.sources import Frame, SourceSettings
+    from wildwatch.monitor.sources.video import VideoSource
 
     t = time.perf_counter()
-    n = sum(1 for _ in VideoSource(str(video), every_s=0.5))
+    n = sum(isinstance(x, Frame) for x in VideoSource(str(video), SourceSettings(sample_every_s=0.5)).items())
     decode_s = time.perf_counter() - t
     predictor = Predictor.from_file(None)
     cfg = MonitorConfig(db=out / "speed.db", sample_every_s=0.5, sinks=[])
@@ -182,7 +183,7 @@ def latency(segs, out: Path, seconds: float) -> dict:
 
 
 def kills(video: Path, out: Path, n: int, seed: int = 0) -> dict:
-    from wildwatch.monitor.events import EventStore
+    from wildwatch.store.events import EventStore
 
     rx = Receiver()
     base = [sys.executable, "-m", "wildwatch", "monitor", str(video), "--webhook", rx.url, "--no-status",

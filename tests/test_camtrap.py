@@ -284,8 +284,8 @@ def test_monitor_records_a_burst_as_one_sighting_at_its_exif_time_and_place(tmp_
     from test_field import _dms
     from test_monitor import BLUE, RED, colour_classifier, config
 
-    from wildwatch.monitor.events import EventStore
     from wildwatch.monitor.run import Monitor
+    from wildwatch.store.events import EventStore
 
     folder = tmp_path / "card"
     folder.mkdir()
@@ -322,9 +322,9 @@ def test_monitor_and_server_with_the_detector(tmp_path):
 
     from wildwatch.inference.detect import Detector
     from wildwatch.inference.predictor import Predictor
-    from wildwatch.monitor.events import EventStore
     from wildwatch.monitor.run import Monitor, MonitorConfig, frame_classifier
     from wildwatch.service.app import create_app
+    from wildwatch.store.events import EventStore
 
     photo = camera_photo(tmp_path / "card" / "IMG_0001.JPG", "lion", "2024:03:05 06:41:00")
     predictor = Predictor.from_file(None)

@@ -123,7 +123,7 @@ def test_adding_a_format_is_one_registration(photos, tmp_path, scratch_registry)
     from typer.testing import CliRunner
 
     from wildwatch.cli import app
-    from wildwatch.monitor.events import EventStore, Sighting
+    from wildwatch.store.events import EventStore, Sighting
 
     db = tmp_path / "events.db"
     store = EventStore(db)

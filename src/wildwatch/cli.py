@@ -336,11 +336,11 @@ def events(
                                "benchmarks/train_relevance.py --extra."),
 ):
     """List recorded sightings (or, with --cases, the media watch's cases)."""
-    from wildwatch.monitor.events import EventStore
+    from wildwatch.store.events import EventStore
 
     store = EventStore.open_existing(db)
     if cases:
-        from wildwatch.monitor.cases import CaseBook, cases_text
+        from wildwatch.store.cases import CaseBook, cases_text
 
         text = cases_text(CaseBook(store).list(limit=1_000_000), format)
         if output is None:
@@ -358,7 +358,7 @@ def _write_sightings(rows: list, store, fmt: str, output: Path | None, location:
     ``output``, or a folder the writer fills."""
     from wildwatch.inference.batch import parse_location
     from wildwatch.inference.writers import columns_of
-    from wildwatch.monitor.events import Sighting
+    from wildwatch.store.events import Sighting
 
     writer = next((w for w in writers(sightings=True) if w.name == fmt), None)
     if writer is None:

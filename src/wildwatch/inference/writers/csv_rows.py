@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wildwatch.errors import UsageError
 from wildwatch.inference.writers import Write, Writer, prepare_append, register_writer, row_values
-from wildwatch.spreadsheet import spreadsheet_text
+from wildwatch.text import spreadsheet_text
 
 
 @register_writer
