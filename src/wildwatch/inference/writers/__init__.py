@@ -197,24 +197,12 @@ def format_of(path: Path | None, given: str | None = None) -> str | None:
         return given
     if path is None:
         return None
-    suffix = path.suffix.lower()
-    found = [w for w in writers(per_row=True) if suffix in w.suffixes] or [w for w in writers() if w.default]
-    return found[0].name
+    return suffix_format(path) or next(w.name for w in writers() if w.default)
 
 
 def suffix_format(path: Path) -> str | None:
     """The per-row format an output's suffix names, if any."""
     return next((w.name for w in writers(per_row=True) if path.suffix.lower() in w.suffixes), None)
-
-
-def has_content(path: Path, fmt: str | None = None) -> bool:
-    """Whether writing ``path`` in its format would replace something."""
-    return get_writer(format_of(path, fmt)).has_content(path)
-
-
-def done_sources(path: Path | None, fmt: str | None = None) -> set[str]:
-    """Sources already written to an output, for ``--resume``."""
-    return set() if path is None else get_writer(format_of(path, fmt)).done(path)
 
 
 def columns_of(kind: type | None = None) -> list[str]:
