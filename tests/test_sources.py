@@ -35,6 +35,7 @@ from wildwatch.store.events import EventStore
 @pytest.fixture()
 def scratch_registry():
     """Kinds a test registers are gone after it."""
+    source_kinds()  # the registered ones are loaded before the snapshot
     before = dict(registry._KINDS)
     yield
     registry._KINDS.clear()

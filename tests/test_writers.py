@@ -44,6 +44,7 @@ def photos(tmp_path) -> Path:
 @pytest.fixture()
 def scratch_registry():
     """Writers a test registers are gone after it."""
+    writers()  # the registered ones are loaded before the snapshot
     before = dict(registry._REGISTRY)
     yield
     registry._REGISTRY.clear()
