@@ -190,7 +190,7 @@ def load_case(request: list[tuple[str, bytes]], clients: int = 8, seconds: float
 
 
 def events_case(sightings: int = 400) -> dict:
-    from wildwatch.monitor.events import EventStore, Sighting
+    from wildwatch.store.events import EventStore, Sighting
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "events.db"

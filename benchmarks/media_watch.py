@@ -261,10 +261,10 @@ def hostile_timings() -> dict[str, float]:
     """Seconds to read and score one hostile post (parse and evidence), for the inputs that froze
     the monitor before the text scanners were made linear, and for the largest item a fetch may
     bring (the text work of a post is bounded by its caps, not by the item budget)."""
-    from wildwatch.monitor.cases import text_signature
+    from wildwatch.store.cases import text_signature
     from wildwatch.monitor.evidence import post_evidence
-    from wildwatch.monitor.social import next_link
-    from wildwatch.monitor.sources import parse_feed
+    from wildwatch.monitor.sources.social import next_link
+    from wildwatch.monitor.sources.feeds import parse_feed
     from wildwatch.monitor.textscan import scan_html
 
     def rss(body: str) -> bytes:
@@ -308,8 +308,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/media_watch"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from wildwatch.monitor.cases import CaseBook, cases_text
-    from wildwatch.monitor.events import EventStore
+    from wildwatch.store.cases import CaseBook, cases_text
+    from wildwatch.store.events import EventStore
     from wildwatch.monitor.evidence import review_threshold
 
     posts = load(None if args.part == "all" else args.part)

@@ -98,10 +98,11 @@ class Receiver:
 def speed(video: Path, duration: float, out: Path) -> dict:
     from wildwatch.inference.predictor import Predictor
     from wildwatch.monitor.run import Monitor, MonitorConfig
-    from wildwatch.monitor.sources import VideoSource
+    from wildwatch.monitor.sources import Frame, SourceSettings
+    from wildwatch.monitor.sources.video import VideoSource
 
     t = time.perf_counter()
-    n = sum(1 for _ in VideoSource(str(video), every_s=0.5))
+    n = sum(isinstance(x, Frame) for x in VideoSource(str(video), SourceSettings(sample_every_s=0.5)).items())
     decode_s = time.perf_counter() - t
     predictor = Predictor.from_file(None)
     cfg = MonitorConfig(db=out / "speed.db", sample_every_s=0.5, sinks=[])
@@ -182,14 +183,16 @@ def latency(segs, out: Path, seconds: float) -> dict:
 
 
 def kills(video: Path, out: Path, n: int, seed: int = 0) -> dict:
-    from wildwatch.monitor.events import EventStore
+    from wildwatch.store.events import EventStore
 
-    rx = Receiver()
-    base = [sys.executable, "-m", "wildwatch", "monitor", str(video), "--webhook", rx.url, "--no-status",
-            "--sample-every", "0.5"]
+    # alert keys follow the content (the same sighting has the same key in any database): the
+    # reference run and the killed runs report to receivers of their own
+    ref_rx, rx = Receiver(), Receiver()
 
-    def run(db: Path, kill_after: float | None):
-        p = subprocess.Popen([*base, "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def run(db: Path, kill_after: float | None, to: Receiver):
+        p = subprocess.Popen([sys.executable, "-m", "wildwatch", "monitor", str(video), "--webhook", to.url,
+                              "--no-status", "--sample-every", "0.5", "--db", str(db)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kill_after is None:
             _, err = p.communicate()
             if p.returncode != 0:
@@ -203,17 +206,16 @@ def kills(video: Path, out: Path, n: int, seed: int = 0) -> dict:
     for f in (ref_db, db):
         for suffix in ("", "-wal", "-shm"):
             Path(str(f) + suffix).unlink(missing_ok=True)
-    run(ref_db, None)
+    run(ref_db, None, ref_rx)
     ref = [(s.species, s.stream_start_s) for s in EventStore(ref_db).list()]
-    ref_alerts = {(b[0][1]["species"], b[0][1]["stream_time_s"]) for b in rx.arrivals.values()}
-    ref_keys = set(rx.arrivals)
+    ref_alerts = {(b[0][1]["species"], b[0][1]["stream_time_s"]) for b in ref_rx.arrivals.values()}
     rng = np.random.default_rng(seed)
     for _ in range(n):
-        run(db, float(rng.uniform(2.0, 9.0)))
-    run(db, None)
+        run(db, float(rng.uniform(2.0, 9.0)), rx)
+    run(db, None, rx)
     store = EventStore(db)
     got = [(s.species, s.stream_start_s) for s in store.list()]
-    keys = set(rx.arrivals) - ref_keys
+    keys = set(rx.arrivals)
     alerts = [(rx.arrivals[k][0][1]["species"], rx.arrivals[k][0][1]["stream_time_s"]) for k in keys]
     resent = sum(len(rx.arrivals[k]) - 1 for k in keys)
     delivered = store.db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL").fetchone()[0]

@@ -284,8 +284,8 @@ def test_monitor_records_a_burst_as_one_sighting_at_its_exif_time_and_place(tmp_
     from test_field import _dms
     from test_monitor import BLUE, RED, colour_classifier, config
 
-    from wildwatch.monitor.events import EventStore
     from wildwatch.monitor.run import Monitor
+    from wildwatch.store.events import EventStore
 
     folder = tmp_path / "card"
     folder.mkdir()
@@ -322,9 +322,9 @@ def test_monitor_and_server_with_the_detector(tmp_path):
 
     from wildwatch.inference.detect import Detector
     from wildwatch.inference.predictor import Predictor
-    from wildwatch.monitor.events import EventStore
     from wildwatch.monitor.run import Monitor, MonitorConfig, frame_classifier
     from wildwatch.service.app import create_app
+    from wildwatch.store.events import EventStore
 
     photo = camera_photo(tmp_path / "card" / "IMG_0001.JPG", "lion", "2024:03:05 06:41:00")
     predictor = Predictor.from_file(None)
@@ -386,7 +386,8 @@ def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp
     end, a .json of rows resumes from its partial rows, a CSV resumes only with its own columns."""
     from wildwatch.errors import UsageError
     from wildwatch.inference.batch import ClassifyInterrupted, classify_files
-    from wildwatch.inference.writers import addaxai_files_path, partial_path
+    from wildwatch.inference.writers import partial_path
+    from wildwatch.inference.writers.addaxai_tables import addaxai_files_path
 
     cam = card / "cam_a"  # five photos
     coco = tmp_path / "coco.json"
@@ -433,7 +434,7 @@ def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp
 def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):
     from wildwatch.inference.camtrap import sequences
     from wildwatch.inference.predictor import Prediction
-    from wildwatch.inference.writers import coco_camera_traps
+    from wildwatch.inference.writers.coco_camera_traps import coco_camera_traps
 
     card = tmp_path / "burst"
     card.mkdir()

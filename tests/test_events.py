@@ -14,7 +14,7 @@ from conftest import camtrap_dp_errors, draw_shape
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from wildwatch.monitor.events import EventStore, Sighting
+from wildwatch.store.events import EventStore, Sighting
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 

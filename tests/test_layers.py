@@ -12,6 +12,9 @@ FORBIDDEN = {
     ("inference", "engine"), ("reports", "engine"),
     ("inference", "service"), ("inference", "monitor"), ("engine", "service"), ("monitor", "service"),
     ("inference", "cli"), ("engine", "cli"), ("monitor", "cli"), ("service", "cli"),
+    # the events store (sightings, cases, the outbox) is shared by the monitor and the service, below both
+    ("store", "monitor"), ("store", "service"), ("store", "inference"), ("store", "engine"), ("store", "cli"),
+    ("service", "monitor"), ("inference", "store"),
 }
 
 

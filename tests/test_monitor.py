@@ -29,11 +29,13 @@ from wildwatch.monitor.alerts import (
     status_categories,
     verify,
 )
-from wildwatch.monitor.events import EventStore
 from wildwatch.monitor.run import Monitor, MonitorConfig
-from wildwatch.monitor.sources import VideoSource, keyword_hits, parse_feed
+from wildwatch.monitor.sources import Ended, Frame, SourceSettings
+from wildwatch.monitor.sources.feeds import keyword_hits, parse_feed
+from wildwatch.monitor.sources.video import VideoSource
 from wildwatch.monitor.tracker import Sample, Tracker
 from wildwatch.species import species_info
+from wildwatch.store.events import EventStore
 
 RED, BLUE, GREY = (200, 30, 30), (30, 30, 200), (128, 128, 128)
 
@@ -174,7 +176,8 @@ def test_alert_policy_statuses_ranges_confidence_and_quiet_hours():
 
 def test_video_is_sampled_every_half_second(tmp_path):
     v = make_video(tmp_path / "v.mp4", [(RED, 3.0)])
-    frames = list(VideoSource(str(v), every_s=0.5))
+    *frames, end = VideoSource(str(v), SourceSettings(sample_every_s=0.5)).items()
+    assert end == Ended(str(v)) and all(isinstance(f, Frame) for f in frames)  # a file ends with its end
     times = [f.stream_time_s for f in frames]
     assert len(frames) == 6 and np.allclose(np.diff(times), 0.5, atol=0.11)
     assert frames[0].image.size == (160, 120)
@@ -182,7 +185,8 @@ def test_video_is_sampled_every_half_second(tmp_path):
 
 def test_motion_sampling_skips_still_scenes(tmp_path):
     v = make_video(tmp_path / "v.mp4", [(GREY, 4.0), (RED, 1.0)])
-    frames = list(VideoSource(str(v), every_s=0.25, motion=10.0, max_gap_s=100))
+    frames = [f for f in VideoSource(str(v), SourceSettings(sample_every_s=0.25, motion=10.0), max_gap_s=100).items()
+              if isinstance(f, Frame)]
     assert len(frames) == 2  # the first frame, then the change to red
 
 
@@ -366,7 +370,7 @@ def test_a_live_stream_that_drops_is_reopened(tmp_path):
 
     srv, base = serve(H)
     try:
-        src = VideoSource(f"{base}/live.mp4", every_s=0.5, retry_s=0.05, max_retries=1)
+        src = VideoSource(f"{base}/live.mp4", SourceSettings(sample_every_s=0.5, max_retries=1), retry_s=0.05)
         frames = []  # each play ends after 2 s, as a dropped stream does; the source reopens it
         with pytest.raises(RuntimeError, match="gave up after 1 failed reconnects"):  # down for good: an error
             for f in src:

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from wildwatch.errors import UsageError, WildwatchError, require
+from wildwatch.inference.writers import formats_help, names, writers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tell which endangered species is in a photo, how threatened it is, and alert people.")
@@ -177,9 +178,7 @@ def classify(
     model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
     output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
-    format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, megadetector (batch-output JSON "
-                                         "for Timelapse), camtrapdp (a Camtrap DP folder), addaxai (AddaxAI's "
-                                         "per-detection CSV) or coco (COCO Camera Traps). Default: from --output."),
+    format: Optional[str] = typer.Option(None, "--format", help=formats_help()),
     country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
@@ -339,7 +338,7 @@ def events(
     db: Path = typer.Option(Path("events.db"), help="The events database."),
     since: Optional[str] = typer.Option(None, help="Only sightings from this ISO date or time (UTC) on."),
     species: Optional[str] = typer.Option(None, help="Only this class, e.g. rhino."),
-    format: str = typer.Option("csv", "--format", help="csv, json or camtrapdp."),
+    format: str = typer.Option("csv", "--format", help=f"{names(writers(sightings=True))}."),
     output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
     location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
                                            "without GPS."),
@@ -348,11 +347,11 @@ def events(
                                "benchmarks/train_relevance.py --extra."),
 ):
     """List recorded sightings (or, with --cases, the media watch's cases)."""
-    from wildwatch.monitor.events import EventStore, sightings_text
+    from wildwatch.store.events import EventStore
 
     store = EventStore.open_existing(db)
     if cases:
-        from wildwatch.monitor.cases import CaseBook, cases_text
+        from wildwatch.store.cases import CaseBook, cases_text
 
         text = cases_text(CaseBook(store).list(limit=1_000_000), format)
         if output is None:
@@ -362,17 +361,23 @@ def events(
             typer.echo(f"cases written to {output}", err=True)
         return
     rows = store.list(since=since, species=species)
-    if format == "camtrapdp":
-        if output is None:
-            raise UsageError("--format camtrapdp needs --output FOLDER")
-        from wildwatch.inference.batch import parse_location
-        from wildwatch.inference.formats import write_camtrap_dp_events
+    _write_sightings(rows, store, format, output, location)
 
-        write_camtrap_dp_events(rows, store, output, parse_location(location))
-        typer.echo(f"{len(rows)} sightings written as Camtrap DP to {output}", err=True)
-        return
-    text = sightings_text(rows, format)
-    if output is None:
+
+def _write_sightings(rows: list, store, fmt: str, output: Path | None, location: str | None) -> None:
+    """Sightings through the output writers (``events --format``): text on the terminal or in
+    ``output``, or a folder the writer fills."""
+    from wildwatch.inference.batch import parse_location
+    from wildwatch.inference.writers import columns_of
+    from wildwatch.store.events import Sighting
+
+    writer = next((w for w in writers(sightings=True) if w.name == fmt), None)
+    if writer is None:
+        raise UsageError(f"unknown format {fmt!r}: use {names(writers(sightings=True))}")
+    text = writer.write_sightings(rows, columns_of(Sighting), store, output, parse_location(location))
+    if text is None:
+        typer.echo(f"{len(rows)} sightings written as {writer.title} to {output}", err=True)
+    elif output is None:
         typer.echo(text.rstrip("\n"))
     else:
         output.write_text(text)

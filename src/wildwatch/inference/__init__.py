@@ -1,5 +1,19 @@
 """Inference: the Predictor and what it returns."""
 
-from wildwatch.inference.predictor import Prediction, Predictor, bundled_model_path
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wildwatch.inference.predictor import Prediction, Predictor, bundled_model_path
 
 __all__ = ["Prediction", "Predictor", "bundled_model_path"]
+
+
+def __getattr__(name: str):
+    # loaded on first use: the command line imports the output writers for its help, and a
+    # command that never predicts (--version, events) need not load numpy and the model code
+    if name in __all__:
+        return getattr(importlib.import_module("wildwatch.inference.predictor"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

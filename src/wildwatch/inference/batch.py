@@ -14,13 +14,20 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wildwatch.errors import DataError, UsageError, require
+from wildwatch.errors import DataError, UnknownNameError, UsageError, require
 from wildwatch.inference.predictor import Prediction
-from wildwatch.inference.writers import SUFFIX_FORMATS, addaxai_files_path, format_of, has_content, write_atomic
+from wildwatch.inference.writers import (
+    Batch,
+    Writer,
+    file_names,
+    format_of,
+    get_writer,
+    suffix_format,
+    write_atomic,
+    writers,
+)
 
-FORMATS = ("csv", "jsonl", "json", "megadetector", "camtrapdp", "addaxai", "coco", "parquet")
-ROW_FORMATS = ("csv", "jsonl", "json", "parquet")  # one row per file (the others describe the whole batch)
-BATCH_FORMATS = ("megadetector", "camtrapdp", "addaxai", "coco")  # written when the run ends, with sequences
+DETECTIONS_FORMAT = "megadetector"  # --detections writes its results file back in this format
 
 
 class ClassifyOptions(BaseModel):
@@ -57,38 +64,28 @@ class ClassifyOptions(BaseModel):
         .jsonl: JSON lines, anything else: CSV)."""
         return format_of(self.output, self.format)
 
+    @property
+    def writer(self) -> Writer | None:
+        """The writer of ``fmt`` (None without an output format)."""
+        fmt = self.fmt
+        if fmt is None:
+            return None
+        try:
+            return get_writer(fmt)
+        except UnknownNameError as exc:
+            raise UsageError(str(exc)) from None
+
     def check(self) -> None:
-        fmt, output = self.fmt, self.output
         if self.detections is not None:
             self._check_detections()
             return
         if not self.paths:
             raise UsageError("give the photos to classify: files or folders (or --detections md.json)")
-        if fmt not in (None, *FORMATS):
-            raise UsageError(f"unknown format {fmt!r}: use --format csv, jsonl, json, megadetector, camtrapdp, "
-                             "addaxai or coco")
-        implied = SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
-        if self.format in ROW_FORMATS and implied is not None and implied != self.format:
-            raise UsageError(f"--format {self.format} but --output {output.name} is a {implied} file name; "
-                             "make them agree")
-        if fmt in BATCH_FORMATS and output is None:
-            raise UsageError(f"--format {fmt} needs --output (a .json file for megadetector and coco, a .csv file for "
-                             "addaxai, a folder for camtrapdp)")
-        if self.resume and (output is None or fmt not in ("csv", "jsonl", "json")):
-            raise UsageError("--resume needs --output FILE.csv, FILE.jsonl or FILE.json: it skips the files already "
-                             "written there")
-        self._check_overwrite(fmt)
+        self._check_output(self.writer)
+        self._check_overwrite(self.writer)
         if self.country is not None and (len(self.country) != 2 or not self.country.isalpha()):
             raise UsageError(f"--country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
-        if self.engine not in ("local", "ray"):
-            raise UsageError(f"unknown engine {self.engine!r}: use local or ray")
-        if self.engine == "ray":
-            if self.robust:
-                raise UsageError("--robust runs with the local engine only; leave out --engine ray")
-            if fmt not in ROW_FORMATS:
-                raise UsageError("--engine ray writes --output FILE.csv, FILE.jsonl, FILE.json or FILE.parquet")
-        elif fmt == "parquet":
-            raise UsageError("Parquet output comes with --engine ray; locally use FILE.csv or FILE.jsonl")
+        self._check_engine(self.writer)
         if self.explain is not None:
             require("torch", "train", "--explain (Grad-CAM)")
         if self.location is not None:
@@ -100,22 +97,45 @@ class ClassifyOptions(BaseModel):
         if self.image_root is not None:
             raise UsageError("--image-root goes with --detections: it re-roots the results file's absolute paths")
 
-    def _check_overwrite(self, fmt: str | None) -> None:
+    def _check_output(self, w: Writer | None) -> None:
+        """The writer's own rules: a suffix that names another row format, an output it needs, --resume."""
+        output = self.output
+        implied = suffix_format(output) if output is not None else None
+        if w is not None and self.format == w.name and w.per_row and implied not in (None, w.name):
+            raise UsageError(f"--format {w.name} but --output {output.name} is a {implied} file name; "
+                             "make them agree")
+        if w is not None and not w.per_row and output is None:
+            raise UsageError(f"--format {w.name} needs --output ({w.output})")
+        if self.resume and (output is None or w is None or not w.resumable):
+            raise UsageError(f"--resume needs --output {file_names([x for x in writers() if x.resumable])}: it "
+                             "skips the files already written there")
+
+    def _check_engine(self, w: Writer | None) -> None:
+        if self.engine not in ("local", "ray"):
+            raise UsageError(f"unknown engine {self.engine!r}: use local or ray")
+        if self.engine == "ray" and self.robust:
+            raise UsageError("--robust runs with the local engine only; leave out --engine ray")
+        if w is not None and self.engine in w.engines:
+            return
+        if self.engine == "ray":
+            raise UsageError(f"--engine ray writes --output {file_names(writers(engine='ray', per_row=True))}")
+        if w is not None:
+            raise UsageError(f"{w.title} output comes with --engine {' or '.join(w.engines)}; "
+                             f"locally use {file_names(writers(engine='local', per_row=True))}")
+
+    def _check_overwrite(self, w: Writer | None) -> None:
         """An output that has rows is never replaced silently (AddaxAI's: either of its two tables)."""
-        if self.output is None or self.resume or self.overwrite:
+        if self.output is None or self.resume or self.overwrite or w is None or not w.has_content(self.output):
             return
-        companion = addaxai_files_path(self.output) if fmt == "addaxai" else None
-        if not has_content(self.output, fmt) and not (companion is not None and has_content(companion)):
-            return
-        resumable = fmt in ("csv", "jsonl", "json") and self.detections is None
+        resumable = w.resumable and self.detections is None
         raise UsageError(f"{self.output} already exists and is not empty; add "
                          f"{'--resume to go on after the rows in it, or ' if resumable else ''}--overwrite to replace it")
 
     def _check_detections(self) -> None:
         if self.output is None:
             raise UsageError("--detections needs --output: the MegaDetector file to write with the classifications")
-        self._check_overwrite("megadetector")
-        if self.format not in (None, "megadetector"):
+        self._check_overwrite(get_writer(DETECTIONS_FORMAT))
+        if self.format not in (None, DETECTIONS_FORMAT):
             raise UsageError("--detections writes MegaDetector batch output: leave out --format or use megadetector")
         if len(self.paths) > 1:
             raise UsageError("with --detections, give at most one folder: the one the detector ran on")
@@ -178,33 +198,23 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
         return _classify_with_ray(opts)
     from tqdm import tqdm
 
-    from wildwatch.data.discover import expand_paths
-    from wildwatch.inference.writers import done_sources, open_writer
-
-    fmt, output = opts.fmt, opts.output
+    writer, output = opts.writer, opts.output
     predictor = _predictor(opts)
-    collected = [] if fmt in BATCH_FORMATS else None
-    done = {_resolved(s) for s in done_sources(output, fmt)} if opts.resume else set()
-    skipped = [0]
-
-    def todo():
-        for p in expand_paths(opts.paths):  # matched by resolved path: "photos" and "/abs/photos" are one folder
-            if done and _resolved(p) in done:
-                skipped[0] += 1
-                continue
-            yield p
-
     pipe = _detect_pipeline(opts, predictor) if opts.detect else None
-    stream = pipe.predict_paths(todo()) if pipe else predictor.predict_paths(todo(), batch_size=opts.batch_size)
+    per_row = writer is None or writer.per_row
+    collected: list[Prediction] = []
+    todo = _Todo(opts, writer)
+    stream = pipe.predict_paths(todo) if pipe else predictor.predict_paths(todo, batch_size=opts.batch_size)
+    if output is not None and writer is not None and writer.per_row:
+        _write_provenance(opts, writer.name, predictor)
     n = n_err = 0
     try:
-        with open_writer(output if collected is None else None, append=opts.resume, fmt=fmt,
-                         fields=_row_fields(opts.detect)) as write:
+        with _row_writer(opts, writer) as write:
             for p in tqdm(stream, unit="img", desc="classifying", disable=not (progress and sys.stderr.isatty())):
                 write(p)
                 n += 1  # counted at once: the row is in the file
                 n_err += p.error is not None
-                if collected is not None:
+                if not per_row:
                     collected.append(p)
                 if opts.explain is not None and p.error is None:
                     _write_overlay(predictor, p, opts.explain, n - 1)
@@ -213,14 +223,52 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
         if collected:  # the batch formats are written, atomically, once every photo is in
             write_batch(opts, collected, predictor, pipe)
     except KeyboardInterrupt:  # the rows written so far stay; --resume goes on after them
-        raise ClassifyInterrupted(n if collected is None else 0, output, collected is None) from None
-    if n == 0 and skipped[0] == 0:
+        raise ClassifyInterrupted(n if per_row else 0, output, per_row) from None
+    if n == 0 and todo.skipped == 0:
         from wildwatch.data.loading import FORMATS_READ
 
         raise DataError(f"no photos found in {', '.join(map(str, opts.paths))}: wildwatch reads {FORMATS_READ} "
                         "files (folders are searched recursively)")
     how = f"{predictor.backend} backend" + (f", built-in detector at {pipe.detector.size} px" if pipe else "")
-    return ClassifySummary(n, n_err, skipped[0], how)
+    return ClassifySummary(n, n_err, todo.skipped, how)
+
+
+class _Todo:
+    """The photos to classify: every file under the paths, less (``--resume``) those the output has.
+    Matched by resolved path: "photos" and "/abs/photos" are one folder."""
+
+    def __init__(self, opts: ClassifyOptions, writer: Writer | None):
+        self.paths = opts.paths
+        self.done = {_resolved(s) for s in writer.done(opts.output)} if opts.resume and writer else set()
+        self.skipped = 0
+
+    def __iter__(self):
+        from wildwatch.data.discover import expand_paths
+
+        for p in expand_paths(self.paths):
+            if self.done and _resolved(p) in self.done:
+                self.skipped += 1
+                continue
+            yield p
+
+
+def _row_writer(opts: ClassifyOptions, writer: Writer | None):
+    """Where each row goes: the per-row writer of the output, or nowhere (no output, or a format
+    written from the whole batch at the end)."""
+    from wildwatch.inference.writers import open_writer
+
+    per_row = writer is not None and writer.per_row and opts.output is not None
+    return open_writer(opts.output if per_row else None, append=opts.resume, fmt=opts.fmt,
+                       columns=_row_columns(opts.detect))
+
+
+def _write_provenance(opts: ClassifyOptions, fmt: str, predictor, engine: str = "local") -> None:
+    from wildwatch.inference.writers.provenance import run_record, write_provenance
+
+    options = opts.model_dump(mode="json", exclude={"output", "resume", "overwrite"})
+    run = run_record(predictor.model_path, predictor.meta["architecture"], predictor.backend, options,
+                     predictor.runner.species_digest, engine)
+    write_provenance(opts.output, fmt, run, append=opts.resume)
 
 
 def _predictor(opts: ClassifyOptions):
@@ -241,45 +289,27 @@ def _detect_pipeline(opts: ClassifyOptions, predictor):
     return DetectPipeline(predictor, Detector(size=opts.detector_size, threshold=threshold))
 
 
-def _row_fields(detect: bool):
-    if not detect:
-        return None
-    from wildwatch.inference.camtrap import DETECT_ROW_FIELDS
+def _row_columns(detect: bool) -> list[str]:
+    """The table columns: the fields of the Prediction class the run yields (``--detect`` adds its own)."""
+    from wildwatch.inference.writers import columns_of
 
-    return DETECT_ROW_FIELDS
+    if not detect:
+        return columns_of(Prediction)
+    from wildwatch.inference.camtrap import DetectedPrediction
+
+    return columns_of(DetectedPrediction)
 
 
 def write_batch(opts: ClassifyOptions, preds: list, predictor, pipe=None) -> None:
-    """The formats that describe the whole batch, with the photos grouped into sequences."""
-    from wildwatch.inference.camtrap import sequences
-    from wildwatch.inference.megadetector import image_root
-
-    fmt, output, model_name = opts.fmt, opts.output, predictor.meta["architecture"]
-    seqs = sequences(preds, opts.event_gap)
+    """The formats that describe the whole batch (with the photos grouped into sequences), through
+    the output format's writer."""
     detector = None if pipe is None else {
         "detector": "wildwatch built-in (DrivenData's YOLOX-tiny MegadetectorLite, zamba 2.7.2, MIT)",
         "detector_input_px": pipe.detector.size, "detection_threshold": pipe.detector.threshold}
-    root = image_root(opts.paths)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "megadetector":
-        from wildwatch.inference.megadetector import predictions_json
-
-        doc = predictions_json(preds, predictor.classes, model_name, opts.paths, detector, seqs.md_by_photo())
-        doc["info"]["classifier_metadata"]["event_gap_s"] = opts.event_gap
-        write_atomic(output, json.dumps(doc, indent=1))
-    elif fmt == "camtrapdp":
-        from wildwatch.inference.formats import write_camtrap_dp
-
-        write_camtrap_dp(preds, output, model_name, root, opts.location, seqs,
-                         detector["detector"] if detector else None)
-    elif fmt == "addaxai":
-        from wildwatch.inference.writers import write_addaxai_csv
-
-        write_addaxai_csv(preds, output, root, seqs)
-    elif fmt == "coco":
-        from wildwatch.inference.writers import coco_camera_traps
-
-        write_atomic(output, json.dumps(coco_camera_traps(preds, root, seqs, model_name), indent=1))
+    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    batch = Batch(preds, predictor.classes, predictor.meta["architecture"], list(opts.paths), opts.event_gap,
+                  opts.location, detector)
+    opts.writer.write_batch(batch, opts.output)
 
 
 def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
@@ -320,9 +350,17 @@ def _write_overlay(predictor, p: Prediction, folder: Path, n: int) -> None:
 
 
 def _classify_with_ray(opts: ClassifyOptions) -> ClassifySummary:
-    from wildwatch.inference.ray_engine import classify_with_ray, write_rows
+    """The rows from Ray, written by the same writer as the local path's, with its sidecar."""
+    from wildwatch.inference.ray_engine import classify_with_ray
+    from wildwatch.inference.writers import write_rows
+    from wildwatch.inference.writers.provenance import run_record, write_provenance
 
-    rows = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
-                             opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
-    write_rows(rows, opts.output, opts.fmt)
-    return ClassifySummary(len(rows), sum(1 for r in rows if r["error"]), 0, "ray")
+    result = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
+                               opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
+    write_rows(result.predictions, opts.output, opts.fmt, _row_columns(False))
+    options = opts.model_dump(mode="json", exclude={"output", "resume", "overwrite"})
+    write_provenance(opts.output, opts.fmt, run_record(result.model_file, result.architecture,
+                                                       ", ".join(result.backends) or opts.backend, options,
+                                                       engine="ray"))
+    preds = result.predictions
+    return ClassifySummary(len(preds), sum(1 for p in preds if p.error), 0, "ray")

@@ -64,9 +64,6 @@ class DetectedPrediction(Prediction):
         return d
 
 
-DETECT_ROW_FIELDS = [f.name for f in dataclasses.fields(DetectedPrediction)]
-
-
 def label_of(p: Prediction) -> tuple[str, str]:
     """(label, kind) of an answer: a species key and "animal"; "uncertain" and "animal" for an animal
     between two species; "unknown" and "animal" for an animal of none of the species; "person" or

@@ -1,18 +1,30 @@
 """Batch classification on Ray Data: the same rows as the local path, on a local Ray or a cluster.
 
 Files are read by Ray (``read_binary_files``), decoded and classified in a pool of actors that
-each hold one Predictor (``map_batches``), and the rows come back in input order.
+each hold one Predictor (``map_batches``), and the Predictions come back (as objects) in input
+order, for the same writers as the local path (``inference.writers``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.inference.predictor import ROW_FIELDS, Prediction
+from wildwatch.inference.predictor import Prediction
+
+
+@dataclass
+class RayResult:
+    """Every file's Prediction in input order, and what made them (for the provenance sidecar)."""
+
+    predictions: list[Prediction]
+    model_file: Path
+    architecture: str
+    backends: list[str] = field(default_factory=list)  # the actors' backends
 
 
 class _Classifier:
@@ -42,15 +54,15 @@ class _Classifier:
             rows.append(None)
         for i, p in zip(slots, self.predictor.predict_images(images, names, places)):
             rows[i] = p
-        flat = [p.to_row() for p in rows]
         return {"path": np.asarray([str(p) for p in batch["path"]], dtype=object),
-                **{k: np.asarray([r[k] for r in flat], dtype=object) for k in ROW_FIELDS}}
+                "prediction": np.asarray(rows, dtype=object),  # the Prediction objects themselves
+                "backend": np.asarray([self.predictor.backend] * len(rows), dtype=object)}
 
 
 def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend: str = "auto", top_k: int = 3,
                       country: str | None = None, address: str | None = None, batch_size: int = 32,
-                      actors: int | None = None) -> list[dict]:
-    """Rows (as from ``Prediction.to_row``) for every file, in input order.
+                      actors: int | None = None) -> RayResult:
+    """A Prediction for every file, in input order.
 
     ``address=None`` starts a local Ray for the call; otherwise joins that cluster (``auto`` or
     ``ray://host:10001``). Missing files get their error row without reaching Ray.
@@ -66,55 +78,42 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
         ray.init(logging_level="ERROR", log_to_driver=False, **kwargs)
         started = True
     try:
-        rows_by_path: dict[str, dict] = {}
-        if present:
-            resolved = {str(Path(f).resolve()): f for f in present}
-            ds = ray.data.read_binary_files(list(resolved), include_paths=True)
-            n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
-            out = ds.map_batches(_Classifier, fn_constructor_args=(None if model is None else str(model), backend,
-                                                                   top_k, country),
-                                 batch_size=batch_size, concurrency=n_actors, batch_format="numpy")
-            for row in out.iter_rows():
-                original = resolved.get(str(Path(row["path"]).resolve()), row["path"])
-                rows_by_path[original] = {k: row[k] for k in ROW_FIELDS} | {"source": original}
-        result = []
-        for f in files:
-            if f in rows_by_path:
-                result.append(rows_by_path[f])
-            else:
-                result.append(Prediction(f, error=f"{f}: file not found").to_row())
-        return result
+        found, backends = _run_actors(present, model, backend, top_k, country, batch_size, actors) if present \
+            else ({}, set())
+        preds = [found.get(f) or Prediction(f, error=f"{f}: file not found") for f in files]
+        model_file, architecture = _model_info(model)
+        return RayResult(preds, model_file, architecture, sorted(backends))
     finally:
         if started:
             ray.shutdown()
 
 
-def write_rows(rows: list[dict], output: Path, fmt: str = "csv") -> None:
-    """CSV, JSON lines, one JSON document or Parquet, with the local path's columns."""
-    import csv
-    import json
+def _run_actors(present: list[str], model, backend: str, top_k: int, country: str | None, batch_size: int,
+                actors: int | None) -> tuple[dict[str, Prediction], set[str]]:
+    """Predictions by the path as given, and the backends the actors ran."""
+    import dataclasses
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    import ray
 
-        pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in rows]), output)
-    elif fmt == "csv":
-        with open(output, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-    else:
-        docs = []
-        for r in rows:
-            d = dict(r)
-            for k in ("top_k", "top_k_original"):
-                d[k] = json.loads(d[k]) if d[k] else []
-            docs.append(d)
-        with open(output, "w", encoding="utf-8") as f:
-            if fmt == "json":
-                json.dump(docs, f, indent=None)
-                f.write("\n")
-            else:
-                f.writelines(json.dumps(d) + "\n" for d in docs)
+    resolved = {str(Path(f).resolve()): f for f in present}
+    ds = ray.data.read_binary_files(list(resolved), include_paths=True)
+    n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+    out = ds.map_batches(_Classifier, fn_constructor_args=(None if model is None else str(model), backend, top_k,
+                                                           country),
+                         batch_size=batch_size, concurrency=n_actors, batch_format="numpy")
+    found: dict[str, Prediction] = {}
+    backends: set[str] = set()
+    for row in out.iter_rows():
+        original = resolved.get(str(Path(row["path"]).resolve()), row["path"])
+        found[original] = dataclasses.replace(row["prediction"], source=original)
+        backends.add(str(row["backend"]))
+    return found, backends
+
+
+def _model_info(model: str | Path | None) -> tuple[Path, str]:
+    """The model file (the bundled one for ``None``) and its architecture, read on the driver."""
+    from wildwatch.inference.predictor import bundled_model_path
+    from wildwatch.models.files import read_model_meta, resolve_model_path
+
+    path = resolve_model_path(bundled_model_path() if model is None else model)
+    return path, read_model_meta(path)["architecture"]

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dtime
 from email.message import EmailMessage
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Protocol, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wildwatch.errors import UsageError
-from wildwatch.monitor.cases import case_thumbnail
-from wildwatch.monitor.events import EventStore
+from wildwatch.monitor.payloads import Alert, CaseAlert, alert_from_json
+from wildwatch.store.cases import case_thumbnail
+from wildwatch.store.events import EventStore
+from wildwatch.store.outbox import OutboxTable, QueuedAlert
 
 log = logging.getLogger("wildwatch.monitor")
 
@@ -149,6 +151,16 @@ class EmailSinkConfig(BaseModel):
 SinkConfig = Union[ConsoleSinkConfig, WebhookSinkConfig, EmailSinkConfig]
 
 
+class Sink(Protocol):
+    """Where alerts go. ``send`` raises ``DeliveryError`` (``retry`` or not) when it could not
+    deliver; anything else it raises counts as a failure worth retrying. ``wants_snapshot``: the
+    delivery reads the sighting's photo (or the case's) for it."""
+
+    wants_snapshot: bool
+
+    def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None: ...
+
+
 def sign(secret: str, body: bytes) -> str:
     """The signature header value: ``sha256=`` and the hex HMAC-SHA256 of the raw body."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -159,21 +171,25 @@ def verify(secret: str, body: bytes, header: str) -> bool:
 
 
 class ConsoleSink:
+    wants_snapshot = False
+
     def __init__(self, cfg: ConsoleSinkConfig, echo: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.echo = echo or (lambda line: log.warning("%s", line))
 
-    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
-        if "case_id" in payload:
-            self.echo(f"CASE {payload['case_id']} ({payload['why']}) score {payload['score']:.2f}: {payload['reason']}; "
-                      f"{payload['posts']} posts, {len(payload['accounts'])} accounts; {payload['review_url']} [{key}]")
+    def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None:
+        if isinstance(alert, CaseAlert):
+            self.echo(f"CASE {alert.case_id} ({alert.why}) score {alert.score:.2f}: {alert.reason}; "
+                      f"{alert.posts} posts, {len(alert.accounts)} accounts; {alert.review_url} [{key}]")
             return
-        self.echo(f"ALERT {payload['species']} ({payload['iucn_status']}) at {payload['source']} "
-                  f"confidence {payload['confidence']:.2f} sighting {payload['sighting_id']} [{key}]")
+        self.echo(f"ALERT {alert.species} ({alert.iucn_status}) at {alert.source} "
+                  f"confidence {alert.confidence:.2f} sighting {alert.sighting_id} [{key}]")
 
 
 class WebhookSink:
     """JSON POST with ``Idempotency-Key`` and an HMAC-SHA256 signature of the body."""
+
+    wants_snapshot = False
 
     def __init__(self, cfg: WebhookSinkConfig):
         self.cfg = cfg
@@ -181,8 +197,8 @@ class WebhookSink:
         if cfg.secret_env and not self.secret:
             raise UsageError(f"webhook {cfg.url}: environment variable {cfg.secret_env} (the HMAC secret) is not set")
 
-    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
-        body = json.dumps(payload, sort_keys=True).encode()
+    def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None:
+        body = json.dumps(alert.to_json(), sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "wildwatch-monitor",
                    "X-Wildwatch-Timestamp": str(int(time.time()))}
         if self.secret:
@@ -201,27 +217,29 @@ class WebhookSink:
 class EmailSink:
     """An email per alert, the snapshot attached; ``Message-ID`` is derived from the idempotency key."""
 
+    wants_snapshot = True
+
     def __init__(self, cfg: EmailSinkConfig):
         self.cfg = cfg
         self.user = os.environ.get(cfg.username_env) if cfg.username_env else None
         self.password = os.environ.get(cfg.password_env) if cfg.password_env else None
 
-    def message(self, payload: dict, key: str, snapshot: bytes | None) -> EmailMessage:
+    def message(self, alert: Alert, key: str, snapshot: bytes | None) -> EmailMessage:
         m = EmailMessage()
         # the source and names may come from a feed: no line breaks (header injection) reach a header
-        m["Subject"] = header_text(f"[wildwatch] {payload['common_name'] or payload['species']} "
-                                   f"({payload['iucn_status']}) at {payload['source']}")
+        m["Subject"] = header_text(f"[wildwatch] {alert.common_name or alert.species} "
+                                   f"({alert.iucn_status}) at {alert.source}")
         m["From"] = self.cfg.sender
         m["To"] = ", ".join(self.cfg.to)
         m["Message-ID"] = f"<{header_text(key, 200).replace(' ', '')}@wildwatch>"
-        lines = [f"{k}: {v}" for k, v in payload.items() if v not in (None, "") and not k.endswith("_base64")]
+        lines = [f"{k}: {v}" for k, v in alert.to_json().items() if v not in (None, "") and not k.endswith("_base64")]
         m.set_content("A sighting that the alert policy asks to report.\n\n" + "\n".join(lines) + "\n")
         if snapshot:
-            m.add_attachment(snapshot, maintype="image", subtype="jpeg", filename=f"sighting-{payload['sighting_id']}.jpg")
+            m.add_attachment(snapshot, maintype="image", subtype="jpeg", filename=f"sighting-{alert.sighting_id}.jpg")
         return m
 
-    def send(self, payload: dict, key: str, snapshot: bytes | None) -> None:
-        msg = self.message(payload, key, snapshot)
+    def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None:
+        msg = self.message(alert, key, snapshot)
         try:
             if self.cfg.ssl:
                 smtp = smtplib.SMTP_SSL(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s,
@@ -249,8 +267,8 @@ def header_text(value: str, limit: int = 300) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
-def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, object]:
-    sinks: dict[str, object] = {}
+def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, Sink]:
+    sinks: dict[str, Sink] = {}
     for i, c in enumerate(configs):
         name = c.name or f"{c.type}{i}"
         if name in sinks:
@@ -264,96 +282,79 @@ def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None
 
 @dataclass
 class Outbox:
-    """Queued alerts in the events database, and their delivery with retries and backoff."""
+    """Queued alerts in the events database (``store.outbox``), and their delivery with retries and
+    backoff."""
 
     store: EventStore
-    sinks: dict[str, object]
+    sinks: dict[str, Sink]
     base_backoff_s: float = 1.0
     max_backoff_s: float = 300.0
     stats: dict = field(default_factory=lambda: {"sent": 0, "failed": 0, "retries": 0})
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        self.table = OutboxTable(self.store)
+
     def _count(self, what: str) -> None:
         with self._stats_lock:  # one delivery thread per sink
             self.stats[what] += 1
 
-    def enqueue(self, sighting_id: int, payload: dict, priority: int, not_before: float, tag: str | None = None,
+    def enqueue(self, sighting_id: int, alert: Alert, priority: int, not_before: float, tag: str | None = None,
                 content: str | None = None) -> None:
         """Inside the store's transaction that wrote the sighting (or the case). ``content`` says what
         the alert is about (source, item, species, time): the idempotency key is derived from it, so
         the same sighting gets the same key even in a new database (a receiver de-duplicates it).
         Without it, ``tag`` (or the sighting's id) and the database's instance name the alert."""
-        now = time.time()
         for name in self.sinks:
             if content is not None:
                 key = f"ww-{hashlib.sha256(content.encode()).hexdigest()[:24]}-{name}"
             else:
                 key = f"ww-{self.store.instance[:12]}-{tag or sighting_id}-{name}"
-            self.store.db.execute(
-                "INSERT OR IGNORE INTO outbox (sighting_id, sink, idempotency_key, payload, priority, next_attempt_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sighting_id, name, key, json.dumps({**payload, "idempotency_key": key}), priority, not_before, now))
+            payload = json.dumps(alert.model_copy(update={"idempotency_key": key}).to_json())
+            self.table.add(sighting_id, name, key, payload, priority, not_before)
 
     def counts(self) -> dict:
-        with self.store.lock:
-            row = self.store.db.execute(
-                "SELECT SUM(delivered_at IS NULL AND failed_at IS NULL), SUM(delivered_at IS NOT NULL), "
-                "SUM(failed_at IS NOT NULL) FROM outbox").fetchone()
-        return {"pending": int(row[0] or 0), "delivered": int(row[1] or 0), "failed": int(row[2] or 0)}
+        return self.table.counts()
+
+    def next_due_in(self, sink: str | None = None) -> float | None:
+        return self.table.next_due_in(sink)
 
     def deliver_due(self, now: float | None = None, limit: int = 50, sink: str | None = None) -> int:
         """Send what is due now (to one sink, or to all); returns how many were delivered."""
-        now = time.time() if now is None else now
-        only = "AND sink = ? " if sink is not None else ""
-        with self.store.lock:
-            rows = self.store.db.execute(
-                "SELECT id, sighting_id, sink, idempotency_key, payload, attempts FROM outbox WHERE delivered_at IS NULL "
-                f"AND failed_at IS NULL AND next_attempt_at <= ? {only}ORDER BY priority DESC, id LIMIT ?",
-                (now, *([sink] if sink is not None else []), limit)).fetchall()
         sent = 0
-        for row_id, sighting_id, sink_name, key, payload, attempts in rows:
-            sink = self.sinks.get(sink_name)
-            if sink is None:  # a sink removed from the configuration: keep the row for when it returns
+        for row in self.table.due(time.time() if now is None else now, limit, sink):
+            target = self.sinks.get(row.sink)
+            if target is None:  # a sink removed from the configuration: keep the row for when it returns
                 continue
-            snapshot = None
-            if isinstance(sink, EmailSink):
-                case_id = json.loads(payload).get("case_id")
-                if case_id:
-                    snapshot = case_thumbnail(self.store, case_id)
-                else:
-                    snapshot = self.store.snapshot(sighting_id)
-            try:
-                sink.send(json.loads(payload), key, snapshot)
-            except Exception as exc:  # noqa: BLE001 - whatever a sink raises, the alert backs off and is kept
-                if not isinstance(exc, DeliveryError):
-                    exc = DeliveryError(f"{type(exc).__name__}: {exc}")
-                attempts += 1
-                with self.store.transaction() as db:
-                    if exc.retry:
-                        wait = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
-                        db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                                   (attempts, time.time() + wait, str(exc), row_id))
-                        self._count("retries")
-                        log.warning("alert %s to %s failed (%s); retry in %.1f s", key, sink_name, exc, wait)
-                    else:
-                        db.execute("UPDATE outbox SET attempts = ?, failed_at = ?, last_error = ? WHERE id = ?",
-                                   (attempts, time.time(), str(exc), row_id))
-                        self._count("failed")
-                        log.error("alert %s to %s refused (%s); kept in the outbox as failed", key, sink_name, exc)
-                continue
-            with self.store.transaction() as db:
-                db.execute("UPDATE outbox SET attempts = ?, delivered_at = ?, last_error = NULL WHERE id = ?",
-                           (attempts + 1, time.time(), row_id))
-            self._count("sent")
-            sent += 1
+            sent += self._deliver(row, target)
         return sent
 
-    def next_due_in(self, sink: str | None = None) -> float | None:
-        only, args = ("AND sink = ?", (sink,)) if sink is not None else ("", ())
-        with self.store.lock:
-            row = self.store.db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL "
-                                        f"AND failed_at IS NULL {only}", args).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - time.time())
+    def _deliver(self, row: QueuedAlert, sink: Sink) -> bool:
+        alert = alert_from_json(json.loads(row.payload))
+        snapshot = None
+        if sink.wants_snapshot:
+            snapshot = (case_thumbnail(self.store, alert.case_id) if isinstance(alert, CaseAlert) and alert.case_id
+                        else self.store.snapshot(row.sighting_id))
+        try:
+            sink.send(alert, row.key, snapshot)
+        except Exception as exc:  # noqa: BLE001 - whatever a sink raises, the alert backs off and is kept
+            self._failed(row, exc if isinstance(exc, DeliveryError) else DeliveryError(f"{type(exc).__name__}: {exc}"))
+            return False
+        self.table.delivered(row.id, row.attempts + 1)
+        self._count("sent")
+        return True
+
+    def _failed(self, row: QueuedAlert, exc: DeliveryError) -> None:
+        attempts = row.attempts + 1
+        if exc.retry:
+            wait = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+            self.table.retry_at(row.id, attempts, time.time() + wait, str(exc))
+            self._count("retries")
+            log.warning("alert %s to %s failed (%s); retry in %.1f s", row.key, row.sink, exc, wait)
+        else:
+            self.table.failed(row.id, attempts, str(exc))
+            self._count("failed")
+            log.error("alert %s to %s refused (%s); kept in the outbox as failed", row.key, row.sink, exc)
 
     def run(self, stop: threading.Event, wake: threading.Event, poll_s: float = 1.0) -> None:
         """The delivery loop: one worker thread per sink, so a receiver that hangs or answers slowly

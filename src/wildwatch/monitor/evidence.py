@@ -20,11 +20,13 @@ corpus). Scores keep their full precision: two different posts practically never
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wildwatch.monitor.relevance import bundled_model, featurise
 from wildwatch.monitor.terms import CATEGORY_WORDS, LANGUAGE_NAMES, Term, guess_language
 from wildwatch.monitor.textscan import Budget
+from wildwatch.monitor.tracker import Answer
 from wildwatch.species import species_info
 
 PHOTO_LOGODDS = 0.6  # a confident CITES-listed species photo: about +0.15 at an even text score
@@ -57,7 +59,7 @@ class Evidence:
         return self.score >= self.threshold
 
 
-def _photo(predictions):
+def _photo(predictions: Sequence[Answer]):
     """The most confident prediction of a CITES-listed species, and what the photos show in words."""
     ok = [p for p in predictions if not p.error]
     listed = [p for p in ok if not p.unknown and species_info(p.species).cites_listed]
@@ -66,7 +68,7 @@ def _photo(predictions):
         return best, "animal"
     other = next((p for p in ok if p.unknown), None)
     if other is not None:
-        kind = getattr(other, "looks_like_kind", "") or "other"
+        kind = other.looks_like_kind or "other"
         return None, "an animal of no listed species" if kind == "animal" else f"not an animal ({kind})"
     return None, ""
 
@@ -97,7 +99,7 @@ def _terms_in_words(hits) -> tuple[list[str], list[Term]]:
     return parts, terms
 
 
-def post_evidence(text: str, predictions, budget: Budget | None = None) -> Evidence:
+def post_evidence(text: str, predictions: Sequence[Answer], budget: Budget | None = None) -> Evidence:
     """Score a post from its text and the Predictions of its photos."""
     model = bundled_model()
     f = featurise(text)

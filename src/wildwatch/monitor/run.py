@@ -8,8 +8,6 @@ sources, frames/s, sightings and pending alerts.
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import queue
 import signal
@@ -17,35 +15,36 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from wildwatch.data.splits import dhash64
 from wildwatch.errors import UsageError
-from wildwatch.monitor.alerts import AlertPolicy, ConsoleSinkConfig, Outbox, SinkConfig, make_sinks
-from wildwatch.monitor.cases import CaseBook, Post
-from wildwatch.monitor.events import EventStore, Sighting, explain_sqlite
+from wildwatch.monitor.alerts import AlertPolicy, ConsoleSinkConfig, Outbox, Sink, SinkConfig, make_sinks
 from wildwatch.monitor.evidence import post_evidence
-from wildwatch.monitor.sources import DEFAULT_KEYWORDS, Frame, VideoSource, iso, open_source
-from wildwatch.monitor.tracker import Change, Sample, Track, Tracker
+from wildwatch.monitor.record import alert_content, case_alert, jpeg_bytes, sighting_alert, sighting_of
+from wildwatch.monitor.sources import Done, Ended, Frame, Item, PostInfo, Source, SourceSettings, iso, open_source
+from wildwatch.monitor.tracker import Answer, Change, Sample, Track, Tracker
 from wildwatch.species import species_info
+from wildwatch.store.cases import CaseBook, Post
+from wildwatch.store.events import EventStore, explain_sqlite
 
 log = logging.getLogger("wildwatch.monitor")
 
 
-class MonitorConfig(BaseModel):
-    """Settings of ``wildwatch monitor`` (the YAML file given with ``--config``; see the README)."""
+class MonitorConfig(SourceSettings):
+    """Settings of ``wildwatch monitor`` (the YAML file given with ``--config``; see the README). The
+    sources' settings are ``SourceSettings``'s fields, written there once."""
 
     model_config = ConfigDict(extra="forbid")
 
     sources: list[str] = Field(default_factory=list)
     db: Path = Path("events.db")
-    sample_every_s: float = Field(0.5, gt=0, description="seconds of video between classified frames")
-    motion: float = Field(0.0, ge=0, description="> 0: only frames that changed this much (0-255) are classified")
     k: int = Field(2, ge=1, description="a sighting needs the species in k ...")
     n: int = Field(3, ge=1, description="... of n consecutive samples")
     threshold: float = Field(0.6, ge=0, le=1, description="minimum probability for a sample to count")
@@ -57,35 +56,25 @@ class MonitorConfig(BaseModel):
                        "tiles x tiles overlapping tiles (small or distant animals)")
     detect: bool = Field(False, description="the built-in animal detector finds boxes in each frame; each box "
                          "is classified on its own (camera-trap photos, small animals in large frames)")
-    country: Optional[str] = None
-    keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS))
-    folder_poll_s: float = Field(2.0, gt=0)
-    feed_poll_s: float = Field(300.0, gt=0)
-    once: bool = Field(False, description="folders and feeds: process what is there now, then stop")
-    max_retries: Optional[int] = Field(None, ge=0, description="live streams: reconnect attempts (None: forever)")
+    country: str | None = None
     alerts: AlertPolicy = Field(default_factory=AlertPolicy)
     sinks: list[SinkConfig] = Field(default_factory=lambda: [ConsoleSinkConfig()])
     retry_backoff_s: float = Field(1.0, gt=0)
     max_backoff_s: float = Field(300.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="at the end, wait this long for pending alerts")
-    allow_hosts: list[str] = Field(default_factory=list, description="feeds: hosts, addresses or networks "
-                                   "(192.168.1.0/24) on a private network that posts may point at; by default "
-                                   "only public addresses and the feed's own host are fetched from")
-    fetch_deadline_s: float = Field(60.0, gt=0, description="feeds: the longest one fetch may take, in all")
-    fetch_max_bytes: int = Field(50 << 20, gt=0, description="feeds: the largest feed or image fetched")
-    host_interval_s: float = Field(1.0, ge=0, description="media watch: at most one request per this many seconds "
-                                   "to a site")
-    follow_links: bool = Field(False, description="page: sources: also read the pages a page links to on the same "
-                               "site (one level)")
     review_url: str = Field("http://127.0.0.1:8000/", description="media watch: the review page that alerts link to "
                             "(wildwatch serve --events-db on this database)")
+
+    def source_settings(self) -> SourceSettings:
+        """What the sources read, built once per run."""
+        return SourceSettings.model_validate(self.model_dump(include=set(SourceSettings.model_fields)))
 
     def check_country(self) -> None:
         if self.country and (len(self.country) != 2 or not self.country.isalpha()):
             raise UsageError(f"country {self.country!r}: give an ISO 3166-1 alpha-2 code such as KE, IN or BR")
 
     @classmethod
-    def load(cls, path: str | Path | None, **overrides) -> "MonitorConfig":
+    def load(cls, path: str | Path | None, **overrides) -> MonitorConfig:
         values = {}
         if path is not None:
             p = Path(path)
@@ -96,32 +85,33 @@ class MonitorConfig(BaseModel):
         return cls.model_validate(values)
 
 
-Classify = Callable[[Sequence[Image.Image]], list]  # images -> predictions (species, confidence, unknown, ...)
+Classify = Callable[[Sequence[Image.Image]], Sequence[Answer]]  # images -> their answers (Predictions)
 
 
-def jpeg_bytes(img: Image.Image, quality: int = 85, max_side: int = 1280) -> bytes:
-    img = img.convert("RGB")
-    if max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+@dataclass(frozen=True)
+class _ReaderDone:
+    """A reader thread has finished with its source."""
+
+    spec: str
 
 
-_END = object()
+@dataclass
+class _Burst:
+    """The sighting of a camera's last burst of one species (folder photos)."""
+
+    sighting_id: int
+    last: float  # capture time of its latest photo
+    peak: float
 
 
-def alert_content(t: Track) -> str:
-    """What a sighting's alert is about, independent of any database row: its source, species and
-    item (a photo or post image: its index and perceptual hash; a video: the stream time of its
-    first sample; a live stream: that wall time). Its idempotency key is derived from this."""
-    first = t.first
-    if first.single:
-        seen = f"{first.frame_index}:{dhash64(t.best.image):016x}" if t.best.image is not None else str(first.frame_index)
-    else:
-        seen = f"{first.clock:.3f}"
-    return f"sighting\0{t.source}\0{t.species}\0{seen}"
+@dataclass
+class _PostPart:
+    """One image of a media post (or a post with none: ``image`` None), and its answer."""
+
+    source: str
+    link: str
+    image: Image.Image | None
+    answer: Answer | None
 
 
 def frame_classifier(predictor, cfg: MonitorConfig):
@@ -144,7 +134,7 @@ def frame_classifier(predictor, cfg: MonitorConfig):
 
 class Monitor:
     def __init__(self, cfg: MonitorConfig, classify: Classify, store: EventStore | None = None,
-                 sinks: dict | None = None, status: bool = True, status_stream=None):
+                 sinks: dict[str, Sink] | None = None, status: bool = True, status_stream=None):
         self.cfg = cfg
         self.classify = classify
         self.store = store or EventStore(cfg.db, writer=True)
@@ -152,7 +142,7 @@ class Monitor:
         self.outbox = Outbox(self.store, self.sinks, cfg.retry_backoff_s, cfg.max_backoff_s)
         self.tracker = Tracker(cfg.k, cfg.n, cfg.threshold, cfg.cooldown_s)
         self.cases = CaseBook(self.store)
-        self._posts: dict[str, list] = {}  # a media post's (frame, prediction) until its last frame
+        self._posts: dict[str, tuple[PostInfo, list[_PostPart]]] = {}  # a media post's parts until its last one
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.status = status
@@ -161,8 +151,7 @@ class Monitor:
         self.sightings = 0
         self.errors: list[str] = []
         self.known_sources: set[str] = set()
-        self.meta: dict[tuple[str, str], dict] = {}  # (source, species) -> prediction fields of the sighting
-        self.bursts: dict[tuple[str, str], dict] = {}  # (camera, species) -> the sighting of its last burst
+        self.bursts: dict[tuple[str, str], _Burst] = {}  # (camera, species) -> the sighting of its last burst
 
     # -- tracker state across restarts
 
@@ -176,11 +165,7 @@ class Monitor:
             info = (state.get("tracks") or {}).get(s.species, {})
             last = Sample(source, info.get("last_clock", s.stream_end_s or 0.0), s.stream_end_s, time.time(),
                           s.frame_index, s.species, s.peak_confidence)
-            t = Track(source, s.species, last, last, last, sighting_id=s.id, hits=info.get("hits", 1))
-            tracks.append(t)
-            self.meta[(source, s.species)] = {"common_name": s.common_name, "iucn_status": s.iucn_status,
-                                              "threatened": s.threatened, "country": s.country,
-                                              "latitude": s.latitude, "longitude": s.longitude}
+            tracks.append(Track(source, s.species, last, last, last, sighting_id=s.id, hits=info.get("hits", 1)))
         self.tracker.restore(source, state.get("window", []), tracks)
 
     def _state(self, source: str, frame: Frame | None) -> dict:
@@ -195,74 +180,64 @@ class Monitor:
 
     # -- writing sightings and alerts (inside one transaction)
 
-    def _apply(self, change: Change, frame: Frame) -> bool:
+    def _apply(self, change: Change, frame: Frame | None) -> bool:
+        """Record a tracker change; True when it queued an alert."""
         t = change.track
-        info = self.meta.get((t.source, t.species), {})
-        if change.kind == "open":
-            self.sightings += 1
-            s = Sighting(t.source, t.species, round(t.peak, 5), iso(t.first.wall_time), iso(t.last_seen.wall_time),
-                         info.get("common_name", ""), info.get("iucn_status", ""), bool(info.get("threatened")),
-                         t.best.frame_index, t.first.stream_time_s, t.last_seen.stream_time_s, info.get("country"),
-                         info.get("latitude"), info.get("longitude"), frame.priority, ",".join(frame.keywords),
-                         frame.link, t.last_seen.wall_time)
-            snap = jpeg_bytes(t.best.image) if t.best.image is not None else None
-            t.sighting_id = self.store.insert(s, snap, open_=not t.first.single)
-            t.extra["snapshot_of"] = id(t.best)
-            pol = self.cfg.alerts
-            # a media post alerts through its case (evidence, reposts grouped), not photo by photo
-            if frame.post_key is None and pol.wants(t.species, s.iucn_status, t.peak, frame.priority):
-                payload = {"sighting_id": t.sighting_id, "species": t.species, "common_name": s.common_name,
-                           "iucn_status": s.iucn_status, "threatened": s.threatened, "confidence": s.peak_confidence,
-                           "source": t.source, "stream_time_s": s.stream_start_s, "frame_index": s.frame_index,
-                           "wall_time": s.wall_start, "frame_wall_time": t.last_seen.wall_time,
-                           "queued_at": time.time(), "country": s.country, "priority": frame.priority,
-                           "keywords": list(frame.keywords), "link": frame.link, "text": frame.text,
-                           "instance": self.store.instance}
-                self.outbox.enqueue(t.sighting_id, payload, frame.priority,
-                                    pol.not_before(time.time(), s.iucn_status, frame.priority), content=alert_content(t))
-                return True
-            return False
+        if change.kind == "open" and frame is not None:
+            return self._open(t, frame)
         if t.sighting_id is None:
             return False
         values = {"wall_end": iso(t.last_seen.wall_time), "stream_end_s": t.last_seen.stream_time_s,
                   "peak_confidence": round(t.peak, 5), "frame_index": t.best.frame_index}
         if change.kind == "close":
             values["open"] = 0
-            self.meta.pop((t.source, t.species), None)
-            if t.best.image is not None and t.extra.get("snapshot_of") != id(t.best):
+            if t.best.image is not None and t.snapshot_of != id(t.best):
                 values["snapshot"] = jpeg_bytes(t.best.image)
         self.store.update_sighting(t.sighting_id, **values)
         return False
+
+    def _open(self, t: Track, frame: Frame) -> bool:
+        self.sightings += 1
+        s = sighting_of(t, frame)
+        snap = jpeg_bytes(t.best.image) if t.best.image is not None else None
+        t.sighting_id = self.store.insert(s, snap, open_=not t.first.single)
+        t.snapshot_of = id(t.best)
+        pol = self.cfg.alerts
+        # a media post alerts through its case (evidence, reposts grouped), not photo by photo
+        if frame.post is not None or not pol.wants(t.species, s.iucn_status, t.peak, frame.priority):
+            return False
+        self.outbox.enqueue(t.sighting_id, sighting_alert(t, s, frame, self.store.instance), frame.priority,
+                            pol.not_before(time.time(), s.iucn_status, frame.priority), content=alert_content(t))
+        return True
 
     def _same_burst(self, f: Frame, s: Sample) -> bool:
         """A folder photo of the species its camera's last sighting is of, taken within ``burst_gap_s``
         of it (EXIF time): that sighting grows (end time, best photo) instead of a new one opening."""
         b = self.bursts.get((f.camera, s.species)) if f.camera and s.species else None
-        if b is None or abs(s.wall_time - b["last"]) > self.cfg.burst_gap_s:
+        if b is None or abs(s.wall_time - b.last) > self.cfg.burst_gap_s:
             return False
-        values = {"wall_end": iso(max(s.wall_time, b["last"]))}
-        if s.confidence > b["peak"]:
+        values = {"wall_end": iso(max(s.wall_time, b.last))}
+        if s.confidence > b.peak:
             values |= {"peak_confidence": round(s.confidence, 5), "snapshot": jpeg_bytes(s.image)}
-            b["peak"] = s.confidence
-        b["last"] = max(s.wall_time, b["last"])
-        self.store.update_sighting(b["id"], **values)
+            b.peak = s.confidence
+        b.last = max(s.wall_time, b.last)
+        self.store.update_sighting(b.sighting_id, **values)
         return True
 
     def _file_post(self, key: str) -> bool:
         """A post's photos are all classified: its evidence, its case, and the case's alert if due."""
-        items = self._posts.pop(key)
-        first = items[0][0]
-        shown = [(f.image, p) for f, p in items if p is not None]
-        preds = [p for _, p in shown]
-        ev = post_evidence(first.post_text, preds)
-        named = [(im, p) for im, p in shown if p.named]
+        post, parts = self._posts.pop(key)
+        shown = [(x.image, x.answer) for x in parts if x.answer is not None]
+        ev = post_evidence(post.text, [a for _, a in shown])
+        named = [(im, a) for im, a in shown if a.named]
         best = max(named, key=lambda x: x[1].confidence)[0] if named else (shown[0][0] if shown else None)
         thumb = None
         if best is not None:
             small = best.copy()
             small.thumbnail((320, 320))
             thumb = jpeg_bytes(small)
-        update = self.cases.add_post(Post(key, first.source, first.link, first.post_text, first.account), ev,
+        first = parts[0]
+        update = self.cases.add_post(Post(key, first.source, first.link, post.text, post.account), ev,
                                      [dhash64(im) for im, _ in shown], thumb)
         if update is None or update.alert is None:
             return False
@@ -271,92 +246,102 @@ class Monitor:
         info = species_info(case["species"]) if case["species"] else None
         # trade risk is about CITES listing (a jaguar, Near Threatened, is on Appendix I), not the Red List
         if info is not None and not info.cites_listed and not pol.wants(case["species"], case["iucn_status"], 1.0,
-                                                                        max(first.priority, 1)):
+                                                                        max(post.priority, 1)):
             return False
-        payload = {"case_id": case["id"], "sighting_id": 0, "why": update.alert, "score": case["score"],
-                   "reason": case["reason"], "species": case["species"] or "unknown",
-                   "common_name": info.common_name if info else "", "iucn_status": case["iucn_status"],
-                   "threatened": bool(info and info.threatened), "confidence": case["score"],
-                   "cites_appendix": info.cites_appendix if info else "",
-                   "source": first.source, "link": first.link, "text": first.text,
-                   "links": sorted({p["link"] for p in case["posts"] if p["link"]}),
-                   "accounts": case["accounts"], "sites": case["sites"], "terms": case["terms"],
-                   "posts": len(case["posts"]), "review_url": f"{self.cfg.review_url.rstrip('/')}/#case-{case['id']}",
-                   "priority": first.priority, "keywords": list(first.keywords), "wall_time": iso(time.time()),
-                   "queued_at": time.time(), "instance": self.store.instance,
-                   "snapshot_jpeg_base64": base64.b64encode(thumb).decode() if thumb else None}
-        self.outbox.enqueue(0, payload, max(first.priority, 1), pol.not_before(time.time(), case["iucn_status"], 1),
+        alert = case_alert(case, update, post, first.source, first.link, self.cfg.review_url, self.store.instance,
+                           thumb)
+        self.outbox.enqueue(0, alert, max(post.priority, 1), pol.not_before(time.time(), case["iucn_status"], 1),
                             content=f"case\0{key}\0{update.alert}\0{case['alerts']}")
         return True
 
-    def _process(self, frames: list[Frame]) -> None:
-        work = [f for f in frames if not f.skip]
-        preds = self.classify([f.image for f in work]) if work else []
-        by_id = {id(f): p for f, p in zip(work, preds)}
+    # -- one batch of items, in one transaction
+
+    def _process(self, items: list[Item]) -> None:
+        frames = [x for x in items if isinstance(x, Frame)]
+        answers = self.classify([f.image for f in frames]) if frames else []
+        by_id = {id(f): a for f, a in zip(frames, answers)}
         alerted = False
-        touched: dict[str, Frame | None] = {}
+        touched: dict[str, Frame | None] = {}  # sources whose progress this batch moves
         with self.store.transaction():
-            for f in frames:
-                if not f.single:
-                    self._restore(f.source)
-                changes: list[Change] = []
-                if not f.skip:
-                    p = by_id[id(f)]
-                    species = self.tracker.label(p.species, p.confidence, not p.named)
-                    place = f.place  # a photo's own EXIF position, where the classifier had none
-                    if species and (f.source, species) not in self.tracker.open:
-                        self.meta[(f.source, species)] = {
-                            "common_name": p.common_name, "iucn_status": p.iucn_status, "threatened": p.threatened,
-                            "country": getattr(p, "country", None) or getattr(place, "country", None),
-                            "latitude": getattr(p, "latitude", None) or getattr(place, "latitude", None),
-                            "longitude": getattr(p, "longitude", None) or getattr(place, "longitude", None)}
-                    clock = f.wall_time if f.stream_time_s is None or getattr(f, "live", False) else f.stream_time_s
-                    sample = Sample(f.source, clock, f.stream_time_s, f.wall_time, f.frame_index, species,
-                                    float(p.confidence), f.image, f.single)
-                    changes = [] if self._same_burst(f, sample) else self.tracker.update(sample)
-                    self.frames += 1
-                if f.ends_source:
-                    changes += self.tracker.close_source(f.source)
-                for ch in changes:
-                    alerted |= self._apply(ch, f)
-                    if ch.kind == "open" and f.camera and ch.track.sighting_id is not None:
-                        self.bursts[(f.camera, ch.track.species)] = {"id": ch.track.sighting_id,
-                                                                     "last": f.wall_time, "peak": ch.track.peak}
-                if f.post_key:
-                    self._posts.setdefault(f.post_key, []).append((f, None if f.skip else by_id[id(f)]))
-                    if f.done_key == f.post_key:
-                        alerted |= self._file_post(f.post_key)
-                if f.done_key:
-                    self.store.mark_done(f.done_key)
-                if not f.single and (not f.skip or f.source not in touched):
-                    touched[f.source] = None if f.skip else f
+            for x in items:
+                if isinstance(x, Frame):
+                    alerted |= self._frame(x, by_id[id(x)], touched)
+                elif isinstance(x, Ended):
+                    alerted |= self._ended(x, touched)
+                else:
+                    alerted |= self._done(x)
             for src, f in touched.items():
                 self.store.set_progress(src, self._state(src, f))
         if alerted:
             self.wake.set()
 
+    def _frame(self, f: Frame, a: Answer, touched: dict[str, Frame | None]) -> bool:
+        if not f.single:
+            self._restore(f.source)
+        species = self.tracker.label(a.species, a.confidence, not a.named)
+        clock = f.wall_time if f.stream_time_s is None or f.live else f.stream_time_s
+        sample = Sample(f.source, clock, f.stream_time_s, f.wall_time, f.frame_index, species, float(a.confidence),
+                        f.image, f.single, a, f.place)
+        changes = [] if self._same_burst(f, sample) else self.tracker.update(sample)
+        self.frames += 1
+        alerted = False
+        for ch in changes:
+            alerted |= self._apply(ch, f)
+            if ch.kind == "open" and f.camera and ch.track.sighting_id is not None:
+                self.bursts[(f.camera, ch.track.species)] = _Burst(ch.track.sighting_id, f.wall_time, ch.track.peak)
+        if f.post is not None:
+            alerted |= self._post_part(f.post, _PostPart(f.source, f.link, f.image, a), f.done_key == f.post.key)
+        if f.done_key:
+            self.store.mark_done(f.done_key)
+        if not f.single:
+            touched[f.source] = f
+        return alerted
+
+    def _ended(self, e: Ended, touched: dict[str, Frame | None]) -> bool:
+        """A video ended: its sightings close, and its progress is kept (a file: done)."""
+        self._restore(e.source)
+        alerted = False
+        for ch in self.tracker.close_source(e.source):
+            alerted |= self._apply(ch, None)
+        if e.done_key:
+            self.store.mark_done(e.done_key)
+        touched.setdefault(e.source, None)
+        return alerted
+
+    def _done(self, d: Done) -> bool:
+        """A folder file or post finished with nothing to classify (a post is still filed)."""
+        alerted = False
+        if d.post is not None:
+            alerted = self._post_part(d.post, _PostPart(d.source, d.post.link, None, None), True)
+        self.store.mark_done(d.key)
+        return alerted
+
+    def _post_part(self, post: PostInfo, part: _PostPart, last: bool) -> bool:
+        self._posts.setdefault(post.key, (post, []))[1].append(part)
+        return self._file_post(post.key) if last else False
+
     # -- the run
 
-    def _reader(self, spec: str, source, q: queue.Queue) -> None:
+    def _reader(self, spec: str, source: Source, q: queue.Queue) -> None:
         try:
-            for frame in source:
+            for item in source.items():
                 while not self.stop.is_set():
                     try:
-                        q.put(frame, timeout=0.2)
+                        q.put(item, timeout=0.2)
                         break
                     except queue.Full:
                         continue
                 if self.stop.is_set():
                     break
-            if not self.stop.is_set() and isinstance(source, VideoSource) and not source.live:
-                q.put(Frame(source.uri, Image.new("RGB", (1, 1)), None, None, skip=True, ends_source=True))
+            if not (self.stop.is_set() or source.finite):  # a live source ends only when the run stops
+                log.warning("%s: the source ended by itself", spec)
         except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
             msg = f"{spec}: {exc}"
             log.error("%s", msg)
             self.errors.append(msg)
         finally:
-            self.errors.extend(getattr(source, "errors", []))
-            q.put((_END, spec))
+            self.errors.extend(source.errors)
+            q.put(_ReaderDone(spec))
 
     def _status_line(self, active: int, total: int, fps: float) -> None:
         c = self.outbox.counts()
@@ -376,19 +361,17 @@ class Monitor:
             return self._run(specs, sources)
         except sqlite3.Error as exc:  # the disk is full, the file turned read-only ...: in words
             raise explain_sqlite(self.store.path, exc) from None
+        finally:
+            for src in sources:
+                src.close()
 
-    def _open_sources(self, specs: list[str]) -> list:
+    def _open_sources(self, specs: list[str]) -> list[Source]:
         if not specs:
             raise UsageError("no sources: give video files, stream URLs, folders or feeds")
-        return [open_source(s, progress=self.store, stop=self.stop, every_s=self.cfg.sample_every_s,
-                               motion=self.cfg.motion, once=self.cfg.once, poll_s=self.cfg.folder_poll_s,
-                               feed_poll_s=self.cfg.feed_poll_s, keywords=tuple(self.cfg.keywords),
-                               max_retries=self.cfg.max_retries, allow_hosts=tuple(self.cfg.allow_hosts),
-                               fetch_deadline_s=self.cfg.fetch_deadline_s, fetch_max_bytes=self.cfg.fetch_max_bytes,
-                               host_interval_s=self.cfg.host_interval_s, follow_links=self.cfg.follow_links)
-                for s in specs]
+        settings = self.cfg.source_settings()
+        return [open_source(s, settings, progress=self.store, stop=self.stop) for s in specs]
 
-    def _run(self, specs: list[str], sources: list) -> dict:
+    def _run(self, specs: list[str], sources: list[Source]) -> dict:
         q: queue.Queue = queue.Queue(maxsize=4 * self.cfg.batch_size)
         readers = [threading.Thread(target=self._reader, args=(spec, src, q), daemon=True, name=f"source {spec}")
                    for spec, src in zip(specs, sources)]
@@ -396,55 +379,13 @@ class Monitor:
         restore = {}
         if threading.current_thread() is threading.main_thread():
             restore = {sig: signal.signal(sig, lambda *_: self.stop.set()) for sig in (signal.SIGTERM,)}
-        t0 = last_status = last_check = time.time()
-        frames_at_status = 0
-        active = len(readers)
+        t0 = time.time()
         sender.start()
         for r in readers:
             r.start()
         try:
-            while active and not self.stop.is_set():
-                batch: list[Frame] = []
-                deadline = None
-                while len(batch) < self.cfg.batch_size:
-                    try:
-                        item = q.get(timeout=0.2 if not batch else max(0.0, deadline - time.time()))
-                    except queue.Empty:
-                        break
-                    if isinstance(item, tuple) and item and item[0] is _END:
-                        active -= 1
-                        if not active:
-                            break
-                        continue
-                    batch.append(item)
-                    deadline = deadline or time.time() + 0.05
-                if batch:
-                    self._process(batch)
-                now = time.time()
-                if now - last_check >= 1.0:  # the database deleted or replaced under us: stop now
-                    self.store.check_file()
-                    last_check = now
-                if self.status and now - last_status >= 1.0:
-                    self._status_line(active, len(readers), (self.frames - frames_at_status) / (now - last_status))
-                    last_status, frames_at_status = now, self.frames
-            # what is still queued (a stop while readers were ahead) is processed before leaving
-            rest = []
-            while True:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                if not (isinstance(item, tuple) and item and item[0] is _END):
-                    rest.append(item)
-            if rest and not self.stop.is_set():
-                self._process(rest)
-            end = time.time() + self.cfg.drain_s
-            while not self.stop.is_set() and self.outbox.counts()["pending"] and time.time() < end:
-                due = self.outbox.next_due_in()
-                if due is not None and time.time() + due > end:
-                    break
-                self.wake.set()
-                time.sleep(0.05)
+            self._loop(q, len(readers))
+            self._finish(q)
         except KeyboardInterrupt:
             log.warning("interrupted; state is saved, run again to continue")
         finally:
@@ -460,3 +401,60 @@ class Monitor:
                 self.status_stream.write("\n")
         return {"frames": self.frames, "sightings": self.sightings, "seconds": round(time.time() - t0, 3),
                 "alerts": self.outbox.counts(), "errors": list(self.errors)}
+
+    def _loop(self, q: queue.Queue, total: int) -> None:
+        """Batches of items until every reader is done (or the run is stopped)."""
+        active = total
+        last_status = last_check = time.time()
+        frames_at_status = 0
+        while active and not self.stop.is_set():
+            batch, finished = self._batch(q)
+            active -= finished
+            if batch:
+                self._process(batch)
+            now = time.time()
+            if now - last_check >= 1.0:  # the database deleted or replaced under us: stop now
+                self.store.check_file()
+                last_check = now
+            if self.status and now - last_status >= 1.0:
+                self._status_line(active, total, (self.frames - frames_at_status) / (now - last_status))
+                last_status, frames_at_status = now, self.frames
+
+    def _batch(self, q: queue.Queue) -> tuple[list[Item], int]:
+        """Up to ``batch_size`` items (waiting at most 50 ms for more once one is in), and how many
+        readers finished meanwhile."""
+        batch: list[Item] = []
+        finished = 0
+        deadline = None
+        while len(batch) < self.cfg.batch_size:
+            try:
+                item = q.get(timeout=0.2 if deadline is None else max(0.0, deadline - time.time()))
+            except queue.Empty:
+                break
+            if isinstance(item, _ReaderDone):
+                finished += 1
+                continue
+            batch.append(item)
+            deadline = deadline or time.time() + 0.05
+        return batch, finished
+
+    def _finish(self, q: queue.Queue) -> None:
+        """What is still queued (a stop while readers were ahead) is processed; pending alerts get
+        ``drain_s`` to go out."""
+        rest = []
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, _ReaderDone):
+                rest.append(item)
+        if rest and not self.stop.is_set():
+            self._process(rest)
+        end = time.time() + self.cfg.drain_s
+        while not self.stop.is_set() and self.outbox.counts()["pending"] and time.time() < end:
+            due = self.outbox.next_due_in()
+            if due is not None and time.time() + due > end:
+                break
+            self.wake.set()
+            time.sleep(0.05)

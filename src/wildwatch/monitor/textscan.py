@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import time
-import unicodedata
 
-MAX_SCAN = 8000  # characters of a post that are read for evidence (a real advert is far shorter)
+from wildwatch.text import MAX_SCAN, normalise  # noqa: F401 - normalise is written in wildwatch.text, which the store shares
+
 MAX_TAG = 2000  # characters of one HTML tag that are read for its attributes
 
 _WORD = re.compile(r"\w+")  # one character class, no nesting: linear in the text
@@ -40,12 +40,6 @@ class Budget:
     def check(self) -> None:
         if time.monotonic() > self.end:
             raise BudgetExceeded(f"{self.what}: took longer than its {self.seconds:g} s budget; skipped")
-
-
-def normalise(text: str, limit: int = MAX_SCAN) -> str:
-    """NFKC, case folded, whitespace runs as one space, at most ``limit`` characters."""
-    text = unicodedata.normalize("NFKC", (text or "")[: limit * 2]).casefold()
-    return " ".join(text.split())[:limit]
 
 
 def is_arabic(word: str) -> bool:

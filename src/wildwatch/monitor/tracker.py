@@ -10,16 +10,42 @@ same sighting. Photos and feed posts are single samples: one confident answer is
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
 from wildwatch.errors import UsageError
 
+if TYPE_CHECKING:
+    from wildwatch.field import Place
+
+
+class Answer(Protocol):
+    """What the monitor reads of a frame's answer (an ``inference.Prediction`` is one)."""
+
+    species: str
+    confidence: float
+    unknown: bool
+    error: str | None
+    common_name: str
+    iucn_status: str
+    threatened: bool
+    country: str | None
+    latitude: float | None
+    longitude: float | None
+    looks_like_kind: str
+
+    @property
+    def named(self) -> bool:
+        """Whether it names one species (not unknown, not uncertain between two, not failed)."""
+        ...
+
 
 @dataclass
 class Sample:
-    """One classified frame, reduced to what the tracker needs."""
+    """One classified frame: what the tracker needs, and the answer and place it came with (a
+    sighting that a sample opens is described by them)."""
 
     source: str
     clock: float  # seconds: stream time (files) or wall time (live)
@@ -30,6 +56,8 @@ class Sample:
     confidence: float
     image: Image.Image | None = None
     single: bool = False
+    answer: Answer | None = None  # None for a sample restored from the database
+    place: Place | None = None  # a photo's own EXIF position and country
 
 
 @dataclass
@@ -43,7 +71,7 @@ class Track:
     best: Sample
     sighting_id: int | None = None
     hits: int = 0
-    extra: dict = field(default_factory=dict)
+    snapshot_of: int | None = None  # id() of the sample whose photo the sighting stored
 
     @property
     def peak(self) -> float:

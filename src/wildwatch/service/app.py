@@ -167,7 +167,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     checks the Host, the key and the request size before the body is read. ``detector``
     (``inference.detect.Detector``): every upload goes through ``classify --detect``'s pipeline
     (boxes, crops at full detail, ``detections`` and ``count`` in each answer)."""
-    from wildwatch.monitor.events import EventStore
+    from wildwatch.store.events import EventStore
 
     store = EventStore.open_existing(events_db) if events_db else None
     cases = None  # the media watch's case book in that database, opened on first use
@@ -320,7 +320,7 @@ def create_app(predictor, api_key: str | None = None, limits: Limits = Limits(),
     def require_cases():
         nonlocal cases
         if cases is None:
-            from wildwatch.monitor.cases import CaseBook
+            from wildwatch.store.cases import CaseBook
 
             cases = CaseBook(require_store())
         return cases

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from wildwatch.errors import DataError, UsageError
 from wildwatch.monitor.fetch import PoliteFetcher
-from wildwatch.monitor.sources import MAX_ITEMS, FeedSource, Post, item_error
+from wildwatch.monitor.sources import SourceContext, SourceSettings, register_source
+from wildwatch.monitor.sources.feeds import MAX_ITEMS, FeedSource, Post, feed_fetcher, item_error, open_feed
 from wildwatch.monitor.textscan import join_unique, scan_html, strip_tags
 
 MAX_TEXT = 4000
@@ -70,9 +71,10 @@ class PageSource(FeedSource):
 
     max_links = 20
 
-    def __init__(self, target: str, follow: bool = False, **kw):
-        super().__init__(target, **kw)
-        self.follow = follow
+    def __init__(self, target: str, settings: SourceSettings | None = None, ctx: SourceContext | None = None,
+                 fetcher=None):
+        super().__init__(target, settings, ctx, fetcher)
+        self.follow = self.settings.follow_links
         self.local = "://" not in target
         if self.local and not Path(target).is_file():
             raise FileNotFoundError(f"{target}: saved page not found")
@@ -178,7 +180,8 @@ class MastodonStatus(_Loose):
 
 
 class MastodonSource(_Paged):
-    def __init__(self, spec: str, **kw):
+    def __init__(self, spec: str, settings: SourceSettings | None = None, ctx: SourceContext | None = None,
+                 fetcher=None):
         base = _base(spec)
         u = urlsplit(base)
         root = f"{u.scheme}://{u.netloc}"
@@ -191,7 +194,7 @@ class MastodonSource(_Paged):
         else:
             raise UsageError(f"mastodon:{spec}: give HOST/tags/TAG or HOST/@ACCOUNT")
         self.root = root
-        super().__init__(base, **kw)
+        super().__init__(base, settings, ctx, fetcher)
 
     def _start(self) -> str:
         if self.api is None:
@@ -244,14 +247,15 @@ class _RedditChild(_Loose):
 
 
 class RedditSource(_Paged):
-    def __init__(self, spec: str, **kw):
+    def __init__(self, spec: str, settings: SourceSettings | None = None, ctx: SourceContext | None = None,
+                 fetcher=None):
         base = _base(f"www.reddit.com/{spec}" if spec.startswith("r/") else spec)
         u = urlsplit(base)
         sub = u.path.strip("/")
         if not sub.startswith("r/"):
             raise UsageError(f"reddit:{spec}: give r/SUBREDDIT")
         self.listing = f"{u.scheme}://{u.netloc}/{sub}/new.json?limit=50&raw_json=1"
-        super().__init__(base, **kw)
+        super().__init__(base, settings, ctx, fetcher)
 
     def posts(self) -> list[Post]:
         url, out = self.listing, []
@@ -296,10 +300,11 @@ class TelegramSource(FeedSource):
     max_messages = 200
     max_block = 64 << 10
 
-    def __init__(self, spec: str, **kw):
+    def __init__(self, spec: str, settings: SourceSettings | None = None, ctx: SourceContext | None = None,
+                 fetcher=None):
         page = _base(spec) if "/" in spec else f"https://t.me/s/{spec}"
         self.channel = urlsplit(page).path.rstrip("/").rsplit("/", 1)[-1]
-        super().__init__(page, **kw)
+        super().__init__(page, settings, ctx, fetcher)
 
     def posts(self) -> list[Post]:
         body = self.fetcher.fetch(self.url)[:MAX_PAGE_BYTES]
@@ -336,3 +341,42 @@ class TelegramSource(FeedSource):
 
 def youtube_feed(channel: str) -> str:
     return channel if "://" in channel else f"https://www.youtube.com/feeds/videos.xml?channel_id={channel}"
+
+
+# ---------------------------------------------------------------- the command-line forms
+
+
+def _polite(target: str, settings: SourceSettings) -> PoliteFetcher:
+    """The guarded fetcher, with robots.txt, a per-host rate limit and conditional requests."""
+    return PoliteFetcher(feed_fetcher(target, settings), min_interval_s=settings.host_interval_s)
+
+
+@register_source("page", prefixes=("page:",), describe="page:URL", order=10)
+def open_page(spec: str, settings: SourceSettings, ctx: SourceContext) -> PageSource:
+    target = spec[5:]
+    return PageSource(target, settings, ctx, _polite(target, settings))
+
+
+@register_source("mastodon", prefixes=("mastodon:",), describe="mastodon:HOST/tags/TAG", order=11)
+def open_mastodon(spec: str, settings: SourceSettings, ctx: SourceContext) -> MastodonSource:
+    rest = spec[9:]
+    return MastodonSource(rest, settings, ctx, _polite(_base(rest), settings))
+
+
+@register_source("reddit", prefixes=("reddit:",), describe="reddit:r/SUB", order=12)
+def open_reddit(spec: str, settings: SourceSettings, ctx: SourceContext) -> RedditSource:
+    rest = spec[7:]
+    target = _base(f"www.reddit.com/{rest}" if rest.startswith("r/") else rest)
+    return RedditSource(rest, settings, ctx, _polite(target, settings))
+
+
+@register_source("telegram", prefixes=("telegram:",), describe="telegram:CHANNEL", order=13)
+def open_telegram(spec: str, settings: SourceSettings, ctx: SourceContext) -> TelegramSource:
+    rest = spec[9:]
+    target = _base(rest) if "/" in rest else f"https://t.me/s/{rest}"
+    return TelegramSource(rest, settings, ctx, _polite(target, settings))
+
+
+@register_source("youtube", prefixes=("youtube:",), describe="youtube:CHANNEL_ID", order=14)
+def open_youtube(spec: str, settings: SourceSettings, ctx: SourceContext) -> FeedSource:
+    return open_feed("feed:" + youtube_feed(spec[8:]), settings, ctx)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
+from wildwatch.errors import UnknownNameError, WildwatchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sightings (
@@ -374,22 +374,3 @@ class EventStore:
         if empty:
             for suffix in ("", "-wal", "-shm", ".lock"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-
-
-def sightings_text(rows: list[Sighting], fmt: str) -> str:
-    """Sightings as CSV (one column per field) or a JSON list."""
-    if fmt == "json":
-        return json.dumps([r.to_json() for r in rows], indent=1)
-    if fmt != "csv":
-        raise UsageError(f"unknown format {fmt!r}: use csv, json or camtrapdp")
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(Sighting.__dataclass_fields__))
-    w.writeheader()
-    from wildwatch.monitor.cases import spreadsheet_text
-
-    # text that came from a feed or a camera's name never becomes a spreadsheet formula
-    w.writerows({k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in r.to_json().items()} for r in rows)
-    return buf.getvalue()

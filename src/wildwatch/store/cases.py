@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from wildwatch.data.splits import hamming
 from wildwatch.errors import UsageError
-from wildwatch.monitor.events import EventStore
-from wildwatch.monitor.evidence import Evidence, review_threshold
-from wildwatch.monitor.textscan import normalise
+from wildwatch.store.events import EventStore
+from wildwatch.text import normalise, spreadsheet_text
 
 SAME_PHOTO_BITS = 10  # of 64: re-encoding and resizing move a dHash by a few bits, another photo by ~32
 # a flat image (a blank frame, one colour) has a hash of nearly all zeros or ones: it says nothing
@@ -128,6 +129,24 @@ class Post:
     site: str = ""
 
 
+class _Term(Protocol):
+    text: str
+
+
+class CaseEvidence(Protocol):
+    """What the case book reads of a post's evidence (``monitor.evidence.Evidence`` is one)."""
+
+    score: float
+    reason: str
+    species: str
+    iucn_status: str
+    terms: Sequence[_Term]
+    threshold: float  # a case reaches review at this score
+
+    @property
+    def flagged(self) -> bool: ...
+
+
 @dataclass
 class CaseUpdate:
     case_id: int
@@ -152,7 +171,7 @@ class CaseBook:
 
     # -- writing (inside the store's transaction)
 
-    def add_post(self, post: Post, ev: Evidence, hashes: list[int], thumbnail: bytes | None) -> CaseUpdate | None:
+    def add_post(self, post: Post, ev: CaseEvidence, hashes: list[int], thumbnail: bytes | None) -> CaseUpdate | None:
         """File a post under its case (a new one, or the one sharing a photo or the link); None when
         the post was filed before (a restart) or says nothing worth a case."""
         db = self.store.db
@@ -195,7 +214,7 @@ class CaseBook:
             db.executemany("INSERT INTO case_text_bands (band, value, case_id) VALUES (?, ?, ?)",
                            [(b, v, case_id) for b, v in _bands(sig)])
             db.execute("INSERT INTO case_text_sigs (case_id, sig) VALUES (?, ?)", (case_id, sig.tobytes()))
-        return CaseUpdate(case_id, is_new, self._alert_due(case_id))
+        return CaseUpdate(case_id, is_new, self._alert_due(case_id, ev.threshold))
 
     def _matching_cases(self, hashes: list[int], link: str, sig: np.ndarray | None = None) -> list[int]:
         """Every case that shares the link, a photo or nearly the text, oldest first."""
@@ -244,11 +263,11 @@ class CaseBook:
         db.execute("UPDATE cases SET status = ?, status_at = ? WHERE id = ? AND status = 'new'", (best[6], best[7], into))
         db.execute(f"DELETE FROM cases WHERE id IN ({marks})", others)
 
-    def _alert_due(self, case_id: int) -> str | None:
+    def _alert_due(self, case_id: int, threshold: float) -> str | None:
         db = self.store.db
         score, alerts, accounts_then, sites_then = db.execute(
             "SELECT score, alerts, alerted_accounts, alerted_sites FROM cases WHERE id = ?", (case_id,)).fetchone()
-        if score < review_threshold():
+        if score < threshold:
             return None
         accounts, sites = db.execute("SELECT COUNT(DISTINCT site || '|' || account), COUNT(DISTINCT site) "
                                      "FROM case_posts WHERE case_id = ?", (case_id,)).fetchone()
@@ -364,17 +383,6 @@ def cases_text(cases: list[dict], fmt: str) -> str:
                             ("text", p["text"]))},
                         "post_score": p["score"]})
     return buf.getvalue()
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-
-
-def spreadsheet_text(value: str) -> str:
-    """Text from a post made inert for a spreadsheet: a cell that would start a formula (=, +, -, @,
-    a tab or line break, or their full-width forms) gets a leading apostrophe, so ``=HYPERLINK(...)``
-    or ``=cmd|...`` is shown as text and never run when the CSV is opened."""
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _signed(h: int) -> int:

@@ -1,0 +1,58 @@
+"""The provenance sidecar of a per-row output: which model (file and SHA-256), backend, wildwatch
+version and options made its rows. ``rows.csv`` gets ``rows.csv.provenance.json``; a resumed run
+adds its own entry to ``runs``, so a file whose rows came from two runs says so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from wildwatch.inference.writers import write_atomic
+
+
+def provenance_path(output: Path) -> Path:
+    return output.with_name(output.name + ".provenance.json")
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256 (computed once per file version in a process)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime)
+
+
+def run_record(model_file: Path, architecture: str, backend: str, options: dict, species_digest: str | None = None,
+               engine: str = "local") -> dict:
+    """One run's entry: the model, the backend, the version and the options it ran with."""
+    from wildwatch import __version__
+
+    model = {"file": str(model_file), "sha256": sha256(model_file), "architecture": architecture}
+    if species_digest:
+        model["species_network"] = species_digest  # --robust: the separate species network's digest
+    return {"wildwatch_version": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "engine": engine, "backend": backend, "model": model, "options": options}
+
+
+def write_provenance(output: Path, fmt: str, run: dict, append: bool = False) -> Path:
+    """Write (or, with ``append``, extend) the sidecar of ``output``, atomically."""
+    path = provenance_path(output)
+    runs: list = []
+    if append and path.exists():
+        try:
+            runs = list(json.loads(path.read_text(encoding="utf-8")).get("runs", []))
+        except (ValueError, AttributeError, TypeError):
+            runs = []  # a damaged sidecar is replaced: the rows are what counts
+    doc = {"output": output.name, "format": fmt, "runs": [*runs, run]}
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
+    return path
