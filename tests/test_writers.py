@@ -215,17 +215,17 @@ def test_row_outputs_carry_a_provenance_sidecar(photos, tmp_path):
 
 @dataclasses.dataclass(frozen=True)
 class _Richer(Prediction):
-    """A Prediction with fields added later (as the species/unknown decision will add some)."""
+    """A Prediction with fields added later (as the species/unknown decision added ``uncertain``)."""
 
-    uncertain: bool = False
-    candidates: tuple[dict, ...] = ()
+    reviewed: bool = False
+    evidence: tuple[dict, ...] = ()
 
 
 def test_fields_added_to_a_prediction_reach_every_row_format(tmp_path):
-    preds = [_Richer("a.jpg", "lion", 0.9, uncertain=True, candidates=({"species": "lion", "p": 0.9},)),
+    preds = [_Richer("a.jpg", "lion", 0.9, reviewed=True, evidence=({"species": "lion", "p": 0.9},)),
              _Richer("b.jpg", error="broken")]
     columns = columns_of(_Richer)
-    assert columns[-2:] == ["uncertain", "candidates"]
+    assert columns[-2:] == ["reviewed", "evidence"]
     for name in ("csv", "jsonl", "json", "parquet"):
         out = tmp_path / f"rows.{name}"
         with get_writer(name).open(out, columns) as write:
@@ -241,6 +241,6 @@ def test_fields_added_to_a_prediction_reach_every_row_format(tmp_path):
             import pyarrow.parquet as pq
 
             rows = pq.read_table(out).to_pylist()
-        assert str(rows[0]["uncertain"]) == "True", name
-        candidates = rows[0]["candidates"]
-        assert (json.loads(candidates) if isinstance(candidates, str) else candidates) == [{"species": "lion", "p": 0.9}]
+        assert str(rows[0]["reviewed"]) == "True", name
+        evidence = rows[0]["evidence"]
+        assert (json.loads(evidence) if isinstance(evidence, str) else evidence) == [{"species": "lion", "p": 0.9}]
