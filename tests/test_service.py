@@ -1,5 +1,6 @@
 """The web API (TestClient) and the web page in a real headless Chromium (Playwright)."""
 
+import contextlib
 import io
 import random
 import threading
@@ -104,24 +105,60 @@ def test_concurrent_requests_share_model_calls(predictor):
 
 
 
-@pytest.fixture(scope="module")
-def live_server(predictor, tmp_path_factory):
+@contextlib.contextmanager
+def serving(app):
+    """The app on a real HTTP server on loopback, in a thread: yields its address."""
     import uvicorn
-    from test_events import make_events_db
 
-    db = make_events_db(tmp_path_factory.mktemp("events") / "events.db")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, events_db=db), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(100):
         if server.started:
             break
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live_server(predictor, tmp_path_factory):
+    from test_events import make_events_db
+
+    db = make_events_db(tmp_path_factory.mktemp("events") / "events.db")
+    with serving(create_app(predictor, events_db=db)) as url:
+        yield url
+
+
+def test_the_page_says_in_words_when_the_model_is_between_two_species(predictor, tmp_path):
+    """An uncertain answer's card names both species and says to look again; it is no flat species name."""
+    import dataclasses
+
+    from playwright.sync_api import sync_playwright
+
+    assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
+    # a decision that is never sure enough: every answer that is not unknown is uncertain
+    unsure = dataclasses.replace(predictor, decision=dataclasses.replace(predictor.decision, uncertain_below=1.01))
+    lion = sorted((REAL_DATA / "lion").glob("*.jpg"))[-1]
+    with serving(create_app(unsure)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url)
+        page.set_input_files("#files", [str(lion)])
+        page.locator(".card").first.wait_for(timeout=60_000)
+        card = page.query_selector(".card")
+        text = card.inner_text()
+        assert "uncertain" in card.get_attribute("class") and "Not sure: Lion or " in text
+        assert "cannot tell these two apart" in text and "Confidence" in text and len(card.query_selector_all(".bar")) == 3
+        assert card.query_selector(".badge") is None  # no single species' status as if it were named
+        page.screenshot(path=str(ARTIFACTS / "serve_uncertain.png"), full_page=True)
+        browser.close()
 
 
 def test_page_in_a_real_browser(live_server, tmp_path):

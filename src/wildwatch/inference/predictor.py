@@ -158,18 +158,15 @@ def _article(name: str) -> str:
     return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
-@functools.lru_cache(maxsize=1)
-def _thread_pools():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()  # finds the loaded BLAS libraries once (numpy's is loaded by now)
-
-
 def one_blas_thread():
     """numpy's BLAS on one thread while classifying: its idle threads spin, and on a small
     machine they take the cores that decoding and the model need (a third of the throughput on
-    2 cores). The small matrix products of the unknown detector gain nothing from more."""
-    return _thread_pools().limit(limits=1, user_api="blas")
+    2 cores). The small matrix products of the decision gain nothing from more. The loaded BLAS
+    libraries are looked up at each call (about 1 ms): one loaded since (scipy's, PyTorch's) is
+    limited too."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 @dataclass

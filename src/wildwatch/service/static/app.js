@@ -54,9 +54,10 @@ function card(pred, file) {
     el("div", { class: "photo" }, img), body);
   if (pred.uncertain) {
     // not sure enough to name one: the two it is between, in words, and how sure of the first
+    const first = (pred.common_name || "").split(" or ")[0];
     body.append(el("h2", { text: "Not sure: " + pred.common_name + "?" }),
-      el("p", { class: "note", text: "The model cannot tell these two apart on this photo; " +
-        Math.round(pred.confidence * 100) + "% likely to be the first. Look at the photo before acting on it." }));
+      el("div", { text: "Confidence " + Math.round(pred.confidence * 100) + "% that it is the " + first }),
+      el("p", { class: "note", text: "The model cannot tell these two apart on this photo. Look at the photo before acting on it." }));
     if (pred.note) body.append(el("p", { class: "note", text: pred.note }));
     body.append(bars(pred.top_k));
   } else if (pred.unknown) {
