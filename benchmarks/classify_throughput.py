@@ -30,7 +30,7 @@ import torch
 from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import load_image
 from wildwatch.inference import Predictor, bundled_model_path
-from wildwatch.inference.backends import int8_path
+from wildwatch.models.bundle import load_bundle
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 
@@ -139,7 +139,8 @@ def main() -> None:
     if args.only:
         print("%s\t%s" % model_only(files, args.model, args.only.split(":", 1)[1], args.model_images))
         return
-    backends = ["torch", "onnx"] + (["onnx-int8"] if int8_path(args.model).exists() else [])
+    int8 = load_bundle(args.model).int8
+    backends = ["torch", "onnx"] + (["onnx-int8"] if int8 is not None else [])
     if args.backends:
         backends = [b for b in args.backends.split(",") if b in backends]
     print(f"{len(files)} photos from {args.data}; {os.cpu_count()} cores; backends: {', '.join(backends)}")
@@ -166,11 +167,8 @@ def main() -> None:
         c, peak = end_to_end(files, args.model, backends[-1], ("--robust",))
         print(f"[{backends[-1]} --robust] (c) classify end to end {c:.1f} img/s | c/a {c / a:.2f}x | "
               f"peak RSS {peak:.0f} MB", flush=True)
-    report = int8_path(args.model).with_suffix(".json")
-    if report.exists():
-        import json
-
-        r = json.loads(report.read_text())
+    if int8 is not None and int8.report():
+        r = int8.report()
         print(f"int8 vs fp32 (from `wildwatch export --int8`): validation {r['val_accuracy_fp32']:.4f} -> "
               f"{r['val_accuracy_int8']:.4f} ({r['int8_val_accuracy_change_points']:+.2f} points), test "
               f"{r['test_accuracy_fp32']:.4f} -> {r['test_accuracy_int8']:.4f} "

@@ -51,7 +51,8 @@ EDITS = (lambda t: t + " 🔥🔥", lambda t: "REPOST: " + t, lambda t: t.replac
 def photos_of(data: Path, classes: set[str]) -> dict[str, list[Path]]:
     """Test-split photos (never trained on) of each class, by the bundled model's own split."""
     from wildwatch.data.splits import split_for_model
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.bundle import bundled_model_path
 
     pred = Predictor.from_file(None)
     split = split_for_model(bundled_model_path(), pred.meta, data)[0]

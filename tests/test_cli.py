@@ -34,6 +34,25 @@ def test_train_then_evaluate(cli_run, shapes_dir, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["split"] == "test"
 
 
+def test_a_run_folder_is_a_bundle_and_export_int8_joins_it(cli_run, shapes_dir, tmp_path):
+    """train writes the run folder's manifest; export --int8 writes the int8 copy and its report beside
+    the model and names them there; classify then runs it from the folder alone."""
+    folder = tmp_path / "run"
+    shutil.copytree(cli_run, folder)  # the shared run stays without an int8 copy
+    manifest = json.loads((folder / "info.json").read_text())
+    assert manifest["weights"] == "model.safetensors" and manifest["metadata"] == "model.json" and "int8" not in manifest
+    photos = shapes_dir / "red_circles"
+    proc = run("classify", photos, "--model", folder, "--backend", "onnx-int8", check=False)
+    assert proc.returncode == 2 and "wildwatch export" in proc.stderr
+    run("export", "--model", folder, "--int8", "--data", shapes_dir, "--calibration-size", 16)
+    manifest = json.loads((folder / "info.json").read_text())
+    assert manifest["int8"] == {"file": "model.int8.onnx", "report": "model.int8.json"}
+    assert json.loads((folder / "model.int8.json").read_text())["calibration_photos"] == 16
+    out = tmp_path / "rows.csv"
+    proc = run("classify", photos, "--model", folder, "--backend", "onnx-int8", "--output", out)
+    assert "(onnx-int8 backend)" in proc.stderr and len(list(csv.DictReader(open(out)))) == len(list(photos.glob("*.jpg")))
+
+
 def test_classify_folder_with_broken_files_goes_on(cli_run, broken_dir, tmp_path):
     out = tmp_path / "rows.csv"
     proc = run("classify", broken_dir, "--model", cli_run, "--output", out, "--top-k", 2, check=False)

@@ -480,7 +480,8 @@ def export(
     format: str = typer.Option("onnx", help="Only onnx for now."),
     int8: bool = typer.Option(False, "--int8", help="Also make a static int8 model, calibrated on --data."),
     data: Optional[Path] = typer.Option(None, help="The training folder: calibration and parity photos."),
-    out: Optional[Path] = typer.Option(None, help="Output file. Default: the cache that `classify` looks in."),
+    out: Optional[Path] = typer.Option(None, help="Output file. Default: with --int8, beside the model, named "
+                                       "in its bundle manifest (info.json) for `classify`; else the cache."),
     calibration_size: int = typer.Option(500, min=16, help="Training photos that calibrate the int8 ranges."),
     ood: Optional[Path] = typer.Option(None, help="Photos of none of the species (e.g. ood_dev): also compare "
                                        "the unknown detector's AUROC with int8 and with fp32."),

@@ -222,6 +222,16 @@ def _report(run: Run, strategy: Strategy, history: list[dict]) -> None:
                  [("loss and accuracy per epoch", run.out / "curves.png")], [("history", history)])
 
 
+def _write_manifest(run: Run) -> None:
+    """The run folder's bundle manifest: the model file and its readable metadata (``models.bundle``)."""
+    from wildwatch.models.bundle import fresh_bundle, write_manifest
+    from wildwatch.models.files import MODEL_FILENAME
+
+    weights = run.out / MODEL_FILENAME
+    if weights.is_file():
+        write_manifest(fresh_bundle(weights), f"{run.cfg.model} trained by wildwatch train")
+
+
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy: Strategy | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` with its recipe, keeping the best epoch on validation
     (the test split is never used for that). With ``resume`` an interrupted run continues from
@@ -268,5 +278,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy:
             tqdm.write(f"time limit of {cfg.time_limit} min reached after epoch {epoch + 1}; finishing")
             break
     model = strategy.finish(run, best, history)
+    if run.main:
+        _write_manifest(run)
     cleanup(run.dist)
     return FitResult(run.out, best.val_acc, best.epoch, len(history), model)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from wildwatch.errors import NeedsExtraError, UnknownNameError
+from wildwatch.errors import ModelFileError, NeedsExtraError, UnknownNameError
+from wildwatch.models.bundle import Bundle, OnnxFile, bundled, load_bundle
 from wildwatch.models.decision import Outputs
 
 if TYPE_CHECKING:
@@ -124,7 +125,8 @@ class OnnxRunner:
     species_digest = None
     per_core = True
 
-    def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
+    def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None,
+                 unknown_threshold: float | None = None):
         import threading
 
         self.name = name
@@ -141,15 +143,14 @@ class OnnxRunner:
         self._lock = threading.Lock()
         self._single = None
         # an int8 file's own unknown threshold (its features move a little), from its export report
-        self.unknown_threshold = _report(onnx_path).get("unknown_threshold")
+        self.unknown_threshold = unknown_threshold
 
     def single_threaded(self) -> "OnnxRunner":
         """A second session on one core, for running several batches at once (one per core):
         no parallel-for barrier is left waiting while other threads decode photos."""
         with self._lock:
             if self._single is None:
-                self._single = OnnxRunner(self.path, self.name, threads=1)
-                self._single.unknown_threshold = self.unknown_threshold
+                self._single = OnnxRunner(self.path, self.name, threads=1, unknown_threshold=self.unknown_threshold)
                 self._single.session  # built now, before the worker threads share it
         return self._single
 
@@ -206,22 +207,23 @@ def onnx_available() -> bool:
     return True
 
 
-def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path, image_size: int, device: str = "cpu"):
-    """Build the runner for ``backend``; ``model`` gives the PyTorch model when one is needed (it
-    is not built when an ONNX file already exists). ONNX files are exported once per model file
-    and cached; an int8 file must have been made with ``wildwatch export --int8`` (it needs
-    calibration photos)."""
+def make_runner(backend: str, model: Callable[[], "nn.Module"], bundle: Bundle, image_size: int,
+                device: str = "cpu"):
+    """Build the runner for ``backend`` from the files of ``bundle``; ``model`` gives the PyTorch
+    model when one is needed (it is not built when an ONNX file already exists). An fp32 ONNX file
+    the bundle does not name is exported once per model file and cached; an int8 file must have been
+    made with ``wildwatch export --int8`` (it needs calibration photos), which names it in the
+    bundle's manifest."""
     if backend not in BACKENDS:
         raise UnknownNameError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     on_cpu = _on_cpu(device)
     if backend == "auto":
-        int8 = int8_path(model_file)
-        if onnx_available() and on_cpu and int8.exists() and int8_is_accurate(int8):
-            return OnnxRunner(int8, "onnx-int8")
+        if onnx_available() and on_cpu and bundle.int8 is not None and int8_is_accurate(bundle.int8.report()):
+            return int8_runner(bundle.int8)
         if not (onnx_available() and on_cpu):
             return TorchRunner(model(), device)
         try:
-            return make_runner("onnx", model, model_file, image_size, device)
+            return make_runner("onnx", model, bundle, image_size, device)
         except Exception as exc:  # an export that fails must not stop the batch: PyTorch gives the same answers
             import warnings
 
@@ -232,48 +234,74 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path
     if not onnx_available():
         raise NeedsExtraError("the onnx backends need onnxruntime: pip install onnxruntime")
     if backend == "onnx-int8":
-        path = int8_path(model_file)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no int8 model yet; make it with: wildwatch export --model {model_file} --int8 --data DIR")
-        return OnnxRunner(path, "onnx-int8")
-    path = fp32_path(model_file)
+        if bundle.int8 is None:
+            raise FileNotFoundError(f"{bundle.model_file}: no int8 model yet; make it with: wildwatch export "
+                                    f"--model {bundle.model_file} --int8 --data DIR")
+        return int8_runner(bundle.int8)
+    path = fp32_file(bundle)
     if not path.exists():
         export_model_onnx(model(), path, image_size)
     return OnnxRunner(path, "onnx")
+
+
+def int8_runner(f: OnnxFile, name: str = "onnx-int8") -> OnnxRunner:
+    """An int8 file with its own unknown threshold (from its export report)."""
+    return OnnxRunner(f.path, name, unknown_threshold=f.report().get("unknown_threshold"))
+
+
+def fp32_file(bundle: Bundle) -> Path:
+    """The bundle's fp32 ONNX file, else the cache's copy of its weights (exported on first use)."""
+    return bundle.fp32 or cache_dir() / f"{file_digest(bundle.model_file)}_fp32.onnx"
+
+
+def species_runner(main, classes: list[str], species_model: str | Path, backend: str = "auto",
+                   device: str = "cpu") -> "DualRunner":
+    """A DualRunner: species from ``species_model``, the open-set score and ImageNet logits from
+    ``main``. ``species_model``: ``"bundled"`` (the bundled model's species network), or a bundle:
+    the species network its manifest names, else its own weights (a model file or run folder)."""
+    bundle = bundled() if str(species_model) == "bundled" else load_bundle(species_model)
+    if bundle.species is not None:
+        net = bundle.species
+        if net.report_path is None:
+            raise ModelFileError(f"{bundle.manifest}: its species network {net.path.name} has no export report "
+                                 "named with it (classes and temperature)")
+        info = net.report()
+        if info.get("temperature") is None:
+            raise ModelFileError(f"{net.report_path}: no temperature; export the species model again with "
+                                 "wildwatch export --int8")
+        theirs, temperature, file = info.get("classes"), info["temperature"], net.path
+        runner = OnnxRunner(net.path, "species-int8")
+    elif str(species_model) == "bundled":
+        raise ModelFileError(f"{bundle.manifest}: the bundled model names no species network")
+    else:
+        theirs, temperature, runner = _own_network(bundle, backend, device)
+        file = bundle.model_file
+    if theirs != classes:
+        raise ModelFileError(f"{species_model}: its classes {theirs} are not the model's {classes}")
+    return DualRunner(main, runner, temperature, file_digest(file))
+
+
+def _own_network(bundle: Bundle, backend: str, device: str):
+    """(classes, temperature, runner) of a bundle's own weights, as a species network."""
+    from wildwatch.data.transforms import Preprocess
+    from wildwatch.models.decision import Decision
+    from wildwatch.models.files import load_model
+
+    meta = bundle.meta()
+    runner = make_runner(backend, lambda: load_model(bundle.model_file, device)[0], bundle,
+                         Preprocess.from_json(meta["preprocess"]).image_size, device)
+    return list(meta["classes"]), Decision.from_meta(meta).temperature, runner
 
 
 MAX_INT8_LOSS_POINTS = 0.3
 MAX_INT8_AUROC_LOSS = 0.01
 
 
-def _report(onnx_path: Path) -> dict:
-    """The export report written beside an int8 file ({} when there is none)."""
-    import json
-
-    report = Path(onnx_path).with_suffix(".json")
-    return json.loads(report.read_text()) if report.exists() else {}
-
-
-def int8_is_accurate(report: Path | dict) -> bool:
-    """True when an int8 file's export report (or the file, whose report sits beside it) shows
-    at most 0.3 points of accuracy lost on the validation and test photos together and, where it was
-    measured, the open-set score's AUROC at most 0.01 lower than with fp32."""
-    r = report if isinstance(report, dict) else _report(report)
-    change = r.get("int8_accuracy_change_points")
+def int8_is_accurate(report: dict) -> bool:
+    """True when an int8 file's export report shows at most 0.3 points of accuracy lost on the
+    validation and test photos together and, where it was measured, the open-set score's AUROC at
+    most 0.01 lower than with fp32."""
+    change = report.get("int8_accuracy_change_points")
     if change is None or change < -MAX_INT8_LOSS_POINTS:
         return False
-    return r.get("int8_unknown_auroc_change", 0.0) >= -MAX_INT8_AUROC_LOSS
-
-
-def fp32_path(model_file: Path) -> Path:
-    shipped = Path(model_file).with_suffix(".onnx")
-    if shipped.exists():
-        return shipped
-    return cache_dir() / f"{file_digest(Path(model_file))}_fp32.onnx"
-
-
-def int8_path(model_file: Path) -> Path:
-    shipped = Path(model_file).with_suffix(".int8.onnx")
-    if shipped.exists():
-        return shipped
-    return cache_dir() / f"{file_digest(Path(model_file))}_int8.onnx"
+    return report.get("int8_unknown_auroc_change", 0.0) >= -MAX_INT8_AUROC_LOSS

@@ -13,17 +13,10 @@ import torch
 from wildwatch.data.loading import load_image
 from wildwatch.errors import UsageError, WildwatchError
 from wildwatch.reports.metrics import auroc
-from wildwatch.inference.backends import (
-    OnnxRunner,
-    TorchRunner,
-    export_model_onnx,
-    fp32_path,
-    int8_is_accurate,
-    int8_path,
-)
+from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_file, int8_is_accurate
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
+from wildwatch.models.bundle import Bundle, OnnxFile, fresh_bundle, load_bundle, manifest_taken, write_manifest
 from wildwatch.models.decision import Decision, Outputs
-from wildwatch.models.files import resolve_model_path
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
@@ -89,13 +82,20 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     validation split (which decides whether ``--backend auto`` may use it) and on the test split.
     With ``ood_dir`` (photos of none of the species), also the unknown detector's AUROC with each;
     then ``auto`` also needs int8 to stay within 0.01 of fp32's AUROC.
-    """
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
 
-    model_file = resolve_model_path(bundled_model_path() if model is None else model)
-    pred = Predictor.from_file(model_file, backend="torch")
+    The int8 file and its report go to ``out`` (the report beside it), else to the bundle's folder;
+    a file written in the bundle's folder is named in its manifest (written for a model file that
+    had none), so ``classify`` finds it.
+    """
+    from wildwatch.inference.predictor import Predictor
+
+    bundle = load_bundle(model)
+    model_file = bundle.model_file
+    fp32 = Path(out) if (out is not None and not int8) else fp32_file(bundle)
+    int8_files = _int8_files(bundle, out) if int8 else None
+    _check_manifest(bundle, [fp32] if int8_files is None else [int8_files.path])
+    pred = Predictor.from_file(bundle, backend="torch")
     size = pred.preprocess.image_size
-    fp32 = Path(out) if (out is not None and not int8) else fp32_path(model_file)
     t0 = time.perf_counter()
     if not fp32.exists() or (out is not None and not int8):
         export_model_onnx(pred.model, fp32, size)
@@ -120,7 +120,7 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     if int8:
         if data is None:
             raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
-        target = Path(out) if out is not None else int8_path(model_file)
+        target = int8_files.path
         calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
         quantize_int8(fp32, target, calib)
         report["onnx_int8"] = str(target)
@@ -160,9 +160,42 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
                  "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
                  "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
                  "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
-        target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
+        int8_files.report_path.write_text(json.dumps({**report, **names}, indent=2))
         stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
+        _record(bundle, int8=int8_files)
+    elif out is not None:
+        _record(bundle, fp32=fp32)
     return report
+
+
+def _int8_files(bundle: Bundle, out: Path | None) -> OnnxFile:
+    """Where the int8 copy and its report go: ``out`` (the report beside it), else the files the
+    bundle already names for them, else beside its weights."""
+    if out is not None:
+        return OnnxFile(Path(out), Path(out).with_suffix(".json"))
+    if bundle.int8 is not None and bundle.int8.report_path is not None:
+        return bundle.int8
+    w = bundle.model_file
+    return OnnxFile(w.with_name(f"{w.stem}.int8.onnx"), w.with_name(f"{w.stem}.int8.json"))
+
+
+def _in_folder(bundle: Bundle, path: Path) -> bool:
+    return path.parent.resolve() == bundle.folder.resolve()
+
+
+def _check_manifest(bundle: Bundle, outputs: list[Path]) -> None:
+    """Before any work: an output in the bundle's folder is named in its manifest, which must be this model's."""
+    if any(_in_folder(bundle, p) for p in outputs) and manifest_taken(bundle):
+        raise UsageError(f"{bundle.folder}: its manifest describes another model; export {bundle.model_file} "
+                         "into a folder of its own (--out)")
+
+
+def _record(bundle: Bundle, **files) -> None:
+    """Name the files written in the bundle's folder in its manifest."""
+    keep = {k: v for k, v in files.items() if _in_folder(bundle, v.path if isinstance(v, OnnxFile) else v)}
+    if keep:
+        base = bundle if bundle.manifest is not None else fresh_bundle(bundle.model_file)
+        write_manifest(dataclasses.replace(base, **keep))
 
 
 # after the pooled features: the species and ImageNet classifiers and the open-set score, kept in float

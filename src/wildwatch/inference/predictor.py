@@ -6,7 +6,6 @@ import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
@@ -18,50 +17,13 @@ from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_phot
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
 from wildwatch.errors import require
 from wildwatch.field import place_from_exif
+from wildwatch.models.bundle import Bundle, load_bundle
 from wildwatch.models.decision import Decision, Outputs, Verdict
-from wildwatch.models.files import ModelFileError, read_model_meta
+from wildwatch.models.files import ModelFileError
 from wildwatch.species import species_info
 
 if TYPE_CHECKING:
     from wildwatch.inference.backends import Runner
-
-BUNDLED_SPECIES = "resources/bundled_species.int8.onnx"
-BUNDLED_MODEL = "resources/bundled_model.safetensors"
-
-
-def bundled_species_path() -> Path:
-    """The bundled species network: EfficientNet-Lite0 fine-tuned end to end on degraded photos,
-    as an int8 ONNX file (its export report, with classes and temperature, beside it)."""
-    return Path(str(resources.files("wildwatch").joinpath(BUNDLED_SPECIES)))
-
-
-def species_runner(pred: "Predictor", species_model: str | Path, backend: str = "auto"):
-    """A DualRunner: species from ``species_model``, unknown features from ``pred``'s runner."""
-    from wildwatch.inference.backends import DualRunner, OnnxRunner, file_digest
-    from wildwatch.models.files import ModelFileError, resolve_model_path
-
-    src = bundled_species_path() if str(species_model) == "bundled" else Path(species_model)
-    if src.suffix == ".onnx":
-        report = src.with_suffix(".json")
-        if not report.exists():
-            raise ModelFileError(f"{src}: no export report ({report.name}) beside it with classes and temperature")
-        info = json.loads(report.read_text())
-        if info.get("temperature") is None:
-            raise ModelFileError(f"{report}: no temperature; export the species model again with wildwatch export --int8")
-        classes, temperature, runner, file = info.get("classes"), info["temperature"], OnnxRunner(src, "species-int8"), src
-    else:
-        file = resolve_model_path(src)
-        other = Predictor.from_file(file, device=pred.device, backend=backend)
-        classes, temperature, runner = other.classes, other.temperature, other.runner
-    if classes != pred.classes:
-        raise ModelFileError(f"{src}: its classes {classes} are not the model's {pred.classes}")
-    return DualRunner(pred.runner, runner, temperature, file_digest(file))
-
-
-def bundled_model_path() -> Path:
-    """The model shipped inside the package."""
-    return Path(str(resources.files("wildwatch").joinpath(BUNDLED_MODEL)))
-
 
 def model_decision(meta: dict, path: Path | None = None) -> Decision:
     """The decision a model file carries. A pretrained-backbone file made before the decision lived in
@@ -191,23 +153,23 @@ class Predictor:
             self.decision = model_decision(self.meta, self.model_path)
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None, device: str = "cpu", top_k: int = 3,
+    def from_file(cls, path: str | Path | Bundle | None = None, device: str = "cpu", top_k: int = 3,
                   backend: str = "auto", species_model: str | Path | None = None,
                   decision: Decision | None = None) -> "Predictor":
-        """Load a model file or run folder (``None``: the bundled model) and pick a backend:
-        ``torch``, ``onnx`` (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available).
+        """Load a model (``models.bundle.load_bundle``: ``None`` for the bundled model, a bundle's
+        folder or manifest, a run folder or a model file) and pick a backend: ``torch``, ``onnx``
+        (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available).
 
-        ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a model file, run
-        folder or int8 ONNX file with its export report beside it) names the species, while this
-        model still decides "unknown": robust to degraded photos, at twice the compute."""
-        from wildwatch.inference.backends import make_runner
-        from wildwatch.models.files import resolve_model_path
+        ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a bundle: the species
+        network its manifest names, else its weights) names the species, while this model still
+        decides "unknown": robust to degraded photos, at twice the compute."""
+        from wildwatch.inference.backends import make_runner, species_runner
 
-        path = resolve_model_path(bundled_model_path() if path is None else path)
-        pred = cls(read_model_meta(path), path, str(device), top_k, decision=decision)
-        pred.runner = make_runner(backend, lambda: pred.model, path, pred.preprocess.image_size, pred.device)
+        bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        pred = cls(bundle.meta(), bundle.model_file, str(device), top_k, decision=decision)
+        pred.runner = make_runner(backend, lambda: pred.model, bundle, pred.preprocess.image_size, pred.device)
         if species_model is not None:
-            pred.runner = species_runner(pred, species_model, backend)
+            pred.runner = species_runner(pred.runner, pred.classes, species_model, backend, pred.device)
         return pred
 
     @property

@@ -112,8 +112,7 @@ def _run_actors(present: list[str], model, backend: str, top_k: int, country: st
 
 def _model_info(model: str | Path | None) -> tuple[Path, str]:
     """The model file (the bundled one for ``None``) and its architecture, read on the driver."""
-    from wildwatch.inference.predictor import bundled_model_path
-    from wildwatch.models.files import read_model_meta, resolve_model_path
+    from wildwatch.models.bundle import load_bundle
 
-    path = resolve_model_path(bundled_model_path() if model is None else model)
-    return path, read_model_meta(path)["architecture"]
+    bundle = load_bundle(model)
+    return bundle.model_file, bundle.meta()["architecture"]

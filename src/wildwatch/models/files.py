@@ -51,6 +51,12 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
+def metadata_copy_path(weights: Path) -> Path:
+    """Where ``save_model`` writes the readable copy of a model file's metadata (a bundle's manifest
+    names it; nothing reads it to load the model)."""
+    return Path(weights).with_suffix(".json")
+
+
 def save_model(
     path: str | Path,
     model: nn.Module,
@@ -82,7 +88,7 @@ def save_model(
         state[EXTRA_PREFIX + k] = v.contiguous()
     meta = {"format": MODEL_FORMAT, **meta, "stored_keys": "partial" if only is not None else "all"}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"wildwatch": json.dumps(meta)}))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(metadata_copy_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return path
 
 

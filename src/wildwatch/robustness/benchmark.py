@@ -103,11 +103,12 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     overlapping tiles (``Predictor.refine_with_tiles``). ``species_model``: see ``Predictor.from_file``."""
     from wildwatch.data.splits import split_for_model
     from wildwatch.inference.backends import file_digest
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
-    from wildwatch.models.files import resolve_model_path
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.bundle import load_bundle
 
     data, out = Path(data), Path(out)
-    model_path = resolve_model_path(bundled_model_path() if model in (None, "bundled") else Path(model))
+    bundle = load_bundle(None if model in (None, "bundled") else Path(model))
+    model_path = bundle.model_file
     if pastes is not None and not Path(pastes).is_dir():
         raise FileNotFoundError(f"{pastes}: paste folder not found")
     names = list(conditions) if conditions else [*C.IMAGENET_C, *C.CCTV, *(C.CONTEXT if pastes else ())]
@@ -116,7 +117,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             raise UnknownNameError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
         if C.CONDITIONS[n].family == "context" and pastes is None:
             raise UsageError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
-    predictor = Predictor.from_file(model_path, backend=backend, species_model=species_model)
+    predictor = Predictor.from_file(bundle, backend=backend, species_model=species_model)
     split, same_data = split_for_model(model_path, predictor.meta, data)
     samples = stratified_subset(split.part(split_name), limit_per_class, seed)
     if not samples:
