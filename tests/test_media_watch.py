@@ -12,7 +12,7 @@ import pytest
 from conftest import REAL_DATA
 from PIL import Image
 
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.monitor.evidence import post_evidence
 from wildwatch.monitor.terms import find_hits, find_prices
 from wildwatch.species import species_info

@@ -19,7 +19,7 @@ import pytest
 from conftest import REAL_DATA, free_port
 from PIL import Image
 
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.monitor.alerts import (
     AlertPolicy,
     EmailSink,

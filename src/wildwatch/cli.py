@@ -236,7 +236,7 @@ def _detector():
 
 def _print_prediction(p) -> None:
     """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
-    from wildwatch.inference.predictor import describe_other
+    from wildwatch.inference.prediction import describe_other
 
     if p.error:
         typer.echo(f"{p.source}\tERROR\t{p.error}")
@@ -422,7 +422,8 @@ def monitor(
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
     cfg.check_country()
-    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
+    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust),
+                                    country=cfg.country.upper() if cfg.country else None)
     mon = Monitor(cfg, frame_classifier(predictor, cfg), status=status)
     stats = mon.run(sources or None)
     typer.echo(json.dumps(stats))

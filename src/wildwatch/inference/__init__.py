@@ -6,11 +6,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wildwatch.inference.predictor import Prediction, Predictor
+    from wildwatch.inference.prediction import Prediction
+    from wildwatch.inference.predictor import Predictor
     from wildwatch.models.bundle import bundled_model_path
 
 __all__ = ["Prediction", "Predictor", "bundled_model_path"]
-_HOME = {"Prediction": "wildwatch.inference.predictor", "Predictor": "wildwatch.inference.predictor",
+_HOME = {"Prediction": "wildwatch.inference.prediction", "Predictor": "wildwatch.inference.predictor",
          "bundled_model_path": "wildwatch.models.bundle"}
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import DataError, UnknownNameError, UsageError, require
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.writers import (
     Batch,
     Writer,
@@ -204,7 +204,8 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     per_row = writer is None or writer.per_row
     collected: list[Prediction] = []
     todo = _Todo(opts, writer)
-    stream = pipe.predict_paths(todo) if pipe else predictor.predict_paths(todo, batch_size=opts.batch_size)
+    # the files are found once, by _Todo (which leaves out those --resume skips)
+    stream = pipe.predict_files(todo) if pipe else predictor.predict_files(todo, batch_size=opts.batch_size)
     if output is not None and writer is not None and writer.per_row:
         _write_provenance(opts, writer.name, predictor)
     n = n_err = 0
@@ -274,11 +275,9 @@ def _write_provenance(opts: ClassifyOptions, fmt: str, predictor, engine: str = 
 def _predictor(opts: ClassifyOptions):
     from wildwatch.inference.predictor import Predictor
 
-    predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
-                                    species_model="bundled" if opts.robust else None)
-    predictor.country = opts.country.upper() if opts.country else None
-    predictor.use_exif = opts.use_exif
-    return predictor
+    return Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
+                               species_model="bundled" if opts.robust else None,
+                               country=opts.country.upper() if opts.country else None, use_exif=opts.use_exif)
 
 
 def _detect_pipeline(opts: ClassifyOptions, predictor):

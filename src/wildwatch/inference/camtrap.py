@@ -34,7 +34,8 @@ from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_phot
 from wildwatch.field import Place, place_from_exif
 from wildwatch.inference.crops import crops, decode_for_crops
 from wildwatch.inference.detect import Box, Detector
-from wildwatch.inference.predictor import Prediction, one_blas_thread
+from wildwatch.inference.pipeline import one_blas_thread
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.sequences import (
     DEFAULT_GAP_S,
     PhotoAnswer,
@@ -153,7 +154,7 @@ class DetectPipeline:
 
     def _worker_predictor(self):
         runner = self.predictor.runner
-        if runner is not None and runner.per_core:
+        if runner.per_core:
             return dataclasses.replace(self.predictor, runner=runner.single_threaded())
         return self.predictor
 
@@ -200,6 +201,10 @@ class DetectPipeline:
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[DetectedPrediction]:
         """Every photo under ``paths``, in input order, ``workers`` (default: one per core) at a time."""
+        return self.predict_files(expand_paths(paths), workers)
+
+    def predict_files(self, files: Iterable[Path], workers: int | None = None) -> Iterator[DetectedPrediction]:
+        """Every one of ``files`` (found already: no folder expansion), in input order."""
         workers = max(1, workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else workers or os.cpu_count() or 1)
         local = {}
@@ -214,7 +219,7 @@ class DetectPipeline:
 
         with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             window: deque = deque()
-            for path in expand_paths(paths):
+            for path in files:
                 window.append(pool.submit(work, path))
                 if len(window) > 2 * workers:
                     yield window.popleft().result()

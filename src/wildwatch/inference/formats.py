@@ -14,7 +14,7 @@ from typing import Iterable
 from wildwatch import __version__
 from wildwatch.data.discover import IMAGE_MEDIA_TYPES
 from wildwatch.errors import UsageError
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.species import species_info
 
 CAMTRAP_DP_VERSION = "1.0.2"

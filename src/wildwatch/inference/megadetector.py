@@ -31,7 +31,7 @@ from wildwatch import __version__
 from wildwatch.data.loading import ImageLoadError
 from wildwatch.inference.camtrap import photo_detections
 from wildwatch.inference.crops import CROP_MARGIN, crops, decode_for_crops, square_crop_box  # noqa: F401
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.readers import CATEGORIES, image_path
 from wildwatch.species import species_info
 

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 
 
 @dataclass
@@ -33,8 +33,7 @@ class _Classifier:
     def __init__(self, model: str | None, backend: str, top_k: int, country: str | None):
         from wildwatch.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_file(model, backend=backend, top_k=top_k)
-        self.predictor.country = country
+        self.predictor = Predictor.from_file(model, backend=backend, top_k=top_k, country=country)
 
     def __call__(self, batch: dict) -> dict:
         from wildwatch.data.loading import ImageLoadError

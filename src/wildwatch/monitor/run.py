@@ -8,6 +8,7 @@ sources, frames/s, sightings and pending alerts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -117,8 +118,8 @@ class _PostPart:
 def frame_classifier(predictor, cfg: MonitorConfig):
     """What the monitor calls on a list of frames: the predictor, with the country of the cameras and,
     with ``tiles`` >= 2, a second look at tiles of frames without a confident answer."""
-    if cfg.country:
-        predictor.country = cfg.country.upper()
+    if cfg.country and predictor.country != cfg.country.upper():
+        predictor = dataclasses.replace(predictor, country=cfg.country.upper())  # the same model and runner
     if cfg.detect:
         from wildwatch.inference.camtrap import DetectPipeline
 

@@ -24,7 +24,7 @@ from PIL import Image
 from wildwatch import __version__
 from wildwatch.data.loading import ImageLoadError, header_info, too_large
 from wildwatch.errors import installed
-from wildwatch.inference.predictor import describe_other
+from wildwatch.inference.prediction import describe_other
 from wildwatch.service.batching import MemoryBudget, MicroBatcher
 from wildwatch.service.guard import Guard, Limits
 from wildwatch.service.schemas import (

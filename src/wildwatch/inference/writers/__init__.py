@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
 
 if TYPE_CHECKING:  # the registry loads without the model code: the command line's help reads it
-    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.prediction import Prediction
 
 ENTRY_POINT_GROUP = "wildwatch.writers"
 _MARKER = "@register_writer"
@@ -209,7 +209,7 @@ def columns_of(kind: type | None = None) -> list[str]:
     """The table columns of a dataclass (default: ``Prediction``): its fields, in order
     (subclasses add theirs)."""
     if kind is None:
-        from wildwatch.inference.predictor import Prediction as kind
+        from wildwatch.inference.prediction import Prediction as kind
     return [f.name for f in dataclasses.fields(kind)]
 
 
