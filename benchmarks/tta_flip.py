@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.data.splits import split_for_model  # noqa: E402
-from wildwatch.inference.predictor import Predictor  # noqa: E402
-from wildwatch.models.bundle import load_bundle  # noqa: E402
-from wildwatch.robustness import corruptions as C  # noqa: E402
-from wildwatch.robustness.benchmark import eval_crop, stratified_subset  # noqa: E402
+from wildwatch.data.splits import split_for_model
+from wildwatch.inference.predictor import Predictor
+from wildwatch.models.bundle import load_bundle
+from wildwatch.robustness import corruptions as C
+from wildwatch.robustness.benchmark import eval_crop, stratified_subset
 
 CELLS = [("clean", 0), ("gaussian_noise", 3), ("defocus_blur", 3), ("motion_blur", 2), ("snow", 3), ("contrast", 3),
          ("pixelate", 3), ("jpeg_compression", 3), ("low_resolution", 3), ("night_ir", 3), ("glass_blur", 1)]

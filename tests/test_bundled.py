@@ -10,8 +10,8 @@ from conftest import REAL_DATA, draw_shape
 from PIL import Image
 
 from wildwatch.inference import Predictor, bundled_model_path
-from wildwatch.models.bundle import bundled as bundled_files
 from wildwatch.models import create_model
+from wildwatch.models.bundle import bundled as bundled_files
 from wildwatch.models.decision import absorbed_mask, fit_temperature
 from wildwatch.models.effnet import load_lite0_imagenet_state
 from wildwatch.reports.metrics import nll, softmax
@@ -160,7 +160,7 @@ def test_robust_mode_names_real_photos_and_holds_up_under_blur():
         truth += [cls] * len(files)
     clean = [Image.open(p).convert("RGB") for p in paths]
     blurred = [im.filter(ImageFilter.GaussianBlur(4)) for im in clean]
-    right = lambda preds: sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))  # noqa: E731
+    right = lambda preds: sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))
     assert right(robust.predict_images(clean, [str(p) for p in paths])) / len(paths) >= 0.85
     assert right(robust.predict_images(blurred)) > right(main.predict_images(blurred))
 
@@ -221,6 +221,6 @@ def test_a_model_file_alone_runs_its_fp32_copy_from_the_cache(tmp_path, monkeypa
     monkeypatch.setenv("WILDWATCH_CACHE", str(tmp_path / "cache"))
     shutil.copy(bundled_model_path(), tmp_path / "w.safetensors")
     pred = Predictor.from_file(tmp_path / "w.safetensors")  # no manifest: no int8 copy, auto exports fp32
-    assert pred.backend == "onnx" and [p.name for p in (tmp_path / "cache").iterdir()][0].endswith("_fp32.onnx")
+    assert pred.backend == "onnx" and next(p.name for p in (tmp_path / "cache").iterdir()).endswith("_fp32.onnx")
     with pytest.raises(FileNotFoundError, match="wildwatch export"):
         Predictor.from_file(tmp_path / "w.safetensors", backend="onnx-int8")

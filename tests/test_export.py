@@ -130,7 +130,7 @@ def test_classify_on_onnx_never_imports_torch(tmp_path, shapes_dir):
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "print('torch' in sys.modules, 'torchvision' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
     assert len((tmp_path / "o.csv").read_text().splitlines()) > 10
@@ -190,7 +190,7 @@ def test_the_bundled_onnx_file_alone_reproduces_the_answer():
     meta = {k.split(".", 1)[1]: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()
             if k.startswith("wildwatch.")}
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.jpg"))
-    photos = examples + [sorted((REAL_DATA / c).glob("*.jpg"))[-1] for c in pred.classes]
+    photos = examples + [max((REAL_DATA / c).glob("*.jpg")) for c in pred.classes]
     images = [Image.open(p).convert("RGB") for p in photos] + [Image.new("RGB", (300, 200), (128, 128, 128))]
     pixels = pred.pixels(images)
     # (x / 255 - mean) / std, as one multiply and one subtract in float32 (the same rounding as wildwatch's)

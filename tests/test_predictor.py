@@ -45,8 +45,8 @@ def test_a_predictor_is_built_complete_and_never_changes(tmp_path):
 
 
 def test_classify_finds_the_files_once(tmp_path, monkeypatch):
-    import wildwatch.data.discover as discover
-    import wildwatch.inference.pipeline as pipeline
+    from wildwatch.data import discover
+    from wildwatch.inference import pipeline
     from wildwatch.inference.batch import ClassifyOptions, classify_files
 
     for i in range(3):

@@ -90,7 +90,7 @@ def read_place(path) -> Place:
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-    except Exception:  # unreadable files are reported by the image loader, not here
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the image loader, not here
         return Place()
     return place_from_exif(exif)
 

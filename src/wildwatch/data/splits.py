@@ -6,9 +6,9 @@ import csv
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -47,7 +47,7 @@ class Split:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Split":
+    def from_json(cls, d: dict) -> Split:
         parts = {n: [Sample(p, lab) for p, lab in d.get(n, [])] for n in SPLIT_NAMES}
         return cls(
             classes=list(d["classes"]),
@@ -61,7 +61,7 @@ class Split:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path) -> Split:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 

@@ -6,8 +6,8 @@ import csv
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image

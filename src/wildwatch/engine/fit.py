@@ -32,7 +32,7 @@ from wildwatch.errors import UsageError
 from wildwatch.models import get_entry
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
     from wildwatch.engine.distributed import DistInfo
 
@@ -48,7 +48,7 @@ class FitResult:
     best_val_acc: float
     best_epoch: int
     epochs_run: int
-    model: "nn.Module | None" = None
+    model: nn.Module | None = None
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Run:
     split: Split
     data_fingerprint: str
     device: torch.device
-    dist: "DistInfo"
+    dist: DistInfo
     progress: bool
     started: float = field(default_factory=time.perf_counter)
 
@@ -108,7 +108,7 @@ class Strategy(Protocol):
     def finished_elsewhere(self, out: Path) -> tuple[list[dict], Best] | None:
         """(history, best) when the run trained elsewhere and only its best weights came back; else None."""
 
-    def finish(self, run: Run, best: Best, history: list[dict]) -> "nn.Module | None":
+    def finish(self, run: Run, best: Best, history: list[dict]) -> nn.Module | None:
         """Write the model file from the best epoch; return the model."""
 
 

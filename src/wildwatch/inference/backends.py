@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from wildwatch.models.bundle import Bundle, OnnxFile, bundled, load_bundle
 from wildwatch.models.decision import Outputs
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
@@ -32,16 +33,16 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray) -> Outputs:
         """(species logits, open-set score or None, ImageNet logits or None)."""
 
-    def single_threaded(self) -> "Runner":
+    def single_threaded(self) -> Runner:
         """A runner on one core (only called when ``per_core``)."""
 
 
 OUTPUT_NAMES = ("logits", "unknown", "imagenet")  # an exported file's outputs, as far as the model has them
 
 
-def _outputs(model: "nn.Module") -> "nn.Module":
+def _outputs(model: nn.Module) -> nn.Module:
     """A module giving the outputs the model has, in ``OUTPUT_NAMES`` order (the logits alone for a seed CNN)."""
-    import torch.nn as nn
+    from torch import nn
 
     class NetworkOutputs(nn.Module):
         def __init__(self, model: nn.Module):
@@ -55,7 +56,7 @@ def _outputs(model: "nn.Module") -> "nn.Module":
     return NetworkOutputs(model)
 
 
-def output_names(model: "nn.Module") -> list[str]:
+def output_names(model: nn.Module) -> list[str]:
     """The names of the outputs ``_outputs(model)`` gives (what an exported file calls them)."""
     import torch
 
@@ -107,7 +108,7 @@ class TorchRunner:
     species_digest = None
     per_core = False  # PyTorch runs one batch at a time on all cores; decoding threads feed it
 
-    def __init__(self, model: "nn.Module", device):
+    def __init__(self, model: nn.Module, device):
         self.model, self.device = model, device
         # PyTorch eager runs this kind of network faster in small batches on a CPU (cache-bound)
         self.batch_size = 4 if _on_cpu(device) else 32
@@ -145,13 +146,13 @@ class OnnxRunner:
         # an int8 file's own unknown threshold (its features move a little), from its export report
         self.unknown_threshold = unknown_threshold
 
-    def single_threaded(self) -> "OnnxRunner":
+    def single_threaded(self) -> OnnxRunner:
         """A second session on one core, for running several batches at once (one per core):
         no parallel-for barrier is left waiting while other threads decode photos."""
         with self._lock:
             if self._single is None:
                 self._single = OnnxRunner(self.path, self.name, threads=1, unknown_threshold=self.unknown_threshold)
-                self._single.session  # built now, before the worker threads share it
+                _ = self._single.session  # built now, before the worker threads share it
         return self._single
 
     @property
@@ -188,7 +189,7 @@ class DualRunner:
         self.per_core = main.per_core and species.per_core
         self._single = None
 
-    def single_threaded(self) -> "DualRunner":
+    def single_threaded(self) -> DualRunner:
         if self._single is None:
             self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
                                       self.species_digest)
@@ -207,7 +208,7 @@ def onnx_available() -> bool:
     return True
 
 
-def make_runner(backend: str, model: Callable[[], "nn.Module"], bundle: Bundle, image_size: int,
+def make_runner(backend: str, model: Callable[[], nn.Module], bundle: Bundle, image_size: int,
                 device: str = "cpu"):
     """Build the runner for ``backend`` from the files of ``bundle``; ``model`` gives the PyTorch
     model when one is needed (it is not built when an ONNX file already exists). An fp32 ONNX file
@@ -224,7 +225,7 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], bundle: Bundle, 
             return TorchRunner(model(), device)
         try:
             return make_runner("onnx", model, bundle, image_size, device)
-        except Exception as exc:  # an export that fails must not stop the batch: PyTorch gives the same answers
+        except Exception as exc:  # noqa: BLE001 - a failed export must not stop the batch: PyTorch answers the same
             import warnings
 
             warnings.warn(f"ONNX Runtime backend unavailable ({exc}); using PyTorch")
@@ -255,7 +256,7 @@ def fp32_file(bundle: Bundle) -> Path:
 
 
 def species_runner(main, classes: list[str], species_model: str | Path, backend: str = "auto",
-                   device: str = "cpu") -> "DualRunner":
+                   device: str = "cpu") -> DualRunner:
     """A DualRunner: species from ``species_model``, the open-set score and ImageNet logits from
     ``main``. ``species_model``: ``"bundled"`` (the bundled model's species network), or a bundle:
     the species network its manifest names, else its own weights (a model file or run folder)."""

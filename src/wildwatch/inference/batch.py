@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ class ClassifyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     paths: list[Path] = Field(default_factory=list)
-    model: Optional[Path] = None
+    model: Path | None = None
     detections: Path | None = None  # a MegaDetector, AddaxAI or SpeciesNet file: classify its animal boxes
     image_root: str | None = None  # --detections: the folder its absolute paths were under
     detect: bool = False  # the built-in detector proposes boxes
@@ -44,19 +44,19 @@ class ClassifyOptions(BaseModel):
     detection_threshold: float | None = Field(None, ge=0, le=1)  # default: 0.2 (--detections), 0.3 (--detect)
     event_gap: float = Field(60.0, ge=0, le=86_400)  # seconds between photos of one event
     top_k: int = Field(3, ge=1)
-    output: Optional[Path] = None
-    format: Optional[str] = None
-    country: Optional[str] = None
+    output: Path | None = None
+    format: str | None = None
+    country: str | None = None
     use_exif: bool = True
-    batch_size: Optional[int] = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     backend: str = "auto"
     robust: bool = False
-    explain: Optional[Path] = None
+    explain: Path | None = None
     engine: str = "local"
-    address: Optional[str] = None
+    address: str | None = None
     resume: bool = False
     overwrite: bool = False  # replace an output that has rows (without it: refused, unless --resume)
-    location: Optional[tuple[float, float]] = None  # Camtrap DP: the camera's latitude, longitude
+    location: tuple[float, float] | None = None  # Camtrap DP: the camera's latitude, longitude
 
     @property
     def fmt(self) -> str | None:

@@ -13,11 +13,11 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image
 
 
 def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> tuple[np.ndarray, int]:

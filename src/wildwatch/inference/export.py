@@ -12,11 +12,11 @@ import torch
 
 from wildwatch.data.loading import load_image
 from wildwatch.errors import UsageError, WildwatchError
-from wildwatch.reports.metrics import auroc
 from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_file, int8_is_accurate
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
 from wildwatch.models.bundle import Bundle, OnnxFile, fresh_bundle, load_bundle, manifest_taken, write_manifest
 from wildwatch.models.decision import Decision, Outputs
+from wildwatch.reports.metrics import auroc
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:

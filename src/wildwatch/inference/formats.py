@@ -6,10 +6,10 @@ import csv
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 from wildwatch import __version__
 from wildwatch.data.discover import IMAGE_MEDIA_TYPES

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class Trunk(nn.Module):

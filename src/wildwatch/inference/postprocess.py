@@ -8,8 +8,8 @@ the top-k, the IUCN status (the local one where the country is known), the place
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -34,7 +35,7 @@ from wildwatch.models.decision import Decision, Outputs
 from wildwatch.models.files import ModelFileError
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
     from wildwatch.inference.backends import Runner
 

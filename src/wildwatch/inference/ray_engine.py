@@ -7,9 +7,9 @@ order, for the same writers as the local path (``inference.writers``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -190,7 +191,7 @@ class Decision:
     fitted_on: str = ""  # what the threshold and the calibration were fitted on, in words
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Decision":
+    def from_meta(cls, meta: dict) -> Decision:
         d = dict(meta.get("decision") or {})
         d["classes"] = tuple(meta["classes"])
         if d.get("calibration") is not None:

@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from wildwatch.errors import NeedsExtraError
 from wildwatch.models.registry import TrainingDefaults, register_model

@@ -19,7 +19,7 @@ from wildwatch.errors import ModelFileError
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    import torch.nn as nn
+    from torch import nn
 
 MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
@@ -98,7 +98,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(p), framework="numpy") as f:
             raw = (f.metadata() or {}).get("wildwatch")
-    except Exception as exc:  # safetensors raises its own error types
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types, from Rust
         raise ModelFileError(f"{p}: not a readable safetensors file ({exc})") from None
     if raw is None:
         raise ModelFileError(f"{p}: no wildwatch metadata; is this a wildwatch model file?")
@@ -116,7 +116,7 @@ def _from_triu(v: np.ndarray) -> np.ndarray:
     """The symmetric matrix whose upper triangle (row by row, diagonal included) is ``v``."""
     import numpy as np
 
-    n = int(round((np.sqrt(8 * len(v) + 1) - 1) / 2))
+    n = int(np.rint((np.sqrt(8 * len(v) + 1) - 1) / 2))
     if n * (n + 1) // 2 != len(v):
         raise ModelFileError(f"{len(v)} values are not the upper triangle of a square matrix")
     m = np.zeros((n, n), dtype=v.dtype)
@@ -133,7 +133,7 @@ def load_extras(path: str | Path) -> dict[str, np.ndarray]:
     p = resolve_model_path(path)
     out = {}
     with safe_open(str(p), framework="numpy") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - a safetensors file handle is not a mapping: it has keys(), no iteration
             if not k.startswith(EXTRA_PREFIX):
                 continue
             name, v = k[len(EXTRA_PREFIX):], np.asarray(f.get_tensor(k), dtype=np.float32)
@@ -159,7 +159,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         kwargs["pretrained"] = True
     model = create_model(meta["architecture"], num_classes=len(meta["classes"]), **kwargs)
     with safe_open(str(p), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(EXTRA_PREFIX)}
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(EXTRA_PREFIX)}  # noqa: SIM118 - see load_extras
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))

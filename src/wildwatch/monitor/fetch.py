@@ -125,7 +125,7 @@ class Fetcher:
             return self.read_file(url)
         return self.fetch_full(url).body
 
-    def fetch_full(self, url: str, headers: dict | None = None) -> "Fetched":
+    def fetch_full(self, url: str, headers: dict | None = None) -> Fetched:
         """Status, headers and body of an http(s) URL; a 304 (not modified) comes back as such."""
         if not url.lower().startswith(("http://", "https://")):
             raise UsageError(f"{url}: only http and https URLs are fetched")

@@ -89,7 +89,7 @@ class Results:
         ece, _ = expected_calibration_error(self.probs, self.targets) if len(self.targets) else (float("nan"), None)
         pc = self.per_class()
         return {
-            "n": int(len(self.targets)),
+            "n": len(self.targets),
             "accuracy": round(self.accuracy, 5),
             "top3_accuracy": round(topk_accuracy(self.probs, self.targets, 3), 5),
             "top5_accuracy": round(topk_accuracy(self.probs, self.targets, 5), 5),

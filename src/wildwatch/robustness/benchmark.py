@@ -15,9 +15,9 @@ import html
 import json
 import multiprocessing as mp
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -182,7 +182,7 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             bar.update(len(batch))
             if k == len(chunks) - 1:
                 p, u = np.concatenate(preds), np.concatenate(unknown)
-                rec = {"condition": cond, "severity": sev, "n": int(len(p)),
+                rec = {"condition": cond, "severity": sev, "n": len(p),
                        "correct": int((p == targets).sum()), "accuracy": round(float((p == targets).mean()), 5),
                        "called_unknown": round(float(u.mean()), 5), "predictions": p.tolist()}
                 with open(log, "a") as f:

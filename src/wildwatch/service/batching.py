@@ -94,7 +94,7 @@ class MicroBatcher:
             places = [pl for j in jobs for pl in j.places]
             try:
                 preds = await loop.run_in_executor(None, self.predictor.predict_images, images, names, places)
-            except Exception as exc:  # the model failed: every waiting request gets the error
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised, every waiting request gets it
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)

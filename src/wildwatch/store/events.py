@@ -170,7 +170,7 @@ class WriterLock:
         import fcntl
 
         self.path = Path(f"{db_path}.lock")
-        self.file = open(self.path, "a+")
+        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime; closed by release
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -248,7 +248,7 @@ class EventStore:
         self.instance = self.db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
 
     @classmethod
-    def open_existing(cls, path: str | Path) -> "EventStore":
+    def open_existing(cls, path: str | Path) -> EventStore:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no events database here (wildwatch monitor writes one with --db)")
         return cls(path)
@@ -269,9 +269,8 @@ class EventStore:
     @contextmanager
     def transaction(self):
         """One atomic write: everything inside commits together or not at all."""
-        with self.lock:
-            with self.db:
-                yield self.db
+        with self.lock, self.db:
+            yield self.db
 
     def update_sighting(self, sighting_id: int, **values) -> None:
         """Inside a transaction: set columns of a sighting (``snapshot`` and ``open`` included)."""
