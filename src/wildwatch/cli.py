@@ -110,21 +110,28 @@ def train(
 
     Several processes or machines: torchrun --nproc_per_node=N -m wildwatch train ... (see README)."""
     require("torch", "train", "training")
-    import yaml
-
-    from wildwatch.config import TrainConfig
-
-    values = yaml.safe_load(config.read_text()) if config else {}
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
              "field": field, "negatives": negatives, "negatives_half": negatives_half,
              "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view,
-             "finetune": finetune or None,
-             "time_limit": time_limit,
+             "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
+    run_training(train_config(config, flags), resume, distributed)
+
+
+def train_config(config: Path | None, flags: dict):
+    """The YAML config (if any) with the flags given on the command line over it."""
+    import yaml
+
+    from wildwatch.config import TrainConfig
+
+    values = yaml.safe_load(config.read_text()) if config else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig.model_validate(values)
+    return TrainConfig.model_validate(values)
+
+
+def run_training(cfg, resume: bool, distributed: bool) -> None:
     from wildwatch.engine.distributed import launched_by_torchrun
     from wildwatch.engine.fit import fit
     from wildwatch.models import get_entry

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from wildwatch.data.loading import load_image
+from wildwatch.data.splits import Split
 from wildwatch.errors import UsageError, WildwatchError
 from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_file, int8_is_accurate
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
@@ -87,25 +88,37 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     a file written in the bundle's folder is named in its manifest (written for a model file that
     had none), so ``classify`` finds it.
     """
+    from wildwatch.data.splits import split_for_model
     from wildwatch.inference.predictor import Predictor
 
     bundle = load_bundle(model)
-    model_file = bundle.model_file
     fp32 = Path(out) if (out is not None and not int8) else fp32_file(bundle)
     int8_files = _int8_files(bundle, out) if int8 else None
     _check_manifest(bundle, [fp32] if int8_files is None else [int8_files.path])
     pred = Predictor.from_file(bundle, backend="torch")
+    split = split_for_model(bundle.model_file, pred.meta, data)[0] if data is not None else None
+    report = _export_fp32(pred, fp32, out is not None and not int8, None if split is None else (data, split))
+    if int8_files is not None:
+        if data is None or split is None:
+            raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
+        _export_int8(pred, fp32, int8_files, data, split, calibration_size, ood_dir, report)
+        _record(bundle, int8=int8_files)
+    elif out is not None:
+        _record(bundle, fp32=fp32)
+    return report
+
+
+def _export_fp32(pred, fp32: Path, overwrite: bool, photos: tuple[Path, Split] | None) -> dict:
+    """The fp32 ONNX file (exported unless there, or ``overwrite``), checked against PyTorch on the
+    test photos (random inputs without ``photos``: the data folder and its split)."""
     size = pred.preprocess.image_size
     t0 = time.perf_counter()
-    if not fp32.exists() or (out is not None and not int8):
+    if not fp32.exists() or overwrite:
         export_model_onnx(pred.model, fp32, size)
-    report: dict = {"model": str(model_file), "onnx": str(fp32), "export_seconds": round(time.perf_counter() - t0, 1)}
-
-    from wildwatch.data.splits import split_for_model
-
-    split = split_for_model(model_file, pred.meta, data)[0] if data is not None else None
-    if split is not None:
-        check = _batch(pred, data, split.test, 32)
+    report: dict = {"model": str(pred.model_path), "onnx": str(fp32),
+                    "export_seconds": round(time.perf_counter() - t0, 1)}
+    if photos is not None:
+        check = _batch(pred, photos[0], photos[1].test, 32)
     else:
         check = np.random.default_rng(0).normal(0, 1, (8, 3, size, size)).astype(np.float32)
     ref = TorchRunner(pred.model, torch.device("cpu"))(check)
@@ -116,55 +129,65 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     if diff > 1e-4 or not report["fp32_same_top1"]:
         raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δ| {diff:.2e}); not using it")
     stamp_metadata(fp32, onnx_metadata(pred))
+    return report
 
-    if int8:
-        if data is None:
-            raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
-        target = int8_files.path
-        calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
-        quantize_int8(fp32, target, calib)
-        report["onnx_int8"] = str(target)
-        report["calibration_photos"] = len(calib)
-        classes = pred.classes
-        files = {"fp32": fp32, "int8": target}
-        val = _outputs(pred, files, data, split.val)
-        test = _outputs(pred, files, data, split.test)
-        decisions = {"fp32": pred.decision, "int8": pred.decision}
-        int8_threshold = _int8_threshold(pred.decision, val)
-        if int8_threshold is not None:
-            report["unknown_threshold"] = int8_threshold
-            decisions["int8"] = dataclasses.replace(pred.decision, unknown_threshold=int8_threshold)
-        for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
-            y = np.array([classes.index(s.label) for s in split_samples])
-            report.update(_compare(outs["fp32"], outs["int8"], y, name, decisions))
-        if ood_dir is not None and test["fp32"].unknown is not None:
-            from wildwatch.data.discover import Sample, ood_images
 
-            others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
-            for key, o in _outputs(pred, files, Path(ood_dir), others).items():
-                report[f"unknown_auroc_{key}"] = round(auroc(test[key].unknown, o.unknown), 5)
-                report[f"unknown_caught_{key}"] = round(float(np.mean([v.kind == "unknown" for v in decisions[key].decide(o)])), 5)
-            report["unknown_photos"] = len(others)
-        # the file's own decision rule reads these keys
-        # on the validation and test photos together: a few hundred photos move the figure by a point either way
-        n_val, n_test = len(split.val), len(split.test)
-        report["int8_accuracy_change_points"] = round(
-            (report["int8_val_accuracy_change_points"] * n_val + report["int8_test_accuracy_change_points"] * n_test)
-            / max(n_val + n_test, 1), 3)
-        if "unknown_auroc_int8" in report:
-            report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
-        report["used_by_auto_backend"] = int8_is_accurate(report)
-        # beside the file, with file names only (the report travels with the model), and what a
-        # user of the int8 file alone needs: its classes, preprocessing and temperature
-        names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": classes,
-                 "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
-                 "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
-                 "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
-        int8_files.report_path.write_text(json.dumps({**report, **names}, indent=2))
-        stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
-        _record(bundle, int8=int8_files)
-    elif out is not None:
-        _record(bundle, fp32=fp32)
+def _export_int8(pred, fp32: Path, files: OnnxFile, data: Path, split: Split, calibration_size: int,
+                 ood_dir: Path | None, report: dict) -> None:
+    """The int8 file calibrated on training photos, compared with fp32 (``report`` gets the figures),
+    its report written and its metadata stamped with its own decision."""
+    target = files.path
+    calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
+    quantize_int8(fp32, target, calib)
+    report["onnx_int8"] = str(target)
+    report["calibration_photos"] = len(calib)
+    paths = {"fp32": fp32, "int8": target}
+    val = _outputs(pred, paths, data, split.val)
+    test = _outputs(pred, paths, data, split.test)
+    decisions = {"fp32": pred.decision, "int8": pred.decision}
+    int8_threshold = _int8_threshold(pred.decision, val)
+    if int8_threshold is not None:
+        report["unknown_threshold"] = int8_threshold
+        decisions["int8"] = dataclasses.replace(pred.decision, unknown_threshold=int8_threshold)
+    for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
+        y = np.array([pred.classes.index(s.label) for s in split_samples])
+        report.update(_compare(outs["fp32"], outs["int8"], y, name, decisions))
+    if ood_dir is not None and test["fp32"].unknown is not None:
+        report.update(_unknown_report(pred, paths, Path(ood_dir), test, decisions))
+    # the file's own decision rule reads these keys
+    # on the validation and test photos together: a few hundred photos move the figure by a point either way
+    n_val, n_test = len(split.val), len(split.test)
+    report["int8_accuracy_change_points"] = round(
+        (report["int8_val_accuracy_change_points"] * n_val + report["int8_test_accuracy_change_points"] * n_test)
+        / max(n_val + n_test, 1), 3)
+    if "unknown_auroc_int8" in report:
+        report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
+    report["used_by_auto_backend"] = int8_is_accurate(report)
+    # beside the file, with file names only (the report travels with the model), and what a
+    # user of the int8 file alone needs: its classes, preprocessing and temperature
+    meta = pred.meta
+    names = {"model": pred.model_path.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": pred.classes,
+             "preprocess": meta["preprocess"], "temperature": pred.temperature,
+             "model_metrics": meta.get("metrics", {}), "model_recipe": meta.get("recipe", {}),
+             "data_fingerprint": meta.get("data_fingerprint"), "split": meta.get("split")}
+    assert files.report_path is not None  # _int8_files names one
+    files.report_path.write_text(json.dumps({**report, **names}, indent=2))
+    stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
+
+
+def _unknown_report(pred, paths: dict[str, Path], ood_dir: Path, test: dict[str, Outputs],
+                    decisions: dict[str, Decision]) -> dict:
+    """The unknown detector with each file: its AUROC (test photos against ``ood_dir``'s) and the share
+    of ``ood_dir``'s photos it catches."""
+    from wildwatch.data.discover import Sample, ood_images
+
+    report = {}
+    others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(ood_dir)]
+    for key, o in _outputs(pred, paths, ood_dir, others).items():
+        report[f"unknown_auroc_{key}"] = round(auroc(test[key].unknown, o.unknown), 5)
+        caught = [v.kind == "unknown" for v in decisions[key].decide(o)]
+        report[f"unknown_caught_{key}"] = round(float(np.mean(caught)), 5)
+    report["unknown_photos"] = len(others)
     return report
 
 
