@@ -74,7 +74,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{', '.join(own)}: set with their own settings (image_size, pool), not model_args")
         return v
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> ResolvedConfig:
         """A copy with every training default filled in from the model registry; model arguments the
         model's builder does not take are refused here, before any work."""
         from wildwatch.models.registry import check_arguments
@@ -85,7 +85,8 @@ class TrainConfig(BaseModel):
             "step_size": r.step_size, "gamma": r.gamma, "weight_decay": r.weight_decay, "ratios": r.ratios,
             "degrade_views": r.degrade_views,
         }
-        return self.model_copy(update={k: v for k, v in fill.items() if getattr(self, k) is None})
+        given = self.model_dump(exclude_unset=False)
+        return ResolvedConfig.model_validate({**given, **{k: v for k, v in fill.items() if given[k] is None}})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -93,3 +94,18 @@ class TrainConfig(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+class ResolvedConfig(TrainConfig):
+    """A ``TrainConfig`` with every recipe default filled in (``TrainConfig.resolved``): what a run trains
+    with, and what its config.yaml records."""
+
+    epochs: int = Field(ge=1)
+    image_size: int = Field(ge=16)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    step_size: int = Field(ge=1)
+    gamma: float = Field(gt=0, le=1)
+    weight_decay: float = Field(ge=0)
+    ratios: tuple[float, float, float]
+    degrade_views: int = Field(ge=0)

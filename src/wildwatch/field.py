@@ -106,10 +106,10 @@ def place_from_exif(exif) -> Place:
     except (TypeError, ValueError, ZeroDivisionError):
         lat = lon = None
     iso = taken_at(exif)
-    warning = gps_problem(lat, lon) if lat is not None else None
+    warning = gps_problem(lat, lon) if lat is not None and lon is not None else None
     if warning:
         return Place(None, None, None, iso, None, warning)
-    country = country_of(lat, lon) if lat is not None else None
+    country = country_of(lat, lon) if lat is not None and lon is not None else None
     return Place(country, lat, lon, iso, "exif_gps" if country else None)
 
 

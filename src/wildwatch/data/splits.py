@@ -161,7 +161,7 @@ def split_by_group(
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise UsageError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
     rng = random.Random(seed)
-    split = Split(classes=list(classes), seed=seed, ratios=tuple(ratios), grouping=grouping)
+    split = Split(classes=list(classes), seed=seed, ratios=(ratios[0], ratios[1], ratios[2]), grouping=grouping)
     members: dict[tuple[str, int], list[Sample]] = defaultdict(list)
     for s, g in zip(samples, groups):
         members[(s.label, g)].append(s)

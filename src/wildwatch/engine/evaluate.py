@@ -18,7 +18,7 @@ from wildwatch.data.loading import load_image
 from wildwatch.data.splits import split_for_model
 from wildwatch.errors import DataError
 from wildwatch.inference.predictor import Predictor
-from wildwatch.models.decision import Outputs
+from wildwatch.models.decision import Outputs, concat_outputs
 from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
 
 
@@ -51,7 +51,7 @@ def random_crop_area(fraction: float, seed: int = 0) -> Callable[[Image.Image], 
 
 def squash(size: int = 256) -> Callable[[Image.Image], Image.Image]:
     """Every image resized to size x size first, so the source size cannot be a shortcut."""
-    return lambda img: img.resize((size, size), Image.BICUBIC)
+    return lambda img: img.resize((size, size), Image.Resampling.BICUBIC)
 
 
 VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
@@ -73,11 +73,6 @@ def collect(predictor: Predictor, data: Path, samples, view: Callable | None = N
             imgs = [view(im) for im in imgs]
         parts.append(predictor.outputs(predictor.pixels(imgs)))
     return concat_outputs(parts)
-
-
-def concat_outputs(parts: list[Outputs]) -> Outputs:
-    """One Outputs from the Outputs of consecutive batches."""
-    return Outputs(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
 
 
 def decision_summary(predictor: Predictor, outputs: Outputs, targets: np.ndarray) -> tuple[dict, list]:

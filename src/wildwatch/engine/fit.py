@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wildwatch.config import TrainConfig
+from wildwatch.config import ResolvedConfig, TrainConfig
 from wildwatch.data.discover import discover_images, fingerprint
 from wildwatch.data.splits import Split, assign_groups, split_by_group
 from wildwatch.data.transforms import Preprocess
@@ -55,7 +55,7 @@ class FitResult:
 class Run:
     """What a strategy gets from the skeleton: the resolved config, the folder, the split, where to run."""
 
-    cfg: TrainConfig
+    cfg: ResolvedConfig
     out: Path
     split: Split
     data_fingerprint: str
@@ -134,7 +134,7 @@ def model_preprocess(name: str, image_size: int) -> Preprocess:
     return Preprocess(image_size=image_size, **get_entry(name).preprocess)
 
 
-def prepare_split(cfg: TrainConfig, out: Path, progress: bool = True) -> tuple[Split, str]:
+def prepare_split(cfg: ResolvedConfig, out: Path, progress: bool = True) -> tuple[Split, str]:
     """Load the run's saved split (resume, re-evaluation) or make and save a new one."""
     samples, classes = discover_images(cfg.data)
     fp = fingerprint(cfg.data, samples)
@@ -249,7 +249,10 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy:
         start, history, finished = st["epoch"] + 1, st["history"], st.get("finished", False)
         best = Best(st["best_epoch"], st["best_val_acc"], st.get("best_val_score", st["best_val_acc"]))
     elif resume:
-        history, best = strategy.finished_elsewhere(run.out)
+        elsewhere = strategy.finished_elsewhere(run.out)
+        if elsewhere is None:  # _open_run checked there is something to resume
+            raise FileNotFoundError(f"{run.out}: nothing to resume (no {STATE_FILENAME}); start without --resume")
+        history, best = elsewhere
         finished = True
     bar = tqdm(range(start, cfg.epochs) if not finished else range(0), desc=f"{strategy.title.lower()} {cfg.model}",
                unit="epoch", disable=not run.progress, initial=start, total=cfg.epochs)

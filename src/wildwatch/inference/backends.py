@@ -6,13 +6,14 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from wildwatch.errors import ModelFileError, NeedsExtraError, UnknownNameError
 from wildwatch.models.bundle import Bundle, OnnxFile, bundled, load_bundle
 from wildwatch.models.decision import Outputs
+from wildwatch.models.interface import SpeciesNetwork, as_network
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,7 +48,7 @@ def _outputs(model: nn.Module) -> nn.Module:
     class NetworkOutputs(nn.Module):
         def __init__(self, model: nn.Module):
             super().__init__()
-            self.model = model
+            self.model: SpeciesNetwork = as_network(model)
 
         def forward(self, x):
             outs = tuple(o for o in self.model.predict_outputs(x) if o is not None)
@@ -61,7 +62,7 @@ def output_names(model: nn.Module) -> list[str]:
     import torch
 
     with torch.no_grad():
-        outs = model.eval().predict_outputs(torch.zeros(1, 3, 32, 32))
+        outs = as_network(model.eval()).predict_outputs(torch.zeros(1, 3, 32, 32))
     return [n for n, o in zip(OUTPUT_NAMES, outs) if o is not None]
 
 
@@ -103,13 +104,14 @@ def _on_cpu(device) -> bool:
 
 class TorchRunner:
     name = "torch"
-    unknown_threshold = None
-    temperature = None
-    species_digest = None
+    unknown_threshold: float | None = None
+    temperature: float | None = None
+    species_digest: str | None = None
     per_core = False  # PyTorch runs one batch at a time on all cores; decoding threads feed it
 
     def __init__(self, model: nn.Module, device):
-        self.model, self.device = model, device
+        self.model: SpeciesNetwork = as_network(model)
+        self.device = device
         # PyTorch eager runs this kind of network faster in small batches on a CPU (cache-bound)
         self.batch_size = 4 if _on_cpu(device) else 32
 
@@ -117,13 +119,23 @@ class TorchRunner:
         import torch
 
         with torch.no_grad():
-            outs = self.model.predict_outputs(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-        return Outputs(*(None if o is None else o.float().cpu().numpy() for o in outs))
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            logits, unknown, imagenet = self.model.predict_outputs(x)
+        return Outputs(_numpy(logits), None if unknown is None else _numpy(unknown),
+                       None if imagenet is None else _numpy(imagenet))
+
+    def single_threaded(self) -> TorchRunner:
+        """Itself: PyTorch runs a batch on all cores (``per_core`` is False)."""
+        return self
+
+
+def _numpy(t) -> np.ndarray:
+    return t.float().cpu().numpy()
 
 
 class OnnxRunner:
-    temperature = None
-    species_digest = None
+    temperature: float | None = None
+    species_digest: str | None = None
     per_core = True
 
     def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None,
@@ -140,9 +152,9 @@ class OnnxRunner:
             raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
         # sessions are made on first use: a command that only needs the single-threaded one
         # (classify) does not pay for building the other
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession
         self._lock = threading.Lock()
-        self._single = None
+        self._single: OnnxRunner | None = None
         # an int8 file's own unknown threshold (its features move a little), from its export report
         self.unknown_threshold = unknown_threshold
 
@@ -151,9 +163,10 @@ class OnnxRunner:
         no parallel-for barrier is left waiting while other threads decode photos."""
         with self._lock:
             if self._single is None:
-                self._single = OnnxRunner(self.path, self.name, threads=1, unknown_threshold=self.unknown_threshold)
-                _ = self._single.session  # built now, before the worker threads share it
-        return self._single
+                single = OnnxRunner(self.path, self.name, threads=1, unknown_threshold=self.unknown_threshold)
+                _ = single.session  # built now, before the worker threads share it
+                self._single = single
+            return self._single
 
     @property
     def session(self):
@@ -180,19 +193,20 @@ class DualRunner:
     frozen ImageNet trunk of the main model keeps them apart. ``temperature`` is the species
     network's own calibration."""
 
-    def __init__(self, main, species, temperature: float, species_digest: str | None = None):
-        self.main, self.species, self.temperature = main, species, float(temperature)
+    def __init__(self, main: Runner, species: Runner, temperature: float, species_digest: str | None = None):
+        self.main, self.species, self.own_temperature = main, species, float(temperature)
+        self.temperature: float | None = self.own_temperature
         self.species_digest = species_digest  # which species network: part of a benchmark's settings
         self.name = f"{main.name}+species"
         self.unknown_threshold = main.unknown_threshold
         self.batch_size = main.batch_size
         self.per_core = main.per_core and species.per_core
-        self._single = None
+        self._single: DualRunner | None = None
 
     def single_threaded(self) -> DualRunner:
         if self._single is None:
-            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
-                                      self.species_digest)
+            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(),
+                                      self.own_temperature, self.species_digest)
         return self._single
 
     def __call__(self, batch: np.ndarray) -> Outputs:
@@ -209,7 +223,7 @@ def onnx_available() -> bool:
 
 
 def make_runner(backend: str, model: Callable[[], nn.Module], bundle: Bundle, image_size: int,
-                device: str = "cpu"):
+                device: str = "cpu") -> Runner:
     """Build the runner for ``backend`` from the files of ``bundle``; ``model`` gives the PyTorch
     model when one is needed (it is not built when an ONNX file already exists). An fp32 ONNX file
     the bundle does not name is exported once per model file and cached; an int8 file must have been
@@ -255,7 +269,7 @@ def fp32_file(bundle: Bundle) -> Path:
     return bundle.fp32 or cache_dir() / f"{file_digest(bundle.model_file)}_fp32.onnx"
 
 
-def species_runner(main, classes: list[str], species_model: str | Path, backend: str = "auto",
+def species_runner(main: Runner, classes: list[str], species_model: str | Path, backend: str = "auto",
                    device: str = "cpu") -> DualRunner:
     """A DualRunner: species from ``species_model``, the open-set score and ImageNet logits from
     ``main``. ``species_model``: ``"bundled"`` (the bundled model's species network), or a bundle:
@@ -271,7 +285,7 @@ def species_runner(main, classes: list[str], species_model: str | Path, backend:
             raise ModelFileError(f"{net.report_path}: no temperature; export the species model again with "
                                  "wildwatch export --int8")
         theirs, temperature, file = info.get("classes"), info["temperature"], net.path
-        runner = OnnxRunner(net.path, "species-int8")
+        runner: Runner = OnnxRunner(net.path, "species-int8")
     elif str(species_model) == "bundled":
         raise ModelFileError(f"{bundle.manifest}: the bundled model names no species network")
     else:
@@ -282,7 +296,7 @@ def species_runner(main, classes: list[str], species_model: str | Path, backend:
     return DualRunner(main, runner, temperature, file_digest(file))
 
 
-def _own_network(bundle: Bundle, backend: str, device: str):
+def _own_network(bundle: Bundle, backend: str, device: str) -> tuple[list[str], float, Runner]:
     """(classes, temperature, runner) of a bundle's own weights, as a species network."""
     from wildwatch.data.transforms import Preprocess
     from wildwatch.models.decision import Decision

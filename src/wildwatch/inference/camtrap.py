@@ -129,6 +129,8 @@ def combine(whole: Prediction | None, boxes: Sequence[Box], box_preds: Sequence[
     """The photo's answer from its boxes, or from the whole photo when there are none (see the
     module's rule)."""
     if not boxes:
+        if whole is None:
+            raise ValueError("a photo without boxes is answered by its whole-photo prediction, and none was given")
         # the detector saw nothing: a whole-photo box only for a species, or for what the classifier
         # is sure the photo shows; a vague "some animal" on a frame the detector found empty is empty
         sure = not whole.unknown or bool(whole.looks_like)
@@ -164,14 +166,14 @@ class DetectPipeline:
         classifier; an unreadable one gets its ``error``. The whole photo is classified only when
         the detector found nothing in it. ``country``: the photos' country, over their EXIF GPS."""
         pred = predictor or self.predictor
-        upload = isinstance(path, (bytes, bytearray, memoryview))
-        src = (name or "upload") if upload else str(path)
+        raw, where = (bytes(path), name or "upload") if isinstance(path, (bytes, bytearray, memoryview)) else (None, path)
+        src = str(where)
         side = max(self.detector.size, pred.preprocess.resize_size)
         try:
-            if upload:
-                img, exif = load_photo_bytes(bytes(path), src, self.max_pixels, (side, side))
+            if raw is not None:
+                img, exif = load_photo_bytes(raw, src, self.max_pixels, (side, side))
             else:
-                img, exif = load_photo(path, self.max_pixels, (side, side))
+                img, exif = load_photo(where, self.max_pixels, (side, side))
             place = place_from_exif(exif) if pred.use_exif else Place()
             if country:
                 place = dataclasses.replace(place or Place(), country=country.upper(), country_source="given")

@@ -16,7 +16,7 @@ from wildwatch.errors import UsageError, WildwatchError
 from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_file, int8_is_accurate
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
 from wildwatch.models.bundle import Bundle, OnnxFile, fresh_bundle, load_bundle, manifest_taken, write_manifest
-from wildwatch.models.decision import Decision, Outputs
+from wildwatch.models.decision import Decision, Outputs, concat_outputs
 from wildwatch.reports.metrics import auroc
 
 
@@ -43,8 +43,7 @@ def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str
         batch = _batch(predictor, root, samples[i:i + 64], 64)
         for k, runner in runners.items():
             parts[k].append(runner(batch))
-    return {k: Outputs(*(None if v[0][j] is None else np.concatenate([o[j] for o in v]) for j in range(3)))
-            for k, v in parts.items()}
+    return {k: concat_outputs(v) for k, v in parts.items()}
 
 
 def _compare(fp32: Outputs, int8: Outputs, y: np.ndarray, name: str, decisions: dict[str, Decision]) -> dict:
@@ -68,10 +67,11 @@ def _compare(fp32: Outputs, int8: Outputs, y: np.ndarray, name: str, decisions: 
 
 def _int8_threshold(decision: Decision, val: dict[str, Outputs]) -> float | None:
     """int8 moves the open-set score a little: its own threshold, rejecting as many validation photos as fp32."""
-    if decision.unknown_threshold is None or val["int8"].unknown is None:
+    fp32, int8 = val["fp32"].unknown, val["int8"].unknown
+    if decision.unknown_threshold is None or fp32 is None or int8 is None:
         return None
-    share = float((val["fp32"].unknown > decision.unknown_threshold).mean())
-    return float(np.quantile(val["int8"].unknown, 1 - share)) if share > 0 else decision.unknown_threshold
+    share = float(np.mean(fp32 > decision.unknown_threshold))
+    return float(np.quantile(int8, 1 - share)) if share > 0 else decision.unknown_threshold
 
 
 def export(model: str | Path | None, out: Path | None = None, int8: bool = False, data: Path | None = None,
@@ -96,12 +96,12 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     int8_files = _int8_files(bundle, out) if int8 else None
     _check_manifest(bundle, [fp32] if int8_files is None else [int8_files.path])
     pred = Predictor.from_file(bundle, backend="torch")
-    split = split_for_model(bundle.model_file, pred.meta, data)[0] if data is not None else None
-    report = _export_fp32(pred, fp32, out is not None and not int8, None if split is None else (data, split))
+    photos = None if data is None else (data, split_for_model(bundle.model_file, pred.meta, data)[0])
+    report = _export_fp32(pred, fp32, out is not None and not int8, photos)
     if int8_files is not None:
-        if data is None or split is None:
+        if photos is None:
             raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
-        _export_int8(pred, fp32, int8_files, data, split, calibration_size, ood_dir, report)
+        _export_int8(pred, fp32, int8_files, *photos, calibration_size, ood_dir, report)
         _record(bundle, int8=int8_files)
     elif out is not None:
         _record(bundle, fp32=fp32)
@@ -184,7 +184,9 @@ def _unknown_report(pred, paths: dict[str, Path], ood_dir: Path, test: dict[str,
     report = {}
     others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(ood_dir)]
     for key, o in _outputs(pred, paths, ood_dir, others).items():
-        report[f"unknown_auroc_{key}"] = round(auroc(test[key].unknown, o.unknown), 5)
+        known, other = test[key].unknown, o.unknown
+        assert known is not None and other is not None  # the caller checked the network has an open-set score
+        report[f"unknown_auroc_{key}"] = round(auroc(known, other), 5)
         caught = [v.kind == "unknown" for v in decisions[key].decide(o)]
         report[f"unknown_caught_{key}"] = round(float(np.mean(caught)), 5)
     report["unknown_photos"] = len(others)

@@ -152,7 +152,7 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
         base = {"deploymentID": dep.id, "mediaID": mid, "eventID": event.id if event else "", "eventStart": ts,
                 "eventEnd": ts, "observationLevel": "media", "classificationMethod": "machine", "classifiedBy": by,
                 "classificationTimestamp": now}
-        dets = photo_detections(p) or [None]
+        dets: list[dict | None] = [*photo_detections(p)] or [None]
         for k, d in enumerate(dets, 1):
             obs.append(base | {"observationID": f"{mid}-{k}"} | _media_observation(p, d, event, i))
     if seqs is not None:

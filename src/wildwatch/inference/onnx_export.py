@@ -13,17 +13,6 @@ import torch
 from torch import nn
 
 
-class Trunk(nn.Module):
-    """The frozen part of an EfficientNet-Lite: stem and all blocks."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.trunk(x)
-
-
 def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True,
                 output_names: list[str] | None = None) -> Path:
     """Export with a dynamic batch dimension into one file, its outputs named ``output_names`` (default:

@@ -195,7 +195,7 @@ class FilePipeline:
         ok = [i for i, (x, _, _) in enumerate(decoded) if x is not None]
         preds: dict[int, Prediction] = {}
         if ok:
-            batch = self.transform.normalise(np.stack([decoded[i][0] for i in ok]))
+            batch = self.transform.normalise(np.stack([x for x, _, _ in decoded if x is not None]))
             answers = self.answer([str(chunk[i]) for i in ok], runner(batch), [decoded[i][2] for i in ok])
             preds = dict(zip(ok, answers))
         return [preds.get(i) or Prediction(str(chunk[i]), error=decoded[i][1]) for i in range(len(chunk))]

@@ -33,7 +33,7 @@ class PostProcess:
     def __call__(self, sources: Sequence[str], outputs: Outputs,
                  places: Sequence[Place | None] | None = None) -> list[Prediction]:
         """A Prediction per photo of the batch (``places``: each photo's ``field.Place``, where known)."""
-        where = [places[i] if places is not None and places[i] is not None else Place() for i in range(len(sources))]
+        where = [_place(places, i) for i in range(len(sources))]
         if self.country:
             where = [dataclasses.replace(pl, country=self.country.upper(), country_source="given") for pl in where]
         verdicts = self.decision.decide(outputs, [pl.country for pl in where])
@@ -73,3 +73,9 @@ class PostProcess:
         """The ``top_k`` most likely species with their probabilities."""
         order = np.argsort(-p)[: self.top_k]
         return tuple({"species": self.classes[j], "probability": round(float(p[j]), 5)} for j in order)
+
+
+def _place(places: Sequence[Place | None] | None, i: int) -> Place:
+    """Photo ``i``'s place, or an empty one where nothing is known."""
+    pl = places[i] if places is not None else None
+    return pl if pl is not None else Place()

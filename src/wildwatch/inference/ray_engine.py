@@ -7,6 +7,7 @@ order, for the same writers as the local path (``inference.writers``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class _Classifier:
     def __call__(self, batch: dict) -> dict:
         from wildwatch.data.loading import ImageLoadError
 
-        rows = []
+        rows: list[Prediction | None] = []
         images, places, names, slots = [], [], [], []
         for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
             try:
@@ -74,7 +75,7 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
     if not ray.is_initialized():
         # a Ray started here listens on loopback only; a cluster address is used as given
         kwargs = {"address": address} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-        ray.init(logging_level="ERROR", log_to_driver=False, **kwargs)
+        ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
         started = True
     try:
         found, backends = _run_actors(present, model, backend, top_k, country, batch_size, actors) if present \

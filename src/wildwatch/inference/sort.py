@@ -242,16 +242,21 @@ def blur_people(img: Image.Image, boxes: Sequence[Sequence[float]], whole: bool)
         part = img.crop(region)
         side = max(part.width, part.height)
         # pixelate to about 12 blocks across, then blur the blocks: no face or shape survives either step
-        small = part.resize((max(1, part.width * 12 // side), max(1, part.height * 12 // side)), Image.BILINEAR)
-        img.paste(small.resize(part.size, Image.NEAREST).filter(ImageFilter.GaussianBlur(max(2, side // 24))), region)
+        small = part.resize((max(1, part.width * 12 // side), max(1, part.height * 12 // side)),
+                            Image.Resampling.BILINEAR)
+        blocks = small.resize(part.size, Image.Resampling.NEAREST)
+        img.paste(blocks.filter(ImageFilter.GaussianBlur(max(2, side // 24))), region)
     return img
 
 
 def place(item: SortItem, target: Path, link: bool, blur: bool) -> bool:
     """Copy, hard-link or write the blurred copy of one photo; True when it was blurred."""
+    source = item.path
+    if source is None:  # a path the results file may not name (sort_photos reports it as an error)
+        raise ImageLoadError(item.name, "not read: its path was refused")
     target.parent.mkdir(parents=True, exist_ok=True)
     if blur and (item.person_boxes or item.person_without_box):
-        img = blur_people(load_image(item.path), item.person_boxes, item.person_without_box)
+        img = blur_people(load_image(source), item.person_boxes, item.person_without_box)
         img.save(target.with_suffix(".jpg") if target.suffix.lower() not in (".jpg", ".jpeg") else target,
                  quality=90)
         return True
@@ -259,11 +264,11 @@ def place(item: SortItem, target: Path, link: bool, blur: bool) -> bool:
         target.unlink()
     if link:
         try:
-            os.link(item.path, target)
+            os.link(source, target)
             return False
         except OSError:
             pass  # another file system, or links not allowed: a copy
-    shutil.copy2(item.path, target)
+    shutil.copy2(source, target)
     return False
 
 

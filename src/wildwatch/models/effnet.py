@@ -72,6 +72,8 @@ class EfficientNetLite(nn.Module):
     ``absorbed`` lists the ImageNet classes that are one of the species (``decision.absorbed_mask``): the
     open-set output compares the species logits with the ImageNet logits of every other class."""
 
+    _other: torch.Tensor  # a buffer: the ImageNet classes that are none of the species
+
     def __init__(self, num_classes: int, stages=LITE0_STAGES, dropout: float = 0.2, absorbed: Sequence[int] = ()):
         super().__init__()
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)

@@ -53,6 +53,20 @@ class Backbone(SpeciesNetwork, Protocol):
         """Pooled features → logits (dropout applies in training mode)."""
 
 
+def as_network(model: object) -> SpeciesNetwork:
+    """``model`` as a ``SpeciesNetwork`` (every registered network is one), checked."""
+    if not isinstance(model, SpeciesNetwork):
+        raise TypeError(f"{type(model).__name__} is not a wildwatch network (see models.interface.SpeciesNetwork)")
+    return model
+
+
+def as_backbone(model: object) -> Backbone:
+    """``model`` as a pretrained ``Backbone``, checked."""
+    if not isinstance(model, Backbone):
+        raise TypeError(f"{type(model).__name__} is not a pretrained backbone (see models.interface.Backbone)")
+    return model
+
+
 def is_backbone(model: object) -> bool:
     """Whether ``model`` is a pretrained backbone (see ``Backbone``)."""
     return isinstance(model, Backbone)

@@ -242,6 +242,7 @@ class EmailSink:
     def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None:
         msg = self.message(alert, key, snapshot)
         try:
+            smtp: smtplib.SMTP
             if self.cfg.ssl:
                 smtp = smtplib.SMTP_SSL(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s,
                                         context=ssl.create_default_context())
@@ -268,13 +269,21 @@ def header_text(value: str, limit: int = 300) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
+def _sink(c: SinkConfig, echo: Callable[[str], None] | None) -> Sink:
+    if isinstance(c, ConsoleSinkConfig):
+        return ConsoleSink(c, echo)
+    if isinstance(c, WebhookSinkConfig):
+        return WebhookSink(c)
+    return EmailSink(c)
+
+
 def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, Sink]:
     sinks: dict[str, Sink] = {}
     for i, c in enumerate(configs):
         name = c.name or f"{c.type}{i}"
         if name in sinks:
             raise UsageError(f"two sinks are named {name!r}; give them different names")
-        sinks[name] = {"console": lambda c: ConsoleSink(c, echo), "webhook": WebhookSink, "email": EmailSink}[c.type](c)
+        sinks[name] = _sink(c, echo)
     return sinks
 
 

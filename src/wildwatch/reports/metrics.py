@@ -35,7 +35,8 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     correct = (probs.argmax(1) == y).astype(float)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece, table = 0.0, {"bin_lower": [], "bin_upper": [], "count": [], "confidence": [], "accuracy": []}
+    ece = 0.0
+    table: dict[str, list] = {"bin_lower": [], "bin_upper": [], "count": [], "confidence": [], "accuracy": []}
     for b in range(bins):
         m = which == b
         table["bin_lower"].append(float(edges[b]))

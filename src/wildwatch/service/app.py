@@ -108,7 +108,7 @@ def decode_upload(predictor, f: UploadFile, name: str, max_pixels: int):
     finally:
         release_freed_memory()
     if max(img.size) > KEEP_SIDE:
-        img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BILINEAR, reducing_gap=2.0)
+        img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return img, place
 
 

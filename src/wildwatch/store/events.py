@@ -74,6 +74,7 @@ _LATER_COLUMNS = {"open": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT
                   "frame_wall_time": "REAL"}
 
 
+
 @dataclass
 class Sighting:
     """One species seen at one source over a span of time."""
@@ -112,6 +113,13 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot be a sighting
 
 class EventStoreError(WildwatchError):
     """The events database cannot be used as it is; the message says how to recover."""
+
+
+def row_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just wrote."""
+    if cursor.lastrowid is None:
+        raise EventStoreError("the database gave no id for the row just written")
+    return cursor.lastrowid
 
 
 class _Damaged(sqlite3.DatabaseError):
@@ -264,7 +272,7 @@ class EventStore:
         cur = self.db.execute(
             f"INSERT INTO sightings ({', '.join(cols)}, snapshot, open) VALUES ({', '.join('?' * len(cols))}, ?, ?)",
             [*values, snapshot_jpeg, int(open_)])
-        return int(cur.lastrowid)
+        return row_id(cur)
 
     @contextmanager
     def transaction(self):
@@ -328,7 +336,7 @@ class EventStore:
         first ``limit`` sightings, or with ``newest`` the last ``limit`` (still oldest first). Snapshots
         are never read: a listing costs the rows' text, whatever the database holds."""
         cols = list(Sighting.__dataclass_fields__)
-        query, args = f"SELECT {', '.join(cols)} FROM sightings WHERE 1=1", []
+        query, args = f"SELECT {', '.join(cols)} FROM sightings WHERE 1=1", list[object]()
         if since:
             query += " AND wall_start >= ?"
             args.append(since)

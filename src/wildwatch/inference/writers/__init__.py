@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, overload
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
 
@@ -190,6 +190,14 @@ def formats_help() -> str:
     return ", ".join(f"{w.name} ({w.help})" for w in writers()) + ". Default: from --output."
 
 
+@overload
+def format_of(path: Path, given: str | None = None) -> str: ...
+
+
+@overload
+def format_of(path: Path | None, given: str | None = None) -> str | None: ...
+
+
 def format_of(path: Path | None, given: str | None = None) -> str | None:
     """The format of an output: ``given`` (--format), else the per-row format its suffix names,
     else the default (CSV)."""
@@ -208,9 +216,9 @@ def suffix_format(path: Path) -> str | None:
 def columns_of(kind: type | None = None) -> list[str]:
     """The table columns of a dataclass (default: ``Prediction``): its fields, in order
     (subclasses add theirs)."""
-    if kind is None:
-        from wildwatch.inference.prediction import Prediction as kind
-    return [f.name for f in dataclasses.fields(kind)]
+    from wildwatch.inference.prediction import Prediction
+
+    return [f.name for f in dataclasses.fields(kind or Prediction)]
 
 
 def row_values(p) -> dict:
