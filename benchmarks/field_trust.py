@@ -67,8 +67,9 @@ def camtrap_items(root: Path) -> list[tuple[str, str, object]]:
     return items
 
 
-def network_outputs(pred, items, cache: Path, desc: str):
-    """The network's outputs for the items (cached in ``cache``, an .npz)."""
+def network_outputs(pred, items, cache: Path, desc: str, degrade=None):
+    """The network's outputs for the items (cached in ``cache``, an .npz); ``degrade`` (uint8 HWC crop,
+    its index → crop) changes each crop first."""
     from wildwatch.models.decision import Outputs
 
     if cache.exists():
@@ -77,7 +78,10 @@ def network_outputs(pred, items, cache: Path, desc: str):
     parts = []
     for i in tqdm(range(0, len(items), 32), desc=desc, unit="batch"):
         imgs = [src() if callable(src) else pred.read(src)[0] for _, _, src in items[i:i + 32]]
-        parts.append(pred.outputs(pred.pixels(imgs)))
+        pixels = pred.pixels(imgs)
+        if degrade is not None:
+            pixels = np.stack([degrade(a, i + k) for k, a in enumerate(pixels)])
+        parts.append(pred.outputs(pixels))
     out = Outputs(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, **{k: v for k, v in out._asdict().items() if v is not None})
@@ -219,6 +223,33 @@ def write_pictures(out: Path, pred, field: dict) -> None:
             w.writerow([label, ans, seen, n])
 
 
+def night_figures(pred, items: dict, cache_key: str, out: Path, severity: int = 3) -> dict:
+    """The field photos as a night-time infrared camera sees them (grey, dark, noisy: the robustness
+    benchmark's night/IR condition): are photos of the 11 named, uncertain or unknown, never confidently
+    wrong, and other things still not named?"""
+    from wildwatch.robustness.corruptions import night_ir
+
+    def degrade(a: np.ndarray, i: int) -> np.ndarray:
+        return night_ir(a, severity, np.random.default_rng(i))
+
+    res = {}
+    for name in ("field_dev", "ood_field"):
+        o = network_outputs(pred, items[name], out / f"{cache_key}_{name}_night{severity}.npz", f"{name} at night",
+                            degrade)
+        rows, labels = answers(pred, pred.active_decision, o), [y for _, y, _ in items[name]]
+        named = [a for a in rows if a["kind"] == "species"]
+        if name == "field_dev":
+            wrong = [a for a, y in zip(rows, labels) if a["kind"] == "species" and a["species"] != y]
+            res |= {"named_right": float(np.mean([a["species"] == y for a, y in zip(rows, labels)])),
+                    "named_wrong": len(wrong) / len(rows),
+                    "confidently_wrong (0.8 or more)": sum(a["confidence"] >= 0.8 for a in wrong) / len(rows),
+                    "uncertain": float(np.mean([a["kind"] == "uncertain" for a in rows])),
+                    "rejected": float(np.mean([a["kind"] == "unknown" for a in rows]))}
+        else:
+            res["other_named"] = len(named) / len(rows)
+    return res
+
+
 def test_split_figures(pred, args, cache_key: str, out: Path) -> dict:
     from wildwatch.data.splits import split_for_model
     from wildwatch.models.decision import contradicted, softmax
@@ -322,6 +353,7 @@ def main() -> None:
     results = {"model": str(pred.model_path), "backend": pred.backend, "decision": pred.active_decision.to_meta(),
                "field": field,
                "camtrap_boxes": camtrap_table(cam, [y for _, y, _ in items["camtrap"]], [i for i, _, _ in items["camtrap"]]),
+               "night_ir": night_figures(pred, items, key, args.out),
                "test_split": test_split_figures(pred, args, key, args.out)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     print_results(results)
@@ -339,6 +371,7 @@ def print_results(r: dict) -> None:
     c = r["camtrap_boxes"]
     print(f"\ncamera-trap boxes: other animals named {c['other_named']:.3f} of {c['other_boxes']} "
           f"{c['other_named_as']}; the 11 named right {c['of_the_11_named_right']}")
+    print("\nnight/IR (severity 3) field photos:", json.dumps({k: round(v, 3) for k, v in r["night_ir"].items()}))
     print("\ntest split:", json.dumps(r["test_split"]))
 
 

@@ -874,15 +874,15 @@ def test_an_output_is_never_replaced_silently_and_a_json_output_survives_ctrl_c(
     # the command line: Ctrl-C says how many rows are kept and how to go on, and exits 130
     many = tmp_path / "many"
     many.mkdir()
-    for i in range(400):
-        Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:03d}.jpg")
+    for i in range(2000):  # enough that the run is still going when the signal comes, even on a fast machine
+        Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:04d}.jpg")
     slow = tmp_path / "slow.jsonl"
     proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
+    for _ in range(3000):
         if slow.exists() and slow.read_text().count("\n") >= 2:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(2)  # SIGINT, as Ctrl-C sends
     err = proc.communicate(timeout=60)[1]
     kept = slow.read_text().count("\n")
