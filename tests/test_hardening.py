@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -877,8 +878,14 @@ def test_an_output_is_never_replaced_silently_and_a_json_output_survives_ctrl_c(
     for i in range(2000):  # enough that the run is still going when the signal comes, even on a fast machine
         Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:04d}.jpg")
     slow = tmp_path / "slow.jsonl"
-    proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a handled SIGINT is reset to its default in the child, so the child takes Ctrl-C even when the
+    # tests run as a background job (which ignores it, and an ignored signal stays ignored across exec)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for _ in range(3000):
         if slow.exists() and slow.read_text().count("\n") >= 2:
             break
