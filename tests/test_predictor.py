@@ -28,6 +28,33 @@ def test_post_processing_is_pure_and_needs_no_model():
     assert unknown.unknown and unknown.species == "unknown" and unknown.unknown_score > 1
 
 
+def test_a_species_list_turns_answers_off_it_into_unknown_saying_which():
+    decision = Decision(CLASSES, unknown_threshold=0.0)
+    listed, everything = PostProcess(CLASSES, decision, species_list=frozenset({"rhino"})), PostProcess(CLASSES, decision)
+    # a confident lion, lion or panda, lion or rhino, a confident rhino, and none of the species
+    logits = np.array([[8.0, 0, 0], [2.0, 1.9, -5], [2.0, -5, 1.9], [0, 0, 9.0], [0, 9.0, 0]])
+    out = Outputs(logits, np.array([-3.0, -3.0, -3.0, -3.0, 2.0]))
+    plain = everything(list("abcde"), out)
+    assert [p.species for p in plain] == ["lion", "uncertain", "uncertain", "rhino", "unknown"]
+    lion, lion_or_panda, lion_or_rhino, rhino, unknown = listed(list("abcde"), out)
+    assert lion.unknown and not lion.named and lion.species == "unknown" and lion.off_list == "lion"
+    assert lion.looks_like == "" and lion.describe() == "Not on the species list — Lion"
+    assert lion.to_json()["confidence"] is None and lion.to_json()["top_k"] == []
+    assert lion_or_panda.unknown and lion_or_panda.off_list == "lion|panda" and not lion_or_panda.uncertain
+    # an answer between two species stays uncertain while one of the two is on the list
+    assert lion_or_rhino == plain[2] and not lion_or_rhino.off_list
+    assert rhino == plain[3] and rhino.named
+    assert unknown == plain[4] and not unknown.off_list  # none of the species: as without a list
+
+
+def test_a_species_list_must_name_the_models_classes():
+    from wildwatch.errors import UsageError
+
+    with pytest.raises(UsageError, match="rhinos not among the model's classes"):
+        Predictor.from_file(None, species_list=frozenset({"rhinos", "lion"}))
+    assert Predictor.from_file(None, species_list=frozenset({"lion"})).answers.species_list == {"lion"}
+
+
 def test_a_predictor_is_built_complete_and_never_changes(tmp_path):
     pred = Predictor.from_file(None, top_k=1, country="ke", use_exif=False)
     assert pred.runner is not None and pred.pipeline.runner is pred.runner

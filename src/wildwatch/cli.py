@@ -215,15 +215,20 @@ def classify(
                                     "are one event (megadetector, camtrapdp, addaxai and coco outputs)."),
     location: str | None = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
                                            "without EXIF GPS (a deployment needs its coordinates)."),
+    species: str | None = typer.Option(None, help="Only these species by name (e.g. lion,jaguars: the species of "
+                                       "your area); a photo named as another becomes unknown, its row saying "
+                                       "which (off_list)."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
     from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files, parse_location
+    from wildwatch.species import parse_species_list
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
                            image_root=image_root, detect=detect, detector_size=detector_size, event_gap=event_gap,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
-                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite)
+                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite,
+                           species_list=parse_species_list(species))
     try:  # -q leaves out the table, not the progress bar (on a terminal) nor the summary
         summary = classify_files(opts, None if quiet else _print_prediction, progress=True)
     except ClassifyInterrupted as stop:
@@ -242,7 +247,7 @@ def _detector():
 
 def _print_prediction(p) -> None:
     """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
-    from wildwatch.inference.prediction import describe_other
+    from wildwatch.inference.prediction import describe_other, off_list_words
 
     if p.error:
         typer.echo(f"{p.source}\tERROR\t{p.error}")
@@ -250,6 +255,9 @@ def _print_prediction(p) -> None:
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
     where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
+    if p.off_list:
+        typer.echo(f"{p.source}\tnot on the species list — {off_list_words(p.off_list)}{where}")
+        return
     if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
         typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
         return
@@ -282,10 +290,11 @@ def sort_command(
                                               "confident count."),
 ):
     """Copy (or hard-link) photos into folders by answer, optionally with people blurred."""
-    from wildwatch.inference.sort import parse_species, sort_photos
+    from wildwatch.inference.sort import sort_photos
+    from wildwatch.species import parse_species_list, species_table
 
-    summary = sort_photos(results, dest, root, min_confidence, parse_species(species), link, blur_people,
-                          detection_threshold)
+    summary = sort_photos(results, dest, root, min_confidence, parse_species_list(species, species_table()), link,
+                          blur_people, detection_threshold)
     typer.echo(summary.line(dest), err=True)
     if summary.errors:
         raise typer.Exit(1)

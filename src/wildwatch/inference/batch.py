@@ -57,6 +57,7 @@ class ClassifyOptions(BaseModel):
     resume: bool = False
     overwrite: bool = False  # replace an output that has rows (without it: refused, unless --resume)
     location: tuple[float, float] | None = None  # Camtrap DP: the camera's latitude, longitude
+    species_list: frozenset[str] | None = None  # --species: the species named; others become unknown
 
     @property
     def fmt(self) -> str | None:
@@ -285,7 +286,8 @@ def _predictor(opts: ClassifyOptions):
 
     return Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
                                species_model="bundled" if opts.robust else None,
-                               country=opts.country.upper() if opts.country else None, use_exif=opts.use_exif)
+                               country=opts.country.upper() if opts.country else None, use_exif=opts.use_exif,
+                               species_list=opts.species_list)
 
 
 def _detect_pipeline(opts: ClassifyOptions, predictor):
@@ -364,7 +366,8 @@ def _classify_with_ray(opts: ClassifyOptions) -> ClassifySummary:
     from wildwatch.inference.writers.provenance import run_record, write_provenance
 
     result = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
-                               opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
+                               opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32,
+                               species_list=opts.species_list)
     output, writer = opts.destination()
     write_rows(result.predictions, output, writer.name, _row_columns(False))
     options = opts.model_dump(mode="json", exclude={"output", "resume", "overwrite"})

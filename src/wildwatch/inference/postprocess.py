@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wildwatch.field import Place, local_status
-from wildwatch.inference.prediction import Prediction
+from wildwatch.inference.prediction import Prediction, off_list_words
 from wildwatch.models.decision import Decision, Outputs, Verdict
 from wildwatch.species import species_info
 
@@ -23,12 +23,15 @@ from wildwatch.species import species_info
 class PostProcess:
     """Outputs → Predictions for one model: its ``classes``, the ``decision`` as its backend runs it,
     how many species each row lists (``top_k``) and, when set, the ISO ``country`` of every photo
-    (over what each photo's EXIF GPS says)."""
+    (over what each photo's EXIF GPS says). With a ``species_list`` (``--species``), an answer that
+    names only species off the list becomes unknown, with ``off_list`` saying which: an uncertain
+    answer stays uncertain when one of its two is on the list."""
 
     classes: tuple[str, ...]
     decision: Decision
     top_k: int = 3
     country: str | None = None
+    species_list: frozenset[str] | None = None
 
     def __call__(self, sources: Sequence[str], outputs: Outputs,
                  places: Sequence[Place | None] | None = None) -> list[Prediction]:
@@ -60,6 +63,13 @@ class PostProcess:
             common = " or ".join(i.common_name for i in infos)
             status = " or ".join(dict.fromkeys(i.iucn_status for i in infos))
             threatened = any(i.threatened for i in infos)
+        off_list = self.off_list(v)
+        if off_list:
+            return Prediction(src, "unknown", round(float(v.probs.max()), 5), self.top(v.probs),
+                              f"Not on the species list ({off_list_words(off_list)})",
+                              "", False, True, None if score is None else round(score, 5), None, place.country,
+                              v.out_of_range, (), "", place.latitude, place.longitude, place.taken_at, "", "animal",
+                              v.note or place.warning or "", False, (), off_list)
         local = local_status(key, place.country) if v.kind == "species" else None
         confidence = v.confidence if v.confidence is not None else float(v.probs.max())
         return Prediction(
@@ -68,6 +78,13 @@ class PostProcess:
             None if score is None else round(score, 5), None, place.country, v.out_of_range, (),
             local["population"] if local else "", place.latitude, place.longitude, place.taken_at,
             v.looks_like, v.looks_like_kind, v.note or place.warning or "", v.kind == "uncertain", candidates)
+
+    def off_list(self, v: Verdict) -> str:
+        """The species a verdict names ("a|b" for two) when the species list has none of them; else ""."""
+        if self.species_list is None or v.kind not in ("species", "uncertain"):
+            return ""
+        named = [self.classes[j] for j in v.candidates] if v.kind == "uncertain" else [self.classes[v.top]]
+        return "" if any(n in self.species_list for n in named) else "|".join(named)
 
     def top(self, p: np.ndarray) -> tuple[dict, ...]:
         """The ``top_k`` most likely species with their probabilities."""

@@ -35,6 +35,7 @@ class Prediction:
     note: str = ""  # a plain-words remark: out of range, an ignored GPS position
     uncertain: bool = False  # not sure enough to name one species: ``candidates`` names the two it is between
     candidates: tuple[str, ...] = ()
+    off_list: str = ""  # with a species list (--species): the species named that is not on it (then unknown)
 
     @property
     def named(self) -> bool:
@@ -49,6 +50,8 @@ class Prediction:
             return f"{self.common_name}? ({self.confidence:.0%} sure of {species_info(self.candidates[0]).common_name})"
         if not self.unknown:
             return f"{self.common_name or self.species} ({self.confidence:.0%})"
+        if self.off_list:
+            return f"Not on the species list — {off_list_words(self.off_list)}"
         return "Not one of the 11 species — " + describe_other(self.looks_like, self.looks_like_kind)
 
     def to_json(self) -> dict:
@@ -88,6 +91,11 @@ def describe_other(name: str, kind: str) -> str:
     if kind == "vehicle":
         return f"a vehicle ({name})" if name else "a vehicle?"
     return f"no animal seen ({name})" if name else "no animal seen"
+
+
+def off_list_words(off_list: str) -> str:
+    """The species a photo was named as, when the run's species list leaves it out, in words."""
+    return " or ".join(species_info(k).common_name for k in off_list.split("|"))
 
 
 def _article(name: str) -> str:

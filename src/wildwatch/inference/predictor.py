@@ -25,7 +25,7 @@ from PIL import Image
 
 from wildwatch.data.loading import DEFAULT_MAX_PIXELS
 from wildwatch.data.transforms import FastEvalTransform, Preprocess
-from wildwatch.errors import require
+from wildwatch.errors import UsageError, require
 from wildwatch.field import Place
 from wildwatch.inference.pipeline import FilePipeline, Places
 from wildwatch.inference.postprocess import PostProcess
@@ -84,6 +84,7 @@ class Predictor:
     top_k: int = 3
     country: str | None = None
     use_exif: bool = True
+    species_list: frozenset[str] | None = None
     torch_model: LazyModel | None = field(default=None, repr=False)
     answers: PostProcess = field(init=False, repr=False)
     pipeline: FilePipeline = field(init=False, repr=False)
@@ -91,7 +92,11 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.torch_model is None:
             object.__setattr__(self, "torch_model", LazyModel(self.model_path, self.device))
-        answers = PostProcess(tuple(self.meta["classes"]), self.active_decision, self.top_k, self.country)
+        if self.species_list is not None and not self.species_list <= set(self.meta["classes"]):
+            raise UsageError(f"--species: {', '.join(sorted(self.species_list - set(self.meta['classes'])))} not "
+                             f"among the model's classes ({', '.join(self.meta['classes'])})")
+        answers = PostProcess(tuple(self.meta["classes"]), self.active_decision, self.top_k, self.country,
+                              self.species_list)
         object.__setattr__(self, "answers", answers)
         object.__setattr__(self, "pipeline", FilePipeline(self.runner, self.preprocess, answers, self.use_exif))
 
@@ -99,14 +104,15 @@ class Predictor:
     def from_file(cls, path: str | Path | Bundle | None = None, device: str = "cpu", top_k: int = 3,
                   backend: str = "auto", species_model: str | Path | None = None,
                   decision: Decision | None = None, country: str | None = None,
-                  use_exif: bool = True) -> Predictor:
+                  use_exif: bool = True, species_list: frozenset[str] | None = None) -> Predictor:
         """Load a model (``models.bundle.load_bundle``: ``None`` for the bundled model, a bundle's
         folder or manifest, a run folder or a model file) and pick a backend: ``torch``, ``onnx``
         (ONNX Runtime fp32), ``onnx-int8``, or ``auto`` (the fastest available).
 
         ``species_model`` (``"bundled"``: the bundled fine-tuned network; or a bundle: the species
         network its manifest names, else its weights) names the species, while this model still
-        decides "unknown": robust to degraded photos, at twice the compute."""
+        decides "unknown": robust to degraded photos, at twice the compute. ``species_list``: the
+        species this run names (``--species``); others are unknown, with ``off_list`` saying which."""
         from wildwatch.inference.backends import make_runner, species_runner
 
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
@@ -116,7 +122,7 @@ class Predictor:
         if species_model is not None:
             runner = species_runner(runner, list(meta["classes"]), species_model, backend, device)
         return cls(meta, runner, decision or model_decision(meta, bundle.model_file), bundle.model_file, device,
-                   top_k, country, use_exif, model)
+                   top_k, country, use_exif, species_list, model)
 
     @property
     def model(self) -> nn.Module:
