@@ -30,7 +30,7 @@ import torch
 from wildwatch.data.discover import expand_paths
 from wildwatch.data.loading import load_image
 from wildwatch.inference import Predictor, bundled_model_path
-from wildwatch.inference.backends import int8_path
+from wildwatch.models.bundle import load_bundle
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 
@@ -73,7 +73,7 @@ def model_only(files: list[Path], model_path: Path, backend: str, images: int) -
             plan = [batches[i % len(batches)] for i in range(-(-images // bs))]
             run(batches[0])
 
-            def part(k: int) -> None:
+            def part(k: int, plan=plan, threads=threads, run=run) -> None:
                 for b in plan[k::threads]:
                     run(b)
 
@@ -99,7 +99,7 @@ def end_to_end(paths: list[Path], model_path: Path, backend: str, extra: tuple[s
         cmd = [WILDWATCH, "classify", str(folder), "--model", str(model_path), "--backend", backend,
                "--output", str(out), "-q", *extra]
         start = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
@@ -112,7 +112,7 @@ def in_fresh_process(what: str, data: Path, args) -> tuple[float, str]:
     from another measurement (PyTorch's, ONNX Runtime's, BLAS's) shares the cores with it."""
     cmd = [sys.executable, __file__, str(data), "--files", str(args.files), "--naive-files", str(args.naive_files),
            "--model-images", str(args.model_images), "--model", str(args.model), "--only", what]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     rate, how = proc.stdout.strip().splitlines()[-1].split("\t")
@@ -137,9 +137,10 @@ def main() -> None:
         print(f"{naive_loop(files[: args.naive_files], args.model)}\tnaive")
         return
     if args.only:
-        print("%s\t%s" % model_only(files, args.model, args.only.split(":", 1)[1], args.model_images))
+        print("{}\t{}".format(*model_only(files, args.model, args.only.split(":", 1)[1], args.model_images)))
         return
-    backends = ["torch", "onnx"] + (["onnx-int8"] if int8_path(args.model).exists() else [])
+    int8 = load_bundle(args.model).int8
+    backends = ["torch", "onnx"] + (["onnx-int8"] if int8 is not None else [])
     if args.backends:
         backends = [b for b in args.backends.split(",") if b in backends]
     print(f"{len(files)} photos from {args.data}; {os.cpu_count()} cores; backends: {', '.join(backends)}")
@@ -166,11 +167,8 @@ def main() -> None:
         c, peak = end_to_end(files, args.model, backends[-1], ("--robust",))
         print(f"[{backends[-1]} --robust] (c) classify end to end {c:.1f} img/s | c/a {c / a:.2f}x | "
               f"peak RSS {peak:.0f} MB", flush=True)
-    report = int8_path(args.model).with_suffix(".json")
-    if report.exists():
-        import json
-
-        r = json.loads(report.read_text())
+    if int8 is not None and int8.report():
+        r = int8.report()
         print(f"int8 vs fp32 (from `wildwatch export --int8`): validation {r['val_accuracy_fp32']:.4f} -> "
               f"{r['val_accuracy_int8']:.4f} ({r['int8_val_accuracy_change_points']:+.2f} points), test "
               f"{r['test_accuracy_fp32']:.4f} -> {r['test_accuracy_int8']:.4f} "

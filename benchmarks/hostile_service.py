@@ -258,7 +258,7 @@ def memory_cases() -> dict:
 
 
 def alert_latency(photos: int = 20) -> dict:
-    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.prediction import Prediction
     from wildwatch.monitor.alerts import ConsoleSink, ConsoleSinkConfig, WebhookSink, WebhookSinkConfig
     from wildwatch.monitor.run import Monitor, MonitorConfig
     from wildwatch.species import species_info

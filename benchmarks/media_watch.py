@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from media_corpus.corpus import CorpusPost, load  # noqa: E402
-from PIL import Image  # noqa: E402
+from media_corpus.corpus import CorpusPost, load
+from PIL import Image
 
 SOURCES = ("feed", "jsonfeed", "mastodon", "reddit", "telegram")
 EDITS = (lambda t: t + " 🔥🔥", lambda t: "REPOST: " + t, lambda t: t.replace("0", "5", 1) + " !!",
@@ -51,7 +51,8 @@ EDITS = (lambda t: t + " 🔥🔥", lambda t: "REPOST: " + t, lambda t: t.replac
 def photos_of(data: Path, classes: set[str]) -> dict[str, list[Path]]:
     """Test-split photos (never trained on) of each class, by the bundled model's own split."""
     from wildwatch.data.splits import split_for_model
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.bundle import bundled_model_path
 
     pred = Predictor.from_file(None)
     split = split_for_model(bundled_model_path(), pred.meta, data)[0]
@@ -153,7 +154,7 @@ class Internet:
     def img(self, p):
         return f"{self.base}{p['image']}" if p["image"] else None
 
-    def route(self, path: str):  # noqa: C901 - one branch per kind of source
+    def route(self, path: str):
         b = self.base
         if path in self.images:
             return self.images[path], "image/jpeg"
@@ -261,11 +262,11 @@ def hostile_timings() -> dict[str, float]:
     """Seconds to read and score one hostile post (parse and evidence), for the inputs that froze
     the monitor before the text scanners were made linear, and for the largest item a fetch may
     bring (the text work of a post is bounded by its caps, not by the item budget)."""
-    from wildwatch.store.cases import text_signature
     from wildwatch.monitor.evidence import post_evidence
-    from wildwatch.monitor.sources.social import next_link
     from wildwatch.monitor.sources.feeds import parse_feed
+    from wildwatch.monitor.sources.social import next_link
     from wildwatch.monitor.textscan import scan_html
+    from wildwatch.store.cases import text_signature
 
     def rss(body: str) -> bytes:
         return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>x</guid>'
@@ -308,9 +309,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/media_watch"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    from wildwatch.monitor.evidence import review_threshold
     from wildwatch.store.cases import CaseBook, cases_text
     from wildwatch.store.events import EventStore
-    from wildwatch.monitor.evidence import review_threshold
 
     posts = load(None if args.part == "all" else args.part)
     served, images = build(posts, args.mode, args.data, args.ood, args.seed)
@@ -333,8 +334,8 @@ def main() -> None:
     groups = repost_groups(served, cases)
     text_groups = [g for g in groups if g.startswith("text")]
     photo_groups = [g for g in groups if g.startswith("photo")]
-    one = lambda gs: sum(1 for g in gs if len(groups[g]) == 1 and None not in groups[g])  # noqa: E731
-    queued = lambda gs: [g for g in gs if groups[g] - {None}]  # noqa: E731 - groups with a post in the queue
+    one = lambda gs: sum(1 for g in gs if len(groups[g]) == 1 and None not in groups[g])
+    queued = lambda gs: [g for g in gs if groups[g] - {None}]
     results = {
         "mode": args.mode, "part": args.part, "threshold": round(th, 4), "served_posts": len(served),
         "read_posts": len(done), "overall": figures(rows), "per_language": {lang: figures(

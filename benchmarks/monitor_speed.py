@@ -63,7 +63,7 @@ def make_video(path: Path, segs, fps: int = 30) -> float:
         for img, seconds, _ in segs:
             vf = av.VideoFrame.from_image(img)
             rng = np.random.default_rng(n)
-            for k in range(int(round(seconds * fps))):
+            for k in range(round(seconds * fps)):
                 if k % 10 == 0:  # a little sensor noise so the encoder has real work, as with a camera
                     a = np.asarray(img, np.int16) + rng.integers(-3, 4, (SIZE[1], SIZE[0], 1), dtype=np.int16)
                     vf = av.VideoFrame.from_ndarray(np.clip(a, 0, 255).astype(np.uint8), format="rgb24")
@@ -177,7 +177,7 @@ def latency(segs, out: Path, seconds: float) -> dict:
         frame_to_alert.append(at - body["frame_wall_time"])
         if body["species"] in appeared:
             first_to_alert.append(at - appeared[body["species"]])
-    f = lambda v: {"median_s": round(float(np.median(v)), 3), "max_s": round(float(np.max(v)), 3)} if v else None  # noqa: E731
+    f = lambda v: {"median_s": round(float(np.median(v)), 3), "max_s": round(float(np.max(v)), 3)} if v else None
     return {"alerts": len(rx.arrivals), "frame_to_alert": f(frame_to_alert), "animal_on_screen_to_alert": f(first_to_alert),
             "note": "k=2 of n=3 samples at 2 samples/s: a sighting needs a second sample 0.5 s after the first"}
 

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from seed_experiment import MEAN, STD, accuracy, augment, eval_view, load_pack, low_quality_views  # noqa: E402
+from seed_experiment import MEAN, STD, accuracy, augment, eval_view, load_pack, low_quality_views
 
-from wildwatch.models import create_model  # noqa: E402
+from wildwatch.models import create_model
 
 POOLS = ("max", "avg", "fuzzy", "fuzzy1")
 SEEDS = (0, 1, 2)
@@ -143,8 +143,8 @@ def summarise(out: Path, results: list[dict]) -> dict:
                "accuracy_pct_mean_std": table, "paired_vs_max_points": paired, "cost": cost,
                "mean_degraded_pct": {p: round(statistics.mean(table[p][c][0] for c in degraded), 2) for p in POOLS}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"seed_m4_gap, {summary['settings']['image_size']} px, {summary['settings']['epochs']} epochs, "
-             f"batch {summary['settings']['batch_size']}, 3 seeds; test accuracy %, mean ± std", "",
+    lines = [(f"seed_m4_gap, {summary['settings']['image_size']} px, {summary['settings']['epochs']} epochs, "
+             f"batch {summary['settings']['batch_size']}, 3 seeds; test accuracy %, mean ± std"), "",
              "| pooling | " + " | ".join(conds) + " | mean degraded | train img/s | infer img/s |",
              "|---" * (len(conds) + 4) + "|"]
     for p in POOLS:
@@ -201,7 +201,7 @@ def main() -> None:
     from wildwatch.models import fuzzy_native
 
     fuzzy_native.available()  # the fuzzy layers' C++ loop is built (or loaded) here, not in a run's timed epoch
-    side = max(a.image_size + a.image_size // 7, int(round(a.image_size / 0.875)))
+    side = max(a.image_size + a.image_size // 7, round(a.image_size / 0.875))
     data = load_pack(a.pack, side)
     done = 0
     for seed in SEEDS:  # seed-major: the first calls give every pooling a run

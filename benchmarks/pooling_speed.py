@@ -25,15 +25,23 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.models import create_model, fuzzy, fuzzy_native  # noqa: E402
+from wildwatch.models import create_model, fuzzy, fuzzy_native
+
+
+def _rows_forward(layer):
+    """The unfold path of one fuzzy layer: its patches, pooled row by row."""
+    def forward(x):
+        return layer.rows_fn(fuzzy._patches(x, layer.kernel_size, layer.stride)[0]).reshape(
+            *fuzzy._patches(x, layer.kernel_size, layer.stride)[1])
+
+    return forward
 
 
 def general_path(model: torch.nn.Module) -> torch.nn.Module:
     """The model with its fuzzy layers on the unfold path (as before the closed form)."""
     for m in model.modules():
         if isinstance(m, fuzzy._FuzzyPool):
-            m.forward = (lambda self: lambda x: self.rows_fn(fuzzy._patches(x, self.kernel_size, self.stride)[0])
-                         .reshape(*fuzzy._patches(x, self.kernel_size, self.stride)[1]))(m)
+            m.forward = _rows_forward(m)
     return model
 
 

@@ -43,8 +43,8 @@ def main() -> None:
             os.symlink(p.resolve(), folder / f"{i:06d}.jpg")
         local_s = run(folder, Path(d) / "local.csv")
         ray_s = run(folder, Path(d) / "ray.csv", "--engine", "ray")
-        a = list(csv.DictReader(open(Path(d) / "local.csv")))
-        b = list(csv.DictReader(open(Path(d) / "ray.csv")))
+        with open(Path(d) / "local.csv") as fa, open(Path(d) / "ray.csv") as fb:
+            a, b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
         same = sum(x["species"] == y["species"] and x["source"] == y["source"] for x, y in zip(a, b))
     print(f"{len(files)} photos, {os.cpu_count()} cores")
     print(f"local: {len(files) / local_s:.1f} img/s ({local_s:.1f} s)   ray: {len(files) / ray_s:.1f} img/s ({ray_s:.1f} s)"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.models import create_model  # noqa: E402
+from wildwatch.models import create_model
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -70,14 +70,14 @@ def augment(xb: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
 
 def eval_view(xb: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the square to size/0.875 and centre-crop size (as the eval transform does)."""
-    big = int(round(size / 0.875))
+    big = round(size / 0.875)
     out = F.interpolate(xb.float() / 255, size=(big, big), mode="bilinear", antialias=True, align_corners=False)
     o = (big - size) // 2
     return out[:, :, o:o + size, o:o + size]
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = int(math.ceil(3 * sigma))
+    r = math.ceil(3 * sigma)
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
     k = k / k.sum()
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
@@ -136,7 +136,7 @@ def main() -> None:
     t_start = time.perf_counter()
     dev = torch.device(a.device)
     torch.manual_seed(a.seed)
-    side = max(a.image_size + a.image_size // 7, int(round(a.image_size / 0.875)))
+    side = max(a.image_size + a.image_size // 7, round(a.image_size / 0.875))
     x, y, part, classes = load_pack(a.pack, side)
     tr, va, te = (np.nonzero(part == i)[0] for i in range(3))
     x_train, y_train = x[tr].to(dev), y[tr]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from media_corpus.corpus import load  # noqa: E402
+from media_corpus.corpus import load
 
-from wildwatch.monitor.relevance import MODEL_FILE, train  # noqa: E402
+from wildwatch.monitor.relevance import MODEL_FILE, train
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from wildwatch.data.splits import split_for_model  # noqa: E402
-from wildwatch.inference.predictor import Predictor, bundled_model_path  # noqa: E402
-from wildwatch.models.files import resolve_model_path  # noqa: E402
-from wildwatch.robustness import corruptions as C  # noqa: E402
-from wildwatch.robustness.benchmark import eval_crop, stratified_subset  # noqa: E402
+from wildwatch.data.splits import split_for_model
+from wildwatch.inference.predictor import Predictor
+from wildwatch.models.bundle import load_bundle
+from wildwatch.robustness import corruptions as C
+from wildwatch.robustness.benchmark import eval_crop, stratified_subset
 
 CELLS = [("clean", 0), ("gaussian_noise", 3), ("defocus_blur", 3), ("motion_blur", 2), ("snow", 3), ("contrast", 3),
          ("pixelate", 3), ("jpeg_compression", 3), ("low_resolution", 3), ("night_ir", 3), ("glass_blur", 1)]
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--limit-per-class", type=int, default=40)
     args = ap.parse_args()
-    path = resolve_model_path(args.model or bundled_model_path())
+    path = load_bundle(args.model).model_file
     p = Predictor.from_file(path)
     split, _ = split_for_model(path, p.meta, args.data)
     samples = stratified_subset(split.part("test"), args.limit_per_class, 0)

@@ -31,6 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def csv_rows(path: str | Path, header: bool = True) -> list:
+    """The rows of a CSV file: dicts by the header, or lists of values with ``header=False``."""
+    with open(path) as f:
+        return list(csv.DictReader(f)) if header else list(csv.reader(f))
+
+
 def draw_shape(label: str, rng: random.Random, size: int = 48) -> Image.Image:
     """A noisy background with one coloured shape whose kind and colour give the class."""
     bg = np.clip(np.random.default_rng(rng.randrange(2**31)).normal(128, 30, (size, size, 3)), 0, 255)

@@ -40,7 +40,7 @@ def test_each_operation_changes_the_image_and_keeps_shape(batch, name):
 @pytest.mark.parametrize("name", ["gaussian_blur", "defocus_blur", "motion_blur", "zoom_blur", "pixelate",
                                   "low_resolution"])
 def test_blurs_remove_more_detail_at_higher_severity(batch, name):
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(1)
     light = OPS[name](batch, torch.full((3,), 0.1), g())
     heavy = OPS[name](batch, torch.full((3,), 1.0), g())
     assert (_high_freq(heavy) < _high_freq(light)).all()
@@ -73,7 +73,7 @@ def test_jpeg_keeps_flat_blocks_and_loses_more_at_low_quality(batch):
     assert torch.allclose(jpeg(flat, torch.zeros(1), None), flat, atol=2 / 255)
     q40 = jpeg(batch, torch.zeros(3), None)
     q5 = jpeg(batch, torch.ones(3), None)
-    err = lambda y: float((y.clamp(0, 1) - batch).abs().mean())  # noqa: E731
+    err = lambda y: float((y.clamp(0, 1) - batch).abs().mean())
     assert 0 < err(q40) < err(q5)
 
 

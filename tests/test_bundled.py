@@ -11,6 +11,7 @@ from PIL import Image
 
 from wildwatch.inference import Predictor, bundled_model_path
 from wildwatch.models import create_model
+from wildwatch.models.bundle import bundled as bundled_files
 from wildwatch.models.decision import absorbed_mask, fit_temperature
 from wildwatch.models.effnet import load_lite0_imagenet_state
 from wildwatch.reports.metrics import nll, softmax
@@ -48,8 +49,8 @@ def test_bundled_model_is_small_and_self_describing(bundled):
     assert len(meta["model_kwargs"]["absorbed"]) == 10  # the ImageNet classes that are 9 of the 11 species
     assert len(meta["data_fingerprint"]) == 16 and meta["split"]["grouping"] == "near_duplicates.csv"
     assert meta["metrics"]["test_accuracy"] > 0.9
-    # the readable copy beside it says what the model file itself says
-    assert json.loads(bundled_model_path().with_suffix(".json").read_text()) == meta
+    # the readable copy the manifest names says what the model file itself says
+    assert json.loads(bundled_files().metadata.read_text()) == meta
 
 
 def test_bundled_model_classifies_with_status(bundled, tmp_path):
@@ -116,19 +117,20 @@ def test_temperature_scaling_lowers_nll_on_held_out_data():
 
 
 def test_every_bundled_model_file_stays_within_12_mb():
-    folder = bundled_model_path().parent
-    files = [p for p in folder.iterdir() if p.name.startswith(("bundled_model", "bundled_species"))]
+    b = bundled_files()
+    files = [b.weights, b.metadata, b.int8.path, b.int8.report_path, b.species.path, b.species.report_path]
+    # the manifest names them all
+    assert sorted(files) == sorted(p for p in b.folder.iterdir() if p.name != "info.json")
     assert any(p.suffix == ".onnx" for p in files)
     assert all(p.stat().st_size <= 12_000_000 for p in files) and sum(p.stat().st_size for p in files) <= 16_000_000
 
 
 def test_robust_mode_names_species_with_the_fine_tuned_network_and_keeps_the_unknown_detector():
     from wildwatch.inference.backends import OnnxRunner
-    from wildwatch.inference.predictor import bundled_species_path
 
     main = Predictor.from_file(None, backend="onnx-int8")
     robust = Predictor.from_file(None, backend="onnx-int8", species_model="bundled")
-    report = json.loads(bundled_species_path().with_suffix(".json").read_text())
+    report = bundled_files().species.report()
     assert robust.backend == "onnx-int8+species" and robust.classes == report["classes"]
     assert robust.temperature == pytest.approx(report["temperature"]) and robust.temperature != main.temperature
     assert robust.unknown_threshold == main.unknown_threshold
@@ -137,7 +139,7 @@ def test_robust_mode_names_species_with_the_fine_tuned_network_and_keeps_the_unk
     t = robust.transform()
     batch = t.normalise(np.stack([t.uint8(im) for im in images]))
     out, own = robust.forward(batch), main.forward(batch)
-    np.testing.assert_allclose(out.logits, OnnxRunner(bundled_species_path())(batch).logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.logits, OnnxRunner(bundled_files().species.path)(batch).logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.unknown, own.unknown, rtol=1e-5, atol=1e-5)  # the main model's open-set score
     np.testing.assert_allclose(out.imagenet, own.imagenet, rtol=1e-5, atol=1e-5)
     # a flat grey frame is still unknown: the main model decides that
@@ -158,7 +160,7 @@ def test_robust_mode_names_real_photos_and_holds_up_under_blur():
         truth += [cls] * len(files)
     clean = [Image.open(p).convert("RGB") for p in paths]
     blurred = [im.filter(ImageFilter.GaussianBlur(4)) for im in clean]
-    right = lambda preds: sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))  # noqa: E731
+    right = lambda preds: sum(p.top_k[0]["species"] == t for p, t in zip(preds, truth))
     assert right(robust.predict_images(clean, [str(p) for p in paths])) / len(paths) >= 0.85
     assert right(robust.predict_images(blurred)) > right(main.predict_images(blurred))
 
@@ -166,15 +168,59 @@ def test_robust_mode_names_real_photos_and_holds_up_under_blur():
 def test_a_species_model_with_other_classes_is_refused(tmp_path):
     import shutil
 
-    from wildwatch.inference.predictor import bundled_species_path
     from wildwatch.models.files import ModelFileError
 
-    src = bundled_species_path()
-    shutil.copy(src, tmp_path / "s.onnx")
-    report = json.loads(src.with_suffix(".json").read_text())
+    src = bundled_files().species
+    shutil.copy(src.path, tmp_path / "s.onnx")
+    report = src.report()
     (tmp_path / "s.json").write_text(json.dumps({**report, "classes": list(reversed(report["classes"]))}))
+    manifest = {"format": "wildwatch-bundle/1", "species": {"file": "s.onnx", "report": "s.json"}}
+    (tmp_path / "info.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match="classes"):
-        Predictor.from_file(None, species_model=tmp_path / "s.onnx")
-    (tmp_path / "s.json").unlink()
+        Predictor.from_file(None, species_model=tmp_path)
+    (tmp_path / "info.json").write_text(json.dumps({**manifest, "species": {"file": "s.onnx"}}))
     with pytest.raises(ModelFileError, match="export report"):
-        Predictor.from_file(None, species_model=tmp_path / "s.onnx")
+        Predictor.from_file(None, species_model=tmp_path / "info.json")
+
+
+def test_a_manifest_names_files_of_its_own_folder_only(tmp_path):
+    import shutil
+
+    from wildwatch.models.bundle import load_bundle
+    from wildwatch.models.files import ModelFileError
+
+    shutil.copy(bundled_model_path(), tmp_path / "w.safetensors")
+    ok = {"format": "wildwatch-bundle/1", "weights": "w.safetensors"}
+    for bad, words in [({**ok, "weights": "../w.safetensors"}, "plain file name"),
+                       ({**ok, "weights": "/etc/passwd"}, "plain file name"),
+                       ({**ok, "int8": {"file": "sub/x.onnx"}}, "plain file name"),
+                       ({**ok, "script": "x.py"}, "Extra inputs"),
+                       ({**ok, "weights": "missing.safetensors"}, "not in"),
+                       ({**ok, "format": "wildwatch-bundle/9"}, "format")]:
+        (tmp_path / "info.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelFileError, match=words) as e:
+            load_bundle(tmp_path)
+        assert "info.json" in str(e.value)
+    (tmp_path / "info.json").write_text(json.dumps(ok) + " " * 70_000)
+    with pytest.raises(ModelFileError, match="larger than"):
+        load_bundle(tmp_path / "info.json")
+    (tmp_path / "info.json").write_text(json.dumps(ok))
+    assert load_bundle(tmp_path).weights == tmp_path / "w.safetensors"
+    assert load_bundle(tmp_path / "w.safetensors").manifest == tmp_path / "info.json"
+    # a model file beside a manifest of other weights, or with none, is its weights alone
+    shutil.copy(bundled_model_path(), tmp_path / "other.safetensors")
+    alone = load_bundle(tmp_path / "other.safetensors")
+    assert alone.manifest is None and alone.int8 is None and alone.weights == tmp_path / "other.safetensors"
+    (tmp_path / "info.json").unlink()
+    assert load_bundle(tmp_path / "w.safetensors").manifest is None
+
+
+def test_a_model_file_alone_runs_its_fp32_copy_from_the_cache(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("WILDWATCH_CACHE", str(tmp_path / "cache"))
+    shutil.copy(bundled_model_path(), tmp_path / "w.safetensors")
+    pred = Predictor.from_file(tmp_path / "w.safetensors")  # no manifest: no int8 copy, auto exports fp32
+    assert pred.backend == "onnx" and next(p.name for p in (tmp_path / "cache").iterdir()).endswith("_fp32.onnx")
+    with pytest.raises(FileNotFoundError, match="wildwatch export"):
+        Predictor.from_file(tmp_path / "w.safetensors", backend="onnx-int8")

@@ -214,7 +214,7 @@ def test_avif_photos_are_found_in_folder_scans(tmp_path):
     assert b.error is None and b.species == a.species
 
 
-def test_crops_are_cut_with_the_detail_of_the_full_resolution_photo(tmp_path):
+def test_crops_are_cut_with_the_detail_of_the_full_resolution_photo(tmp_path, monkeypatch):
     """A small box in a large JPEG is cut from a decode where it keeps twice the classifier's input
     side; the old path cut it from the draft decode at the classifier's size (a few pixels wide)."""
     from wildwatch.inference.crops import crop_scale, decode_for_crops
@@ -229,8 +229,12 @@ def test_crops_are_cut_with_the_detail_of_the_full_resolution_photo(tmp_path):
     assert decode_for_crops(tmp_path / "big.jpg", [large_box], 224).width == 600  # 1/8: the crop keeps 450 px
     predictor = Predictor.from_file(None)
     seen = []
-    original = predictor.predict_images
-    predictor.predict_images = lambda images, *a, **k: seen.extend(im.size for im in images) or original(images, *a, **k)
+    original = Predictor.predict_images  # a Predictor never changes: the spy goes on its class
+    def spy(self, images, *a, **k):
+        seen.extend(im.size for im in images)
+        return original(self, images, *a, **k)
+
+    monkeypatch.setattr(Predictor, "predict_images", spy)
     doc = normalise({"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal"},
                      "images": [{"file": "big.jpg", "detections": [
                          {"category": "1", "conf": 0.9, "bbox": small_box}]}]}, Path("md.json"))
@@ -433,7 +437,7 @@ def test_detect_outputs_are_never_replaced_silently_and_survive_ctrl_c(card, tmp
 
 def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):
     from wildwatch.inference.camtrap import sequences
-    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.prediction import Prediction
     from wildwatch.inference.writers.coco_camera_traps import coco_camera_traps
 
     card = tmp_path / "burst"

@@ -1,6 +1,5 @@
 """The command line end to end, through the installed console script."""
 
-import csv
 import json
 import shutil
 import subprocess
@@ -8,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import csv_rows
 
 WILDWATCH = str(Path(sys.executable).parent / "wildwatch")
 
 
 def run(*args, check=True):
-    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
@@ -34,11 +34,30 @@ def test_train_then_evaluate(cli_run, shapes_dir, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["split"] == "test"
 
 
+def test_a_run_folder_is_a_bundle_and_export_int8_joins_it(cli_run, shapes_dir, tmp_path):
+    """train writes the run folder's manifest; export --int8 writes the int8 copy and its report beside
+    the model and names them there; classify then runs it from the folder alone."""
+    folder = tmp_path / "run"
+    shutil.copytree(cli_run, folder)  # the shared run stays without an int8 copy
+    manifest = json.loads((folder / "info.json").read_text())
+    assert manifest["weights"] == "model.safetensors" and manifest["metadata"] == "model.json" and "int8" not in manifest
+    photos = shapes_dir / "red_circles"
+    proc = run("classify", photos, "--model", folder, "--backend", "onnx-int8", check=False)
+    assert proc.returncode == 2 and "wildwatch export" in proc.stderr
+    run("export", "--model", folder, "--int8", "--data", shapes_dir, "--calibration-size", 16)
+    manifest = json.loads((folder / "info.json").read_text())
+    assert manifest["int8"] == {"file": "model.int8.onnx", "report": "model.int8.json"}
+    assert json.loads((folder / "model.int8.json").read_text())["calibration_photos"] == 16
+    out = tmp_path / "rows.csv"
+    proc = run("classify", photos, "--model", folder, "--backend", "onnx-int8", "--output", out)
+    assert "(onnx-int8 backend)" in proc.stderr and len(csv_rows(out)) == len(list(photos.glob("*.jpg")))
+
+
 def test_classify_folder_with_broken_files_goes_on(cli_run, broken_dir, tmp_path):
     out = tmp_path / "rows.csv"
     proc = run("classify", broken_dir, "--model", cli_run, "--output", out, "--top-k", 2, check=False)
     assert proc.returncode == 1  # some files failed; every row is written
-    rows = list(csv.DictReader(open(out)))
+    rows = csv_rows(out)
     by_name = {Path(r["source"]).name: r for r in rows}
     assert set(by_name) == {"good.jpg", "empty.jpg", "truncated.jpg", "text.jpg", "cmyk.jpg", "sixteen_bit.png"}
     for bad in ("empty.jpg", "truncated.jpg", "text.jpg"):
@@ -101,12 +120,12 @@ def test_classify_resume_skips_done_files_and_keeps_order(cli_run, shapes_dir, t
     out = tmp_path / "rows.csv"
     folder = shapes_dir / "green_squares"
     run("classify", folder, "--model", cli_run, "--output", out, "-q")
-    full = list(csv.DictReader(open(out)))
+    full = csv_rows(out)
     # simulate an interruption: keep 10 rows and half of the 11th
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:11]) + lines[11][:15])
     proc = run("classify", folder, "--model", cli_run, "--output", out, "--resume", "-q")
-    again = list(csv.DictReader(open(out)))
+    again = csv_rows(out)
     assert [r["source"] for r in again] == [r["source"] for r in full]
     assert "10 already done" in proc.stderr
 
@@ -171,7 +190,7 @@ def test_classify_options_take_the_format_from_the_output():
 def test_output_files_follow_the_format_and_failed_rows_are_empty(cli_run, broken_dir, tmp_path):
     as_txt, as_json = tmp_path / "rows.txt", tmp_path / "rows.json"
     run("classify", broken_dir, "--model", cli_run, "--format", "csv", "--output", as_txt, "-q", check=False)
-    rows = list(csv.DictReader(open(as_txt)))
+    rows = csv_rows(as_txt)
     assert len(rows) == 6 and set(rows[0]) >= {"source", "species", "confidence", "error"}
     broken = [r for r in rows if r["error"]]
     assert broken and all(r["confidence"] == "" and r["unknown"] == "" and r["threatened"] == "" for r in broken)
@@ -195,5 +214,5 @@ def test_heic_photos_are_read(cli_run, tmp_path):
     Image.new("RGB", (320, 240), (210, 40, 40)).save(photos / "IMG_0001.HEIC", quality=90)
     out = tmp_path / "rows.csv"
     run("classify", photos, "--model", cli_run, "--output", out, "-q")
-    [row] = list(csv.DictReader(open(out)))
+    [row] = csv_rows(out)
     assert row["source"].endswith("IMG_0001.HEIC") and row["error"] == "" and row["species"]

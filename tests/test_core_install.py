@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import csv_rows
 
 from wildwatch.errors import NeedsExtraError, require
 
@@ -29,7 +30,7 @@ BLOCKER = textwrap.dedent('''
 
 def run_core(body: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(body)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def cli(*args) -> str:
@@ -59,7 +60,7 @@ def test_classify_without_pytorch(shapes_dir, broken_dir, tmp_path):
     proc = run_core(cli("classify", photo, broken_dir / "truncated.jpg", "--output", out, "-q"))
     assert proc.returncode == 1, proc.stderr  # one of the two files is broken
     assert "(onnx-int8 backend)" in proc.stderr
-    rows = list(csv.DictReader(open(out)))
+    rows = csv_rows(out)
     assert len(rows) == 2 and rows[0]["species"] and rows[0]["error"] == ""
     assert "truncated.jpg" in rows[1]["error"]
     assert loaded_of(proc) == []

@@ -102,7 +102,7 @@ def test_looks_like_uses_plain_names_groups_dog_breeds_and_sees_people_in_their_
 
 
 def test_descriptions_say_what_an_unknown_photo_looks_like_and_name_both_when_uncertain():
-    from wildwatch.inference.predictor import Prediction, describe_other
+    from wildwatch.inference.prediction import Prediction, describe_other
 
     tiger = Prediction("t.jpg", "unknown", unknown=True, looks_like="tiger", looks_like_kind="animal")
     person = Prediction("p.jpg", "unknown", unknown=True, looks_like="", looks_like_kind="person")

@@ -1,8 +1,8 @@
-import csv
 import json
 
 import pytest
 import torch
+from conftest import csv_rows
 from safetensors.torch import load_file
 
 from wildwatch.config import TrainConfig
@@ -13,8 +13,8 @@ from wildwatch.models.files import ModelFileError, load_model, read_model_meta
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=data, out=out, model="seed_m4_gap", image_size=32, batch_size=16, lr=3e-3, epochs=6,
-                step_size=4, workers=0, device="cpu", ratios=(0.6, 0.2, 0.2))
+    base = {"data": data, "out": out, "model": "seed_m4_gap", "image_size": 32, "batch_size": 16, "lr": 3e-3, "epochs": 6,
+                "step_size": 4, "workers": 0, "device": "cpu", "ratios": (0.6, 0.2, 0.2)}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -29,7 +29,7 @@ def trained_run(shapes_dir, tmp_path_factory):
 def test_training_learns_the_shapes(trained_run):
     out, result = trained_run
     assert result.best_val_acc >= 0.8  # chance is 1/3
-    rows = list(csv.DictReader(open(out / "history.csv")))
+    rows = csv_rows(out / "history.csv")
     assert len(rows) == 6 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert [float(r["lr"]) for r in rows][3:5] == [3e-3, 1.5e-3]  # StepLR halves after 4 epochs
     for f in ("config.yaml", "split.json", "curves.png", "curves.html", "model.safetensors", "model.json", "state.pt"):
@@ -39,7 +39,7 @@ def test_training_learns_the_shapes(trained_run):
 def test_best_model_is_chosen_on_validation_and_records_metadata(trained_run):
     out, result = trained_run
     meta = read_model_meta(out)
-    rows = list(csv.DictReader(open(out / "history.csv")))
+    rows = csv_rows(out / "history.csv")
     best = max(range(len(rows)), key=lambda i: (float(rows[i]["val_acc"]), -i))
     assert meta["epoch"] == best + 1 == result.best_epoch
     assert meta["classes"] == ["blue_triangles", "green_squares", "red_circles"]
@@ -85,14 +85,14 @@ def test_model_file_is_plain_safetensors(trained_run, tmp_path):
 def test_evaluate_writes_reports_on_the_saved_test_split(trained_run, shapes_dir, tmp_path):
     out, _ = trained_run
     s = evaluate_model(out, shapes_dir, tmp_path / "eval", "test")
-    split = json.load(open(out / "split.json"))
+    split = json.loads((out / "split.json").read_text())
     assert s["n"] == len(split["test"]) and s["data_fingerprint_matches"]
     assert s["accuracy"] > 0.7
     assert set(s["per_class"]) == {"blue_triangles", "green_squares", "red_circles"}
     for f in ("metrics.json", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.html",
               "reliability.png", "predictions.csv", "report.html"):
         assert (tmp_path / "eval" / f).exists(), f
-    cm = list(csv.reader(open(tmp_path / "eval" / "confusion_matrix.csv")))
+    cm = csv_rows(tmp_path / "eval" / "confusion_matrix.csv", header=False)
     assert sum(int(x) for row in cm[1:] for x in row[1:]) == s["n"]
     assert {"full", "center_40pct", "center_20pct", "random_40pct", "squash_256"} == set(s["views"])
 

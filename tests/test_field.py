@@ -1,6 +1,5 @@
 """Where a photo was taken, what that changes, and the camera-trap formats."""
 
-import csv
 import json
 import random
 import subprocess
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import camtrap_dp_errors, draw_shape
+from conftest import camtrap_dp_errors, csv_rows, draw_shape
 from PIL import Image
 
 from wildwatch.field import Place, local_status, possible_in, range_table, read_place
@@ -176,7 +175,7 @@ def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     md = tmp_path / "md.json"
     proc = subprocess.run([WILDWATCH, "classify", str(folder), "--format", "megadetector", "--output", str(md),
-                           "--backend", "torch", "-q"], capture_output=True, text=True)
+                           "--backend", "torch", "-q"], capture_output=True, text=True, check=False)
     assert proc.returncode == 1, proc.stderr  # broken.jpg could not be classified; the file is written
     doc = json.loads(md.read_text())
     assert megadetector_errors(doc) == []
@@ -189,14 +188,14 @@ def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
 
     dp = tmp_path / "dp"
     proc = subprocess.run([WILDWATCH, "classify", str(folder), "--format", "camtrapdp", "--output", str(dp),
-                           "--backend", "torch", "-q"], capture_output=True, text=True)
+                           "--backend", "torch", "-q"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "--location" in proc.stderr  # grey.jpg has no GPS: never a camera at 0,0
     proc = subprocess.run([WILDWATCH, "classify", str(folder), "--format", "camtrapdp", "--output", str(dp),
-                           "--backend", "torch", "-q", "--location", "-0.5,36.1"], capture_output=True, text=True)
+                           "--backend", "torch", "-q", "--location", "-0.5,36.1"], capture_output=True, text=True, check=False)
     assert proc.returncode == 1, proc.stderr  # broken.jpg again
     assert camtrap_dp_errors(dp) == []
-    media = list(csv.DictReader(open(dp / "media.csv")))
-    obs = list(csv.DictReader(open(dp / "observations.csv")))
+    media = csv_rows(dp / "media.csv")
+    obs = csv_rows(dp / "observations.csv")
     events = [o for o in obs if o["observationLevel"] == "event"]
     obs = [o for o in obs if o["observationLevel"] == "media"]
     assert len(media) == 2 and len(obs) == 2  # the broken file has no media record
@@ -208,7 +207,7 @@ def test_megadetector_and_camtrap_dp_round_trip(tmp_path, broken_dir):
     grey_obs = next(o for o in obs if o["mediaID"] != a["mediaID"])
     assert grey_obs["observationType"] in ("unknown", "blank") and grey_obs["scientificName"] == ""
     assert grey_obs["observationComments"].startswith("Not one of the 11 species — ")
-    deployments = {d["deploymentID"]: d for d in csv.DictReader(open(dp / "deployments.csv"))}
+    deployments = {d["deploymentID"]: d for d in csv_rows(dp / "deployments.csv")}
     assert sorted((d["latitude"], d["longitude"]) for d in deployments.values()) == [("-0.5", "36.1"),
                                                                                      ("-1.2921", "36.8219")]
     assert deployments[a["deploymentID"]]["timestampIssues"] == "true"

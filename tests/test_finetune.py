@@ -21,8 +21,8 @@ def small_shapes(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = dict(data=data, model="effnet_lite0", out=out, finetune=True, epochs=2, batch_size=8, image_size=64,
-                workers=0, device="cpu", seed=0)
+    base = {"data": data, "model": "effnet_lite0", "out": out, "finetune": True, "epochs": 2, "batch_size": 8, "image_size": 64,
+                "workers": 0, "device": "cpu", "seed": 0}
     return TrainConfig(**{**base, **kw})
 
 
@@ -53,7 +53,7 @@ def test_finetune_trains_every_layer_and_writes_a_loadable_model(small_shapes, t
     for k in ("_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._project_conv.weight"):
         assert not torch.equal(best[k], pretrained[k]), f"{k} was not trained"
     p = Predictor.from_file(out / "model.safetensors", backend="torch")
-    img = sorted((small_shapes / "green_squares").glob("*.jpg"))[0]
+    img = min((small_shapes / "green_squares").glob("*.jpg"))
     pred = next(iter(p.predict_paths([img])))
     assert pred.error is None and (pred.named or pred.unknown or pred.uncertain) and 0 <= pred.confidence <= 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -211,7 +212,7 @@ def test_security_headers_and_the_host_allow_list(open_server, keyed_server):
 
 def test_the_api_key_help_recommends_the_environment():
     out = subprocess.run([WILDWATCH, "serve", "--help"], capture_output=True, text=True, env={
-        **os.environ, "COLUMNS": "200"}).stdout
+        **os.environ, "COLUMNS": "200"}, check=False).stdout
     assert "WILDWATCH_API_KEY" in out and "ps" in out
 
 
@@ -390,7 +391,7 @@ def test_a_second_monitor_on_the_same_database_refuses_to_start(tmp_path):
             if Path(f"{db}.lock").exists() and Path(f"{db}.lock").read_text().startswith("pid"):
                 break
             time.sleep(0.1)
-        second = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+        second = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120, check=False)
         assert second.returncode == 2
         assert "another wildwatch monitor" in second.stderr and f"pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -398,7 +399,7 @@ def test_a_second_monitor_on_the_same_database_refuses_to_start(tmp_path):
         first.terminate()
         first.wait(30)
     # the lock goes with the process: now it may start
-    third = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+    third = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120, check=False)
     assert third.returncode == 0, third.stderr
 
 
@@ -408,7 +409,7 @@ def test_an_empty_or_damaged_database_is_refused_never_replaced(tmp_path):
     folder.mkdir()
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
-    proc = subprocess.run(monitor_cmd(folder, "--db", empty, "--once"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(monitor_cmd(folder, "--db", empty, "--once"), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "empty (0 bytes)" in proc.stderr and "backup" in proc.stderr
     assert empty.stat().st_size == 0 and len(proc.stderr.strip().splitlines()) == 1
     db = tmp_path / "events.db"
@@ -420,7 +421,7 @@ def test_an_empty_or_damaged_database_is_refused_never_replaced(tmp_path):
     data = bytearray(db.read_bytes())
     data[4096:4096 + 8192] = os.urandom(8192)  # pages after the first, overwritten
     db.write_bytes(bytes(data))
-    proc = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(monitor_cmd(folder, "--db", db, "--once"), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "damaged" in proc.stderr and ".recover" in proc.stderr
     assert "Traceback" not in proc.stderr and db.read_bytes() == bytes(data)
     with pytest.raises(EventStoreError, match="not an SQLite database"):
@@ -434,15 +435,15 @@ def test_exit_codes_say_what_happened(tmp_path):
     folder.mkdir()
     (folder / "red.jpg").write_bytes(jpeg(RED))
     ok = subprocess.run(monitor_cmd(folder, "--db", tmp_path / "a.db", "--once"), capture_output=True, text=True,
-                        timeout=120)
+                        timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     bad = subprocess.run(monitor_cmd(folder, broken, "--db", tmp_path / "b.db", "--once"), capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "error: 1" not in bad.stderr
     assert "broken.mp4" in bad.stderr.strip().splitlines()[-1] and "sightings recorded" in bad.stderr
-    usage = subprocess.run(monitor_cmd("--db", tmp_path / "c.db"), capture_output=True, text=True, timeout=120)
+    usage = subprocess.run(monitor_cmd("--db", tmp_path / "c.db"), capture_output=True, text=True, timeout=120, check=False)
     assert usage.returncode == 2 and "no sources" in usage.stderr
 
 
@@ -464,7 +465,7 @@ def test_resume_matches_files_by_resolved_path(tmp_path, shapes_dir):
     subprocess.run([WILDWATCH, "classify", str(photos.resolve()), "--output", str(out), "-q"], check=True,
                    capture_output=True, timeout=300)
     proc = subprocess.run([WILDWATCH, "classify", "photos", "--output", str(out), "--resume", "-q"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "0 files" in proc.stderr and "6 already done" in proc.stderr
     assert len(out.read_text().strip().splitlines()) == 1 + 6
 
@@ -877,8 +878,14 @@ def test_an_output_is_never_replaced_silently_and_a_json_output_survives_ctrl_c(
     for i in range(2000):  # enough that the run is still going when the signal comes, even on a fast machine
         Image.new("RGB", (64, 48), (i % 250, 90, 60)).save(many / f"{i:04d}.jpg")
     slow = tmp_path / "slow.jsonl"
-    proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a handled SIGINT is reset to its default in the child, so the child takes Ctrl-C even when the
+    # tests run as a background job (which ignores it, and an ignored signal stays ignored across exec)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([WILDWATCH, "classify", str(many), "--output", str(slow), "--batch-size", "1", "-q"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for _ in range(3000):
         if slow.exists() and slow.read_text().count("\n") >= 2:
             break

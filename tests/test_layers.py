@@ -63,13 +63,27 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 SKELETON = ["engine/fit.py", "engine/train.py", "engine/transfer.py", "engine/finetune.py"]
 
 
-def test_no_function_of_the_training_skeleton_is_over_60_lines():
+def long_functions(path: Path, root: Path = SRC, limit: int = 60) -> list[str]:
+    """The functions (methods and nested functions too) of a file that run to ``limit`` lines or more."""
     long = []
-    for rel in SKELETON:
-        for node in ast.walk(ast.parse((SRC / rel).read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
-                long.append(f"{rel}:{node.name} {node.end_lineno - node.lineno + 1} lines")
-    assert long == []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= limit:
+            long.append(f"{path.relative_to(root)}:{node.name} {node.end_lineno - node.lineno + 1} lines")
+    return long
+
+
+def test_no_function_of_the_training_skeleton_is_over_60_lines():
+    assert [f for rel in SKELETON for f in long_functions(SRC / rel)] == []
+
+
+def test_no_function_in_src_is_over_60_lines():
+    assert [f for path in sorted(SRC.rglob("*.py")) for f in long_functions(path)] == []
+
+
+def test_the_length_check_sees_a_long_nested_function(tmp_path):
+    f = tmp_path / "probe.py"
+    f.write_text("def outer():\n    def inner():\n" + "        x = 1\n" * 60 + "    return inner\n\n\ndef short():\n    pass\n")
+    assert [x.split(" ")[0] for x in long_functions(f, tmp_path)] == ["probe.py:outer", "probe.py:inner"]
 
 
 def test_every_recipe_is_a_strategy_of_the_one_skeleton():

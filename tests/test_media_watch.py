@@ -12,7 +12,7 @@ import pytest
 from conftest import REAL_DATA
 from PIL import Image
 
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.monitor.evidence import post_evidence
 from wildwatch.monitor.terms import find_hits, find_prices
 from wildwatch.species import species_info
@@ -284,11 +284,11 @@ class Web:
             return 200, "image/jpeg", self.images[path], {}
         pages = {
             "/robots.txt": ("text/plain", b"User-agent: wildwatch-monitor\nDisallow: /private/\n", {}),
-            "/listing.html": ("text/html", """<html><head><title>Rhino horn for sale</title>
+            "/listing.html": ("text/html", b"""<html><head><title>Rhino horn for sale</title>
                 <meta property="og:image" content="/img/rhino.jpg"><meta property="og:description" content="DM for price">
                 </head><body><p>Best quality, shipping worldwide</p><img src="/img/lion.jpg" alt="lion skin">
                 <a href="/item/1.html">one</a> <a href="/private/secret.html">hidden</a>
-                <a href="http://other.example/x">elsewhere</a></body></html>""".encode(), {"ETag": '"v1"'}),
+                <a href="http://other.example/x">elsewhere</a></body></html>""", {"ETag": '"v1"'}),
             "/item/1.html": ("text/html", b"<html><title>Ivory bangle</title><p>for sale</p></html>", {}),
             "/private/secret.html": ("text/html", b"<html><title>secret</title></html>", {}),
             "/huge.html": ("text/html", "huge", {}),
@@ -740,9 +740,9 @@ def test_bad_input_gets_a_clear_error_per_source_and_the_monitor_goes_on(tmp_pat
     big_feed = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'.encode()
     mixed = ("<html><head><title>Ngà voi</title></head><body><p>Bán vòng ngà, ib giá</p>".encode() + b"\xff\xfe" +
              "<p>caf\u00e9</p>".encode("latin-1") + b"</body></html>")
-    ok = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>fine</guid>'
-          '<title>Rhino horn for sale, DM for price</title><enclosure url="/img/red.jpg" type="image/jpeg" length="1"/>'
-          '</item></channel></rss>').encode()
+    ok = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><guid>fine</guid>'
+          b'<title>Rhino horn for sale, DM for price</title><enclosure url="/img/red.jpg" type="image/jpeg" length="1"/>'
+          b'</item></channel></rss>')
     srv, base = hostile_server({"/big.html": ("text/html", big_page), "/big.xml": ("application/rss+xml", big_feed),
                                 "/mixed.html": ("text/html; charset=utf-8", mixed), "/ok.xml": ("application/rss+xml", ok),
                                 "/img/red.jpg": ("image/jpeg", jpeg(RED)),

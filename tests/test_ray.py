@@ -1,6 +1,5 @@
 """Batch classification on Ray Data equals the local path."""
 
-import csv
 import os
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import csv_rows
 
 from wildwatch.data.transforms import Preprocess
 from wildwatch.models import create_model
@@ -33,7 +33,7 @@ LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def _run(*args, code=0):
-    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600, env=LOOPBACK_ENV)
+    proc = subprocess.run([WILDWATCH, *map(str, args)], capture_output=True, text=True, timeout=600, env=LOOPBACK_ENV, check=False)
     assert proc.returncode == code, proc.stderr[-3000:]
     return proc
 
@@ -49,7 +49,7 @@ def test_ray_rows_equal_local_rows(model_file, shapes_dir, broken_dir, tmp_path)
     proc = _run("classify", folder, "--model", model_file, "--backend", "torch", "--engine", "ray", "--output", remote,
                 code=1)
     assert "(ray)" in proc.stderr
-    a, b = list(csv.DictReader(open(local))), list(csv.DictReader(open(remote)))
+    a, b = csv_rows(local), csv_rows(remote)
     assert len(a) == len(b) == 45 + 6
     assert [r["source"] for r in a] == [r["source"] for r in b]
     for x, y in zip(a, b):
@@ -75,15 +75,15 @@ def test_ray_on_an_existing_cluster_address(model_file, shapes_dir, tmp_path):
     start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                             "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                             f"--temp-dir={tempfile.mkdtemp(prefix='rw', dir='/tmp')}"],  # Ray's socket paths stay short
-                           capture_output=True, text=True, timeout=300, env=env)
+                           capture_output=True, text=True, timeout=300, env=env, check=False)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         out = tmp_path / "rows.csv"
         proc = subprocess.run([WILDWATCH, "classify", str(shapes_dir / "red_circles"), "--model", str(model_file),
                                "--backend", "torch", "--engine", "ray", "--address", f"127.0.0.1:{port}",
-                               "--output", str(out)], capture_output=True, text=True, timeout=600, env=env)
+                               "--output", str(out)], capture_output=True, text=True, timeout=600, env=env, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = list(csv.DictReader(open(out)))
+        rows = csv_rows(out)
         assert len(rows) == 45 and all(r["species"] for r in rows) and "(ray)" in proc.stderr
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env, check=False)

@@ -3,6 +3,7 @@ hostile paths and malformed shapes), AddaxAI's and SpeciesNet's; and ``wildwatch
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -48,19 +49,20 @@ def animal(file: str) -> dict:
 # ---------------------------------------------------------------- paths that leave the folder (issue 28, item 10)
 
 
-def test_paths_that_leave_the_folder_are_per_row_errors_and_never_read(camera, tmp_path, predictor):
+def test_paths_that_leave_the_folder_are_per_row_errors_and_never_read(camera, tmp_path, predictor, monkeypatch):
     secret = (tmp_path / "secret" / "s.jpg").resolve()
     (camera / "link.jpg").symlink_to(secret)
     images = [animal("a.jpg"), animal("../secret/s.jpg"), animal(str(secret)), animal("sub/../../secret/s.jpg"),
               animal("C:\\photos\\s.jpg"), animal("link.jpg"), animal("..\\secret\\s.jpg")]
     doc = read_results(md_file(tmp_path / "md.json", images))
     read = []
-    original = predictor.predict_images
-    predictor.predict_images = lambda imgs, sources=None, *a, **k: read.extend(sources) or original(imgs, sources, *a, **k)
-    try:
-        doc, summary = classify_detections(doc, camera, predictor)
-    finally:
-        predictor.predict_images = original
+    original = type(predictor).predict_images  # a Predictor never changes: the spy goes on its class
+    def spy(self, imgs, sources=None, *a, **k):
+        read.extend(sources)
+        return original(self, imgs, sources, *a, **k)
+
+    monkeypatch.setattr(type(predictor), "predict_images", spy)
+    doc, summary = classify_detections(doc, camera, predictor)
     assert read == ["a.jpg"] and summary.images_failed == 6
     errors = [im["wildwatch"]["error"] for im in doc["images"][1:]]
     assert all("not read" in e for e in errors)
@@ -289,3 +291,24 @@ def test_blur_people_blurs_the_whole_photo_when_a_person_was_seen_without_a_box(
     before = np.asarray(Image.open(card / "p.jpg").convert("RGB"), np.float32)
     detail = lambda a: float(np.abs(np.diff(a, axis=1)).mean())
     assert detail(after) < 0.3 * detail(before)
+
+
+def test_classify_with_a_species_list_and_sort_its_rows(tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rows = tmp_path / "rows.csv"
+    proc = wildwatch("classify", examples, "--species", "lion,jaguars", "--output", rows)
+    assert "rhino.jpg\tnot on the species list — Rhinoceros" in proc.stdout
+    by_name = {Path(r["source"]).name: r for r in csv.DictReader(rows.open())}
+    rhino = by_name["rhino.jpg"]
+    assert rhino["off_list"] == "rhino" and rhino["unknown"] == "True" and rhino["species"] == "unknown"
+    assert rhino["looks_like"] == "" and not rhino["confidence"]  # no species probability for a photo set aside
+    assert all(r["off_list"] == "" for n, r in by_name.items() if n != "rhino.jpg")
+    wildwatch("sort", rows, tmp_path / "sorted", "--root", examples.parent)
+    tree = sorted_tree(tmp_path / "sorted")
+    assert tree["not_on_list"] == ["examples/rhino.jpg"] and "rhino" not in tree
+    assert len(tree["unknown"]) == 3
+    # kept: the same photos without a list
+    wildwatch("classify", examples, "--output", rows, "--overwrite", "-q")
+    assert {Path(r["source"]).name: r["species"] for r in csv.DictReader(rows.open())}["rhino.jpg"] == "rhino"
+    bad = wildwatch("classify", examples, "--species", "lions", code=2)
+    assert "lions not among the model's classes" in bad.stderr

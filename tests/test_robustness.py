@@ -153,7 +153,7 @@ def test_tiles_find_a_small_animal_and_keep_confident_answers():
     from wildwatch.inference.predictor import Predictor
 
     p = Predictor.from_file(None)
-    photo = sorted((REAL_DATA / "lion").iterdir())[0]
+    photo = min((REAL_DATA / "lion").iterdir())
     img = Image.open(photo).convert("RGB").resize((120, 120))
     frame = Image.new("RGB", (480, 480), (90, 110, 80))
     frame.paste(img, (300, 60))  # the lion covers 1/16 of the frame

@@ -143,7 +143,7 @@ def test_the_page_says_in_words_when_the_model_is_between_two_species(predictor,
     assert REAL_DATA.exists(), f"{REAL_DATA}: the real photos are needed here (CI always has ../shared/data)"
     # a decision that is never sure enough: every answer that is not unknown is uncertain
     unsure = dataclasses.replace(predictor, decision=dataclasses.replace(predictor.decision, uncertain_below=1.01))
-    lion = sorted((REAL_DATA / "lion").glob("*.jpg"))[-1]
+    lion = max((REAL_DATA / "lion").glob("*.jpg"))
     with serving(create_app(unsure)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -17,7 +17,7 @@ from PIL import Image
 from wildwatch.errors import UsageError
 from wildwatch.inference import writers as registry
 from wildwatch.inference.batch import ClassifyOptions, classify_files
-from wildwatch.inference.predictor import Prediction, bundled_model_path
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.writers import (
     Batch,
     DuplicateWriterError,
@@ -30,6 +30,7 @@ from wildwatch.inference.writers import (
     writers,
 )
 from wildwatch.inference.writers.provenance import provenance_path
+from wildwatch.models.bundle import bundled_model_path
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -67,25 +66,25 @@ def train(
     data: Path = typer.Option(..., help="ImageFolder tree: one sub-folder per class."),
     model: str = typer.Option("seed_m4_gap", help="Registered model name (see `wildwatch models`)."),
     out: Path = typer.Option(Path("runs/latest"), help="Run folder for config, split, history, curves, model."),
-    epochs: Optional[int] = typer.Option(None, help="Default: the model's recipe."),
-    image_size: Optional[int] = typer.Option(None, help="Input size in pixels. Default: the model's recipe."),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    step_size: Optional[int] = typer.Option(None, help="StepLR: epochs between learning-rate cuts."),
-    gamma: Optional[float] = typer.Option(None, help="StepLR: factor of each cut."),
-    ratios: Optional[str] = typer.Option(None, help="train,val,test ratios, e.g. 0.7,0.1,0.2"),
+    epochs: int | None = typer.Option(None, help="Default: the model's recipe."),
+    image_size: int | None = typer.Option(None, help="Input size in pixels. Default: the model's recipe."),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None, help="Adam learning rate."),
+    step_size: int | None = typer.Option(None, help="StepLR: epochs between learning-rate cuts."),
+    gamma: float | None = typer.Option(None, help="StepLR: factor of each cut."),
+    ratios: str | None = typer.Option(None, help="train,val,test ratios, e.g. 0.7,0.1,0.2"),
     pool: str = typer.Option("max", help="Pooling of the seed CNNs: max, avg, fuzzy, fuzzy1."),
     seed: int = typer.Option(0),
     views: int = typer.Option(0, help="Pretrained backbones: augmented views cached per training photo (besides "
                               "the mirrored one)."),
-    degrade_views: Optional[int] = typer.Option(None, help="Pretrained backbones: views per training photo with "
+    degrade_views: int | None = typer.Option(None, help="Pretrained backbones: views per training photo with "
                                                 "random CCTV-style degradation (robustness). Default: the "
                                                 "model's recipe (2 for effnet_lite0)."),
-    ood: Optional[Path] = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
-    field: Optional[Path] = typer.Option(None, help="Pretrained backbones: folder of photos of the classes from "
+    ood: Path | None = typer.Option(None, help="Folder of photos of none of the classes: reports unknown AUROC."),
+    field: Path | None = typer.Option(None, help="Pretrained backbones: folder of photos of the classes from "
                                          "other sources than --data (one subfolder per class); with --negatives, "
                                          "the decision (unknown threshold, calibrated confidence) is fitted on them."),
-    negatives: Optional[Path] = typer.Option(None, help="Pretrained backbones: folder of photos of none of the "
+    negatives: Path | None = typer.Option(None, help="Pretrained backbones: folder of photos of none of the "
                                              "classes (one subfolder per label, not from ImageNet), for fitting "
                                              "the decision with --field."),
     negatives_half: str = typer.Option("all", help="all, dev or held_out: fit on one half of --field and "
@@ -93,7 +92,7 @@ def train(
                                        "measuring."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
-    config: Optional[Path] = typer.Option(None, help="YAML config; flags given here override it."),
+    config: Path | None = typer.Option(None, help="YAML config; flags given here override it."),
     clean_labels: bool = typer.Option(True, help="Pretrained backbones: leave out the training photos whose "
                                       "label the ImageNet classifier contradicts or confident learning flags "
                                       "(listed in label_cleaning.csv)."),
@@ -104,28 +103,35 @@ def train(
                                      "batch size is per process)."),
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train the whole network on "
                                   "degraded photos (accuracy and robustness; meant for a GPU)."),
-    time_limit: Optional[float] = typer.Option(None, help="Fine-tuning: stop after this many minutes and finish "
+    time_limit: float | None = typer.Option(None, help="Fine-tuning: stop after this many minutes and finish "
                                                "with the best epoch so far."),
 ):
     """Train a model; keep the best on validation accuracy. The test split is never touched.
 
     Several processes or machines: torchrun --nproc_per_node=N -m wildwatch train ... (see README)."""
     require("torch", "train", "training")
-    import yaml
-
-    from wildwatch.config import TrainConfig
-
-    values = yaml.safe_load(config.read_text()) if config else {}
     flags = {"data": data, "model": model, "out": out, "epochs": epochs, "image_size": image_size,
              "batch_size": batch_size, "lr": lr, "step_size": step_size, "gamma": gamma, "pool": pool,
              "seed": seed, "workers": workers, "device": device, "views": views, "ood_dir": ood,
              "field": field, "negatives": negatives, "negatives_half": negatives_half,
              "degrade_views": degrade_views, "clean_labels": clean_labels, "int8_view": int8_view,
-             "finetune": finetune or None,
-             "time_limit": time_limit,
+             "finetune": finetune or None, "time_limit": time_limit,
              "ratios": tuple(float(x) for x in ratios.split(",")) if ratios else None}
+    run_training(train_config(config, flags), resume, distributed)
+
+
+def train_config(config: Path | None, flags: dict):
+    """The YAML config (if any) with the flags given on the command line over it."""
+    import yaml
+
+    from wildwatch.config import TrainConfig
+
+    values = yaml.safe_load(config.read_text()) if config else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig.model_validate(values)
+    return TrainConfig.model_validate(values)
+
+
+def run_training(cfg, resume: bool, distributed: bool) -> None:
     from wildwatch.engine.distributed import launched_by_torchrun
     from wildwatch.engine.fit import fit
     from wildwatch.models import get_entry
@@ -147,7 +153,7 @@ def evaluate(
     split: str = typer.Option("test", help="train, val or test."),
     out: Path = typer.Option(Path("runs/eval"), help="Folder for metrics.json, plots and pages."),
     views: bool = typer.Option(True, help="Also score partial views and the size-shortcut check."),
-    exclude: Optional[Path] = typer.Option(None, help="label_issues.csv from `data audit --model`: also report "
+    exclude: Path | None = typer.Option(None, help="label_issues.csv from `data audit --model`: also report "
                                            "accuracy without the photos it flags."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
 ):
@@ -173,51 +179,56 @@ def evaluate(
 @app.command()
 @friendly_errors
 def classify(
-    paths: Optional[List[Path]] = typer.Argument(None, help="Image files and folders (searched recursively); "
+    paths: list[Path] | None = typer.Argument(None, help="Image files and folders (searched recursively); "
                                                  "with --detections, the folder the detector ran on."),
-    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    model: Path | None = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     top_k: int = typer.Option(3, min=1, help="How many species to list per image."),
-    output: Optional[Path] = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
-    format: Optional[str] = typer.Option(None, "--format", help=formats_help()),
-    country: Optional[str] = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
+    output: Path | None = typer.Option(None, help="Write rows to FILE.csv or FILE.jsonl (or see --format)."),
+    format: str | None = typer.Option(None, "--format", help=formats_help()),
+    country: str | None = typer.Option(None, help="ISO country code of every photo (e.g. KE). Default: from "
                                           "each photo's EXIF GPS, when it has one."),
     no_exif: bool = typer.Option(False, "--no-exif", help="Do not read GPS and time from EXIF."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
+    batch_size: int | None = typer.Option(None, min=1, help="Photos per model call. Default: the backend's "
                                              "fastest (4 for PyTorch on a CPU, 8 for ONNX Runtime, else 32)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx (ONNX Runtime fp32) or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on the terminal (the progress bar and the "
                                "summary stay)."),
-    explain: Optional[Path] = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
+    explain: Path | None = typer.Option(None, help="Write a Grad-CAM overlay PNG per photo into this folder."),
     engine: str = typer.Option("local", help="local, or ray (Ray Data: a local Ray, or the cluster at --address)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
+    address: str | None = typer.Option(None, help="Ray cluster address (e.g. auto, ray://head:10001)."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --output and append the rest."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it already has rows."),
-    detections: Optional[Path] = typer.Option(None, help="A MegaDetector, AddaxAI or SpeciesNet results file: "
+    detections: Path | None = typer.Option(None, help="A MegaDetector, AddaxAI or SpeciesNet results file: "
                                               "classify its animal boxes and write it back to --output (MegaDetector "
                                               "format) with the species."),
-    image_root: Optional[str] = typer.Option(None, help="With --detections: the folder its absolute image paths "
+    image_root: str | None = typer.Option(None, help="With --detections: the folder its absolute image paths "
                                              "were under (on the detector's machine); they are read under PATHS."),
     detect: bool = typer.Option(False, "--detect", help="Camera-trap photos: the built-in animal detector finds "
                                 "boxes, each box is classified at full detail, rows gain detections and counts."),
     detector_size: int = typer.Option(416, help="With --detect: the detector's input side in pixels (a multiple "
                                       "of 32; 640 finds more small animals, at 2.4x the cost)."),
-    detection_threshold: Optional[float] = typer.Option(None, min=0, max=1, help="The boxes that count: at least "
+    detection_threshold: float | None = typer.Option(None, min=0, max=1, help="The boxes that count: at least "
                                                         "this confident (default 0.2 with --detections, 0.3 with "
                                                         "--detect)."),
     event_gap: float = typer.Option(60.0, min=0, help="Photos of one camera less than this many seconds apart "
                                     "are one event (megadetector, camtrapdp, addaxai and coco outputs)."),
-    location: Optional[str] = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
+    location: str | None = typer.Option(None, help="Camtrap DP: the camera's position LAT,LON, for photos "
                                            "without EXIF GPS (a deployment needs its coordinates)."),
+    species: str | None = typer.Option(None, help="Only these species by name (e.g. lion,jaguars: the species of "
+                                       "your area); a photo named as another becomes unknown, its row saying "
+                                       "which (off_list)."),
 ):
     """Name the animal in each image, with its IUCN status. Broken files get an error; the rest go on."""
     from wildwatch.inference.batch import ClassifyInterrupted, ClassifyOptions, classify_files, parse_location
+    from wildwatch.species import parse_species_list
 
     opts = ClassifyOptions(paths=paths or [], detections=detections, detection_threshold=detection_threshold,
                            image_root=image_root, detect=detect, detector_size=detector_size, event_gap=event_gap,
                            location=parse_location(location), model=model, top_k=top_k, output=output, format=format, country=country,
                            use_exif=not no_exif, batch_size=batch_size, backend=backend, robust=robust,
-                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite)
+                           explain=explain, engine=engine, address=address, resume=resume, overwrite=overwrite,
+                           species_list=parse_species_list(species))
     try:  # -q leaves out the table, not the progress bar (on a terminal) nor the summary
         summary = classify_files(opts, None if quiet else _print_prediction, progress=True)
     except ClassifyInterrupted as stop:
@@ -236,7 +247,7 @@ def _detector():
 
 def _print_prediction(p) -> None:
     """One line per photo on the terminal: source, species (or what it shows instead), confidence, status."""
-    from wildwatch.inference.predictor import describe_other
+    from wildwatch.inference.prediction import describe_other, off_list_words
 
     if p.error:
         typer.echo(f"{p.source}\tERROR\t{p.error}")
@@ -244,6 +255,9 @@ def _print_prediction(p) -> None:
     where = f"\t{p.country}" if p.country else ""
     where += f"\t{p.note}" if p.note else ""
     where += "\t" + ", ".join(f"{n} {k}" for k, n in p.count.items()) if getattr(p, "count", None) else ""
+    if p.off_list:
+        typer.echo(f"{p.source}\tnot on the species list — {off_list_words(p.off_list)}{where}")
+        return
     if p.unknown:  # no confidence: the 11-class probabilities say nothing about a photo of none of them
         typer.echo(f"{p.source}\tunknown — {describe_other(p.looks_like, p.looks_like_kind)}{where}")
         return
@@ -261,12 +275,12 @@ def sort_command(
                                    "--detections; other tools' files too) or rows (.csv, .jsonl, .json)."),
     dest: Path = typer.Argument(..., help="The folder to sort into: one sub-folder per species, unsure, unknown, "
                                 "person, vehicle, empty."),
-    root: Optional[Path] = typer.Option(None, help="The folder the results' paths are under (default: the one a "
+    root: Path | None = typer.Option(None, help="The folder the results' paths are under (default: the one a "
                                         "MegaDetector file names, else the current folder); photos outside it are "
                                         "refused."),
     min_confidence: float = typer.Option(0.5, min=0, max=1, help="A species named less surely than this goes to "
                                          "unsure/."),
-    species: Optional[str] = typer.Option(None, help="Only these species by name (e.g. lion,jaguars); others go "
+    species: str | None = typer.Option(None, help="Only these species by name (e.g. lion,jaguars); others go "
                                           "to not_on_list/."),
     link: bool = typer.Option(False, "--link", help="Hard-link instead of copying (same file system)."),
     blur_people: bool = typer.Option(False, "--blur-people", help="Blur people (their boxes, or the whole photo "
@@ -276,10 +290,11 @@ def sort_command(
                                               "confident count."),
 ):
     """Copy (or hard-link) photos into folders by answer, optionally with people blurred."""
-    from wildwatch.inference.sort import parse_species, sort_photos
+    from wildwatch.inference.sort import sort_photos
+    from wildwatch.species import parse_species_list, species_table
 
-    summary = sort_photos(results, dest, root, min_confidence, parse_species(species), link, blur_people,
-                          detection_threshold)
+    summary = sort_photos(results, dest, root, min_confidence, parse_species_list(species, species_table()), link,
+                          blur_people, detection_threshold)
     typer.echo(summary.line(dest), err=True)
     if summary.errors:
         raise typer.Exit(1)
@@ -288,20 +303,20 @@ def sort_command(
 @app.command()
 @friendly_errors
 def serve(
-    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    model: Path | None = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to serve a local network)."),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, envvar="WILDWATCH_API_KEY",
+    api_key: str | None = typer.Option(None, envvar="WILDWATCH_API_KEY",
                                           help="Require this key (X-API-Key header) on every /v1 call. Prefer "
                                           "setting WILDWATCH_API_KEY: a flag is visible to every user in ps."),
-    allowed_host: List[str] = typer.Option([], help="Answer requests for this Host name too (repeatable). Without "
+    allowed_host: list[str] = typer.Option([], help="Answer requests for this Host name too (repeatable). Without "
                                            "an API key only loopback names and --host are answered (DNS rebinding)."),
     backend: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8."),
     robust: bool = typer.Option(False, "--robust", help=ROBUST_HELP),
-    cors_origin: List[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
+    cors_origin: list[str] = typer.Option([], help="Allow browser calls from this origin (repeatable). Closed by default."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to share a model call."),
-    events_db: Optional[Path] = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
-    country: Optional[str] = typer.Option(None, help="ISO country code of every upload (default: EXIF GPS; a "
+    events_db: Path | None = typer.Option(None, help="A monitor events database: enables /v1/events and the events tab."),
+    country: str | None = typer.Option(None, help="ISO country code of every upload (default: EXIF GPS; a "
                                           "request can also pass ?country=CC)."),
     header_timeout: float = typer.Option(10.0, min=0.1, help="Close a connection whose request headers take "
                                          "longer than this many seconds (slow clients)."),
@@ -336,11 +351,11 @@ def serve(
 @friendly_errors
 def events(
     db: Path = typer.Option(Path("events.db"), help="The events database."),
-    since: Optional[str] = typer.Option(None, help="Only sightings from this ISO date or time (UTC) on."),
-    species: Optional[str] = typer.Option(None, help="Only this class, e.g. rhino."),
+    since: str | None = typer.Option(None, help="Only sightings from this ISO date or time (UTC) on."),
+    species: str | None = typer.Option(None, help="Only this class, e.g. rhino."),
     format: str = typer.Option("csv", "--format", help=f"{names(writers(sightings=True))}."),
-    output: Optional[Path] = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
-    location: Optional[str] = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
+    output: Path | None = typer.Option(None, help="File (csv, json) or folder (camtrapdp). Default: the terminal."),
+    location: str | None = typer.Option(None, help="Camtrap DP: the cameras' position LAT,LON, for sightings "
                                            "without GPS."),
     cases: bool = typer.Option(False, "--cases", help="The media watch's cases instead (csv or json), with the "
                                "analysts' marks; --format labels: the marked posts as labelled JSON lines for "
@@ -387,18 +402,18 @@ def _write_sightings(rows: list, store, fmt: str, output: Path | None, location:
 @app.command()
 @friendly_errors
 def monitor(
-    sources: Optional[List[str]] = typer.Argument(None, help="Video files, stream URLs (rtsp://, http://...), "
+    sources: list[str] | None = typer.Argument(None, help="Video files, stream URLs (rtsp://, http://...), "
                                                   "watch-folders, feeds (feed:URL, or a URL or file ending in "
                                                   ".xml/.rss/.atom/.json)."),
-    config: Optional[Path] = typer.Option(None, help="monitor.yaml: sources, sampling, smoothing, alert policy, "
+    config: Path | None = typer.Option(None, help="monitor.yaml: sources, sampling, smoothing, alert policy, "
                                           "sinks (see the README)."),
-    db: Optional[Path] = typer.Option(None, help="Events database (default events.db); a restarted monitor goes "
+    db: Path | None = typer.Option(None, help="Events database (default events.db); a restarted monitor goes "
                                       "on from it."),
-    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
-    country: Optional[str] = typer.Option(None, help="ISO country code of the cameras: ranks species by range."),
-    sample_every: Optional[float] = typer.Option(None, help="Seconds of video between classified frames."),
-    webhook: Optional[str] = typer.Option(None, help="Also send alerts as JSON POSTs to this URL."),
-    tiles: Optional[int] = typer.Option(None, help=">= 2: frames without a confident answer get a second look "
+    model: Path | None = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    country: str | None = typer.Option(None, help="ISO country code of the cameras: ranks species by range."),
+    sample_every: float | None = typer.Option(None, help="Seconds of video between classified frames."),
+    webhook: str | None = typer.Option(None, help="Also send alerts as JSON POSTs to this URL."),
+    tiles: int | None = typer.Option(None, help=">= 2: frames without a confident answer get a second look "
                                         "at N x N overlapping tiles (small or distant animals)."),
     once: bool = typer.Option(False, "--once", help="Folders and feeds: process what is there now, then stop."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),
@@ -422,7 +437,8 @@ def monitor(
     if webhook:
         cfg.sinks.append(WebhookSinkConfig(url=webhook))
     cfg.check_country()
-    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust))
+    predictor = Predictor.from_file(model, backend=backend, species_model=species_model(robust),
+                                    country=cfg.country.upper() if cfg.country else None)
     mon = Monitor(cfg, frame_classifier(predictor, cfg), status=status)
     stats = mon.run(sources or None)
     typer.echo(json.dumps(stats))
@@ -448,8 +464,8 @@ def models(pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. 's
 @friendly_errors
 def data_audit(
     root: Path = typer.Argument(..., help="ImageFolder tree."),
-    out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here (a folder with --model)."),
-    model: Optional[Path] = typer.Option(None, help="Also list probable label errors, using this model's "
+    out: Path | None = typer.Option(None, help="Write the full report as JSON here (a folder with --model)."),
+    model: Path | None = typer.Option(None, help="Also list probable label errors, using this model's "
                                          "features (a run, a model file, or 'bundled')."),
     folds: int = typer.Option(5, min=2, help="Folds for the out-of-fold predictions of the label audit."),
 ):
@@ -476,13 +492,14 @@ def data_audit(
 @app.command()
 @friendly_errors
 def export(
-    model: Optional[Path] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    model: Path | None = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     format: str = typer.Option("onnx", help="Only onnx for now."),
     int8: bool = typer.Option(False, "--int8", help="Also make a static int8 model, calibrated on --data."),
-    data: Optional[Path] = typer.Option(None, help="The training folder: calibration and parity photos."),
-    out: Optional[Path] = typer.Option(None, help="Output file. Default: the cache that `classify` looks in."),
+    data: Path | None = typer.Option(None, help="The training folder: calibration and parity photos."),
+    out: Path | None = typer.Option(None, help="Output file. Default: with --int8, beside the model, named "
+                                       "in its bundle manifest (info.json) for `classify`; else the cache."),
     calibration_size: int = typer.Option(500, min=16, help="Training photos that calibrate the int8 ranges."),
-    ood: Optional[Path] = typer.Option(None, help="Photos of none of the species (e.g. ood_dev): also compare "
+    ood: Path | None = typer.Option(None, help="Photos of none of the species (e.g. ood_dev): also compare "
                                        "the unknown detector's AUROC with int8 and with fp32."),
 ):
     """Export to ONNX Runtime (one file, dynamic batch) with a parity check against PyTorch."""
@@ -500,14 +517,14 @@ def export(
 @friendly_errors
 def benchmark_robustness(
     data: Path = typer.Option(..., help="The ImageFolder tree the model was trained on."),
-    model: Optional[str] = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
+    model: str | None = typer.Option(None, help="Run folder or model file. Default: the bundled model."),
     split: str = typer.Option("test", help="train, val or test."),
     out: Path = typer.Option(Path("runs/robustness"), help="Folder for results, heatmap and report.html; "
                              "a stopped run resumes there."),
-    pastes: Optional[Path] = typer.Option(None, help="Folder with person/, landscape/ and other sub-folders "
+    pastes: Path | None = typer.Option(None, help="Folder with person/, landscape/ and other sub-folders "
                                           "(e.g. ood_dev): adds occlusion and small-animal conditions."),
-    conditions: Optional[str] = typer.Option(None, help="Comma-separated subset of conditions. Default: all."),
-    limit_per_class: Optional[int] = typer.Option(None, help="Score at most this many photos per class."),
+    conditions: str | None = typer.Option(None, help="Comma-separated subset of conditions. Default: all."),
+    limit_per_class: int | None = typer.Option(None, help="Score at most this many photos per class."),
     seed: int = typer.Option(0, help="Seed of the corruptions and of the subset."),
     workers: int = typer.Option(2, help="Processes that make the corrupted images."),
     backend: str = typer.Option("auto", help="auto, onnx, onnx-int8, torch."),

@@ -90,7 +90,7 @@ def read_place(path) -> Place:
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-    except Exception:  # unreadable files are reported by the image loader, not here
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the image loader, not here
         return Place()
     return place_from_exif(exif)
 
@@ -106,10 +106,10 @@ def place_from_exif(exif) -> Place:
     except (TypeError, ValueError, ZeroDivisionError):
         lat = lon = None
     iso = taken_at(exif)
-    warning = gps_problem(lat, lon) if lat is not None else None
+    warning = gps_problem(lat, lon) if lat is not None and lon is not None else None
     if warning:
         return Place(None, None, None, iso, None, warning)
-    country = country_of(lat, lon) if lat is not None else None
+    country = country_of(lat, lon) if lat is not None and lon is not None else None
     return Place(country, lat, lon, iso, "exif_gps" if country else None)
 
 

@@ -4,9 +4,12 @@ each class."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+
+from wildwatch.errors import UsageError
 
 THREATENED_CATEGORIES = ("VU", "EN", "CR")
 # Badge colours used by the Red List itself.
@@ -80,3 +83,16 @@ def species_info(key: str) -> SpeciesInfo:
     if key in table:
         return table[key]
     return SpeciesInfo(key, key.replace("_", " ").capitalize(), (), "", False, "not in the species table", "")
+
+
+def parse_species_list(text: str | None, classes: Iterable[str] | None = None) -> frozenset[str] | None:
+    """``--species lion,jaguars``: the classes a run keeps by name (None: all). Given ``classes``, a
+    name that is not among them is an error that lists the choices (the Predictor checks a model's)."""
+    if text is None or not text.strip():
+        return None
+    names = frozenset(n.strip().lower() for n in text.split(",") if n.strip())
+    known = set(names if classes is None else classes)
+    wrong = sorted(names - known)
+    if wrong or not names:
+        raise UsageError(f"--species: {', '.join(wrong) or text!r} not among the classes ({', '.join(sorted(known))})")
+    return names

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 # the one list of photo types wildwatch reads (folder scans, watch-folders) and their media types
 # (Camtrap DP's media.fileMediatype); AVIF and HEIC/HEIF through Pillow's plugins

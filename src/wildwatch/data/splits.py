@@ -6,9 +6,9 @@ import csv
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -47,7 +47,7 @@ class Split:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Split":
+    def from_json(cls, d: dict) -> Split:
         parts = {n: [Sample(p, lab) for p, lab in d.get(n, [])] for n in SPLIT_NAMES}
         return cls(
             classes=list(d["classes"]),
@@ -61,7 +61,7 @@ class Split:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path) -> Split:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -161,7 +161,7 @@ def split_by_group(
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise UsageError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
     rng = random.Random(seed)
-    split = Split(classes=list(classes), seed=seed, ratios=tuple(ratios), grouping=grouping)
+    split = Split(classes=list(classes), seed=seed, ratios=(ratios[0], ratios[1], ratios[2]), grouping=grouping)
     members: dict[tuple[str, int], list[Sample]] = defaultdict(list)
     for s, g in zip(samples, groups):
         members[(s.label, g)].append(s)

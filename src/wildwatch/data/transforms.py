@@ -31,7 +31,7 @@ class Preprocess:
 
     @property
     def resize_size(self) -> int:
-        return int(round(self.image_size / self.crop_pct))
+        return round(self.image_size / self.crop_pct)
 
     def to_json(self) -> dict:
         return {
@@ -43,7 +43,7 @@ class Preprocess:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Preprocess":
+    def from_json(cls, d: dict) -> Preprocess:
         return cls(
             image_size=int(d["image_size"]),
             mean=tuple(d["mean"]),
@@ -95,7 +95,7 @@ class FastEvalTransform:
             nw, nh = short, int(short * h / w)
         else:
             nw, nh = int(short * w / h), short
-        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
         if (nw, nh) == (w, h):
             return img.crop((left, top, left + size, top + size))
         sx, sy = w / nw, h / nh

@@ -6,18 +6,19 @@ import csv
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from wildwatch.data.discover import Sample
 from wildwatch.data.loading import load_image
 from wildwatch.data.splits import split_for_model
 from wildwatch.errors import DataError
 from wildwatch.inference.predictor import Predictor
-from wildwatch.models.decision import Outputs
+from wildwatch.models.decision import Outputs, concat_outputs
 from wildwatch.reports.metrics import Results, expected_calibration_error, softmax
 
 
@@ -50,7 +51,7 @@ def random_crop_area(fraction: float, seed: int = 0) -> Callable[[Image.Image], 
 
 def squash(size: int = 256) -> Callable[[Image.Image], Image.Image]:
     """Every image resized to size x size first, so the source size cannot be a shortcut."""
-    return lambda img: img.resize((size, size), Image.BICUBIC)
+    return lambda img: img.resize((size, size), Image.Resampling.BICUBIC)
 
 
 VIEWS: dict[str, Callable[[], Callable[[Image.Image], Image.Image]]] = {
@@ -72,11 +73,6 @@ def collect(predictor: Predictor, data: Path, samples, view: Callable | None = N
             imgs = [view(im) for im in imgs]
         parts.append(predictor.outputs(predictor.pixels(imgs)))
     return concat_outputs(parts)
-
-
-def concat_outputs(parts: list[Outputs]) -> Outputs:
-    """One Outputs from the Outputs of consecutive batches."""
-    return Outputs(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
 
 
 def decision_summary(predictor: Predictor, outputs: Outputs, targets: np.ndarray) -> tuple[dict, list]:
@@ -101,7 +97,6 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
                    views: bool = True, batch_size: int = 64, exclude: str | Path | None = None,
                    species_model: str | Path | None = None) -> dict:
     """Write metrics.json, confusion_matrix.png/.csv, reliability.png and misclassified.html to ``out``."""
-    from wildwatch.reports.html import image_cards_page
     from wildwatch.reports.plots import plot_confusion, plot_reliability
 
     model_path, data, out = Path(model_path), Path(data), Path(out)
@@ -119,21 +114,9 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
     decided, verdicts = decision_summary(predictor, outputs, targets)
     summary = {"model": str(model_path), "data": str(data), "split": split_name,
                "data_fingerprint_matches": same_data, **res.summary(), "decision": decided}
-
     if exclude is not None:
-        with open(exclude, newline="") as f:
-            flagged = {row["path"] for row in csv.DictReader(f)}
-        keep = np.array([s.relpath not in flagged for s in samples])
-        summary["without_flagged"] = {"excluded": int((~keep).sum()), "n": int(keep.sum()),
-                                      "accuracy": round(float((res.preds[keep] == targets[keep]).mean()), 5)}
-
-    # Where the source size predicts the class, accuracy per size bucket shows whether the model leans on it.
-    buckets: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        with Image.open(data / s.relpath) as im:
-            buckets.setdefault(size_bucket(*im.size), []).append(i)
-    summary["by_source_size"] = {b: {"n": len(ix), "accuracy": round(float((res.preds[ix] == targets[ix]).mean()), 5)}
-                                 for b, ix in sorted(buckets.items())}
+        summary["without_flagged"] = _without_flagged(Path(exclude), samples, res.preds, targets)
+    summary["by_source_size"] = _by_source_size(data, samples, res.preds, targets)
     if views:
         summary["views"] = {"full": round(res.accuracy, 5)}
         for name, make in VIEWS.items():
@@ -141,15 +124,49 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
             summary["views"][name] = round(float((lg.argmax(1) == targets).mean()), 5)
 
     cm = res.confusion()
-    with open(out / "confusion_matrix.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true \\ predicted", *classes])
-        for c, row in zip(classes, cm):
-            w.writerow([c, *row.tolist()])
+    _write_confusion(out / "confusion_matrix.csv", cm, classes)
     plot_confusion(cm, classes, out / "confusion_matrix.png", f"{split_name} split, accuracy {res.accuracy:.4f}")
     ece, table = expected_calibration_error(res.probs, targets)
     plot_reliability(table, out / "reliability.png", ece)
     summary["reliability"] = table
+    _write_misclassified(out / "misclassified.html", model_path, data, samples, res, targets, split_name)
+    _write_predictions(out / "predictions.csv", samples, classes, res, verdicts)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _write_report(out, summary, decided, split_name)
+    return summary
+
+
+def _without_flagged(exclude: Path, samples: list[Sample], preds: np.ndarray, targets: np.ndarray) -> dict:
+    """Accuracy without the photos a label audit flagged (its label_issues.csv)."""
+    with open(exclude, newline="") as f:
+        flagged = {row["path"] for row in csv.DictReader(f)}
+    keep = np.array([s.relpath not in flagged for s in samples])
+    return {"excluded": int((~keep).sum()), "n": int(keep.sum()),
+            "accuracy": round(float((preds[keep] == targets[keep]).mean()), 5)}
+
+
+def _by_source_size(data: Path, samples: list[Sample], preds: np.ndarray, targets: np.ndarray) -> dict:
+    """Accuracy per source size bucket: where the size predicts the class, whether the model leans on it."""
+    buckets: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        with Image.open(data / s.relpath) as im:
+            buckets.setdefault(size_bucket(*im.size), []).append(i)
+    return {b: {"n": len(ix), "accuracy": round(float((preds[ix] == targets[ix]).mean()), 5)}
+            for b, ix in sorted(buckets.items())}
+
+
+def _write_confusion(path: Path, cm: np.ndarray, classes: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *classes])
+        for c, row in zip(classes, cm):
+            w.writerow([c, *row.tolist()])
+
+
+def _write_misclassified(path: Path, model_path: Path, data: Path, samples: list[Sample], res: Results,
+                         targets: np.ndarray, split_name: str) -> None:
+    """A page of the photos the model got wrong: the given label and the model's top 3 for each."""
+    from wildwatch.reports.html import image_cards_page
 
     wrong = np.nonzero(res.preds != targets)[0]
     cards = []
@@ -157,11 +174,14 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
         top = np.argsort(-res.probs[i])[:3]
         cards.append({"path": data / samples[i].relpath,
                       "lines": [samples[i].relpath, f"given: {samples[i].label}",
-                                *[f"{classes[j]}: {res.probs[i, j]:.3f}" for j in top]]})
+                                *[f"{res.classes[j]}: {res.probs[i, j]:.3f}" for j in top]]})
     image_cards_page(f"Misclassified: {len(wrong)} of {len(samples)} ({split_name} split)",
-                     f"Model {model_path}. Each card shows the given label and the model's top 3.", cards,
-                     out / "misclassified.html")
-    with open(out / "predictions.csv", "w", newline="") as f:
+                     f"Model {model_path}. Each card shows the given label and the model's top 3.", cards, path)
+
+
+def _write_predictions(path: Path, samples: list[Sample], classes: list[str], res: Results, verdicts: list) -> None:
+    """One row per photo: its label, the network's top class and the decision's answer."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "predicted", "confidence", "answer", "answer_confidence"])
         for i, s in enumerate(samples):
@@ -169,7 +189,10 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
             answer = classes[v.top] if v.kind == "species" else v.kind
             w.writerow([s.relpath, s.label, classes[res.preds[i]], round(float(res.probs[i].max()), 5), answer,
                         "" if v.confidence is None else round(float(v.confidence), 5)])
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+
+
+def _write_report(out: Path, summary: dict, decided: dict, split_name: str) -> None:
+    """report.html: the figures and the tables of ``summary``."""
     from wildwatch.reports.html import figures_page
 
     overall = [{**{k: summary[k] for k in ("n", "accuracy", "top3_accuracy", "macro_f1", "nll", "ece")},
@@ -181,4 +204,3 @@ def evaluate_model(model_path: str | Path, data: str | Path, out: str | Path, sp
                  [("confusion matrix (rows: true class)", out / "confusion_matrix.png"),
                   ("reliability diagram", out / "reliability.png")],
                  [("overall", overall), ("per class", per_class), ("partial views", extra), ("by source size", sizes)])
-    return summary

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
@@ -42,6 +42,7 @@ from wildwatch.engine.transfer import decision_metrics, model_meta, ood_images
 from wildwatch.models import create_model
 from wildwatch.models.decision import Outputs, absorbed_mask, fit_decision
 from wildwatch.models.files import MODEL_FILENAME, save_model
+from wildwatch.models.interface import as_network
 from wildwatch.robustness.batch_degrade import BatchDegrade, colour_jitter
 
 # Defaults of this recipe where the config leaves them open (the model's registry recipe is the
@@ -132,22 +133,27 @@ def model_outputs(model: nn.Module, loader, norm: Normalise, device: torch.devic
     """(the network's outputs, labels) for every batch of uint8 crops from ``loader`` (a DataLoader or a
     list of batches), in fp32, in order."""
     model.eval()
+    network = as_network(model)
     parts: list[list[torch.Tensor]] = [[], [], []]
     labels = []
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not progress):
         x = norm(x.to(device, non_blocking=True).float() / 255)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        for part, o in zip(parts, model.predict_outputs(x)):
-            part.append(o.float().cpu())
+        for part, o in zip(parts, network.predict_outputs(x)):
+            if o is not None:  # a backbone gives all three
+                part.append(o.float().cpu())
         labels.append(y)
     if not labels:
         return Outputs(np.zeros((0, 0), np.float32)), np.zeros(0, np.int64)
-    return Outputs(*(torch.cat(p).numpy() for p in parts)), torch.cat(labels).numpy()
+    logits, unknown, imagenet = (torch.cat(p).numpy() if p else None for p in parts)
+    assert logits is not None  # every network gives its logits
+    return Outputs(logits, unknown, imagenet), torch.cat(labels).numpy()
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad or name.startswith(FROZEN_PREFIXES):
             continue
@@ -306,7 +312,7 @@ class FineTune(Recipe):
         other = None
         ood_dir = run.cfg.ood_dir
         ood_files = ood_images(ood_dir)
-        if ood_files:
+        if ood_dir is not None and ood_files:
             ood_samples = [Sample(str(p.relative_to(ood_dir)), "ood") for p in ood_files]
             other = model_outputs(self.model, self.eval_crops(ood_dir, ood_samples), self.norm, run.device,
                                   desc="unknown examples", progress=run.progress)[0]

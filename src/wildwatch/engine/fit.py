@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wildwatch.config import TrainConfig
+from wildwatch.config import ResolvedConfig, TrainConfig
 from wildwatch.data.discover import discover_images, fingerprint
 from wildwatch.data.splits import Split, assign_groups, split_by_group
 from wildwatch.data.transforms import Preprocess
@@ -32,7 +32,7 @@ from wildwatch.errors import UsageError
 from wildwatch.models import get_entry
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
     from wildwatch.engine.distributed import DistInfo
 
@@ -48,19 +48,19 @@ class FitResult:
     best_val_acc: float
     best_epoch: int
     epochs_run: int
-    model: "nn.Module | None" = None
+    model: nn.Module | None = None
 
 
 @dataclass
 class Run:
     """What a strategy gets from the skeleton: the resolved config, the folder, the split, where to run."""
 
-    cfg: TrainConfig
+    cfg: ResolvedConfig
     out: Path
     split: Split
     data_fingerprint: str
     device: torch.device
-    dist: "DistInfo"
+    dist: DistInfo
     progress: bool
     started: float = field(default_factory=time.perf_counter)
 
@@ -108,7 +108,7 @@ class Strategy(Protocol):
     def finished_elsewhere(self, out: Path) -> tuple[list[dict], Best] | None:
         """(history, best) when the run trained elsewhere and only its best weights came back; else None."""
 
-    def finish(self, run: Run, best: Best, history: list[dict]) -> "nn.Module | None":
+    def finish(self, run: Run, best: Best, history: list[dict]) -> nn.Module | None:
         """Write the model file from the best epoch; return the model."""
 
 
@@ -134,7 +134,7 @@ def model_preprocess(name: str, image_size: int) -> Preprocess:
     return Preprocess(image_size=image_size, **get_entry(name).preprocess)
 
 
-def prepare_split(cfg: TrainConfig, out: Path, progress: bool = True) -> tuple[Split, str]:
+def prepare_split(cfg: ResolvedConfig, out: Path, progress: bool = True) -> tuple[Split, str]:
     """Load the run's saved split (resume, re-evaluation) or make and save a new one."""
     samples, classes = discover_images(cfg.data)
     fp = fingerprint(cfg.data, samples)
@@ -222,6 +222,16 @@ def _report(run: Run, strategy: Strategy, history: list[dict]) -> None:
                  [("loss and accuracy per epoch", run.out / "curves.png")], [("history", history)])
 
 
+def _write_manifest(run: Run) -> None:
+    """The run folder's bundle manifest: the model file and its readable metadata (``models.bundle``)."""
+    from wildwatch.models.bundle import fresh_bundle, write_manifest
+    from wildwatch.models.files import MODEL_FILENAME
+
+    weights = run.out / MODEL_FILENAME
+    if weights.is_file():
+        write_manifest(fresh_bundle(weights), f"{run.cfg.model} trained by wildwatch train")
+
+
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy: Strategy | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` with its recipe, keeping the best epoch on validation
     (the test split is never used for that). With ``resume`` an interrupted run continues from
@@ -239,7 +249,10 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy:
         start, history, finished = st["epoch"] + 1, st["history"], st.get("finished", False)
         best = Best(st["best_epoch"], st["best_val_acc"], st.get("best_val_score", st["best_val_acc"]))
     elif resume:
-        history, best = strategy.finished_elsewhere(run.out)
+        elsewhere = strategy.finished_elsewhere(run.out)
+        if elsewhere is None:  # _open_run checked there is something to resume
+            raise FileNotFoundError(f"{run.out}: nothing to resume (no {STATE_FILENAME}); start without --resume")
+        history, best = elsewhere
         finished = True
     bar = tqdm(range(start, cfg.epochs) if not finished else range(0), desc=f"{strategy.title.lower()} {cfg.model}",
                unit="epoch", disable=not run.progress, initial=start, total=cfg.epochs)
@@ -268,5 +281,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, strategy:
             tqdm.write(f"time limit of {cfg.time_limit} min reached after epoch {epoch + 1}; finishing")
             break
     model = strategy.finish(run, best, history)
+    if run.main:
+        _write_manifest(run)
     cleanup(run.dist)
     return FitResult(run.out, best.val_acc, best.epoch, len(history), model)

@@ -100,7 +100,7 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     for i in range(k):
         members = np.nonzero(labels == i)[0]
         for j in range(k):
-            m = int(round(scaled[i, j]))
+            m = int(np.rint(scaled[i, j]))
             if j == i or m == 0:
                 continue
             margin = probs[members, j] - probs[members, i]

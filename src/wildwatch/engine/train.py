@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm import tqdm
 
 from wildwatch.data.datasets import ImageDataset, make_loader
@@ -81,7 +81,7 @@ class FromScratch(Recipe):
 
     def setup(self, run: Run) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        from torch.utils.data import DistributedSampler, Subset
+        from torch.utils.data import Dataset, DistributedSampler, Subset
 
         from wildwatch.engine.distributed import shard
 
@@ -89,9 +89,8 @@ class FromScratch(Recipe):
         self.run = run
         pre = model_preprocess(cfg.model, cfg.image_size)
         self.train_ds = ImageDataset(cfg.data, split.train, split.classes, train_transform(pre))
-        val_ds = ImageDataset(cfg.data, split.val, split.classes, eval_transform(pre))
-        if dist.enabled:
-            val_ds = Subset(val_ds, shard(len(val_ds), dist))
+        val_all = ImageDataset(cfg.data, split.val, split.classes, eval_transform(pre))
+        val_ds: Dataset = Subset(val_all, shard(len(val_all), dist)) if dist.enabled else val_all
         self.val_loader = make_loader(val_ds, cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
         seed_everything(cfg.seed)
         # the input size and pooling where the model takes them, then the run's own model arguments
@@ -101,8 +100,10 @@ class FromScratch(Recipe):
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         self.net = (DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if dist.enabled else self.model)
-        self.sampler = (DistributedSampler(self.train_ds, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
-                                           drop_last=True) if dist.enabled else None)
+        self.sampler: DistributedSampler | None = None
+        if dist.enabled:
+            self.sampler = DistributedSampler(self.train_ds, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed,
+                                              drop_last=True)
         self.meta = {
             "architecture": cfg.model, "model_kwargs": kwargs,
             "classes": split.classes, "preprocess": pre.to_json(), "temperature": 1.0,

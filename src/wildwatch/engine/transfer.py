@@ -23,14 +23,14 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from wildwatch.config import TrainConfig
@@ -44,7 +44,7 @@ from wildwatch.models import create_model
 from wildwatch.models.decision import Decision, Outputs, absorbed_mask, contradicted, fit_decision, same_indices
 from wildwatch.models.files import MODEL_FILENAME, save_model
 from wildwatch.models.imagenet import imagenet_classes
-from wildwatch.models.interface import is_backbone
+from wildwatch.models.interface import Backbone, as_backbone, is_backbone
 
 
 class Features(nn.Module):
@@ -52,7 +52,7 @@ class Features(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Backbone = as_backbone(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.ood_features(self.model.trunk(x))
@@ -126,9 +126,10 @@ class SpeciesHead:
     """The species layer and the frozen ImageNet classifier on cached features, as numpy and torch."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.fc, self.imagenet = model.species_head(), model.imagenet_head()
-        self.other = model._other if hasattr(model, "_other") else torch.ones(1000, dtype=torch.bool)
+        self.module, self.model = model, as_backbone(model)
+        self.fc, self.imagenet = self.model.species_head(), self.model.imagenet_head()
+        other = getattr(model, "_other", None)  # the ImageNet classes that are none of the species
+        self.other = other if isinstance(other, torch.Tensor) else torch.ones(1000, dtype=torch.bool)
 
     def seed_from_imagenet(self, classes: Sequence[str]) -> torch.Tensor:
         """Start each class's row from its ImageNet class (zeros where ImageNet has none); returns the start."""
@@ -150,7 +151,7 @@ class SpeciesHead:
     @torch.no_grad()
     def outputs(self, feats: np.ndarray) -> Outputs:
         """What the network gives for photos with these cached features (eval mode)."""
-        self.model.eval()
+        self.module.eval()
         f = torch.from_numpy(np.asarray(feats, np.float32))
         logits = self.fc(f)
         unknown, z = self.model.open_set_outputs(logits, f)
@@ -239,7 +240,7 @@ def decision_metrics(decision: Decision, known: Outputs, labels: np.ndarray, oth
     m = {f"{prefix}_named_right": np.mean([v.kind == "species" and v.top == y for v, y in zip(vk, labels)]),
          f"{prefix}_rejected": np.mean([v.kind == "unknown" for v in vk]),
          f"{prefix}_uncertain": np.mean([v.kind == "uncertain" for v in vk])}
-    if other is not None and len(other.logits) and known.unknown is not None:
+    if other is not None and len(other.logits) and known.unknown is not None and other.unknown is not None:
         vo = decision.decide(other)
         m[f"{prefix}_other_named"] = np.mean([v.kind == "species" for v in vo])
         m[f"{prefix}_unknown_auroc"] = auroc(known.unknown, other.unknown)
@@ -286,7 +287,7 @@ class CachedFeatureTransfer(Recipe):
             p.requires_grad = True
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        self.best_state = None
+        self.best_state: dict | None = None
 
     def _cache_views(self) -> None:
         """Frozen features: each split as evaluated, the training photos mirrored, augmented and degraded views."""
@@ -369,8 +370,9 @@ class CachedFeatureTransfer(Recipe):
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_state = state.get("best_fc")
 
-    def _field_outputs(self) -> tuple[Outputs, np.ndarray, Outputs] | None:
-        """(outputs, labels) of the chosen half of --field and outputs of that half of --negatives, or None."""
+    def _field_outputs(self) -> tuple[Outputs, np.ndarray, Outputs, str] | None:
+        """(outputs, labels) of the chosen half of --field, outputs of that half of --negatives and what
+        they are, in words; or None."""
         cfg, classes = self.run.cfg, self.run.split.classes
         if cfg.field is None or cfg.negatives is None:
             return None
@@ -383,32 +385,33 @@ class CachedFeatureTransfer(Recipe):
                         self.cache / f"field_{cfg.negatives_half}.npy", 0, desc="field photos")
         fo = cache_view(self.runner, Path(cfg.negatives), negatives, eval_transform(self.pre),
                         self.cache / f"negatives_{cfg.negatives_half}.npy", 0, desc="other photos")
-        self.field_counts = (len(field), len(negatives))
-        return self.head.outputs(fk), np.array([classes.index(s.label) for s in field]), self.head.outputs(fo)
+        fitted_on = (f"{cfg.negatives_half} half of {Path(cfg.field).name} ({len(field)} photos of the species) "
+                     f"and of {Path(cfg.negatives).name} ({len(negatives)} photos of other things)")
+        return (self.head.outputs(fk), np.array([classes.index(s.label) for s in field]), self.head.outputs(fo),
+                fitted_on)
 
     def _fit_decision(self) -> Decision:
         """On field photos when given, else on the validation photos whose label ImageNet does not contradict."""
-        cfg, classes = self.run.cfg, self.run.split.classes
+        classes = self.run.split.classes
         field = self._field_outputs()
         if field is not None:
-            return fit_decision(classes, field[0], field[1], field[2], fitted_on=(
-                f"{cfg.negatives_half} half of {Path(cfg.field).name} ({self.field_counts[0]} photos of the species) "
-                f"and of {Path(cfg.negatives).name} ({self.field_counts[1]} photos of other things)"))
+            return fit_decision(classes, field[0], field[1], field[2], fitted_on=field[3])
         val = self.head.outputs(self.feats["val"])
         keep = ~contradicted(imagenet_probabilities(self.head, self.feats["val"]), self.y["val"], classes)
-        known = Outputs(*(o[keep] for o in val))
-        return fit_decision(classes, known, self.y["val"][keep], fitted_on="validation split")
+        return fit_decision(classes, val.subset(keep), self.y["val"][keep], fitted_on="validation split")
 
     def finish(self, run: Run, best: Best, history: list[dict]):
         cfg, classes = run.cfg, run.split.classes
+        if self.best_state is None:
+            raise RuntimeError("no epoch's weights were kept: the run trained no epoch")
         self.head.fc.load_state_dict(self.best_state)
         self.model.eval()
         decision = self._fit_decision()
         test = self.head.outputs(self.feats["test"])
-        other = None
-        if ood_images(cfg.ood_dir):
-            samples = [Sample(str(p.relative_to(cfg.ood_dir)), "ood") for p in ood_images(cfg.ood_dir)]
-            other = self.head.outputs(cache_view(self.runner, Path(cfg.ood_dir), samples, eval_transform(self.pre),
+        other, ood = None, cfg.ood_dir
+        if ood is not None and ood_images(ood):
+            samples = [Sample(str(p.relative_to(ood)), "ood") for p in ood_images(ood)]
+            other = self.head.outputs(cache_view(self.runner, Path(ood), samples, eval_transform(self.pre),
                                                  self.cache / "ood_eval.npy", 0, desc="unknown examples"))
         metrics = {"val_accuracy": round(best.val_acc, 5),
                    "test_accuracy": round(float((test.logits.argmax(1) == self.y["test"]).mean()), 5),

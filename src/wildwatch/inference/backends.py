@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from wildwatch.errors import NeedsExtraError, UnknownNameError
+from wildwatch.errors import ModelFileError, NeedsExtraError, UnknownNameError
+from wildwatch.models.bundle import Bundle, OnnxFile, bundled, load_bundle
 from wildwatch.models.decision import Outputs
+from wildwatch.models.interface import SpeciesNetwork, as_network
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
@@ -31,21 +34,21 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray) -> Outputs:
         """(species logits, open-set score or None, ImageNet logits or None)."""
 
-    def single_threaded(self) -> "Runner":
+    def single_threaded(self) -> Runner:
         """A runner on one core (only called when ``per_core``)."""
 
 
 OUTPUT_NAMES = ("logits", "unknown", "imagenet")  # an exported file's outputs, as far as the model has them
 
 
-def _outputs(model: "nn.Module") -> "nn.Module":
+def _outputs(model: nn.Module) -> nn.Module:
     """A module giving the outputs the model has, in ``OUTPUT_NAMES`` order (the logits alone for a seed CNN)."""
-    import torch.nn as nn
+    from torch import nn
 
     class NetworkOutputs(nn.Module):
         def __init__(self, model: nn.Module):
             super().__init__()
-            self.model = model
+            self.model: SpeciesNetwork = as_network(model)
 
         def forward(self, x):
             outs = tuple(o for o in self.model.predict_outputs(x) if o is not None)
@@ -54,12 +57,12 @@ def _outputs(model: "nn.Module") -> "nn.Module":
     return NetworkOutputs(model)
 
 
-def output_names(model: "nn.Module") -> list[str]:
+def output_names(model: nn.Module) -> list[str]:
     """The names of the outputs ``_outputs(model)`` gives (what an exported file calls them)."""
     import torch
 
     with torch.no_grad():
-        outs = model.eval().predict_outputs(torch.zeros(1, 3, 32, 32))
+        outs = as_network(model.eval()).predict_outputs(torch.zeros(1, 3, 32, 32))
     return [n for n, o in zip(OUTPUT_NAMES, outs) if o is not None]
 
 
@@ -101,13 +104,14 @@ def _on_cpu(device) -> bool:
 
 class TorchRunner:
     name = "torch"
-    unknown_threshold = None
-    temperature = None
-    species_digest = None
+    unknown_threshold: float | None = None
+    temperature: float | None = None
+    species_digest: str | None = None
     per_core = False  # PyTorch runs one batch at a time on all cores; decoding threads feed it
 
-    def __init__(self, model: "nn.Module", device):
-        self.model, self.device = model, device
+    def __init__(self, model: nn.Module, device):
+        self.model: SpeciesNetwork = as_network(model)
+        self.device = device
         # PyTorch eager runs this kind of network faster in small batches on a CPU (cache-bound)
         self.batch_size = 4 if _on_cpu(device) else 32
 
@@ -115,16 +119,27 @@ class TorchRunner:
         import torch
 
         with torch.no_grad():
-            outs = self.model.predict_outputs(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-        return Outputs(*(None if o is None else o.float().cpu().numpy() for o in outs))
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            logits, unknown, imagenet = self.model.predict_outputs(x)
+        return Outputs(_numpy(logits), None if unknown is None else _numpy(unknown),
+                       None if imagenet is None else _numpy(imagenet))
+
+    def single_threaded(self) -> TorchRunner:
+        """Itself: PyTorch runs a batch on all cores (``per_core`` is False)."""
+        return self
+
+
+def _numpy(t) -> np.ndarray:
+    return t.float().cpu().numpy()
 
 
 class OnnxRunner:
-    temperature = None
-    species_digest = None
+    temperature: float | None = None
+    species_digest: str | None = None
     per_core = True
 
-    def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None):
+    def __init__(self, onnx_path: Path, name: str = "onnx", threads: int | None = None,
+                 unknown_threshold: float | None = None):
         import threading
 
         self.name = name
@@ -137,21 +152,21 @@ class OnnxRunner:
             raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
         # sessions are made on first use: a command that only needs the single-threaded one
         # (classify) does not pay for building the other
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession
         self._lock = threading.Lock()
-        self._single = None
+        self._single: OnnxRunner | None = None
         # an int8 file's own unknown threshold (its features move a little), from its export report
-        self.unknown_threshold = _report(onnx_path).get("unknown_threshold")
+        self.unknown_threshold = unknown_threshold
 
-    def single_threaded(self) -> "OnnxRunner":
+    def single_threaded(self) -> OnnxRunner:
         """A second session on one core, for running several batches at once (one per core):
         no parallel-for barrier is left waiting while other threads decode photos."""
         with self._lock:
             if self._single is None:
-                self._single = OnnxRunner(self.path, self.name, threads=1)
-                self._single.unknown_threshold = self.unknown_threshold
-                self._single.session  # built now, before the worker threads share it
-        return self._single
+                single = OnnxRunner(self.path, self.name, threads=1, unknown_threshold=self.unknown_threshold)
+                _ = single.session  # built now, before the worker threads share it
+                self._single = single
+            return self._single
 
     @property
     def session(self):
@@ -178,19 +193,20 @@ class DualRunner:
     frozen ImageNet trunk of the main model keeps them apart. ``temperature`` is the species
     network's own calibration."""
 
-    def __init__(self, main, species, temperature: float, species_digest: str | None = None):
-        self.main, self.species, self.temperature = main, species, float(temperature)
+    def __init__(self, main: Runner, species: Runner, temperature: float, species_digest: str | None = None):
+        self.main, self.species, self.own_temperature = main, species, float(temperature)
+        self.temperature: float | None = self.own_temperature
         self.species_digest = species_digest  # which species network: part of a benchmark's settings
         self.name = f"{main.name}+species"
         self.unknown_threshold = main.unknown_threshold
         self.batch_size = main.batch_size
         self.per_core = main.per_core and species.per_core
-        self._single = None
+        self._single: DualRunner | None = None
 
-    def single_threaded(self) -> "DualRunner":
+    def single_threaded(self) -> DualRunner:
         if self._single is None:
-            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(), self.temperature,
-                                      self.species_digest)
+            self._single = DualRunner(self.main.single_threaded(), self.species.single_threaded(),
+                                      self.own_temperature, self.species_digest)
         return self._single
 
     def __call__(self, batch: np.ndarray) -> Outputs:
@@ -206,23 +222,24 @@ def onnx_available() -> bool:
     return True
 
 
-def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path, image_size: int, device: str = "cpu"):
-    """Build the runner for ``backend``; ``model`` gives the PyTorch model when one is needed (it
-    is not built when an ONNX file already exists). ONNX files are exported once per model file
-    and cached; an int8 file must have been made with ``wildwatch export --int8`` (it needs
-    calibration photos)."""
+def make_runner(backend: str, model: Callable[[], nn.Module], bundle: Bundle, image_size: int,
+                device: str = "cpu") -> Runner:
+    """Build the runner for ``backend`` from the files of ``bundle``; ``model`` gives the PyTorch
+    model when one is needed (it is not built when an ONNX file already exists). An fp32 ONNX file
+    the bundle does not name is exported once per model file and cached; an int8 file must have been
+    made with ``wildwatch export --int8`` (it needs calibration photos), which names it in the
+    bundle's manifest."""
     if backend not in BACKENDS:
         raise UnknownNameError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     on_cpu = _on_cpu(device)
     if backend == "auto":
-        int8 = int8_path(model_file)
-        if onnx_available() and on_cpu and int8.exists() and int8_is_accurate(int8):
-            return OnnxRunner(int8, "onnx-int8")
+        if onnx_available() and on_cpu and bundle.int8 is not None and int8_is_accurate(bundle.int8.report()):
+            return int8_runner(bundle.int8)
         if not (onnx_available() and on_cpu):
             return TorchRunner(model(), device)
         try:
-            return make_runner("onnx", model, model_file, image_size, device)
-        except Exception as exc:  # an export that fails must not stop the batch: PyTorch gives the same answers
+            return make_runner("onnx", model, bundle, image_size, device)
+        except Exception as exc:  # noqa: BLE001 - a failed export must not stop the batch: PyTorch answers the same
             import warnings
 
             warnings.warn(f"ONNX Runtime backend unavailable ({exc}); using PyTorch")
@@ -232,48 +249,74 @@ def make_runner(backend: str, model: Callable[[], "nn.Module"], model_file: Path
     if not onnx_available():
         raise NeedsExtraError("the onnx backends need onnxruntime: pip install onnxruntime")
     if backend == "onnx-int8":
-        path = int8_path(model_file)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no int8 model yet; make it with: wildwatch export --model {model_file} --int8 --data DIR")
-        return OnnxRunner(path, "onnx-int8")
-    path = fp32_path(model_file)
+        if bundle.int8 is None:
+            raise FileNotFoundError(f"{bundle.model_file}: no int8 model yet; make it with: wildwatch export "
+                                    f"--model {bundle.model_file} --int8 --data DIR")
+        return int8_runner(bundle.int8)
+    path = fp32_file(bundle)
     if not path.exists():
         export_model_onnx(model(), path, image_size)
     return OnnxRunner(path, "onnx")
+
+
+def int8_runner(f: OnnxFile, name: str = "onnx-int8") -> OnnxRunner:
+    """An int8 file with its own unknown threshold (from its export report)."""
+    return OnnxRunner(f.path, name, unknown_threshold=f.report().get("unknown_threshold"))
+
+
+def fp32_file(bundle: Bundle) -> Path:
+    """The bundle's fp32 ONNX file, else the cache's copy of its weights (exported on first use)."""
+    return bundle.fp32 or cache_dir() / f"{file_digest(bundle.model_file)}_fp32.onnx"
+
+
+def species_runner(main: Runner, classes: list[str], species_model: str | Path, backend: str = "auto",
+                   device: str = "cpu") -> DualRunner:
+    """A DualRunner: species from ``species_model``, the open-set score and ImageNet logits from
+    ``main``. ``species_model``: ``"bundled"`` (the bundled model's species network), or a bundle:
+    the species network its manifest names, else its own weights (a model file or run folder)."""
+    bundle = bundled() if str(species_model) == "bundled" else load_bundle(species_model)
+    if bundle.species is not None:
+        net = bundle.species
+        if net.report_path is None:
+            raise ModelFileError(f"{bundle.manifest}: its species network {net.path.name} has no export report "
+                                 "named with it (classes and temperature)")
+        info = net.report()
+        if info.get("temperature") is None:
+            raise ModelFileError(f"{net.report_path}: no temperature; export the species model again with "
+                                 "wildwatch export --int8")
+        theirs, temperature, file = info.get("classes"), info["temperature"], net.path
+        runner: Runner = OnnxRunner(net.path, "species-int8")
+    elif str(species_model) == "bundled":
+        raise ModelFileError(f"{bundle.manifest}: the bundled model names no species network")
+    else:
+        theirs, temperature, runner = _own_network(bundle, backend, device)
+        file = bundle.model_file
+    if theirs != classes:
+        raise ModelFileError(f"{species_model}: its classes {theirs} are not the model's {classes}")
+    return DualRunner(main, runner, temperature, file_digest(file))
+
+
+def _own_network(bundle: Bundle, backend: str, device: str) -> tuple[list[str], float, Runner]:
+    """(classes, temperature, runner) of a bundle's own weights, as a species network."""
+    from wildwatch.data.transforms import Preprocess
+    from wildwatch.models.decision import Decision
+    from wildwatch.models.files import load_model
+
+    meta = bundle.meta()
+    runner = make_runner(backend, lambda: load_model(bundle.model_file, device)[0], bundle,
+                         Preprocess.from_json(meta["preprocess"]).image_size, device)
+    return list(meta["classes"]), Decision.from_meta(meta).temperature, runner
 
 
 MAX_INT8_LOSS_POINTS = 0.3
 MAX_INT8_AUROC_LOSS = 0.01
 
 
-def _report(onnx_path: Path) -> dict:
-    """The export report written beside an int8 file ({} when there is none)."""
-    import json
-
-    report = Path(onnx_path).with_suffix(".json")
-    return json.loads(report.read_text()) if report.exists() else {}
-
-
-def int8_is_accurate(report: Path | dict) -> bool:
-    """True when an int8 file's export report (or the file, whose report sits beside it) shows
-    at most 0.3 points of accuracy lost on the validation and test photos together and, where it was
-    measured, the open-set score's AUROC at most 0.01 lower than with fp32."""
-    r = report if isinstance(report, dict) else _report(report)
-    change = r.get("int8_accuracy_change_points")
+def int8_is_accurate(report: dict) -> bool:
+    """True when an int8 file's export report shows at most 0.3 points of accuracy lost on the
+    validation and test photos together and, where it was measured, the open-set score's AUROC at
+    most 0.01 lower than with fp32."""
+    change = report.get("int8_accuracy_change_points")
     if change is None or change < -MAX_INT8_LOSS_POINTS:
         return False
-    return r.get("int8_unknown_auroc_change", 0.0) >= -MAX_INT8_AUROC_LOSS
-
-
-def fp32_path(model_file: Path) -> Path:
-    shipped = Path(model_file).with_suffix(".onnx")
-    if shipped.exists():
-        return shipped
-    return cache_dir() / f"{file_digest(Path(model_file))}_fp32.onnx"
-
-
-def int8_path(model_file: Path) -> Path:
-    shipped = Path(model_file).with_suffix(".int8.onnx")
-    if shipped.exists():
-        return shipped
-    return cache_dir() / f"{file_digest(Path(model_file))}_int8.onnx"
+    return report.get("int8_unknown_auroc_change", 0.0) >= -MAX_INT8_AUROC_LOSS

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import DataError, UnknownNameError, UsageError, require
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.writers import (
     Batch,
     Writer,
@@ -36,7 +36,7 @@ class ClassifyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     paths: list[Path] = Field(default_factory=list)
-    model: Optional[Path] = None
+    model: Path | None = None
     detections: Path | None = None  # a MegaDetector, AddaxAI or SpeciesNet file: classify its animal boxes
     image_root: str | None = None  # --detections: the folder its absolute paths were under
     detect: bool = False  # the built-in detector proposes boxes
@@ -44,19 +44,20 @@ class ClassifyOptions(BaseModel):
     detection_threshold: float | None = Field(None, ge=0, le=1)  # default: 0.2 (--detections), 0.3 (--detect)
     event_gap: float = Field(60.0, ge=0, le=86_400)  # seconds between photos of one event
     top_k: int = Field(3, ge=1)
-    output: Optional[Path] = None
-    format: Optional[str] = None
-    country: Optional[str] = None
+    output: Path | None = None
+    format: str | None = None
+    country: str | None = None
     use_exif: bool = True
-    batch_size: Optional[int] = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     backend: str = "auto"
     robust: bool = False
-    explain: Optional[Path] = None
+    explain: Path | None = None
     engine: str = "local"
-    address: Optional[str] = None
+    address: str | None = None
     resume: bool = False
     overwrite: bool = False  # replace an output that has rows (without it: refused, unless --resume)
-    location: Optional[tuple[float, float]] = None  # Camtrap DP: the camera's latitude, longitude
+    location: tuple[float, float] | None = None  # Camtrap DP: the camera's latitude, longitude
+    species_list: frozenset[str] | None = None  # --species: the species named; others become unknown
 
     @property
     def fmt(self) -> str | None:
@@ -97,11 +98,19 @@ class ClassifyOptions(BaseModel):
         if self.image_root is not None:
             raise UsageError("--image-root goes with --detections: it re-roots the results file's absolute paths")
 
+    def destination(self) -> tuple[Path, Writer]:
+        """The output and its writer, for the parts of a run that write one (``check`` refuses a run
+        that needs them and lacks one)."""
+        writer = self.writer
+        if self.output is None or writer is None:
+            raise UsageError("this run writes its results: give --output")
+        return self.output, writer
+
     def _check_output(self, w: Writer | None) -> None:
         """The writer's own rules: a suffix that names another row format, an output it needs, --resume."""
         output = self.output
         implied = suffix_format(output) if output is not None else None
-        if w is not None and self.format == w.name and w.per_row and implied not in (None, w.name):
+        if w is not None and output is not None and self.format == w.name and w.per_row and implied not in (None, w.name):
             raise UsageError(f"--format {w.name} but --output {output.name} is a {implied} file name; "
                              "make them agree")
         if w is not None and not w.per_row and output is None:
@@ -193,7 +202,7 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     """Classify every file under ``opts.paths`` and write the rows; ``on_prediction`` sees each one."""
     opts.check()
     if opts.detections is not None:
-        return _classify_detections(opts, progress)
+        return _classify_detections(opts, opts.detections, progress)
     if opts.engine == "ray":
         return _classify_with_ray(opts)
     from tqdm import tqdm
@@ -204,7 +213,8 @@ def classify_files(opts: ClassifyOptions, on_prediction: Callable[[Prediction], 
     per_row = writer is None or writer.per_row
     collected: list[Prediction] = []
     todo = _Todo(opts, writer)
-    stream = pipe.predict_paths(todo) if pipe else predictor.predict_paths(todo, batch_size=opts.batch_size)
+    # the files are found once, by _Todo (which leaves out those --resume skips)
+    stream = pipe.predict_files(todo) if pipe else predictor.predict_files(todo, batch_size=opts.batch_size)
     if output is not None and writer is not None and writer.per_row:
         _write_provenance(opts, writer.name, predictor)
     n = n_err = 0
@@ -239,7 +249,7 @@ class _Todo:
 
     def __init__(self, opts: ClassifyOptions, writer: Writer | None):
         self.paths = opts.paths
-        self.done = {_resolved(s) for s in writer.done(opts.output)} if opts.resume and writer else set()
+        self.done = {_resolved(s) for s in writer.done(opts.destination()[0])} if opts.resume and writer else set()
         self.skipped = 0
 
     def __iter__(self):
@@ -268,17 +278,16 @@ def _write_provenance(opts: ClassifyOptions, fmt: str, predictor, engine: str = 
     options = opts.model_dump(mode="json", exclude={"output", "resume", "overwrite"})
     run = run_record(predictor.model_path, predictor.meta["architecture"], predictor.backend, options,
                      predictor.runner.species_digest, engine)
-    write_provenance(opts.output, fmt, run, append=opts.resume)
+    write_provenance(opts.destination()[0], fmt, run, append=opts.resume)
 
 
 def _predictor(opts: ClassifyOptions):
     from wildwatch.inference.predictor import Predictor
 
-    predictor = Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
-                                    species_model="bundled" if opts.robust else None)
-    predictor.country = opts.country.upper() if opts.country else None
-    predictor.use_exif = opts.use_exif
-    return predictor
+    return Predictor.from_file(opts.model, top_k=opts.top_k, backend=opts.backend,
+                               species_model="bundled" if opts.robust else None,
+                               country=opts.country.upper() if opts.country else None, use_exif=opts.use_exif,
+                               species_list=opts.species_list)
 
 
 def _detect_pipeline(opts: ClassifyOptions, predictor):
@@ -306,13 +315,14 @@ def write_batch(opts: ClassifyOptions, preds: list, predictor, pipe=None) -> Non
     detector = None if pipe is None else {
         "detector": "wildwatch built-in (DrivenData's YOLOX-tiny MegadetectorLite, zamba 2.7.2, MIT)",
         "detector_input_px": pipe.detector.size, "detection_threshold": pipe.detector.threshold}
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    output, writer = opts.destination()
+    output.parent.mkdir(parents=True, exist_ok=True)
     batch = Batch(preds, predictor.classes, predictor.meta["architecture"], list(opts.paths), opts.event_gap,
                   opts.location, detector)
-    opts.writer.write_batch(batch, opts.output)
+    writer.write_batch(batch, output)
 
 
-def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySummary:
+def _classify_detections(opts: ClassifyOptions, detections: Path, progress: bool) -> ClassifySummary:
     """Classify the animal boxes of a MegaDetector, AddaxAI or SpeciesNet file; write it back (as
     MegaDetector batch output) with the answers."""
     from tqdm import tqdm
@@ -320,8 +330,8 @@ def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySumma
     from wildwatch.inference.megadetector import DEFAULT_THRESHOLD, classify_detections
     from wildwatch.inference.readers import read_results
 
-    doc = read_results(opts.detections)
-    root = opts.paths[0] if opts.paths else opts.detections.parent
+    doc = read_results(detections)
+    root = opts.paths[0] if opts.paths else detections.parent
     if not Path(root).is_dir():
         raise UsageError(f"{root}: not a folder (give the folder the detector ran on, which its file names are "
                          "relative to)")
@@ -331,7 +341,7 @@ def _classify_detections(opts: ClassifyOptions, progress: bool) -> ClassifySumma
               disable=not (progress and sys.stderr.isatty())) as bar:
         doc, summary = classify_detections(doc, Path(root), predictor, threshold, opts.batch_size or 32,
                                            predictor.meta["architecture"], bar.update, opts.image_root)
-    write_atomic(opts.output, json.dumps(doc, indent=1))
+    write_atomic(opts.destination()[0], json.dumps(doc, indent=1))
     return ClassifySummary(summary.images, summary.images_failed, 0,
                            f"{predictor.backend} backend, {summary.boxes_classified} animal boxes")
 
@@ -356,10 +366,12 @@ def _classify_with_ray(opts: ClassifyOptions) -> ClassifySummary:
     from wildwatch.inference.writers.provenance import run_record, write_provenance
 
     result = classify_with_ray(opts.paths, opts.model, opts.backend, opts.top_k,
-                               opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32)
-    write_rows(result.predictions, opts.output, opts.fmt, _row_columns(False))
+                               opts.country.upper() if opts.country else None, opts.address, opts.batch_size or 32,
+                               species_list=opts.species_list)
+    output, writer = opts.destination()
+    write_rows(result.predictions, output, writer.name, _row_columns(False))
     options = opts.model_dump(mode="json", exclude={"output", "resume", "overwrite"})
-    write_provenance(opts.output, opts.fmt, run_record(result.model_file, result.architecture,
+    write_provenance(output, writer.name, run_record(result.model_file, result.architecture,
                                                        ", ".join(result.backends) or opts.backend, options,
                                                        engine="ray"))
     preds = result.predictions

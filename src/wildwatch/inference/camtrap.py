@@ -34,7 +34,8 @@ from wildwatch.data.loading import DEFAULT_MAX_PIXELS, ImageLoadError, load_phot
 from wildwatch.field import Place, place_from_exif
 from wildwatch.inference.crops import crops, decode_for_crops
 from wildwatch.inference.detect import Box, Detector
-from wildwatch.inference.predictor import Prediction, one_blas_thread
+from wildwatch.inference.pipeline import one_blas_thread
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.sequences import (
     DEFAULT_GAP_S,
     PhotoAnswer,
@@ -128,6 +129,8 @@ def combine(whole: Prediction | None, boxes: Sequence[Box], box_preds: Sequence[
     """The photo's answer from its boxes, or from the whole photo when there are none (see the
     module's rule)."""
     if not boxes:
+        if whole is None:
+            raise ValueError("a photo without boxes is answered by its whole-photo prediction, and none was given")
         # the detector saw nothing: a whole-photo box only for a species, or for what the classifier
         # is sure the photo shows; a vague "some animal" on a frame the detector found empty is empty
         sure = not whole.unknown or bool(whole.looks_like)
@@ -153,7 +156,7 @@ class DetectPipeline:
 
     def _worker_predictor(self):
         runner = self.predictor.runner
-        if runner is not None and runner.per_core:
+        if runner.per_core:
             return dataclasses.replace(self.predictor, runner=runner.single_threaded())
         return self.predictor
 
@@ -163,14 +166,14 @@ class DetectPipeline:
         classifier; an unreadable one gets its ``error``. The whole photo is classified only when
         the detector found nothing in it. ``country``: the photos' country, over their EXIF GPS."""
         pred = predictor or self.predictor
-        upload = isinstance(path, (bytes, bytearray, memoryview))
-        src = (name or "upload") if upload else str(path)
+        raw, where = (bytes(path), name or "upload") if isinstance(path, (bytes, bytearray, memoryview)) else (None, path)
+        src = str(where)
         side = max(self.detector.size, pred.preprocess.resize_size)
         try:
-            if upload:
-                img, exif = load_photo_bytes(bytes(path), src, self.max_pixels, (side, side))
+            if raw is not None:
+                img, exif = load_photo_bytes(raw, src, self.max_pixels, (side, side))
             else:
-                img, exif = load_photo(path, self.max_pixels, (side, side))
+                img, exif = load_photo(where, self.max_pixels, (side, side))
             place = place_from_exif(exif) if pred.use_exif else Place()
             if country:
                 place = dataclasses.replace(place or Place(), country=country.upper(), country_source="given")
@@ -200,6 +203,10 @@ class DetectPipeline:
 
     def predict_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[DetectedPrediction]:
         """Every photo under ``paths``, in input order, ``workers`` (default: one per core) at a time."""
+        return self.predict_files(expand_paths(paths), workers)
+
+    def predict_files(self, files: Iterable[Path], workers: int | None = None) -> Iterator[DetectedPrediction]:
+        """Every one of ``files`` (found already: no folder expansion), in input order."""
         workers = max(1, workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else workers or os.cpu_count() or 1)
         local = {}
@@ -214,7 +221,7 @@ class DetectPipeline:
 
         with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             window: deque = deque()
-            for path in expand_paths(paths):
+            for path in files:
                 window.append(pool.submit(work, path))
                 if len(window) > 2 * workers:
                     yield window.popleft().result()

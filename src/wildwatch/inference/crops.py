@@ -23,7 +23,8 @@ CROP_DETAIL = 2.0  # a crop keeps at least this many times the classifier's inpu
 JPEG_SCALES = (8, 4, 2)
 
 
-def square_crop_box(bbox: Sequence[float], width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, ...]:
+def square_crop_box(bbox: Sequence[float], width: int, height: int,
+                    margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) of a detection: its longer side grown by ``margin`` on
     each side, made square around the box's centre, kept inside the image."""
     x, y, w, h = (float(v) for v in bbox)
@@ -51,10 +52,9 @@ def decode_for_crops(path: str | Path | bytes, bboxes: Sequence[Sequence[float]]
     """The photo (a path, or an upload's bytes named ``name``; EXIF orientation applied) decoded at
     ``crop_scale`` for these boxes; ``decoded`` (the same photo decoded already, perhaps at a draft
     scale) is used as it is when it has the detail. Raises ImageLoadError."""
-    upload = isinstance(path, (bytes, bytearray, memoryview))
-    label = name if upload else path
+    raw, label = (bytes(path), name) if isinstance(path, (bytes, bytearray, memoryview)) else (None, path)
     try:
-        with Image.open(io.BytesIO(bytes(path)) if upload else path) as img:
+        with Image.open(io.BytesIO(raw) if raw is not None else label) as img:
             raw_w, raw_h = img.size
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -66,9 +66,9 @@ def decode_for_crops(path: str | Path | bytes, bboxes: Sequence[Sequence[float]]
     draft = None if scale == 1 else (-(-raw_w // scale), -(-raw_h // scale))
     # kept at the scale chosen (a JPEG, or any photo in a narrow mode), not reduced to the loader's
     # usual 4 Mpx: a small box's crop needs the detail
-    if upload:
-        return load_photo_bytes(bytes(path), name, max_pixels, draft, keep_pixels=max_pixels)[0]
-    return load_photo(path, max_pixels, draft, keep_pixels=max_pixels)[0]
+    if raw is not None:
+        return load_photo_bytes(raw, name, max_pixels, draft, keep_pixels=max_pixels)[0]
+    return load_photo(label, max_pixels, draft, keep_pixels=max_pixels)[0]
 
 
 def crops(img: Image.Image, bboxes: Sequence[Sequence[float]]) -> list[Image.Image]:

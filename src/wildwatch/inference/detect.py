@@ -58,7 +58,7 @@ def letterbox(img: Image.Image, size: int, square: bool = False) -> tuple[np.nda
     canvas, the same boxes (the network sees the same pixels at the same scale)."""
     ratio = min(size / img.width, size / img.height)
     w, h = max(1, round(img.width * ratio)), max(1, round(img.height * ratio))
-    small = img.convert("RGB").resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+    small = img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     ch, cw = (size, size) if square else (-(-h // 32) * 32, -(-w // 32) * 32)
     canvas = np.full((ch, cw, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:h, :w] = np.asarray(small)

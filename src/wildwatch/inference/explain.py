@@ -13,22 +13,25 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image
+
+from wildwatch.models.interface import as_network
 
 
 def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None) -> tuple[np.ndarray, int]:
     """A [H, W] map in [0, 1] at the input's resolution, and the class it explains."""
-    model.eval()
+    network = as_network(model.eval())
     x = x.detach().requires_grad_(False)
     with torch.enable_grad():
-        fmap, logits = model.last_conv_map(x[None] if x.dim() == 3 else x)
+        fmap, logits = network.last_conv_map(x[None] if x.dim() == 3 else x)
         fmap.retain_grad()
         idx = int(logits[0].argmax()) if class_index is None else class_index
         logits[0, idx].backward()
+    assert fmap.grad is not None  # retained above, filled by backward()
     weights = fmap.grad.mean((2, 3), keepdim=True)
     cam = F.relu((weights * fmap).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach()
@@ -39,7 +42,7 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = N
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """The heatmap (jet colours) blended over the image, at the image's size."""
-    heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.BILINEAR)
+    heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.Resampling.BILINEAR)
     colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return Image.fromarray(np.uint8(np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255))
@@ -61,7 +64,7 @@ def explain_image(predictor, image: Image.Image, class_index: int | None = None)
     shown = image.convert("RGB")
     w, h = shown.size
     scale = pre.resize_size / min(w, h)
-    shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = shown.size
     left, top = (w - pre.image_size) // 2, (h - pre.image_size) // 2
     shown = shown.crop((left, top, left + pre.image_size, top + pre.image_size))

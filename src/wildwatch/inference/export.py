@@ -11,19 +11,13 @@ import numpy as np
 import torch
 
 from wildwatch.data.loading import load_image
+from wildwatch.data.splits import Split
 from wildwatch.errors import UsageError, WildwatchError
-from wildwatch.reports.metrics import auroc
-from wildwatch.inference.backends import (
-    OnnxRunner,
-    TorchRunner,
-    export_model_onnx,
-    fp32_path,
-    int8_is_accurate,
-    int8_path,
-)
+from wildwatch.inference.backends import OnnxRunner, TorchRunner, export_model_onnx, fp32_file, int8_is_accurate
 from wildwatch.inference.onnx_export import onnx_metadata, stamp_metadata
-from wildwatch.models.decision import Decision, Outputs
-from wildwatch.models.files import resolve_model_path
+from wildwatch.models.bundle import Bundle, OnnxFile, fresh_bundle, load_bundle, manifest_taken, write_manifest
+from wildwatch.models.decision import Decision, Outputs, concat_outputs
+from wildwatch.reports.metrics import auroc
 
 
 def _batch(predictor, root: Path, samples, n: int) -> np.ndarray:
@@ -49,8 +43,7 @@ def _outputs(predictor, paths: dict[str, Path], root: Path, samples) -> dict[str
         batch = _batch(predictor, root, samples[i:i + 64], 64)
         for k, runner in runners.items():
             parts[k].append(runner(batch))
-    return {k: Outputs(*(None if v[0][j] is None else np.concatenate([o[j] for o in v]) for j in range(3)))
-            for k, v in parts.items()}
+    return {k: concat_outputs(v) for k, v in parts.items()}
 
 
 def _compare(fp32: Outputs, int8: Outputs, y: np.ndarray, name: str, decisions: dict[str, Decision]) -> dict:
@@ -74,10 +67,11 @@ def _compare(fp32: Outputs, int8: Outputs, y: np.ndarray, name: str, decisions: 
 
 def _int8_threshold(decision: Decision, val: dict[str, Outputs]) -> float | None:
     """int8 moves the open-set score a little: its own threshold, rejecting as many validation photos as fp32."""
-    if decision.unknown_threshold is None or val["int8"].unknown is None:
+    fp32, int8 = val["fp32"].unknown, val["int8"].unknown
+    if decision.unknown_threshold is None or fp32 is None or int8 is None:
         return None
-    share = float((val["fp32"].unknown > decision.unknown_threshold).mean())
-    return float(np.quantile(val["int8"].unknown, 1 - share)) if share > 0 else decision.unknown_threshold
+    share = float(np.mean(fp32 > decision.unknown_threshold))
+    return float(np.quantile(int8, 1 - share)) if share > 0 else decision.unknown_threshold
 
 
 def export(model: str | Path | None, out: Path | None = None, int8: bool = False, data: Path | None = None,
@@ -89,23 +83,42 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     validation split (which decides whether ``--backend auto`` may use it) and on the test split.
     With ``ood_dir`` (photos of none of the species), also the unknown detector's AUROC with each;
     then ``auto`` also needs int8 to stay within 0.01 of fp32's AUROC.
+
+    The int8 file and its report go to ``out`` (the report beside it), else to the bundle's folder;
+    a file written in the bundle's folder is named in its manifest (written for a model file that
+    had none), so ``classify`` finds it.
     """
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
-
-    model_file = resolve_model_path(bundled_model_path() if model is None else model)
-    pred = Predictor.from_file(model_file, backend="torch")
-    size = pred.preprocess.image_size
-    fp32 = Path(out) if (out is not None and not int8) else fp32_path(model_file)
-    t0 = time.perf_counter()
-    if not fp32.exists() or (out is not None and not int8):
-        export_model_onnx(pred.model, fp32, size)
-    report: dict = {"model": str(model_file), "onnx": str(fp32), "export_seconds": round(time.perf_counter() - t0, 1)}
-
     from wildwatch.data.splits import split_for_model
+    from wildwatch.inference.predictor import Predictor
 
-    split = split_for_model(model_file, pred.meta, data)[0] if data is not None else None
-    if split is not None:
-        check = _batch(pred, data, split.test, 32)
+    bundle = load_bundle(model)
+    fp32 = Path(out) if (out is not None and not int8) else fp32_file(bundle)
+    int8_files = _int8_files(bundle, out) if int8 else None
+    _check_manifest(bundle, [fp32] if int8_files is None else [int8_files.path])
+    pred = Predictor.from_file(bundle, backend="torch")
+    photos = None if data is None else (data, split_for_model(bundle.model_file, pred.meta, data)[0])
+    report = _export_fp32(pred, fp32, out is not None and not int8, photos)
+    if int8_files is not None:
+        if photos is None:
+            raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
+        _export_int8(pred, fp32, int8_files, *photos, calibration_size, ood_dir, report)
+        _record(bundle, int8=int8_files)
+    elif out is not None:
+        _record(bundle, fp32=fp32)
+    return report
+
+
+def _export_fp32(pred, fp32: Path, overwrite: bool, photos: tuple[Path, Split] | None) -> dict:
+    """The fp32 ONNX file (exported unless there, or ``overwrite``), checked against PyTorch on the
+    test photos (random inputs without ``photos``: the data folder and its split)."""
+    size = pred.preprocess.image_size
+    t0 = time.perf_counter()
+    if not fp32.exists() or overwrite:
+        export_model_onnx(pred.model, fp32, size)
+    report: dict = {"model": str(pred.model_path), "onnx": str(fp32),
+                    "export_seconds": round(time.perf_counter() - t0, 1)}
+    if photos is not None:
+        check = _batch(pred, photos[0], photos[1].test, 32)
     else:
         check = np.random.default_rng(0).normal(0, 1, (8, 3, size, size)).astype(np.float32)
     ref = TorchRunner(pred.model, torch.device("cpu"))(check)
@@ -116,53 +129,98 @@ def export(model: str | Path | None, out: Path | None = None, int8: bool = False
     if diff > 1e-4 or not report["fp32_same_top1"]:
         raise WildwatchError(f"{fp32}: ONNX output differs from PyTorch (max |Δ| {diff:.2e}); not using it")
     stamp_metadata(fp32, onnx_metadata(pred))
-
-    if int8:
-        if data is None:
-            raise UsageError("--int8 needs --data: static quantisation is calibrated on training photos")
-        target = Path(out) if out is not None else int8_path(model_file)
-        calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
-        quantize_int8(fp32, target, calib)
-        report["onnx_int8"] = str(target)
-        report["calibration_photos"] = len(calib)
-        classes = pred.classes
-        files = {"fp32": fp32, "int8": target}
-        val = _outputs(pred, files, data, split.val)
-        test = _outputs(pred, files, data, split.test)
-        decisions = {"fp32": pred.decision, "int8": pred.decision}
-        int8_threshold = _int8_threshold(pred.decision, val)
-        if int8_threshold is not None:
-            report["unknown_threshold"] = int8_threshold
-            decisions["int8"] = dataclasses.replace(pred.decision, unknown_threshold=int8_threshold)
-        for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
-            y = np.array([classes.index(s.label) for s in split_samples])
-            report.update(_compare(outs["fp32"], outs["int8"], y, name, decisions))
-        if ood_dir is not None and test["fp32"].unknown is not None:
-            from wildwatch.data.discover import Sample, ood_images
-
-            others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(Path(ood_dir))]
-            for key, o in _outputs(pred, files, Path(ood_dir), others).items():
-                report[f"unknown_auroc_{key}"] = round(auroc(test[key].unknown, o.unknown), 5)
-                report[f"unknown_caught_{key}"] = round(float(np.mean([v.kind == "unknown" for v in decisions[key].decide(o)])), 5)
-            report["unknown_photos"] = len(others)
-        # the file's own decision rule reads these keys
-        # on the validation and test photos together: a few hundred photos move the figure by a point either way
-        n_val, n_test = len(split.val), len(split.test)
-        report["int8_accuracy_change_points"] = round(
-            (report["int8_val_accuracy_change_points"] * n_val + report["int8_test_accuracy_change_points"] * n_test)
-            / max(n_val + n_test, 1), 3)
-        if "unknown_auroc_int8" in report:
-            report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
-        report["used_by_auto_backend"] = int8_is_accurate(report)
-        # beside the file, with file names only (the report travels with the model), and what a
-        # user of the int8 file alone needs: its classes, preprocessing and temperature
-        names = {"model": model_file.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": classes,
-                 "preprocess": pred.meta["preprocess"], "temperature": pred.temperature,
-                 "model_metrics": pred.meta.get("metrics", {}), "model_recipe": pred.meta.get("recipe", {}),
-                 "data_fingerprint": pred.meta.get("data_fingerprint"), "split": pred.meta.get("split")}
-        target.with_suffix(".json").write_text(json.dumps({**report, **names}, indent=2))
-        stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
     return report
+
+
+def _export_int8(pred, fp32: Path, files: OnnxFile, data: Path, split: Split, calibration_size: int,
+                 ood_dir: Path | None, report: dict) -> None:
+    """The int8 file calibrated on training photos, compared with fp32 (``report`` gets the figures),
+    its report written and its metadata stamped with its own decision."""
+    target = files.path
+    calib = _batch(pred, data, calibration_samples(split.train, calibration_size), calibration_size)
+    quantize_int8(fp32, target, calib)
+    report["onnx_int8"] = str(target)
+    report["calibration_photos"] = len(calib)
+    paths = {"fp32": fp32, "int8": target}
+    val = _outputs(pred, paths, data, split.val)
+    test = _outputs(pred, paths, data, split.test)
+    decisions = {"fp32": pred.decision, "int8": pred.decision}
+    int8_threshold = _int8_threshold(pred.decision, val)
+    if int8_threshold is not None:
+        report["unknown_threshold"] = int8_threshold
+        decisions["int8"] = dataclasses.replace(pred.decision, unknown_threshold=int8_threshold)
+    for name, split_samples, outs in (("val", split.val, val), ("test", split.test, test)):
+        y = np.array([pred.classes.index(s.label) for s in split_samples])
+        report.update(_compare(outs["fp32"], outs["int8"], y, name, decisions))
+    if ood_dir is not None and test["fp32"].unknown is not None:
+        report.update(_unknown_report(pred, paths, Path(ood_dir), test, decisions))
+    # the file's own decision rule reads these keys
+    # on the validation and test photos together: a few hundred photos move the figure by a point either way
+    n_val, n_test = len(split.val), len(split.test)
+    report["int8_accuracy_change_points"] = round(
+        (report["int8_val_accuracy_change_points"] * n_val + report["int8_test_accuracy_change_points"] * n_test)
+        / max(n_val + n_test, 1), 3)
+    if "unknown_auroc_int8" in report:
+        report["int8_unknown_auroc_change"] = round(report["unknown_auroc_int8"] - report["unknown_auroc_fp32"], 5)
+    report["used_by_auto_backend"] = int8_is_accurate(report)
+    # beside the file, with file names only (the report travels with the model), and what a
+    # user of the int8 file alone needs: its classes, preprocessing and temperature
+    meta = pred.meta
+    names = {"model": pred.model_path.name, "onnx": fp32.name, "onnx_int8": target.name, "classes": pred.classes,
+             "preprocess": meta["preprocess"], "temperature": pred.temperature,
+             "model_metrics": meta.get("metrics", {}), "model_recipe": meta.get("recipe", {}),
+             "data_fingerprint": meta.get("data_fingerprint"), "split": meta.get("split")}
+    assert files.report_path is not None  # _int8_files names one
+    files.report_path.write_text(json.dumps({**report, **names}, indent=2))
+    stamp_metadata(target, onnx_metadata(pred, decisions["int8"]))
+
+
+def _unknown_report(pred, paths: dict[str, Path], ood_dir: Path, test: dict[str, Outputs],
+                    decisions: dict[str, Decision]) -> dict:
+    """The unknown detector with each file: its AUROC (test photos against ``ood_dir``'s) and the share
+    of ``ood_dir``'s photos it catches."""
+    from wildwatch.data.discover import Sample, ood_images
+
+    report = {}
+    others = [Sample(str(f.relative_to(ood_dir)), "unknown") for f in ood_images(ood_dir)]
+    for key, o in _outputs(pred, paths, ood_dir, others).items():
+        known, other = test[key].unknown, o.unknown
+        assert known is not None and other is not None  # the caller checked the network has an open-set score
+        report[f"unknown_auroc_{key}"] = round(auroc(known, other), 5)
+        caught = [v.kind == "unknown" for v in decisions[key].decide(o)]
+        report[f"unknown_caught_{key}"] = round(float(np.mean(caught)), 5)
+    report["unknown_photos"] = len(others)
+    return report
+
+
+def _int8_files(bundle: Bundle, out: Path | None) -> OnnxFile:
+    """Where the int8 copy and its report go: ``out`` (the report beside it), else the files the
+    bundle already names for them, else beside its weights."""
+    if out is not None:
+        return OnnxFile(Path(out), Path(out).with_suffix(".json"))
+    if bundle.int8 is not None and bundle.int8.report_path is not None:
+        return bundle.int8
+    w = bundle.model_file
+    return OnnxFile(w.with_name(f"{w.stem}.int8.onnx"), w.with_name(f"{w.stem}.int8.json"))
+
+
+def _in_folder(bundle: Bundle, path: Path) -> bool:
+    return path.parent.resolve() == bundle.folder.resolve()
+
+
+def _check_manifest(bundle: Bundle, outputs: list[Path]) -> None:
+    """Before any work: an output in the bundle's folder is named in its manifest, which must be this model's."""
+    if any(_in_folder(bundle, p) for p in outputs) and manifest_taken(bundle):
+        raise UsageError(f"{bundle.folder}: its manifest describes another model; export {bundle.model_file} "
+                         "into a folder of its own (--out)")
+
+
+def _record(bundle: Bundle, **files) -> None:
+    """Name the files written in the bundle's folder in its manifest."""
+    keep = {k: v for k, v in files.items() if _in_folder(bundle, v.path if isinstance(v, OnnxFile) else v)}
+    if keep:
+        base = bundle if bundle.manifest is not None else fresh_bundle(bundle.model_file)
+        write_manifest(dataclasses.replace(base, **keep))
 
 
 # after the pooled features: the species and ImageNet classifiers and the open-set score, kept in float

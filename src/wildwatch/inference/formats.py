@@ -6,15 +6,15 @@ import csv
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 from wildwatch import __version__
 from wildwatch.data.discover import IMAGE_MEDIA_TYPES
 from wildwatch.errors import UsageError
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.species import species_info
 
 CAMTRAP_DP_VERSION = "1.0.2"
@@ -152,7 +152,7 @@ def write_camtrap_dp(preds: Iterable[Prediction], folder: Path, model_name: str,
         base = {"deploymentID": dep.id, "mediaID": mid, "eventID": event.id if event else "", "eventStart": ts,
                 "eventEnd": ts, "observationLevel": "media", "classificationMethod": "machine", "classifiedBy": by,
                 "classificationTimestamp": now}
-        dets = photo_detections(p) or [None]
+        dets: list[dict | None] = [*photo_detections(p)] or [None]
         for k, d in enumerate(dets, 1):
             obs.append(base | {"observationID": f"{mid}-{k}"} | _media_observation(p, d, event, i))
     if seqs is not None:

@@ -26,12 +26,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from wildwatch import __version__
 from wildwatch.data.loading import ImageLoadError
 from wildwatch.inference.camtrap import photo_detections
 from wildwatch.inference.crops import CROP_MARGIN, crops, decode_for_crops, square_crop_box  # noqa: F401
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 from wildwatch.inference.readers import CATEGORIES, image_path
 from wildwatch.species import species_info
 
@@ -120,12 +121,13 @@ def predictions_json(preds: Iterable[Prediction], classes: list[str], model_name
     index = {c: k for k, c in cats.items()}
     images = []
     for i, p in enumerate(preds):
-        im = {"file": relative(p.source, root)}
+        im: dict[str, Any] = {"file": relative(p.source, root)}
         if p.error:
             images.append(im | {"failure": p.error, "detections": None})
             continue
         im["detections"] = [md_detection(d, index) for d in photo_detections(p)]
-        im["wildwatch"] = image_answer(p) | ({"count": dict(p.count)} if getattr(p, "count", None) else {})
+        count = getattr(p, "count", None)  # a DetectedPrediction's animals per species
+        im["wildwatch"] = image_answer(p) | ({"count": dict(count)} if count else {})
         if events is not None and i in events:
             im |= events[i]["md"]
             im["wildwatch"] |= events[i]["answer"]
@@ -198,7 +200,7 @@ def classify_detections(doc: dict, root: Path, predictor, threshold: float = DEF
             summary.images_failed += "wildwatch" in im
             continue
         path, name, problem = image_path(root, im["file"], image_root_given)
-        if problem:
+        if problem or path is None:
             im["wildwatch"] = {"error": f"{im['file']}: {problem}; not read"}
             summary.images_failed += 1
             continue

@@ -10,18 +10,7 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-
-
-class Trunk(nn.Module):
-    """The frozen part of an EfficientNet-Lite: stem and all blocks."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.trunk(x)
+from torch import nn
 
 
 def export_onnx(module: nn.Module, path: str | Path, image_size: int, dynamo: bool = True,

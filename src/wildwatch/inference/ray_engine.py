@@ -7,14 +7,15 @@ order, for the same writers as the local path (``inference.writers``).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from wildwatch.data.discover import expand_paths
-from wildwatch.inference.predictor import Prediction
+from wildwatch.inference.prediction import Prediction
 
 
 @dataclass
@@ -30,16 +31,17 @@ class RayResult:
 class _Classifier:
     """A Ray actor: one model per process, reused for every batch."""
 
-    def __init__(self, model: str | None, backend: str, top_k: int, country: str | None):
+    def __init__(self, model: str | None, backend: str, top_k: int, country: str | None,
+                 species_list: list[str] | None = None):
         from wildwatch.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_file(model, backend=backend, top_k=top_k)
-        self.predictor.country = country
+        self.predictor = Predictor.from_file(model, backend=backend, top_k=top_k, country=country,
+                                             species_list=None if species_list is None else frozenset(species_list))
 
     def __call__(self, batch: dict) -> dict:
         from wildwatch.data.loading import ImageLoadError
 
-        rows = []
+        rows: list[Prediction | None] = []
         images, places, names, slots = [], [], [], []
         for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
             try:
@@ -61,11 +63,12 @@ class _Classifier:
 
 def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend: str = "auto", top_k: int = 3,
                       country: str | None = None, address: str | None = None, batch_size: int = 32,
-                      actors: int | None = None) -> RayResult:
+                      actors: int | None = None, species_list: frozenset[str] | None = None) -> RayResult:
     """A Prediction for every file, in input order.
 
     ``address=None`` starts a local Ray for the call; otherwise joins that cluster (``auto`` or
-    ``ray://host:10001``). Missing files get their error row without reaching Ray.
+    ``ray://host:10001``). Missing files get their error row without reaching Ray. ``species_list``:
+    see ``Predictor.from_file``.
     """
     import ray
 
@@ -75,11 +78,12 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
     if not ray.is_initialized():
         # a Ray started here listens on loopback only; a cluster address is used as given
         kwargs = {"address": address} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-        ray.init(logging_level="ERROR", log_to_driver=False, **kwargs)
+        ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
         started = True
     try:
-        found, backends = _run_actors(present, model, backend, top_k, country, batch_size, actors) if present \
-            else ({}, set())
+        settings = (None if model is None else str(model), backend, top_k, country,
+                    None if species_list is None else sorted(species_list))
+        found, backends = _run_actors(present, settings, batch_size, actors) if present else ({}, set())
         preds = [found.get(f) or Prediction(f, error=f"{f}: file not found") for f in files]
         model_file, architecture = _model_info(model)
         return RayResult(preds, model_file, architecture, sorted(backends))
@@ -88,9 +92,10 @@ def classify_with_ray(paths: Iterable, model: str | Path | None = None, backend:
             ray.shutdown()
 
 
-def _run_actors(present: list[str], model, backend: str, top_k: int, country: str | None, batch_size: int,
+def _run_actors(present: list[str], settings: tuple, batch_size: int,
                 actors: int | None) -> tuple[dict[str, Prediction], set[str]]:
-    """Predictions by the path as given, and the backends the actors ran."""
+    """Predictions by the path as given, and the backends the actors ran (``settings``: the arguments
+    of each actor's ``_Classifier``)."""
     import dataclasses
 
     import ray
@@ -98,9 +103,7 @@ def _run_actors(present: list[str], model, backend: str, top_k: int, country: st
     resolved = {str(Path(f).resolve()): f for f in present}
     ds = ray.data.read_binary_files(list(resolved), include_paths=True)
     n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
-    out = ds.map_batches(_Classifier, fn_constructor_args=(None if model is None else str(model), backend, top_k,
-                                                           country),
-                         batch_size=batch_size, concurrency=n_actors, batch_format="numpy")
+    out = ds.map_batches(_Classifier, fn_constructor_args=settings, batch_size=batch_size, concurrency=n_actors, batch_format="numpy")
     found: dict[str, Prediction] = {}
     backends: set[str] = set()
     for row in out.iter_rows():
@@ -112,8 +115,7 @@ def _run_actors(present: list[str], model, backend: str, top_k: int, country: st
 
 def _model_info(model: str | Path | None) -> tuple[Path, str]:
     """The model file (the bundled one for ``None``) and its architecture, read on the driver."""
-    from wildwatch.inference.predictor import bundled_model_path
-    from wildwatch.models.files import read_model_meta, resolve_model_path
+    from wildwatch.models.bundle import load_bundle
 
-    path = resolve_model_path(bundled_model_path() if model is None else model)
-    return path, read_model_meta(path)["architecture"]
+    bundle = load_bundle(model)
+    return bundle.model_file, bundle.meta()["architecture"]

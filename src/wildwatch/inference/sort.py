@@ -3,9 +3,10 @@ request, so that a team can look through a card by species and share photos safe
 
 Folders: one per species named with at least ``min_confidence`` (``lion/``...), ``unsure/`` (a
 species named below it), ``unknown/`` (an animal of none of the species), ``person/``,
-``vehicle/``, ``empty/``; with a species list, ``not_on_list/`` for the species named that are
-not on it. Precedence: a named species, unsure, unknown, person, vehicle, empty (a photo of a
-lion and a person goes to ``lion/``). Each photo keeps its path under the folder classified.
+``vehicle/``, ``empty/``; with a species list (``--species`` here, or rows of ``classify
+--species``), ``not_on_list/`` for the species named that are not on it. Precedence: a named
+species, unsure, not on the list, unknown, person, vehicle, empty (a photo of a lion and a person
+goes to ``lion/``). Each photo keeps its path under the folder classified.
 
 Results: a MegaDetector file (wildwatch's, or any other detector's with classifications), or
 wildwatch's rows (CSV, JSON lines, JSON). Their paths are outside text: a photo outside ``root``
@@ -35,7 +36,6 @@ from PIL import Image, ImageFilter
 from wildwatch.data.loading import ImageLoadError, load_image
 from wildwatch.errors import DataError, UsageError
 from wildwatch.inference.readers import MAX_FILE_BYTES, image_path, load_json, read_results
-from wildwatch.species import species_table
 
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_BOX_THRESHOLD = 0.2
@@ -50,7 +50,7 @@ class SortItem:
     path: Path | None
     species: str = ""  # the most confident species named
     confidence: float = 0.0
-    kinds: set = field(default_factory=set)  # "uncertain", "unknown", "person", "vehicle" seen
+    kinds: set = field(default_factory=set)  # "uncertain", "not_on_list", "unknown", "person", "vehicle" seen
     person_boxes: list = field(default_factory=list)  # people, and boxes the classifier could not place
     person_without_box: bool = False
     error: str = ""
@@ -69,26 +69,14 @@ class SortSummary:
                 f"{len(self.errors)} errors" + (f" (e.g. {self.errors[0]})" if self.errors else ""))
 
 
-def folder_of(item: SortItem, min_confidence: float, species: set[str] | None) -> str:
+def folder_of(item: SortItem, min_confidence: float, species: frozenset[str] | None) -> str:
     if item.species:
         if species is not None and item.species not in species:
             return "not_on_list"
         return item.species if item.confidence >= min_confidence else "unsure"
     # an answer between two species goes with the unsure ones
-    return next((k.replace("uncertain", "unsure") for k in ("uncertain", "unknown", "person", "vehicle")
+    return next((k.replace("uncertain", "unsure") for k in ("uncertain", "not_on_list", "unknown", "person", "vehicle")
                  if k in item.kinds), "empty")
-
-
-def parse_species(text: str | None) -> set[str] | None:
-    """``--species lion,jaguars``: the classes kept by name; an unknown name is an error naming the choices."""
-    if not text:
-        return None
-    names = {n.strip().lower() for n in text.split(",") if n.strip()}
-    known = set(species_table())
-    wrong = sorted(names - known)
-    if wrong:
-        raise UsageError(f"--species: {', '.join(wrong)} not among the classes ({', '.join(sorted(known))})")
-    return names
 
 
 # ---------------------------------------------------------------- reading the results
@@ -160,7 +148,9 @@ def _row_items(rows, root: Path | None) -> list[SortItem]:
                                d.get("species") or "", d.get("confidence"), str(d.get("looks_like_kind") or ""))
         if dets is None and not item.error:  # a row of classify without --detect: the whole photo's answer
             kind = row.get("looks_like_kind") or ""
-            if not _is_true(row.get("unknown")) and row.get("species"):
+            if row.get("off_list"):  # classify --species: named as a species that is not on the list
+                item.kinds.add("not_on_list")
+            elif not _is_true(row.get("unknown")) and row.get("species"):
                 _add_detection(item, row["species"], "animal", None, True, row["species"], row.get("confidence"))
             elif kind in ("animal", "person", "vehicle"):
                 label = "unknown" if kind == "animal" else kind
@@ -242,16 +232,21 @@ def blur_people(img: Image.Image, boxes: Sequence[Sequence[float]], whole: bool)
         part = img.crop(region)
         side = max(part.width, part.height)
         # pixelate to about 12 blocks across, then blur the blocks: no face or shape survives either step
-        small = part.resize((max(1, part.width * 12 // side), max(1, part.height * 12 // side)), Image.BILINEAR)
-        img.paste(small.resize(part.size, Image.NEAREST).filter(ImageFilter.GaussianBlur(max(2, side // 24))), region)
+        small = part.resize((max(1, part.width * 12 // side), max(1, part.height * 12 // side)),
+                            Image.Resampling.BILINEAR)
+        blocks = small.resize(part.size, Image.Resampling.NEAREST)
+        img.paste(blocks.filter(ImageFilter.GaussianBlur(max(2, side // 24))), region)
     return img
 
 
 def place(item: SortItem, target: Path, link: bool, blur: bool) -> bool:
     """Copy, hard-link or write the blurred copy of one photo; True when it was blurred."""
+    source = item.path
+    if source is None:  # a path the results file may not name (sort_photos reports it as an error)
+        raise ImageLoadError(item.name, "not read: its path was refused")
     target.parent.mkdir(parents=True, exist_ok=True)
     if blur and (item.person_boxes or item.person_without_box):
-        img = blur_people(load_image(item.path), item.person_boxes, item.person_without_box)
+        img = blur_people(load_image(source), item.person_boxes, item.person_without_box)
         img.save(target.with_suffix(".jpg") if target.suffix.lower() not in (".jpg", ".jpeg") else target,
                  quality=90)
         return True
@@ -259,16 +254,16 @@ def place(item: SortItem, target: Path, link: bool, blur: bool) -> bool:
         target.unlink()
     if link:
         try:
-            os.link(item.path, target)
+            os.link(source, target)
             return False
         except OSError:
             pass  # another file system, or links not allowed: a copy
-    shutil.copy2(item.path, target)
+    shutil.copy2(source, target)
     return False
 
 
 def sort_photos(results: Path, dest: Path, root: Path | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                species: set[str] | None = None, link: bool = False, blur: bool = False,
+                species: frozenset[str] | None = None, link: bool = False, blur: bool = False,
                 threshold: float = DEFAULT_BOX_THRESHOLD) -> SortSummary:
     """Sort the photos of ``results`` into ``dest`` (see the module); a photo that cannot be read
     or placed is an error in the summary, and the rest go on."""

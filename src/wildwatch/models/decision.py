@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,6 +56,21 @@ class Outputs(NamedTuple):
     logits: np.ndarray  # N x C species logits
     unknown: np.ndarray | None = None  # N open-set scores (higher: more likely none of the species)
     imagenet: np.ndarray | None = None  # N x 1000 logits of the backbone's ImageNet-1k classifier
+
+    def subset(self, index: np.ndarray) -> Outputs:
+        """The outputs of the photos ``index`` selects (a boolean mask or indices)."""
+        return Outputs(self.logits[index], None if self.unknown is None else self.unknown[index],
+                       None if self.imagenet is None else self.imagenet[index])
+
+
+def concat_outputs(parts: Sequence[Outputs]) -> Outputs:
+    """One Outputs from the Outputs of consecutive batches (an output the network lacks stays None)."""
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        present = [a for a in arrays if a is not None]
+        return np.concatenate(present) if present else None
+
+    return Outputs(np.concatenate([p.logits for p in parts]), cat([p.unknown for p in parts]),
+                   cat([p.imagenet for p in parts]))
 
 
 @dataclass(frozen=True)
@@ -190,7 +206,7 @@ class Decision:
     fitted_on: str = ""  # what the threshold and the calibration were fitted on, in words
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Decision":
+    def from_meta(cls, meta: dict) -> Decision:
         d = dict(meta.get("decision") or {})
         d["classes"] = tuple(meta["classes"])
         if d.get("calibration") is not None:

@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from wildwatch.errors import NeedsExtraError
 from wildwatch.models.registry import TrainingDefaults, register_model
@@ -71,6 +71,8 @@ class EfficientNetLite(nn.Module):
 
     ``absorbed`` lists the ImageNet classes that are one of the species (``decision.absorbed_mask``): the
     open-set output compares the species logits with the ImageNet logits of every other class."""
+
+    _other: torch.Tensor  # a buffer: the ImageNet classes that are none of the species
 
     def __init__(self, num_classes: int, stages=LITE0_STAGES, dropout: float = 0.2, absorbed: Sequence[int] = ()):
         super().__init__()

@@ -19,7 +19,7 @@ from wildwatch.errors import ModelFileError
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    import torch.nn as nn
+    from torch import nn
 
 MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
@@ -49,6 +49,12 @@ def resolve_model_path(path: str | Path) -> Path:
     if not p.exists():
         raise ModelFileError(f"{path}: no model here (expected a .safetensors file or a run folder holding {MODEL_FILENAME})")
     return p
+
+
+def metadata_copy_path(weights: Path) -> Path:
+    """Where ``save_model`` writes the readable copy of a model file's metadata (a bundle's manifest
+    names it; nothing reads it to load the model)."""
+    return Path(weights).with_suffix(".json")
 
 
 def save_model(
@@ -82,7 +88,7 @@ def save_model(
         state[EXTRA_PREFIX + k] = v.contiguous()
     meta = {"format": MODEL_FORMAT, **meta, "stored_keys": "partial" if only is not None else "all"}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"wildwatch": json.dumps(meta)}))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(metadata_copy_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return path
 
 
@@ -92,7 +98,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(p), framework="numpy") as f:
             raw = (f.metadata() or {}).get("wildwatch")
-    except Exception as exc:  # safetensors raises its own error types
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types, from Rust
         raise ModelFileError(f"{p}: not a readable safetensors file ({exc})") from None
     if raw is None:
         raise ModelFileError(f"{p}: no wildwatch metadata; is this a wildwatch model file?")
@@ -110,7 +116,7 @@ def _from_triu(v: np.ndarray) -> np.ndarray:
     """The symmetric matrix whose upper triangle (row by row, diagonal included) is ``v``."""
     import numpy as np
 
-    n = int(round((np.sqrt(8 * len(v) + 1) - 1) / 2))
+    n = int(np.rint((np.sqrt(8 * len(v) + 1) - 1) / 2))
     if n * (n + 1) // 2 != len(v):
         raise ModelFileError(f"{len(v)} values are not the upper triangle of a square matrix")
     m = np.zeros((n, n), dtype=v.dtype)
@@ -127,7 +133,7 @@ def load_extras(path: str | Path) -> dict[str, np.ndarray]:
     p = resolve_model_path(path)
     out = {}
     with safe_open(str(p), framework="numpy") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - a safetensors file handle is not a mapping: it has keys(), no iteration
             if not k.startswith(EXTRA_PREFIX):
                 continue
             name, v = k[len(EXTRA_PREFIX):], np.asarray(f.get_tensor(k), dtype=np.float32)
@@ -153,7 +159,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         kwargs["pretrained"] = True
     model = create_model(meta["architecture"], num_classes=len(meta["classes"]), **kwargs)
     with safe_open(str(p), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(EXTRA_PREFIX)}
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(EXTRA_PREFIX)}  # noqa: SIM118 - see load_extras
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))

@@ -12,7 +12,6 @@ import functools
 import json
 from importlib import resources
 
-
 IMAGENET_FILE = "resources/imagenet_classes.json"
 KINDS = ("animal", "person", "vehicle", "scene", "object")
 

@@ -11,16 +11,13 @@ refuses those it does not take.
 from __future__ import annotations
 
 import fnmatch
-import importlib
-import importlib.util
 import inspect
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
+from wildwatch.plugins import import_registering, marked_modules
 
 if TYPE_CHECKING:  # the registry itself needs no PyTorch: predicting with ONNX Runtime never imports it
     from torch import nn
@@ -103,22 +100,7 @@ def register_model(defaults: TrainingDefaults | None = None, preprocess: dict | 
 
 def model_modules() -> list[str]:
     """The modules of this package that register models (those that use ``@register_model``)."""
-    package = importlib.import_module(__name__.rsplit(".", 1)[0])
-    found = []
-    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-        if info.ispkg or info.name == __name__:
-            continue
-        spec = importlib.util.find_spec(info.name)
-        origin = spec.origin if spec is not None else None
-        if origin and origin.endswith(".py") and _MARKER in Path(origin).read_text(encoding="utf-8"):
-            found.append(info.name)
-    return sorted(found)
-
-
-def _plugin_modules() -> list[str]:
-    from importlib.metadata import entry_points
-
-    return sorted(ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return marked_modules(__name__.rsplit(".", 1)[0], _MARKER, skip=__name__)
 
 
 def _ensure_loaded() -> None:
@@ -126,8 +108,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    for module in [*model_modules(), *_plugin_modules()]:
-        importlib.import_module(module)
+    import_registering(__name__.rsplit(".", 1)[0], _MARKER, ENTRY_POINT_GROUP, skip=__name__)
     _loaded = True
 
 

@@ -7,7 +7,7 @@ The first dense layer is sized from the input: at 224 px the m1-m4 convolutions 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from wildwatch.models.pooling import make_pool
 from wildwatch.models.registry import TrainingDefaults, register_model

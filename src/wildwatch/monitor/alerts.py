@@ -21,11 +21,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dtime
 from email.message import EmailMessage
-from typing import Callable, Literal, Optional, Protocol, Sequence, Union
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,7 +53,7 @@ class AlertPolicy(BaseModel):
     species: list[str] = Field(default_factory=list)
     min_confidence: float = Field(0.0, ge=0, le=1)
     min_priority: int = Field(0, ge=0)
-    quiet_hours: Optional[str] = None
+    quiet_hours: str | None = None
     urgent_statuses: list[str] = Field(default_factory=lambda: ["CR"])
 
     @field_validator("quiet_hours")
@@ -120,35 +121,35 @@ class DeliveryError(Exception):
 class ConsoleSinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["console"] = "console"
-    name: Optional[str] = None
+    name: str | None = None
 
 
 class WebhookSinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["webhook"] = "webhook"
-    name: Optional[str] = None
+    name: str | None = None
     url: str
-    secret: Optional[str] = None
-    secret_env: Optional[str] = Field(None, description="environment variable holding the HMAC secret")
+    secret: str | None = None
+    secret_env: str | None = Field(None, description="environment variable holding the HMAC secret")
     timeout_s: float = 10.0
 
 
 class EmailSinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["email"] = "email"
-    name: Optional[str] = None
+    name: str | None = None
     host: str
     port: int = 587
     starttls: bool = True
     ssl: bool = False
-    username_env: Optional[str] = None
-    password_env: Optional[str] = None
+    username_env: str | None = None
+    password_env: str | None = None
     sender: str
     to: list[str]
     timeout_s: float = 20.0
 
 
-SinkConfig = Union[ConsoleSinkConfig, WebhookSinkConfig, EmailSinkConfig]
+SinkConfig = ConsoleSinkConfig | WebhookSinkConfig | EmailSinkConfig
 
 
 class Sink(Protocol):
@@ -205,7 +206,7 @@ class WebhookSink:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         req = urllib.request.Request(self.cfg.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:  # noqa: S310 - configured URL
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
                 r.read()
         except urllib.error.HTTPError as exc:
             retry = exc.code >= 500 or exc.code in (408, 425, 429)
@@ -241,6 +242,7 @@ class EmailSink:
     def send(self, alert: Alert, key: str, snapshot: bytes | None) -> None:
         msg = self.message(alert, key, snapshot)
         try:
+            smtp: smtplib.SMTP
             if self.cfg.ssl:
                 smtp = smtplib.SMTP_SSL(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout_s,
                                         context=ssl.create_default_context())
@@ -267,13 +269,21 @@ def header_text(value: str, limit: int = 300) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
+def _sink(c: SinkConfig, echo: Callable[[str], None] | None) -> Sink:
+    if isinstance(c, ConsoleSinkConfig):
+        return ConsoleSink(c, echo)
+    if isinstance(c, WebhookSinkConfig):
+        return WebhookSink(c)
+    return EmailSink(c)
+
+
 def make_sinks(configs: Sequence[SinkConfig], echo: Callable[[str], None] | None = None) -> dict[str, Sink]:
     sinks: dict[str, Sink] = {}
     for i, c in enumerate(configs):
         name = c.name or f"{c.type}{i}"
         if name in sinks:
             raise UsageError(f"two sinks are named {name!r}; give them different names")
-        sinks[name] = {"console": lambda c: ConsoleSink(c, echo), "webhook": WebhookSink, "email": EmailSink}[c.type](c)
+        sinks[name] = _sink(c, echo)
     return sinks
 
 
@@ -378,7 +388,7 @@ class Outbox:
         while not stop.is_set():
             try:
                 self.deliver_due(sink=name)
-            except Exception:  # noqa: BLE001 - the loop must survive anything a sink does
+            except Exception:
                 log.exception("alert delivery to %s: loop error", name)
             due = self.next_due_in(name)
             wake.wait(poll_s if due is None else min(poll_s, max(due, 0.01)))

@@ -125,13 +125,12 @@ def post_evidence(text: str, predictions: Sequence[Answer], budget: Budget | Non
     reason = f"{kind} {score:.2f}: text {text_score:.2f} in {LANGUAGE_NAMES.get(lang, lang)}"
     if words:
         reason += " (" + "; ".join(words) + ")"
-    if photo is not None:
-        info = species_info(photo.species)
+    info = species_info(photo.species) if photo is not None else None
+    if photo is not None and info is not None:
         reason += (f"; photo: {info.common_name} {photo.confidence:.2f}, an animal, CITES Appendix "
                    f"{info.cites_appendix}" + (", the species of the product named" if commodity_match else ""))
     elif photo_kind:
         reason += f"; photo: {photo_kind}"
-    info = species_info(photo.species) if photo is not None else None
     return Evidence(score, reason, terms, price.text if price else "", photo.species if photo else "",
                     round(float(photo.confidence), 4) if photo else 0.0, info.iucn_status if info else "",
                     info.cites_appendix if info else "", lang, text_score, photo_kind, model.threshold)

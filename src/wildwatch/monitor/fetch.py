@@ -125,7 +125,7 @@ class Fetcher:
             return self.read_file(url)
         return self.fetch_full(url).body
 
-    def fetch_full(self, url: str, headers: dict | None = None) -> "Fetched":
+    def fetch_full(self, url: str, headers: dict | None = None) -> Fetched:
         """Status, headers and body of an http(s) URL; a 304 (not modified) comes back as such."""
         if not url.lower().startswith(("http://", "https://")):
             raise UsageError(f"{url}: only http and https URLs are fetched")
@@ -157,7 +157,8 @@ class Fetcher:
         declared = r.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise FetchRefused(f"{url}: {int(declared):,} bytes, larger than {self.max_bytes:,}")
-        chunks, n = [], 0
+        chunks: list[bytes] = []
+        n = 0
         while True:
             if time.monotonic() - start > self.deadline_s:
                 raise FetchRefused(f"{url}: not received within {self.deadline_s:g} s")
@@ -293,8 +294,8 @@ class PoliteFetcher:
                 self._robots[host] = rp
             except (OSError, DataError, http.client.HTTPException):
                 self._robots[host] = None  # no robots.txt (404) or none readable: nothing is disallowed
-        rp = self._robots[host]
-        return rp is None or rp.can_fetch(USER_AGENT, url)
+        rules = self._robots[host]
+        return rules is None or rules.can_fetch(USER_AGENT, url)
 
     def fetch(self, url: str, allow_local: bool = False) -> bytes:
         if "://" not in url:

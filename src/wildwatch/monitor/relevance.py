@@ -130,8 +130,8 @@ class RelevanceModel:
             weights = z["weights"].astype(np.float32)
             if weights.shape != (DIM + len(DENSE),):
                 raise ValueError(f"{path}: relevance weights of shape {weights.shape}, expected {DIM + len(DENSE)}")
-            return cls(weights, float(z["bias"]), tuple(float(x) for x in z["platt"]), float(z["threshold"]),
-                       json.loads(bytes(z["meta"]).decode()))
+            a, b = (float(x) for x in z["platt"])  # Platt scaling: slope and intercept
+            return cls(weights, float(z["bias"]), (a, b), float(z["threshold"]), json.loads(bytes(z["meta"]).decode()))
 
 
 @lru_cache(maxsize=1)
@@ -173,7 +173,7 @@ def fit_logistic(feats: list[PostFeatures], y: np.ndarray, l2: float = 1e-3, epo
     for t in range(1, epochs + 1):
         p = 1 / (1 + np.exp(-_raw(w, b, X)))
         err = sw * (p - y) / n
-        g = np.bincount(ids, weights=vals * np.repeat(err, lens), minlength=DIM + dense.shape[1])
+        g: np.ndarray = np.bincount(ids, weights=vals * np.repeat(err, lens), minlength=DIM + dense.shape[1])
         g[DIM:] += dense.T @ err
         g += l2 * w
         gb = float(err.sum())

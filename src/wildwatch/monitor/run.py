@@ -8,6 +8,7 @@ sources, frames/s, sightings and pending alerts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from PIL import Image
@@ -58,7 +60,7 @@ class MonitorConfig(SourceSettings):
                          "is classified on its own (camera-trap photos, small animals in large frames)")
     country: str | None = None
     alerts: AlertPolicy = Field(default_factory=AlertPolicy)
-    sinks: list[SinkConfig] = Field(default_factory=lambda: [ConsoleSinkConfig()])
+    sinks: list[SinkConfig] = Field(default_factory=lambda: list[SinkConfig]([ConsoleSinkConfig()]))
     retry_backoff_s: float = Field(1.0, gt=0)
     max_backoff_s: float = Field(300.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="at the end, wait this long for pending alerts")
@@ -75,7 +77,7 @@ class MonitorConfig(SourceSettings):
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> MonitorConfig:
-        values = {}
+        values: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
             if not p.is_file():
@@ -117,8 +119,8 @@ class _PostPart:
 def frame_classifier(predictor, cfg: MonitorConfig):
     """What the monitor calls on a list of frames: the predictor, with the country of the cameras and,
     with ``tiles`` >= 2, a second look at tiles of frames without a confident answer."""
-    if cfg.country:
-        predictor.country = cfg.country.upper()
+    if cfg.country and predictor.country != cfg.country.upper():
+        predictor = dataclasses.replace(predictor, country=cfg.country.upper())  # the same model and runner
     if cfg.detect:
         from wildwatch.inference.camtrap import DetectPipeline
 
@@ -187,8 +189,8 @@ class Monitor:
             return self._open(t, frame)
         if t.sighting_id is None:
             return False
-        values = {"wall_end": iso(t.last_seen.wall_time), "stream_end_s": t.last_seen.stream_time_s,
-                  "peak_confidence": round(t.peak, 5), "frame_index": t.best.frame_index}
+        values: dict[str, object] = {"wall_end": iso(t.last_seen.wall_time), "stream_end_s": t.last_seen.stream_time_s,
+                                     "peak_confidence": round(t.peak, 5), "frame_index": t.best.frame_index}
         if change.kind == "close":
             values["open"] = 0
             if t.best.image is not None and t.snapshot_of != id(t.best):
@@ -216,9 +218,11 @@ class Monitor:
         b = self.bursts.get((f.camera, s.species)) if f.camera and s.species else None
         if b is None or abs(s.wall_time - b.last) > self.cfg.burst_gap_s:
             return False
-        values = {"wall_end": iso(max(s.wall_time, b.last))}
+        values: dict[str, object] = {"wall_end": iso(max(s.wall_time, b.last))}
         if s.confidence > b.peak:
-            values |= {"peak_confidence": round(s.confidence, 5), "snapshot": jpeg_bytes(s.image)}
+            values["peak_confidence"] = round(s.confidence, 5)
+            if s.image is not None:  # a folder photo always has its image
+                values["snapshot"] = jpeg_bytes(s.image)
             b.peak = s.confidence
         b.last = max(s.wall_time, b.last)
         self.store.update_sighting(b.sighting_id, **values)
@@ -242,6 +246,7 @@ class Monitor:
         if update is None or update.alert is None:
             return False
         case = self.cases.get(update.case_id)
+        assert case is not None  # add_post has just written it, in this transaction
         pol = self.cfg.alerts
         info = species_info(case["species"]) if case["species"] else None
         # trade risk is about CITES listing (a jaguar, Near Threatened, is on Appendix I), not the Red List

@@ -244,7 +244,7 @@ def guess_language(text: str, hits: list[Hit] | None = None) -> str:
             counts["ar"] += 1
         elif c in _VIETNAMESE:
             counts["vi"] += 1
-    script = max(counts, key=counts.get)
+    script = max(counts, key=lambda k: counts[k])
     if counts[script] >= 2:
         return script
     words = [w for w, _, _ in tokens(low)]
@@ -252,5 +252,5 @@ def guess_language(text: str, hits: list[Hit] | None = None) -> str:
     for h in hits or ():  # a term of one language only ("dijual", "inauzwa") says more than a stopword
         if h.term.lang in scores and h.term.category != "animal":
             scores[h.term.lang] += 2
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda k: scores[k])
     return best if scores[best] else "en"

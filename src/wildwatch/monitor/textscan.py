@@ -119,7 +119,8 @@ def _attr(tag: str, name: str) -> str:
 def img_sources(html_text: str, limit: int = MAX_SCAN * 4, most: int = 50) -> list[str]:
     """The ``src`` of each ``<img>`` tag, in order (at most ``most``)."""
     s = (html_text or "")[:limit]
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while len(out) < most:
         lt = s.find("<", i)
         if lt < 0:

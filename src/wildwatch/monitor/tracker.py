@@ -117,17 +117,17 @@ class Tracker:
         win.append(s.species)
         if s.species:
             key = (s.source, s.species)
-            t = self.open.get(key)
-            if t is None and sum(1 for x in win if x == s.species) >= self.k:
-                t = Track(s.source, s.species, s, s, s, hits=1)
-                self.open[key] = t
-                changes.append(Change("open", t))
-            elif t is not None:
-                t.last_seen = s
-                t.hits += 1
-                if s.confidence > t.best.confidence:
-                    t.best = s
-                changes.append(Change("update", t))
+            known = self.open.get(key)
+            if known is None and sum(1 for x in win if x == s.species) >= self.k:
+                opened = Track(s.source, s.species, s, s, s, hits=1)
+                self.open[key] = opened
+                changes.append(Change("open", opened))
+            elif known is not None:
+                known.last_seen = s
+                known.hits += 1
+                if s.confidence > known.best.confidence:
+                    known.best = s
+                changes.append(Change("update", known))
         for key, t in list(self.open.items()):
             if key[0] == s.source and key[1] != s.species and s.clock - t.last_seen.clock >= self.cooldown_s:
                 del self.open[key]

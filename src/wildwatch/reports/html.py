@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from wildwatch.data.loading import ImageLoadError, load_image
 

@@ -35,7 +35,8 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     correct = (probs.argmax(1) == y).astype(float)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece, table = 0.0, {"bin_lower": [], "bin_upper": [], "count": [], "confidence": [], "accuracy": []}
+    ece = 0.0
+    table: dict[str, list] = {"bin_lower": [], "bin_upper": [], "count": [], "confidence": [], "accuracy": []}
     for b in range(bins):
         m = which == b
         table["bin_lower"].append(float(edges[b]))
@@ -89,7 +90,7 @@ class Results:
         ece, _ = expected_calibration_error(self.probs, self.targets) if len(self.targets) else (float("nan"), None)
         pc = self.per_class()
         return {
-            "n": int(len(self.targets)),
+            "n": len(self.targets),
             "accuracy": round(self.accuracy, 5),
             "top3_accuracy": round(topk_accuracy(self.probs, self.targets, 3), 5),
             "top5_accuracy": round(topk_accuracy(self.probs, self.targets, 5), 5),

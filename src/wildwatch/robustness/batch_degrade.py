@@ -41,7 +41,7 @@ def _warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.
     """Sample x at (identity + flow); flow (N, H, W, 2) in normalised [-1, 1] units."""
     n, _, h, w = x.shape
     theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).unsqueeze(0).expand(n, 2, 3)
-    base = F.affine_grid(theta, (n, 3, h, w), align_corners=False)
+    base = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
     return F.grid_sample(x, base + flow.to(x.dtype), mode=mode, padding_mode="reflection", align_corners=False)
 
 

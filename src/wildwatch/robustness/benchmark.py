@@ -15,9 +15,9 @@ import html
 import json
 import multiprocessing as mp
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -103,11 +103,41 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     overlapping tiles (``Predictor.refine_with_tiles``). ``species_model``: see ``Predictor.from_file``."""
     from wildwatch.data.splits import split_for_model
     from wildwatch.inference.backends import file_digest
-    from wildwatch.inference.predictor import Predictor, bundled_model_path
-    from wildwatch.models.files import resolve_model_path
+    from wildwatch.inference.predictor import Predictor
+    from wildwatch.models.bundle import load_bundle
 
     data, out = Path(data), Path(out)
-    model_path = resolve_model_path(bundled_model_path() if model in (None, "bundled") else Path(model))
+    bundle = load_bundle(None if model in (None, "bundled") else Path(model))
+    model_path = bundle.model_file
+    names = _condition_names(conditions, pastes)
+    predictor = Predictor.from_file(bundle, backend=backend, species_model=species_model)
+    split, same_data = split_for_model(model_path, predictor.meta, data)
+    samples = stratified_subset(split.part(split_name), limit_per_class, seed)
+    if not samples:
+        raise DataError(f"split {split_name!r} of {data} is empty")
+    settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
+                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
+                "species_model": predictor.runner.species_digest}
+    _start_run(out, settings, {"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples),
+                               "seed": seed, "limit_per_class": limit_per_class, "pastes": settings["pastes"],
+                               "tiles": tiles})
+    cells = _Cells(predictor, np.array([predictor.classes.index(s.label) for s in samples]), tiles, out)
+    todo = [c for c in [("clean", 0), *C.cells(names)] if c not in cells.done]
+    items = [(i, str(data / s.relpath)) for i, s in enumerate(samples)]
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    bar = tqdm(total=len(todo) * len(chunks) and len(todo) * len(samples), desc="robustness", unit="img",
+               disable=not progress)
+    _run_cells(cells, todo, chunks, workers, seed, pastes, bar)
+    bar.close()
+    summary = summarise(cells.done, names)
+    summary.update({"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples), "tiles": tiles,
+                    "limit_per_class": limit_per_class, "seed": seed, "data_fingerprint_matches": same_data})
+    write_reports(out, cells.done, names, summary)
+    return summary
+
+
+def _condition_names(conditions: Sequence[str] | None, pastes: str | Path | None) -> list[str]:
+    """The conditions to run (all of them by default; the context ones need ``pastes``), checked."""
     if pastes is not None and not Path(pastes).is_dir():
         raise FileNotFoundError(f"{pastes}: paste folder not found")
     names = list(conditions) if conditions else [*C.IMAGENET_C, *C.CCTV, *(C.CONTEXT if pastes else ())]
@@ -116,18 +146,11 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
             raise UnknownNameError(f"unknown condition {n!r}; choose from {', '.join(C.CONDITIONS)}")
         if C.CONDITIONS[n].family == "context" and pastes is None:
             raise UsageError(f"{n} needs --pastes (a folder with person/, landscape/ and other sub-folders)")
-    predictor = Predictor.from_file(model_path, backend=backend, species_model=species_model)
-    split, same_data = split_for_model(model_path, predictor.meta, data)
-    samples = stratified_subset(split.part(split_name), limit_per_class, seed)
-    if not samples:
-        raise DataError(f"split {split_name!r} of {data} is empty")
-    classes = predictor.classes
-    targets = np.array([classes.index(s.label) for s in samples])
-    pre = predictor.preprocess
+    return names
 
-    settings = {"model": file_digest(model_path), "data_files": [s.relpath for s in samples], "split": split_name,
-                "seed": seed, "pastes": str(Path(pastes).resolve()) if pastes else None, "tiles": tiles,
-                "species_model": predictor.runner.species_digest}
+
+def _start_run(out: Path, settings: dict, record: dict) -> None:
+    """The run folder: a run with other settings there is refused; run.json says what this one is."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "examples").mkdir(exist_ok=True)
     run_file = out / "run.json"
@@ -135,66 +158,72 @@ def run_robustness(model: str | Path | None, data: str | Path, out: str | Path, 
     if run_file.exists() and json.loads(run_file.read_text()).get("digest") != digest:
         raise FileExistsError(f"{out}: holds a robustness run with other settings (model, data, split, seed or "
                               "pastes); choose another --out")
-    run_file.write_text(json.dumps({"digest": digest, "model": str(model_path), "data": str(data),
-                                    "split": split_name, "n": len(samples), "seed": seed,
-                                    "limit_per_class": limit_per_class, "pastes": settings["pastes"],
-                                    "tiles": tiles}, indent=2))
-    log = out / "cells.jsonl"
-    done = _read_done(log)
-    todo = [c for c in [("clean", 0), *C.cells(names)] if c not in done]
+    run_file.write_text(json.dumps({"digest": digest, **record}, indent=2))
 
-    items = [(i, str(data / s.relpath)) for i, s in enumerate(samples)]
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    tasks = [(cell, k) for cell in todo for k in range(len(chunks))]
+
+class _Cells:
+    """Scores the degraded batches of each cell as they come, in order; a finished cell goes to
+    cells.jsonl at once (an interrupted run resumes after the cells it finished)."""
+
+    def __init__(self, predictor, targets: np.ndarray, tiles: int, out: Path):
+        self.predictor, self.targets, self.tiles, self.out = predictor, targets, tiles, out
+        self.log = out / "cells.jsonl"
+        self.done = _read_done(self.log)
+        self.preds: list[np.ndarray] = []
+        self.unknown: list[np.ndarray] = []
+
+    def add(self, cond: str, sev: int, k: int, batch: np.ndarray, last: bool) -> dict | None:
+        """Score chunk ``k`` of a cell; the cell's record when it was its ``last`` chunk."""
+        predictor, classes = self.predictor, self.predictor.classes
+        if k == 0:
+            Image.fromarray(batch[0]).save(self.out / "examples" / f"{cond}_{sev}.jpg", quality=90)
+        outputs = predictor.outputs(batch)
+        found = predictor.from_outputs([""] * len(batch), outputs)  # the decision every command uses
+        if self.tiles >= 2:
+            found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch], found, self.tiles)
+            self.preds.append(np.array([classes.index(f.top_k[0]["species"]) if f.top_k else -1 for f in found]))
+        else:
+            self.preds.append(outputs.logits.argmax(1))
+        self.unknown.append(np.array([f.unknown for f in found]))
+        if not last:
+            return None
+        p, u, targets = np.concatenate(self.preds), np.concatenate(self.unknown), self.targets
+        rec = {"condition": cond, "severity": sev, "n": len(p),
+               "correct": int((p == targets).sum()), "accuracy": round(float((p == targets).mean()), 5),
+               "called_unknown": round(float(u.mean()), 5), "predictions": p.tolist()}
+        with open(self.log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.done[(cond, sev)] = rec
+        self.preds, self.unknown = [], []
+        return rec
+
+
+def _run_cells(cells: _Cells, todo: list[tuple[str, int]], chunks: list, workers: int, seed: int,
+               pastes: str | Path | None, bar) -> None:
+    """Each cell's chunks degraded in worker processes (a few ahead), scored here in order."""
+    tasks = iter([(cell, k) for cell in todo for k in range(len(chunks))])
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=len(tasks) and len(todo) * len(samples), desc="robustness", unit="img", disable=not progress)
     with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_init_worker,
-                             initargs=(pre.to_json(), str(pastes) if pastes else None)) as pool:
+                             initargs=(cells.predictor.preprocess.to_json(), str(pastes) if pastes else None)) as pool:
         queue: deque = deque()
-        it = iter(tasks)
 
         def refill():
             while len(queue) < 2 * max(1, workers) + 1:
-                nxt = next(it, None)
+                nxt = next(tasks, None)
                 if nxt is None:
                     return
                 (cond, sev), k = nxt
                 queue.append((cond, sev, k, pool.submit(_make_chunk, cond, sev, seed, chunks[k])))
 
         refill()
-        preds: list[np.ndarray] = []
-        unknown: list[np.ndarray] = []
         while queue:
             cond, sev, k, fut = queue.popleft()
             batch = fut.result()
             refill()
-            if k == 0:
-                Image.fromarray(batch[0]).save(out / "examples" / f"{cond}_{sev}.jpg", quality=90)
-            outputs = predictor.outputs(batch)
-            found = predictor.from_outputs([""] * len(batch), outputs)  # the decision every command uses
-            if tiles >= 2:
-                found = predictor.refine_with_tiles([Image.fromarray(a) for a in batch], found, tiles)
-                preds.append(np.array([classes.index(f.top_k[0]["species"]) if f.top_k else -1 for f in found]))
-            else:
-                preds.append(outputs.logits.argmax(1))
-            unknown.append(np.array([f.unknown for f in found]))
+            rec = cells.add(cond, sev, k, batch, k == len(chunks) - 1)
             bar.update(len(batch))
-            if k == len(chunks) - 1:
-                p, u = np.concatenate(preds), np.concatenate(unknown)
-                rec = {"condition": cond, "severity": sev, "n": int(len(p)),
-                       "correct": int((p == targets).sum()), "accuracy": round(float((p == targets).mean()), 5),
-                       "called_unknown": round(float(u.mean()), 5), "predictions": p.tolist()}
-                with open(log, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                done[(cond, sev)] = rec
-                preds, unknown = [], []
+            if rec is not None:
                 bar.set_postfix(cell=f"{cond}/{sev}", acc=f"{rec['accuracy']:.3f}")
-    bar.close()
-    summary = summarise(done, names)
-    summary.update({"model": str(model_path), "data": str(data), "split": split_name, "n": len(samples), "tiles": tiles,
-                    "limit_per_class": limit_per_class, "seed": seed, "data_fingerprint_matches": same_data})
-    write_reports(out, done, names, summary)
-    return summary
 
 
 def _mean(values: list[float]) -> float | None:

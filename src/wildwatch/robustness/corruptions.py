@@ -119,7 +119,7 @@ class Pastes:
         w, h = img.size
         tw, th = size
         s = max(tw / w, th / h)
-        img = img.resize((max(tw, round(w * s)), max(th, round(h * s))), Image.BICUBIC)
+        img = img.resize((max(tw, round(w * s)), max(th, round(h * s))), Image.Resampling.BICUBIC)
         w, h = img.size
         left, top = (w - tw) // 2, (h - th) // 2
         return np.asarray(img.crop((left, top, left + tw, top + th)))
@@ -196,7 +196,7 @@ def small_in_frame(x: np.ndarray, severity: int, rng: np.random.Generator, paste
     scene = pastes.load(pastes.scenery[int(rng.integers(len(pastes.scenery)))], (w, h)).copy()
     s = math.sqrt(SMALL_AREA[severity - 1])
     sw, sh = max(1, round(w * s)), max(1, round(h * s))
-    small = np.asarray(Image.fromarray(x).resize((sw, sh), Image.BOX))
+    small = np.asarray(Image.fromarray(x).resize((sw, sh), Image.Resampling.BOX))
     top, left = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
     scene[top:top + sh, left:left + sw] = small
     return scene

@@ -272,8 +272,12 @@ def occlude(x: torch.Tensor, box: tuple[int, int, int, int], kind: int, colour: 
     top, left, ph, pw = box
     out = x.clone()
     if kind == 0:
+        if colour is None:
+            raise ValueError("a flat occluder (kind 0) needs its colour")
         out[:, top:top + ph, left:left + pw] = colour.view(3, 1, 1)
     elif kind == 1:
+        if noise is None:
+            raise ValueError("a noise occluder (kind 1) needs its noise patch")
         out[:, top:top + ph, left:left + pw] = noise
     else:
         out[:, top:top + ph, left:left + pw] = x.flip((1, 2))[:, top:top + ph, left:left + pw]

@@ -25,22 +25,27 @@ class MemoryBudget:
     def __init__(self, total: int):
         self.total, self.used = total, 0
         self.changed: asyncio.Condition | None = None
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def acquire(self, cost: int) -> int:
         cost = min(cost, self.total)
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a condition belongs to one event loop (a test client may use several)
-            self.changed, self._loop = asyncio.Condition(), loop
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.used + cost <= self.total)
+        changed = self.changed
+        if changed is None or self._loop is not loop:  # a condition belongs to one event loop (a test client may use several)
+            changed, self._loop = asyncio.Condition(), loop
+            self.changed = changed
+        async with changed:
+            await changed.wait_for(lambda: self.used + cost <= self.total)
             self.used += cost
         return cost
 
     async def release(self, cost: int) -> None:
-        async with self.changed:
+        changed = self.changed
+        if changed is None:
+            raise RuntimeError("release() without acquire()")
+        async with changed:
             self.used -= cost
-            self.changed.notify_all()
+            changed.notify_all()
 
 
 class MicroBatcher:
@@ -53,30 +58,33 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
-        self.started_on = None
+        self.started_on: asyncio.AbstractEventLoop | None = None
         self.calls = 0
         self.images = 0
 
-    async def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.task = asyncio.create_task(self._loop())
+    async def start(self) -> asyncio.Queue[_Job]:
+        queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.queue = queue
+        self.task = asyncio.create_task(self._loop(queue))
         self.started_on = asyncio.get_running_loop()
+        return queue
 
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
 
     async def classify(self, images: list[Image.Image], names: list[str], places: list | None = None):
-        if self.queue is None or self.started_on is not asyncio.get_running_loop():
-            await self.start()  # first use, or another event loop (a test client without its lifespan)
+        queue = self.queue
+        if queue is None or self.started_on is not asyncio.get_running_loop():
+            queue = await self.start()  # first use, or another event loop (a test client without its lifespan)
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(images, names, places or [None] * len(images), fut))
+        await queue.put(_Job(images, names, places or [None] * len(images), fut))
         return await fut
 
-    async def _loop(self) -> None:
+    async def _loop(self, queue: asyncio.Queue[_Job]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self.queue.get()]
+            jobs = [await queue.get()]
             n = len(jobs[0].images)
             deadline = loop.time() + self.max_wait
             while n < self.max_batch:
@@ -84,7 +92,7 @@ class MicroBatcher:
                 if timeout <= 0:
                     break
                 try:
-                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                    job = await asyncio.wait_for(queue.get(), timeout)
                 except asyncio.TimeoutError:
                     break
                 jobs.append(job)
@@ -94,7 +102,7 @@ class MicroBatcher:
             places = [pl for j in jobs for pl in j.places]
             try:
                 preds = await loop.run_in_executor(None, self.predictor.predict_images, images, names, places)
-            except Exception as exc:  # the model failed: every waiting request gets the error
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised, every waiting request gets it
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)

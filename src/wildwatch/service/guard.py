@@ -11,6 +11,7 @@ headers in time (slow clients holding sockets).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -135,10 +136,9 @@ class Guard:
 
     async def _cut(self, send, state: dict, status: int, detail: str) -> None:
         state["answered"] = True
-        try:
+        # the app may have started its answer: then this one fails, and the connection closes anyway
+        with contextlib.suppress(Exception):
             await _answer(send, status, detail)
-        except Exception:  # noqa: BLE001 - the app may have started its answer; the connection closes anyway
-            pass
 
     @staticmethod
     def _with_headers(send, path: str):

@@ -3,7 +3,7 @@ so a client generated from it (openapi-python-client, for one) types what it get
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,36 +25,36 @@ class PredictionOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     source: str
-    species: Optional[str] = None
-    confidence: Optional[float] = None
+    species: str | None = None
+    confidence: float | None = None
     top_k: list[TopK] = Field(default_factory=list)
-    common_name: Optional[str] = None
-    iucn_status: Optional[str] = None
-    threatened: Optional[bool] = None
-    unknown: Optional[bool] = None
-    unknown_score: Optional[float] = None
-    error: Optional[str] = None
-    country: Optional[str] = None
-    out_of_range: Optional[bool] = None
+    common_name: str | None = None
+    iucn_status: str | None = None
+    threatened: bool | None = None
+    unknown: bool | None = None
+    unknown_score: float | None = None
+    error: str | None = None
+    country: str | None = None
+    out_of_range: bool | None = None
     top_k_original: list[TopK] = Field(default_factory=list)
-    population: Optional[str] = None
-    latitude: Optional[float] = None
-    longitude: Optional[float] = None
-    taken_at: Optional[str] = None
-    looks_like: Optional[str] = None
-    looks_like_kind: Optional[str] = None
-    looks_like_text: Optional[str] = Field(None, description="for a photo of none of the species, in words")
-    note: Optional[str] = None
-    uncertain: Optional[bool] = Field(None, description="not sure enough to name one species: candidates names two")
+    population: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    taken_at: str | None = None
+    looks_like: str | None = None
+    looks_like_kind: str | None = None
+    looks_like_text: str | None = Field(None, description="for a photo of none of the species, in words")
+    note: str | None = None
+    uncertain: bool | None = Field(None, description="not sure enough to name one species: candidates names two")
     candidates: list[str] = Field(default_factory=list, description="uncertain: the two species it is between")
-    uncertain_text: Optional[str] = Field(None, description="for an uncertain answer, in words")
-    status_colour: Optional[str] = None
-    heatmap_png_base64: Optional[str] = Field(None, description="with explain=true: the Grad-CAM overlay")
+    uncertain_text: str | None = Field(None, description="for an uncertain answer, in words")
+    status_colour: str | None = None
+    heatmap_png_base64: str | None = Field(None, description="with explain=true: the Grad-CAM overlay")
 
 
 class ClassifyResponse(BaseModel):
     predictions: list[PredictionOut]
-    notice: Optional[str] = Field(None, description="what was left out, e.g. heatmaps on a server without PyTorch")
+    notice: str | None = Field(None, description="what was left out, e.g. heatmaps on a server without PyTorch")
 
 
 class SpeciesOut(BaseModel):
@@ -75,7 +75,7 @@ class SpeciesResponse(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
-    model: Optional[str] = None
+    model: str | None = None
     backend: str
     classes: int
     api_key_required: bool
@@ -86,7 +86,7 @@ class Health(BaseModel):
 class EventOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    id: Optional[int] = None
+    id: int | None = None
     source: str
     species: str
     peak_confidence: float
@@ -122,7 +122,7 @@ class CaseOut(BaseModel):
     iucn_status: str
     terms: list[str]
     status: str
-    status_at: Optional[float] = None
+    status_at: float | None = None
     first_seen: float
     last_seen: float
     alerts: int
@@ -130,7 +130,7 @@ class CaseOut(BaseModel):
     sites: list[str]
     posts: list[CasePost]
     thumbnail_url: str
-    rank: Optional[int] = Field(None, description="place in the review queue (1 = review first)")
+    rank: int | None = Field(None, description="place in the review queue (1 = review first)")
 
 
 class CasesResponse(BaseModel):

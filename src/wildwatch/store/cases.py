@@ -26,7 +26,7 @@ import numpy as np
 
 from wildwatch.data.splits import hamming
 from wildwatch.errors import UsageError
-from wildwatch.store.events import EventStore
+from wildwatch.store.events import EventStore, row_id
 from wildwatch.text import normalise, spreadsheet_text
 
 SAME_PHOTO_BITS = 10  # of 64: re-encoding and resizing move a dHash by a few bits, another photo by ~32
@@ -130,18 +130,32 @@ class Post:
 
 
 class _Term(Protocol):
-    text: str
+    @property
+    def text(self) -> str: ...
 
 
 class CaseEvidence(Protocol):
-    """What the case book reads of a post's evidence (``monitor.evidence.Evidence`` is one)."""
+    """What the case book reads of a post's evidence (``monitor.evidence.Evidence`` is one); it
+    reads, never writes, so each member is a read-only property."""
 
-    score: float
-    reason: str
-    species: str
-    iucn_status: str
-    terms: Sequence[_Term]
-    threshold: float  # a case reaches review at this score
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def species(self) -> str: ...
+
+    @property
+    def iucn_status(self) -> str: ...
+
+    @property
+    def terms(self) -> Sequence[_Term]: ...
+
+    @property
+    def threshold(self) -> float:
+        """A case reaches review at this score."""
 
     @property
     def flagged(self) -> bool: ...
@@ -182,18 +196,18 @@ class CaseBook:
         matches = self._matching_cases(hashes, post.link, sig)
         case_id = matches[0] if matches else None
         if len(matches) > 1:  # the post ties cases together (a photo of one, the text of another): one case now
-            self._merge(case_id, matches[1:])
+            self._merge(matches[0], matches[1:])
         if case_id is None and not ev.flagged:
             return None  # nothing to review, and nothing to join
         now = time.time()
         site = post.site or site_of(post.link, post.source)
         is_new = case_id is None
-        if is_new:
-            case_id = int(db.execute(
+        if case_id is None:
+            case_id = row_id(db.execute(
                 "INSERT INTO cases (score, reason, species, iucn_status, terms, first_seen, last_seen, thumbnail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (ev.score, ev.reason, ev.species, ev.iucn_status, json.dumps([t.text for t in ev.terms]), now, now,
-                 thumbnail)).lastrowid)
+                 thumbnail)))
         else:
             row = db.execute("SELECT score FROM cases WHERE id = ?", (case_id,)).fetchone()
             if ev.score > row[0]:
@@ -296,7 +310,8 @@ class CaseBook:
     def list(self, status: str | None = None, limit: int = 200, case_id: int | None = None) -> list[dict]:
         """The review queue: cases by score (highest first), then by accounts, sites and posts (more
         first), then oldest first; each with its posts and its place (``rank``, from 1)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -310,7 +325,7 @@ class CaseBook:
                "LIMIT ?")
         with self.store.lock:
             rows = self.store.db.execute(sql, (*args, limit)).fetchall()
-            out = []
+            out: list[dict] = []
             for r in rows:
                 posts = self.store.db.execute(
                     "SELECT key, source, site, account, link, text, score, reason, seen_at FROM case_posts "

@@ -74,6 +74,7 @@ _LATER_COLUMNS = {"open": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT
                   "frame_wall_time": "REAL"}
 
 
+
 @dataclass
 class Sighting:
     """One species seen at one source over a span of time."""
@@ -112,6 +113,13 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot be a sighting
 
 class EventStoreError(WildwatchError):
     """The events database cannot be used as it is; the message says how to recover."""
+
+
+def row_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just wrote."""
+    if cursor.lastrowid is None:
+        raise EventStoreError("the database gave no id for the row just written")
+    return cursor.lastrowid
 
 
 class _Damaged(sqlite3.DatabaseError):
@@ -170,7 +178,7 @@ class WriterLock:
         import fcntl
 
         self.path = Path(f"{db_path}.lock")
-        self.file = open(self.path, "a+")
+        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime; closed by release
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -248,7 +256,7 @@ class EventStore:
         self.instance = self.db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
 
     @classmethod
-    def open_existing(cls, path: str | Path) -> "EventStore":
+    def open_existing(cls, path: str | Path) -> EventStore:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no events database here (wildwatch monitor writes one with --db)")
         return cls(path)
@@ -264,14 +272,13 @@ class EventStore:
         cur = self.db.execute(
             f"INSERT INTO sightings ({', '.join(cols)}, snapshot, open) VALUES ({', '.join('?' * len(cols))}, ?, ?)",
             [*values, snapshot_jpeg, int(open_)])
-        return int(cur.lastrowid)
+        return row_id(cur)
 
     @contextmanager
     def transaction(self):
         """One atomic write: everything inside commits together or not at all."""
-        with self.lock:
-            with self.db:
-                yield self.db
+        with self.lock, self.db:
+            yield self.db
 
     def update_sighting(self, sighting_id: int, **values) -> None:
         """Inside a transaction: set columns of a sighting (``snapshot`` and ``open`` included)."""
@@ -329,7 +336,7 @@ class EventStore:
         first ``limit`` sightings, or with ``newest`` the last ``limit`` (still oldest first). Snapshots
         are never read: a listing costs the rows' text, whatever the database holds."""
         cols = list(Sighting.__dataclass_fields__)
-        query, args = f"SELECT {', '.join(cols)} FROM sightings WHERE 1=1", []
+        query, args = f"SELECT {', '.join(cols)} FROM sightings WHERE 1=1", list[object]()
         if since:
             query += " AND wall_start >= ?"
             args.append(since)

@@ -18,22 +18,20 @@ tables), so a field added to ``Prediction`` reaches every output without an edit
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import json
 import os
-import pkgutil
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, overload
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
+from wildwatch.plugins import import_registering, marked_modules
 
 if TYPE_CHECKING:  # the registry loads without the model code: the command line's help reads it
-    from wildwatch.inference.predictor import Prediction
+    from wildwatch.inference.prediction import Prediction
 
 ENTRY_POINT_GROUP = "wildwatch.writers"
 _MARKER = "@register_writer"
@@ -136,24 +134,14 @@ def register_writer(cls: type[Writer]) -> type[Writer]:
 
 def writer_modules() -> list[str]:
     """The modules of this package that register writers (those that use ``@register_writer``)."""
-    found = []
-    for info in pkgutil.iter_modules(__path__, __name__ + "."):
-        spec = importlib.util.find_spec(info.name)
-        origin = spec.origin if spec is not None else None
-        if not info.ispkg and origin and origin.endswith(".py") and _MARKER in Path(origin).read_text("utf-8"):
-            found.append(info.name)
-    return sorted(found)
+    return marked_modules(__name__, _MARKER)
 
 
 def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    from importlib.metadata import entry_points
-
-    plugins = sorted(ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
-    for module in [*writer_modules(), *plugins]:
-        importlib.import_module(module)  # runs their @register_writer
+    import_registering(__name__, _MARKER, ENTRY_POINT_GROUP)  # runs their @register_writer
     _loaded = True
 
 
@@ -190,6 +178,14 @@ def formats_help() -> str:
     return ", ".join(f"{w.name} ({w.help})" for w in writers()) + ". Default: from --output."
 
 
+@overload
+def format_of(path: Path, given: str | None = None) -> str: ...
+
+
+@overload
+def format_of(path: Path | None, given: str | None = None) -> str | None: ...
+
+
 def format_of(path: Path | None, given: str | None = None) -> str | None:
     """The format of an output: ``given`` (--format), else the per-row format its suffix names,
     else the default (CSV)."""
@@ -208,9 +204,9 @@ def suffix_format(path: Path) -> str | None:
 def columns_of(kind: type | None = None) -> list[str]:
     """The table columns of a dataclass (default: ``Prediction``): its fields, in order
     (subclasses add theirs)."""
-    if kind is None:
-        from wildwatch.inference.predictor import Prediction as kind
-    return [f.name for f in dataclasses.fields(kind)]
+    from wildwatch.inference.prediction import Prediction
+
+    return [f.name for f in dataclasses.fields(kind or Prediction)]
 
 
 def row_values(p) -> dict:

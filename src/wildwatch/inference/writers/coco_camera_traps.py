@@ -38,7 +38,9 @@ def coco_camera_traps(preds, root: Path, seqs, model_name: str) -> dict:
     from wildwatch.inference.camtrap import photo_detections
 
     root = Path(root).resolve()
-    images, annotations, failed = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    failed: list[str] = []
     labels: dict[str, int] = {"empty": 0}
     for i, p in enumerate(preds):
         if p.error:
@@ -51,7 +53,7 @@ def coco_camera_traps(preds, root: Path, seqs, model_name: str) -> dict:
         images.append({"id": rel, "file_name": rel, "width": facts.width, "height": facts.height,
                        "datetime": seqs.moment(i), "location": f"camera-{camera}", "seq_id": ev.id,
                        "seq_num_frames": len(ev.members), "frame_num": ev.frame(i)})
-        dets = photo_detections(p) or [None]
+        dets: list[dict | None] = [*photo_detections(p)] or [None]
         for d in dets:
             name = "empty" if d is None else d["label"]
             ann = {"id": f"{rel}#{len(annotations)}", "image_id": rel,

@@ -18,21 +18,18 @@ entry-point group.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import UsageError, WildwatchError
+from wildwatch.plugins import import_registering
 
 if TYPE_CHECKING:
     from wildwatch.field import Place
@@ -240,17 +237,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    from importlib.metadata import entry_points
-
-    found = []
-    for info in pkgutil.iter_modules(__path__, __name__ + "."):
-        spec = importlib.util.find_spec(info.name)
-        origin = spec.origin if spec is not None else None
-        if not info.ispkg and origin and origin.endswith(".py") and _MARKER in Path(origin).read_text("utf-8"):
-            found.append(info.name)
-    plugins = sorted(ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
-    for module in [*sorted(found), *plugins]:
-        importlib.import_module(module)  # runs their @register_source
+    import_registering(__name__, _MARKER, ENTRY_POINT_GROUP)  # runs their @register_source
     _loaded = True
 
 

@@ -186,6 +186,8 @@ class MastodonSource(_Paged):
         u = urlsplit(base)
         root = f"{u.scheme}://{u.netloc}"
         path = u.path.strip("/")
+        self.api: str | None
+        self.account: str | None
         if path.startswith("tags/"):
             self.api = f"{root}/api/v1/timelines/tag/{path[5:]}?limit=40"
             self.account = None
@@ -310,7 +312,8 @@ class TelegramSource(FeedSource):
         body = self.fetcher.fetch(self.url)[:MAX_PAGE_BYTES]
         page = decode_page(body, "", self.url, self.errors)
         marker = '<div class="tgme_widget_message_wrap'
-        starts, at = [], page.find(marker)
+        starts: list[int] = []
+        at = page.find(marker)
         while at >= 0 and len(starts) < self.max_messages:
             starts.append(at)
             at = page.find(marker, at + len(marker))

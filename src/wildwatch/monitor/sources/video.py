@@ -43,7 +43,7 @@ class _Sampler:
 
     def moved(self, img: Image.Image, t: float) -> bool:
         if self.motion > 0:
-            thumb = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), np.float32)
+            thumb = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32)
             moved = self.last_thumb is None or np.abs(thumb - self.last_thumb).mean() > self.motion
             if not moved and t - self.last_pass < self.max_gap_s:
                 return False
