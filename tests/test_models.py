@@ -154,7 +154,7 @@ def fresh_registry(monkeypatch):
     for more; restored afterwards."""
     list_models()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry._discovery, "done", False)
     return monkeypatch
 
 

@@ -35,3 +35,21 @@ def import_registering(package: str, marker: str, group: str, skip: str = "") ->
     """Import every module that registers into ``package``'s registry (which runs its decorators)."""
     for module in [*marked_modules(package, marker, skip), *entry_point_modules(group)]:
         importlib.import_module(module)
+
+
+class Discovery:
+    """One registry's discovery, run once: ``ensure`` imports every module that registers into it
+    (``package``'s modules that use ``marker``, ``skip`` left out, and the entry-point ``group``'s)."""
+
+    def __init__(self, package: str, marker: str, group: str, skip: str = ""):
+        self.package, self.marker, self.group, self.skip = package, marker, group, skip
+        self.done = False
+
+    def modules(self) -> list[str]:
+        """The package's own registering modules (read as text, not imported)."""
+        return marked_modules(self.package, self.marker, self.skip)
+
+    def ensure(self) -> None:
+        if not self.done:
+            import_registering(self.package, self.marker, self.group, self.skip)
+            self.done = True

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
-from wildwatch.plugins import import_registering, marked_modules
+from wildwatch.plugins import Discovery
 
 if TYPE_CHECKING:  # the registry itself needs no PyTorch: predicting with ONNX Runtime never imports it
     from torch import nn
 
 ENTRY_POINT_GROUP = "wildwatch.models"
 _MARKER = "@register_model"
+_discovery = Discovery(__name__.rsplit(".", 1)[0], _MARKER, ENTRY_POINT_GROUP, skip=__name__)
 
 
 class DuplicateModelError(WildwatchError, ValueError):
@@ -77,7 +78,6 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_loaded = False
 
 
 def register_model(defaults: TrainingDefaults | None = None, preprocess: dict | None = None, name: str | None = None):
@@ -100,26 +100,17 @@ def register_model(defaults: TrainingDefaults | None = None, preprocess: dict | 
 
 def model_modules() -> list[str]:
     """The modules of this package that register models (those that use ``@register_model``)."""
-    return marked_modules(__name__.rsplit(".", 1)[0], _MARKER, skip=__name__)
-
-
-def _ensure_loaded() -> None:
-    # Importing the modules runs their @register_model decorators.
-    global _loaded
-    if _loaded:
-        return
-    import_registering(__name__.rsplit(".", 1)[0], _MARKER, ENTRY_POINT_GROUP, skip=__name__)
-    _loaded = True
+    return _discovery.modules()
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, sorted."""
-    _ensure_loaded()
+    _discovery.ensure()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
+    _discovery.ensure()
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -9,17 +9,22 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class SightingAlert(BaseModel):
-    """A species seen by a camera, in a folder photo or in a post's photo."""
+class SpeciesNamed(BaseModel):
+    """What both alerts say about the species: its class, names, IUCN status and the confidence."""
 
     model_config = ConfigDict(extra="ignore")
 
-    sighting_id: int
     species: str
     common_name: str = ""
     iucn_status: str = ""
     threatened: bool = False
     confidence: float = 0.0
+
+
+class SightingAlert(SpeciesNamed):
+    """A species seen by a camera, in a folder photo or in a post's photo."""
+
+    sighting_id: int
     source: str = ""
     stream_time_s: float | None = None
     frame_index: int | None = None
@@ -38,21 +43,14 @@ class SightingAlert(BaseModel):
         return self.model_dump()
 
 
-class CaseAlert(BaseModel):
+class CaseAlert(SpeciesNamed):
     """A media-watch case that reached review, or grew (a new account or site)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     case_id: int
     sighting_id: int = 0
     why: str
     score: float
     reason: str
-    species: str
-    common_name: str = ""
-    iucn_status: str = ""
-    threatened: bool = False
-    confidence: float = 0.0
     cites_appendix: str = ""
     source: str = ""
     link: str = ""

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, overload
 
 from wildwatch.errors import UnknownNameError, UsageError, WildwatchError
-from wildwatch.plugins import import_registering, marked_modules
+from wildwatch.plugins import Discovery
 
 if TYPE_CHECKING:  # the registry loads without the model code: the command line's help reads it
     from wildwatch.inference.prediction import Prediction
 
 ENTRY_POINT_GROUP = "wildwatch.writers"
 _MARKER = "@register_writer"
+_discovery = Discovery(__name__, _MARKER, ENTRY_POINT_GROUP)
 
 Write = Callable[["Prediction"], None]
 
@@ -114,7 +115,6 @@ class Writer:
 
 
 _REGISTRY: dict[str, Writer] = {}
-_loaded = False
 
 
 def _origin(cls: type) -> str:
@@ -134,28 +134,20 @@ def register_writer(cls: type[Writer]) -> type[Writer]:
 
 def writer_modules() -> list[str]:
     """The modules of this package that register writers (those that use ``@register_writer``)."""
-    return marked_modules(__name__, _MARKER)
-
-
-def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
-        return
-    import_registering(__name__, _MARKER, ENTRY_POINT_GROUP)  # runs their @register_writer
-    _loaded = True
+    return _discovery.modules()
 
 
 def writers(engine: str | None = None, per_row: bool | None = None, sightings: bool | None = None) -> list[Writer]:
     """The registered writers (those an ``engine`` writes, per-row or whole-batch ones, those for
     sightings), in their order."""
-    _ensure_loaded()
+    _discovery.ensure()
     found = [w for w in _REGISTRY.values() if (engine is None or engine in w.engines)
              and (per_row is None or w.per_row == per_row) and (sightings is None or w.sightings == sightings)]
     return sorted(found, key=lambda w: (w.order, w.name))
 
 
 def get_writer(name: str) -> Writer:
-    _ensure_loaded()
+    _discovery.ensure()
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown format {name!r}: use --format {names(writers(engine='local'))}")
     return _REGISTRY[name]

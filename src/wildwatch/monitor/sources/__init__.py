@@ -29,13 +29,14 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from wildwatch.errors import UsageError, WildwatchError
-from wildwatch.plugins import import_registering
+from wildwatch.plugins import Discovery
 
 if TYPE_CHECKING:
     from wildwatch.field import Place
 
 ENTRY_POINT_GROUP = "wildwatch.sources"
 _MARKER = "@register_source"
+_discovery = Discovery(__name__, _MARKER, ENTRY_POINT_GROUP)
 DEFAULT_KEYWORDS = ("hunt", "trophy", "for sale", "ivory", "horn", "skin", "bushmeat", "poach")
 
 
@@ -211,7 +212,6 @@ class SourceKind:
 
 
 _KINDS: dict[str, SourceKind] = {}
-_loaded = False
 
 
 def register_source(name: str, prefixes: tuple[str, ...] = (), claims: Callable[[str], bool] | None = None,
@@ -233,17 +233,9 @@ def register_source(name: str, prefixes: tuple[str, ...] = (), claims: Callable[
     return wrap
 
 
-def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
-        return
-    import_registering(__name__, _MARKER, ENTRY_POINT_GROUP)  # runs their @register_source
-    _loaded = True
-
-
 def source_kinds() -> list[SourceKind]:
     """The registered kinds, in the order they are asked."""
-    _ensure_loaded()
+    _discovery.ensure()
     return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))
 
 
