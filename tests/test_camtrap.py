@@ -456,3 +456,39 @@ def test_a_200_photo_burst_is_one_event_in_every_output(tmp_path):
     assert len(event.members) == 200 and event.label == "lion" and len(event.disagrees) == 20
     coco = coco_camera_traps(preds, card, seqs, "test")
     assert {im["seq_id"] for im in coco["images"]} == {event.id} and coco["images"][-1]["frame_num"] == 199
+
+
+def test_a_burst_stays_one_sighting_across_a_restart_of_the_monitor(tmp_path):
+    """The monitor stops after two photos of a burst (a restart, or the rest of the card copied in
+    later); the third photo, a second later, grows the same sighting instead of opening another."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_monitor import BLUE, colour_classifier, config
+
+    from wildwatch.monitor.run import Monitor
+    from wildwatch.store.events import EventStore
+
+    def shot(folder: Path, name: str, when: str):
+        folder.mkdir(exist_ok=True)
+        exif = Image.Exif()
+        exif[MAKE], exif[MODEL] = "Reconyx", "HC600"
+        exif.get_ifd(0x8769)[SERIAL] = "A1"
+        exif.get_ifd(0x8769)[0x9003] = when
+        Image.new("RGB", (64, 48), BLUE).save(folder / name, exif=exif)
+
+    for k in range(2):
+        shot(tmp_path / "card1", f"IMG_000{k}.JPG", f"2024:03:05 06:41:0{k}")
+    store = EventStore(tmp_path / "events.db")
+    Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False).run([str(tmp_path / "card1")])
+    store.close()
+    shot(tmp_path / "card1", "IMG_0002.JPG", "2024:03:05 06:41:02")  # the same camera, a second later
+    shot(tmp_path / "card1", "IMG_0003.JPG", "2024:03:05 06:55:00")  # 14 minutes later: another sighting
+    store = EventStore(tmp_path / "events.db")
+    stats = Monitor(config(tmp_path, once=True), colour_classifier, store=store, status=False).run(
+        [str(tmp_path / "card1")])
+    assert stats["errors"] == []
+    lions = sorted(store.list(), key=lambda s: s.wall_start)
+    assert len(lions) == 2 and all(s.species == "lion" for s in lions)
+    assert lions[0].wall_start.startswith("2024-03-05T06:41:00") and lions[0].wall_end.startswith("2024-03-05T06:41:02")
+    assert lions[1].wall_start.startswith("2024-03-05T06:55:00")

@@ -106,6 +106,11 @@ class _Burst:
     peak: float
 
 
+def _burst_key(camera: str, species: str) -> str:
+    """Where the store keeps a camera's last burst of a species (beside the sources' progress)."""
+    return f"burst\t{camera}\t{species}"
+
+
 @dataclass
 class _PostPart:
     """One image of a media post (or a post with none: ``image`` None), and its answer."""
@@ -215,7 +220,7 @@ class Monitor:
     def _same_burst(self, f: Frame, s: Sample) -> bool:
         """A folder photo of the species its camera's last sighting is of, taken within ``burst_gap_s``
         of it (EXIF time): that sighting grows (end time, best photo) instead of a new one opening."""
-        b = self.bursts.get((f.camera, s.species)) if f.camera and s.species else None
+        b = self._burst(f.camera, s.species) if f.camera and s.species else None
         if b is None or abs(s.wall_time - b.last) > self.cfg.burst_gap_s:
             return False
         values: dict[str, object] = {"wall_end": iso(max(s.wall_time, b.last))}
@@ -226,7 +231,27 @@ class Monitor:
             b.peak = s.confidence
         b.last = max(s.wall_time, b.last)
         self.store.update_sighting(b.sighting_id, **values)
+        self._keep_burst(f.camera, s.species, b)
         return True
+
+    def _burst(self, camera: str, species: str) -> _Burst | None:
+        """The camera's last burst of the species: in memory, else as the store kept it (a restart
+        in the middle of a burst goes on with the same sighting)."""
+        key = (camera, species)
+        if key not in self.bursts:
+            kept = self.store.get(_burst_key(camera, species))
+            if not isinstance(kept, dict):
+                return None
+            try:
+                self.bursts[key] = _Burst(int(kept["sighting_id"]), float(kept["last"]), float(kept["peak"]))
+            except (KeyError, TypeError, ValueError):
+                return None  # a damaged record: a new sighting opens, nothing else is lost
+        return self.bursts[key]
+
+    def _keep_burst(self, camera: str, species: str, b: _Burst) -> None:
+        """Inside the frame's transaction: the burst as it now stands, for a restart."""
+        self.bursts[(camera, species)] = b
+        self.store.set_progress(_burst_key(camera, species), dataclasses.asdict(b))
 
     def _file_post(self, key: str) -> bool:
         """A post's photos are all classified: its evidence, its case, and the case's alert if due."""
@@ -293,7 +318,7 @@ class Monitor:
         for ch in changes:
             alerted |= self._apply(ch, f)
             if ch.kind == "open" and f.camera and ch.track.sighting_id is not None:
-                self.bursts[(f.camera, ch.track.species)] = _Burst(ch.track.sighting_id, f.wall_time, ch.track.peak)
+                self._keep_burst(f.camera, ch.track.species, _Burst(ch.track.sighting_id, f.wall_time, ch.track.peak))
         if f.post is not None:
             alerted |= self._post_part(f.post, _PostPart(f.source, f.link, f.image, a), f.done_key == f.post.key)
         if f.done_key:
