@@ -94,5 +94,6 @@ def parse_species_list(text: str | None, classes: Iterable[str] | None = None) -
     known = set(names if classes is None else classes)
     wrong = sorted(names - known)
     if wrong or not names:
-        raise UsageError(f"--species: {', '.join(wrong) or text!r} not among the classes ({', '.join(sorted(known))})")
+        given = ", ".join(wrong) if wrong else repr(text)
+        raise UsageError(f"--species: {given} not among the classes ({', '.join(sorted(known))})")
     return names
