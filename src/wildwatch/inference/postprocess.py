@@ -66,10 +66,11 @@ class PostProcess:
         off_list = self.off_list(v)
         if off_list:
             return Prediction(src, "unknown", round(float(v.probs.max()), 5), self.top(v.probs),
-                              f"Not on the species list ({off_list_words(off_list)})",
-                              "", False, True, None if score is None else round(score, 5), None, place.country,
-                              v.out_of_range, (), "", place.latitude, place.longitude, place.taken_at, "", "animal",
-                              v.note or place.warning or "", False, (), off_list)
+                              common_name=f"Not on the species list ({off_list_words(off_list)})", unknown=True,
+                              unknown_score=None if score is None else round(score, 5), country=place.country,
+                              out_of_range=v.out_of_range, latitude=place.latitude, longitude=place.longitude,
+                              taken_at=place.taken_at, looks_like_kind="animal", note=v.note or place.warning or "",
+                              off_list=off_list)
         local = local_status(key, place.country) if v.kind == "species" else None
         confidence = v.confidence if v.confidence is not None else float(v.probs.max())
         return Prediction(
