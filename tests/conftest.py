@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app on a real HTTP server (uvicorn) on loopback, in a thread: yields its address."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def smtp_catcher():
+    """A real SMTP server (aiosmtpd) on loopback: yields (its port, the envelopes it received)."""
+    from aiosmtpd.controller import Controller
+
+    got: list = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        yield port, got
+    finally:
+        ctl.stop()
 
 
 def csv_rows(path: str | Path, header: bool = True) -> list:

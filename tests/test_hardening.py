@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, serving, smtp_catcher
 from PIL import Image
 from test_monitor import RED, colour_classifier, config, jpeg, serve
 
@@ -531,21 +531,9 @@ def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink
     # issue 28 item 4: CRLF in a feed item id reached the Subject; the email worker then failed every ~10 ms
     import email
 
-    from aiosmtpd.controller import Controller
-
     from wildwatch.monitor.alerts import EmailSink, EmailSinkConfig, Outbox
     from wildwatch.monitor.payloads import SightingAlert
 
-    got = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            got.append(envelope)
-            return "250 OK"
-
-    port = free_port()
-    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
-    ctl.start()
     store = EventStore(tmp_path / "events.db")
     calls = []
 
@@ -556,27 +544,27 @@ def test_a_line_break_in_a_post_never_reaches_an_email_header_and_a_failing_sink
             calls.append(time.time())
             raise RuntimeError("a bug in a sink")
 
-    try:
-        sinks = {"mail": EmailSink(EmailSinkConfig(host="127.0.0.1", port=port, starttls=False, sender="ww@example.org",
-                                                   to=["ranger@example.org"])), "broken": Broken()}
-        outbox = Outbox(store, sinks, base_backoff_s=5)
-        hostile = "https://x.example/feed.xml#a\r\nBcc: victim@example.org\r\nX-Evil: 1"
-        with store.transaction():
-            outbox.enqueue(1, SightingAlert(sighting_id=1, species="rhino", common_name="Rhinoceros", iucn_status="CR",
-                                            source=hostile, confidence=0.9), 0, time.time())
-        assert outbox.deliver_due() == 1 and len(got) == 1
-        msg = email.message_from_bytes(got[0].content)
-        assert got[0].rcpt_tos == ["ranger@example.org"] and msg["Bcc"] is None and msg["X-Evil"] is None
-        subject = " ".join(msg["Subject"].split())  # unfolded: the text stays in the Subject, as text
-        assert "feed.xml#a Bcc: victim@example.org X-Evil: 1" in subject
-        for _ in range(20):  # the broken sink's alert waits for its backoff instead of failing in a loop
-            outbox.deliver_due()
-        assert len(calls) == 1 and outbox.counts()["pending"] == 1
-        attempts, error = store.db.execute("SELECT attempts, last_error FROM outbox WHERE sink = 'broken'").fetchone()
-        assert attempts == 1 and "a bug in a sink" in error
-    finally:
-        ctl.stop()
-        store.close()
+    with smtp_catcher() as (port, got):
+        try:
+            sinks = {"mail": EmailSink(EmailSinkConfig(host="127.0.0.1", port=port, starttls=False, sender="ww@example.org",
+                                                       to=["ranger@example.org"])), "broken": Broken()}
+            outbox = Outbox(store, sinks, base_backoff_s=5)
+            hostile = "https://x.example/feed.xml#a\r\nBcc: victim@example.org\r\nX-Evil: 1"
+            with store.transaction():
+                outbox.enqueue(1, SightingAlert(sighting_id=1, species="rhino", common_name="Rhinoceros", iucn_status="CR",
+                                                source=hostile, confidence=0.9), 0, time.time())
+            assert outbox.deliver_due() == 1 and len(got) == 1
+            msg = email.message_from_bytes(got[0].content)
+            assert got[0].rcpt_tos == ["ranger@example.org"] and msg["Bcc"] is None and msg["X-Evil"] is None
+            subject = " ".join(msg["Subject"].split())  # unfolded: the text stays in the Subject, as text
+            assert "feed.xml#a Bcc: victim@example.org X-Evil: 1" in subject
+            for _ in range(20):  # the broken sink's alert waits for its backoff instead of failing in a loop
+                outbox.deliver_due()
+            assert len(calls) == 1 and outbox.counts()["pending"] == 1
+            attempts, error = store.db.execute("SELECT attempts, last_error FROM outbox WHERE sink = 'broken'").fetchone()
+            assert attempts == 1 and "a bug in a sink" in error
+        finally:
+            store.close()
 
 
 def test_a_database_deleted_under_the_monitor_stops_it_and_alert_keys_follow_the_content(tmp_path):
@@ -686,22 +674,14 @@ def test_health_answers_at_once_while_large_uploads_decode(open_server):
 def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp_path, detect):
     # issue 28 item 8: decoding has a queue limit; beyond it 503 and Retry-After, before the body is read
     # (serve --detect too: its uploads go through the same decoder pool)
-    import uvicorn
-
     from wildwatch.inference import Predictor
     from wildwatch.inference.detect import Detector
     from wildwatch.service.app import Limits, create_app
 
-    port = free_port()
     app = create_app(Predictor.from_file(None), limits=Limits(max_classify_requests=1),
                      detector=Detector() if detect else None)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    try:
+    with serving(app) as url:
+        port = int(url.rsplit(":", 1)[1])
         boundary, body = multipart([("a.jpg", small_jpeg())])
         head = (f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
                 f"boundary={boundary}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
@@ -713,8 +693,6 @@ def test_beyond_the_queue_limit_a_classify_request_gets_503_with_retry_after(tmp
             slow.sendall(body[20:])
             assert slow.recv(12).startswith(b"HTTP/1.1 200")
         assert raw(port, head, body)[0] == 200  # the place is free again
-    finally:
-        server.should_exit = True
 
 
 def test_csv_exports_never_start_a_formula(tmp_path):

@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import REAL_DATA
+from conftest import REAL_DATA, serving
 from PIL import Image
 
 from wildwatch.inference.prediction import Prediction
@@ -425,10 +425,6 @@ def test_the_watch_files_cases_from_every_source_and_alerts_once(web, tmp_path):
 
 
 def test_the_review_queue_in_a_real_browser(tmp_path):
-    import threading
-
-    import uvicorn
-    from conftest import free_port
     from playwright.sync_api import sync_playwright
     from test_service import CHROMIUM
 
@@ -450,34 +446,23 @@ def test_the_review_queue_in_a_real_browser(tmp_path):
         book.add_post(Post("p3", "page:x", "https://shop.example/ivory", "Ivory tusks for sale, $3000", "", "shop.example"),
                       post_evidence("Ivory tusks for sale, $3000", []), [], None)
     store.close()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(Predictor.from_file(None), events_db=db), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/#case-{first.case_id}")  # an alert's review link
-            page.locator(".case").nth(1).wait_for(timeout=30_000)
-            cards = page.locator(".case")
-            assert cards.count() == 2
-            top = page.locator(f"#case-{first.case_id}")  # the rhino case, highest score, first
-            assert cards.nth(0).get_attribute("id") == f"case-{first.case_id}"
-            assert "犀牛角" in top.locator("mark").all_inner_texts() and "2 posts" in top.inner_text()
-            assert page.title() == "wildwatch" and top.locator("img[src=x]").count() == 0  # post text is text
-            assert top.locator("a[href^='javascript']").count() == 0
-            top.locator("button[data-status=reported]").click()
-            page.locator(f"#case-{first.case_id}[data-status=reported]").wait_for(timeout=10_000)
-            page.reload()
-            page.locator(f"#case-{first.case_id} button.on[data-status=reported]").wait_for(timeout=30_000)
-            browser.close()
-    finally:
-        server.should_exit = True
+    with serving(create_app(Predictor.from_file(None), events_db=db)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(f"{url}/#case-{first.case_id}")  # an alert's review link
+        page.locator(".case").nth(1).wait_for(timeout=30_000)
+        cards = page.locator(".case")
+        assert cards.count() == 2
+        top = page.locator(f"#case-{first.case_id}")  # the rhino case, highest score, first
+        assert cards.nth(0).get_attribute("id") == f"case-{first.case_id}"
+        assert "犀牛角" in top.locator("mark").all_inner_texts() and "2 posts" in top.inner_text()
+        assert page.title() == "wildwatch" and top.locator("img[src=x]").count() == 0  # post text is text
+        assert top.locator("a[href^='javascript']").count() == 0
+        top.locator("button[data-status=reported]").click()
+        page.locator(f"#case-{first.case_id}[data-status=reported]").wait_for(timeout=10_000)
+        page.reload()
+        page.locator(f"#case-{first.case_id} button.on[data-status=reported]").wait_for(timeout=30_000)
+        browser.close()
     assert CaseBook(EventStore(db)).get(first.case_id)["status"] == "reported"  # stored, not just shown
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA, free_port
+from conftest import REAL_DATA, free_port, smtp_catcher
 from PIL import Image
 
 from wildwatch.inference.prediction import Prediction
@@ -422,19 +422,7 @@ def test_undeliverable_alerts_are_kept_and_sent_by_the_next_run(tmp_path):
 
 
 def test_email_alert_with_snapshot_through_a_local_smtp_server(tmp_path):
-    from aiosmtpd.controller import Controller
-
-    got = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            got.append(envelope)
-            return "250 OK"
-
-    port = free_port()
-    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
+    with smtp_catcher() as (port, got):
         v = make_video(tmp_path / "cam.mp4", [(RED, 2.0)])
         cfg = config(tmp_path, sinks=[{"type": "email", "host": "127.0.0.1", "port": port, "starttls": False,
                                        "sender": "wildwatch@example.org", "to": ["ranger@example.org"]}])
@@ -447,8 +435,6 @@ def test_email_alert_with_snapshot_through_a_local_smtp_server(tmp_path):
         assert msg["Message-ID"].startswith("<ww-")
         parts = [p for p in msg.walk() if p.get_content_type() == "image/jpeg"]
         assert len(parts) == 1 and Image.open(__import__("io").BytesIO(parts[0].get_payload(decode=True))).size == (160, 120)
-    finally:
-        ctl.stop()
     from wildwatch.monitor.payloads import SightingAlert
 
     # a server that is not there: a delivery error (kept in the outbox and retried), not a crash

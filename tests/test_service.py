@@ -1,14 +1,11 @@
 """The web API (TestClient) and the web page in a real headless Chromium (Playwright)."""
 
-import contextlib
 import io
 import random
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REAL_DATA, draw_shape, free_port
+from conftest import REAL_DATA, draw_shape, serving
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -103,26 +100,6 @@ def test_concurrent_requests_share_model_calls(predictor):
         batcher = app.state.batcher
         assert batcher.images == 8 and batcher.calls < 8
 
-
-
-@contextlib.contextmanager
-def serving(app):
-    """The app on a real HTTP server on loopback, in a thread: yields its address."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

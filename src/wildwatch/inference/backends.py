@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from wildwatch.errors import ModelFileError, NeedsExtraError, UnknownNameError
 from wildwatch.models.bundle import Bundle, OnnxFile, bundled, load_bundle
 from wildwatch.models.decision import Outputs
+from wildwatch.models.files import file_sha256
 from wildwatch.models.interface import SpeciesNetwork, as_network
 
 if TYPE_CHECKING:
@@ -72,11 +72,8 @@ def cache_dir() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """A short name for a model file's version (the start of its SHA-256)."""
+    return file_sha256(path)[:16]
 
 
 def export_model_onnx(model: nn.Module, out: Path, image_size: int) -> Path:

@@ -6,9 +6,11 @@ written by ``wildwatch.engine.checkpoint``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,21 @@ MODEL_FORMAT = "wildwatch-model/1"
 MODEL_FILENAME = "model.safetensors"
 EXTRA_PREFIX = "extra."
 TRIU_SUFFIX = ".triu"  # a symmetric extra stored as its upper triangle
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """A model file's SHA-256 (computed once per file version in a process)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime)
 
 
 def atomic_write(path: Path, write) -> None:

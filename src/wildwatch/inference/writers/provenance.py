@@ -4,32 +4,16 @@ adds its own entry to ``runs``, so a file whose rows came from two runs says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 
 from wildwatch.inference.writers import write_atomic
+from wildwatch.models.files import file_sha256
 
 
 def provenance_path(output: Path) -> Path:
     return output.with_name(output.name + ".provenance.json")
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256(path: Path) -> str:
-    """The file's SHA-256 (computed once per file version in a process)."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime)
 
 
 def run_record(model_file: Path, architecture: str, backend: str, options: dict, species_digest: str | None = None,
@@ -37,7 +21,7 @@ def run_record(model_file: Path, architecture: str, backend: str, options: dict,
     """One run's entry: the model, the backend, the version and the options it ran with."""
     from wildwatch import __version__
 
-    model = {"file": str(model_file), "sha256": sha256(model_file), "architecture": architecture}
+    model = {"file": str(model_file), "sha256": file_sha256(model_file), "architecture": architecture}
     if species_digest:
         model["species_network"] = species_digest  # --robust: the separate species network's digest
     return {"wildwatch_version": __version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
